@@ -1,0 +1,78 @@
+"""The log on JetStream: stream and subject names, and how a logged event is framed.
+
+One stream, ``TOUCHLINE_LOG``, holds every accepted event of every workspace under
+``touchline.log.{ws}``; its stream sequence is the ``seq`` that ingest answers and
+``min_seq`` waits for. The message body is the event's structured-mode CloudEvent JSON,
+as the producer sent it (so unknown fields and exact decimals survive); the workspace and
+the time Touchline received it travel in headers.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+
+import msgspec
+
+from events.catalog import AnyEvent, Envelope
+
+LOG_STREAM = "TOUCHLINE_LOG"
+LOG_SUBJECTS = "touchline.log.>"
+INBOX_STREAM = "TOUCHLINE_INBOX"
+INBOX_SUBJECTS = "touchline.in.>"
+
+HEADER_WORKSPACE = "Touchline-Workspace"
+HEADER_RECEIVED_AT = "Touchline-Received-At"
+HEADER_MSG_ID = "Nats-Msg-Id"
+
+_decode = msgspec.json.Decoder(AnyEvent).decode
+
+
+def log_subject(workspace: str) -> str:
+    return f"touchline.log.{workspace}"
+
+
+def inbox_subject(workspace: str) -> str:
+    return f"touchline.in.{workspace}"
+
+
+def workspace_of_subject(subject: str) -> str:
+    return subject.rsplit(".", 1)[-1]
+
+
+def message_id(workspace: str, source: str, event_id: str) -> str:
+    """JetStream's short-term dedupe key; the permanent one is kept in PostgreSQL."""
+    return hashlib.sha256(f"{workspace}\x00{source}\x00{event_id}".encode()).hexdigest()
+
+
+def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> dict[str, str]:
+    return {
+        HEADER_MSG_ID: message_id(workspace, event.source, event.id),
+        HEADER_WORKSPACE: workspace,
+        HEADER_RECEIVED_AT: received_at.isoformat(),
+    }
+
+
+class LoggedEvent(msgspec.Struct, frozen=True):
+    """An accepted event as the log holds it: its position, workspace, arrival and content."""
+
+    seq: int
+    workspace: str
+    received_at: dt.datetime
+    event: Envelope
+    raw: bytes
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.event.source, self.event.id)
+
+
+def decode_logged(seq: int, subject: str, headers: dict[str, str] | None, body: bytes) -> LoggedEvent:
+    received = (headers or {}).get(HEADER_RECEIVED_AT)
+    return LoggedEvent(
+        seq=seq,
+        workspace=workspace_of_subject(subject),
+        received_at=dt.datetime.fromisoformat(received) if received else dt.datetime.now(dt.timezone.utc),
+        event=_decode(body),
+        raw=body,
+    )

@@ -1,0 +1,250 @@
+"""The contact read model: where each contact stands (CONTRACT.md sections 4 and 5).
+
+``apply`` folds one event into a contact's state. Every part of the state is an
+order-independent summary (earliest/latest by the contract's order key, sums, sets), so
+any arrival order of the same set of events gives the same state. ``render`` turns a state
+into the public view. ``ContactsProjection`` stores states in PostgreSQL, one batch per
+transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import asyncpg
+import msgspec
+
+from events import catalog as c
+from events.catalog import Envelope
+from events.log import LoggedEvent
+from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
+
+
+class Decision(msgspec.Struct, array_like=True):
+    """A value decided by the earliest or latest event, with that event's order key."""
+
+    time: dt.datetime
+    source: str
+    id: str
+    value: str
+
+    @property
+    def key(self) -> tuple[dt.datetime, str, str]:
+        return (self.time, self.source, self.id)
+
+
+class WonDeal(msgspec.Struct, array_like=True):
+    time: dt.datetime
+    source: str
+    id: str
+    amount: Decimal
+    currency: str
+
+    @property
+    def key(self) -> tuple[dt.datetime, str, str]:
+        return (self.time, self.source, self.id)
+
+
+class ContactState(msgspec.Struct, omit_defaults=True):
+    reached: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
+    status: Decision | None = None
+    consent: Decision | None = None
+    marketing: int = 0
+    sales: int = 0
+    by_channel: dict[str, int] = msgspec.field(default_factory=dict)
+    first_touch_at: dt.datetime | None = None
+    last_touch_at: dt.datetime | None = None
+    # Touch times at or before reached[customer] (all of them before conversion). reached
+    # only moves earlier, so a touch after it can never count again and is not kept.
+    touch_times: list[dt.datetime] = msgspec.field(default_factory=list)
+    deals: dict[str, WonDeal] = msgspec.field(default_factory=dict)
+    refunds: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    # The earliest marketing touch that names a campaign: the funnel's campaign filter.
+    first_campaign: Decision | None = None
+
+    @property
+    def stage(self) -> str | None:
+        return max(self.reached, key=STAGE_RANK.__getitem__) if self.reached else None
+
+    @property
+    def touches_before_conversion(self) -> int | None:
+        converted = self.reached.get("customer")
+        if converted is None:
+            return None
+        return sum(1 for moment in self.touch_times if moment <= converted)
+
+
+def _decide(current: Decision | None, event: Envelope, value: str, *, latest: bool) -> Decision:
+    candidate = Decision(utc(event.time), event.source, event.id, value)
+    if current is None:
+        return candidate
+    later = candidate.key > current.key
+    return candidate if later == latest else current
+
+
+def apply(state: ContactState, event: Envelope) -> ContactState:
+    """Fold one contact event into the contact's state (in place; returns it)."""
+    moment = utc(event.time)
+    stage = implied_stage(event)
+    if stage is not None:
+        for lower in STAGES[: STAGE_RANK[stage] + 1]:
+            known = state.reached.get(lower)
+            if known is None or moment < known:
+                state.reached[lower] = moment
+        if stage == "customer":
+            state.touch_times = [t for t in state.touch_times if t <= state.reached["customer"]]
+
+    kind = touch_kind(event)
+    if kind is not None:
+        if kind == "marketing":
+            state.marketing += 1
+            campaign = getattr(event.data, "campaign_id", None)
+            if campaign is not None:
+                state.first_campaign = _decide(state.first_campaign, event, campaign, latest=False)
+        else:
+            state.sales += 1
+        channel = touch_channel(event)
+        state.by_channel[channel] = state.by_channel.get(channel, 0) + 1
+        if state.first_touch_at is None or moment < state.first_touch_at:
+            state.first_touch_at = moment
+        if state.last_touch_at is None or moment > state.last_touch_at:
+            state.last_touch_at = moment
+        converted = state.reached.get("customer")
+        if converted is None or moment <= converted:
+            state.touch_times.append(moment)
+
+    status = STATUS_OF.get(type(event))
+    if status is not None:
+        state.status = _decide(state.status, event, status, latest=True)
+    if isinstance(event, (c.OptedOut, c.OptedIn)):
+        state.consent = _decide(state.consent, event, "out" if isinstance(event, c.OptedOut) else "in", latest=True)
+    if isinstance(event, c.DealWon):
+        won = WonDeal(moment, event.source, event.id, event.data.amount, event.data.currency)
+        known = state.deals.get(event.data.deal_id)
+        if known is None or won.key < known.key:
+            state.deals[event.data.deal_id] = won
+    if isinstance(event, c.DealRefunded):
+        currency = event.data.currency
+        state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + event.data.amount
+    return state
+
+
+def revenue(state: ContactState) -> dict[str, Decimal]:
+    totals: dict[str, Decimal] = {}
+    for deal in state.deals.values():
+        totals[deal.currency] = totals.get(deal.currency, Decimal(0)) + deal.amount
+    for currency, refunded in state.refunds.items():
+        totals[currency] = totals.get(currency, Decimal(0)) - refunded
+    return dict(sorted(totals.items()))
+
+
+def decimal_text(value: Decimal) -> str:
+    """Decimals go out as plain strings, never in exponent form."""
+    text = format(value, "f")
+    return "0" if text in ("-0", "") else text
+
+
+class Touches(msgspec.Struct):
+    marketing: int
+    sales: int
+    total: int
+    by_channel: dict[str, int]
+
+
+class ContactView(msgspec.Struct):
+    contact: str
+    stage: str | None
+    status: str
+    reached: dict[str, dt.datetime]
+    touches: Touches
+    touches_before_conversion: int | None
+    first_touch_at: dt.datetime | None
+    last_touch_at: dt.datetime | None
+    deals_won: int
+    revenue: dict[str, str]
+    do_not_contact: bool
+    open_followups: int
+
+
+def render(contact: str, state: ContactState, open_followups: int = 0) -> ContactView:
+    return ContactView(
+        contact=contact,
+        stage=state.stage,
+        status=state.status.value if state.status else "open",
+        reached={stage: state.reached[stage] for stage in STAGES if stage in state.reached},
+        touches=Touches(state.marketing, state.sales, state.marketing + state.sales, dict(sorted(state.by_channel.items()))),
+        touches_before_conversion=state.touches_before_conversion,
+        first_touch_at=state.first_touch_at,
+        last_touch_at=state.last_touch_at,
+        deals_won=len(state.deals),
+        revenue={currency: decimal_text(amount) for currency, amount in revenue(state).items()},
+        do_not_contact=state.consent is not None and state.consent.value == "out",
+        open_followups=open_followups,
+    )
+
+
+def fold(events: list[Envelope]) -> dict[str, ContactState]:
+    """Every contact's state from a set of (already de-duplicated) events; the test oracle."""
+    states: dict[str, ContactState] = {}
+    for event in events:
+        if event.contact_event and event.subject is not None:
+            apply(states.setdefault(event.subject, ContactState()), event)
+    return states
+
+
+# --- storage ---------------------------------------------------------------------------
+
+encode_state = msgspec.json.Encoder(decimal_format="string").encode
+decode_state = msgspec.json.Decoder(ContactState).decode
+
+_REACHED_COLUMNS = ", ".join(f"reached_{stage}" for stage in STAGES)
+
+_UPSERT = f"""
+INSERT INTO contacts (workspace, contact, stage, status, touches_before_conversion, state, {_REACHED_COLUMNS})
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
+                     $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
+                     $11::timestamptz[], $12::timestamptz[])
+ON CONFLICT (workspace, contact) DO UPDATE SET
+    stage = excluded.stage, status = excluded.status,
+    touches_before_conversion = excluded.touches_before_conversion, state = excluded.state,
+    {", ".join(f"reached_{stage} = excluded.reached_{stage}" for stage in STAGES)}
+"""
+
+
+class ContactsProjection:
+    """Stores contact states: load the batch's contacts, fold, write back, in the caller's transaction."""
+
+    name = "contacts"
+    tables = ("contacts",)
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+        keys = {(logged.workspace, logged.event.subject) for logged in batch if logged.event.contact_event}
+        if not keys:
+            return
+        workspaces, contacts = zip(*keys)
+        rows = await conn.fetch(
+            "SELECT workspace, contact, state FROM contacts"
+            " WHERE (workspace, contact) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            workspaces,
+            contacts,
+        )
+        states = {(row["workspace"], row["contact"]): decode_state(row["state"]) for row in rows}
+        for logged in batch:
+            if logged.event.contact_event:
+                key = (logged.workspace, logged.event.subject)
+                apply(states.setdefault(key, ContactState()), logged.event)
+        columns: list[list] = [[] for _ in range(12)]
+        for (workspace, contact), state in states.items():
+            values = (
+                workspace,
+                contact,
+                state.stage,
+                state.status.value if state.status else "open",
+                state.touches_before_conversion,
+                encode_state(state).decode(),
+                *(state.reached.get(stage) for stage in STAGES),
+            )
+            for column, value in zip(columns, values):
+                column.append(value)
+        await conn.execute(_UPSERT, *columns)

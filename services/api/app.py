@@ -1,0 +1,334 @@
+"""The HTTP API (CONTRACT.md sections 2-4): a thin Litestar adapter over the ingestor and read models."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Litestar, Request, Response, get, post
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from nats.aio.client import Client as NatsClient
+
+from events.validation import (
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    MAX_EVENT_BYTES,
+    InvalidEvent,
+    binary_to_structured,
+    is_workspace_id,
+)
+from projections import contacts as contact_model
+from services.api import auth
+from services.ingest import Ingestor, Judged, LogUnavailable, Result, judge
+from services.nats_io import last_log_seq
+from services.store import readiness
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+_decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
+
+
+class ApiError(HTTPException):
+    """An error answered as ``{"error": ..., **extra}``."""
+
+    def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(status_code=status_code, detail=error, headers=headers)
+        self.extra = extra
+
+
+def _error_response(_: Request, exc: HTTPException) -> Response:
+    body: dict[str, Any] = {"error": exc.detail}
+    body.update(getattr(exc, "extra", {}))
+    return Response(content=_encode(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+
+@dataclass
+class Services:
+    pool: asyncpg.Pool
+    nc: NatsClient
+    ingestor: Ingestor
+    tokens: auth.TokenBook
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+def json_response(value: Any, status_code: int = 200) -> Response:
+    return Response(content=_encode(value), status_code=status_code, media_type="application/json")
+
+
+async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    grant = await services_of(request).tokens.grant_for(token.strip())
+    if grant is None:
+        raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    if workspace is None:
+        if grant.workspace != auth.ANY_WORKSPACE or scope not in grant.scopes:
+            raise ApiError(403, f"this needs the operator's {scope} token")
+        return grant
+    if not grant.allows(workspace, scope):
+        raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
+    return grant
+
+
+async def require_workspace(request: Request, workspace: str) -> None:
+    if not is_workspace_id(workspace) or not await auth.workspace_exists(services_of(request).pool, workspace):
+        raise ApiError(404, f"unknown workspace {workspace!r}")
+
+
+async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:
+    """Every read: a read token, a known workspace, and the read-your-writes wait."""
+    await authorize(request, workspace, "read")
+    await require_workspace(request, workspace)
+    if min_seq is not None:
+        applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
+        if applied < min_seq:
+            raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
+
+
+# --- health, workspaces, tokens ---------------------------------------------------------
+
+
+@get("/v1/health", summary="200 once every service is ready")
+async def health(request: Request) -> Response:
+    report = await readiness.report(services_of(request).pool, services_of(request).nc)
+    return json_response(report, 200 if report["ready"] else 503)
+
+
+class WorkspaceIn(msgspec.Struct):
+    id: str
+
+
+class TokenIn(msgspec.Struct):
+    scopes: list[str]
+
+
+class TokenOut(msgspec.Struct):
+    token: str
+    workspace: str
+    scopes: list[str]
+
+
+@post("/v1/workspaces", summary="Create a workspace (operator admin token)")
+async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
+    await authorize(request, None, "admin")
+    if not is_workspace_id(data.id):
+        raise ApiError(400, "id: a workspace id is 1-64 of a-z 0-9 -")
+    if not await auth.create_workspace(services_of(request).pool, data.id):
+        raise ApiError(409, f"workspace {data.id!r} exists")
+    return json_response({"id": data.id}, 201)
+
+
+@post("/v1/workspaces/{ws:str}/tokens", summary="Create a token; it is shown once")
+async def create_token(request: Request, ws: str, data: TokenIn) -> Response:
+    await authorize(request, ws, "admin")
+    await require_workspace(request, ws)
+    unknown = sorted(set(data.scopes) - set(auth.SCOPES))
+    if not data.scopes or unknown:
+        raise ApiError(400, f"scopes: expected some of {list(auth.SCOPES)}, got {unknown or data.scopes}")
+    token = await auth.create_token(services_of(request).pool, ws, data.scopes)
+    return json_response(TokenOut(token, ws, sorted(set(data.scopes))), 201)
+
+
+# --- events in --------------------------------------------------------------------------
+
+
+class IngestAnswer(msgspec.Struct):
+    results: list[Result]
+    last_seq: int | None
+
+
+def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> list[Judged]:
+    kind = content_type.split(";", 1)[0].strip().lower()
+    if kind == "application/cloudevents+json":
+        if len(body) > MAX_EVENT_BYTES:
+            raise ApiError(413, f"an event is at most {MAX_EVENT_BYTES} bytes")
+        _require_json(body)
+        return [judge(body)]
+    if kind == "application/cloudevents-batch+json":
+        try:
+            elements = _decode_batch(body)
+        except msgspec.ValidationError:
+            raise ApiError(400, "a batch must be a JSON array of events") from None
+        except msgspec.DecodeError as err:
+            raise ApiError(400, f"the body is not JSON: {err}") from None
+        if len(elements) > MAX_BATCH_EVENTS:
+            raise ApiError(413, f"a batch is at most {MAX_BATCH_EVENTS} events")
+        return [judge(bytes(element)) for element in elements]
+    if kind == "application/json" and any(name.startswith("ce-") for name in headers):
+        if len(body) > MAX_EVENT_BYTES:
+            raise ApiError(413, f"an event is at most {MAX_EVENT_BYTES} bytes")
+        _require_json(body)
+        try:
+            return [judge(binary_to_structured(headers, body))]
+        except InvalidEvent as err:
+            return [Judged(body, error=str(err))]
+    raise ApiError(
+        415,
+        "send application/cloudevents+json, application/cloudevents-batch+json,"
+        " or application/json with ce-* headers",
+    )
+
+
+def _require_json(body: bytes) -> None:
+    try:
+        msgspec.json.decode(body)
+    except msgspec.DecodeError as err:
+        raise ApiError(400, f"the body is not JSON: {err}") from None
+
+
+@post(
+    "/v1/workspaces/{ws:str}/events",
+    summary="Ingest one CloudEvent or a batch; answered once accepted events are durably logged",
+    request_max_body_size=MAX_BATCH_BYTES,
+)
+async def ingest_events(request: Request, ws: str) -> IngestAnswer:
+    await authorize(request, ws, "ingest")
+    await require_workspace(request, ws)
+    body = await request.body()
+    headers = {name.lower(): value for name, value in request.headers.items()}
+    judged = _split_request(headers.get("content-type", ""), headers, body)
+    try:
+        results = await services_of(request).ingestor.ingest(ws, judged, via="http")
+    except LogUnavailable as err:
+        raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
+    seqs = [result.seq for result in results if result.seq is not None]
+    return json_response(IngestAnswer(results, max(seqs) if seqs else None))  # type: ignore[return-value]
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+@get("/v1/workspaces/{ws:str}/contacts/{contact:str}", summary="One contact's funnel stage, touches and deals")
+async def get_contact(
+    request: Request, ws: str, contact: str, min_seq: int | None = None, wait_ms: int = 5000
+) -> contact_model.ContactView:
+    await read_access(request, ws, min_seq, wait_ms)
+    row = await services_of(request).pool.fetchrow(
+        "SELECT state FROM contacts WHERE workspace = $1 AND contact = $2", ws, contact
+    )
+    if row is None:
+        raise ApiError(404, f"unknown contact {contact!r}")
+    return json_response(contact_model.render(contact, contact_model.decode_state(row["state"])))  # type: ignore[return-value]
+
+
+class ContactPage(msgspec.Struct):
+    contacts: list[contact_model.ContactView]
+    next: str | None
+
+
+@get("/v1/workspaces/{ws:str}/contacts", summary="A page of contacts, ordered by contact id")
+async def list_contacts(
+    request: Request,
+    ws: str,
+    stage: str | None = None,
+    status: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+) -> ContactPage:
+    await read_access(request, ws, min_seq, wait_ms)
+    if not 1 <= limit <= 1000:
+        raise ApiError(400, "limit: expected 1 to 1000")
+    rows = await services_of(request).pool.fetch(
+        "SELECT contact, state FROM contacts WHERE workspace = $1"
+        " AND ($2::text IS NULL OR stage = $2) AND ($3::text IS NULL OR status = $3)"
+        " AND ($4::text IS NULL OR contact > $4) ORDER BY contact LIMIT $5",
+        ws,
+        stage,
+        status,
+        after,
+        limit + 1,
+    )
+    page = [contact_model.render(row["contact"], contact_model.decode_state(row["state"])) for row in rows[:limit]]
+    return json_response(ContactPage(page, page[-1].contact if len(rows) > limit else None))  # type: ignore[return-value]
+
+
+class RejectedItem(msgspec.Struct):
+    id: int
+    received_at: dt.datetime
+    via: str
+    reason: str
+    body: str
+
+
+class RejectedPage(msgspec.Struct):
+    rejected: list[RejectedItem]
+    next: int | None
+
+
+@get("/v1/workspaces/{ws:str}/rejected", summary="Rejected input, newest first, with raw body and reason")
+async def list_rejected(
+    request: Request,
+    ws: str,
+    limit: int = 100,
+    before: int | None = None,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+) -> RejectedPage:
+    await read_access(request, ws, min_seq, wait_ms)
+    limit = max(1, min(limit, 1000))
+    rows = await services_of(request).pool.fetch(
+        "SELECT id, received_at, via, reason, body FROM rejected WHERE workspace = $1"
+        " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
+        ws,
+        before,
+        limit + 1,
+    )
+    items = [
+        RejectedItem(r["id"], r["received_at"], r["via"], r["reason"], bytes(r["body"]).decode("utf-8", "replace"))
+        for r in rows[:limit]
+    ]
+    return json_response(RejectedPage(items, items[-1].id if len(rows) > limit else None))  # type: ignore[return-value]
+
+
+@get("/v1/status", summary="Each projector's applied sequence and lag; the log's last sequence (admin)")
+async def status(request: Request) -> Response:
+    await authorize(request, None, "admin")
+    services = services_of(request)
+    last = await last_log_seq(services.nc.jetstream())
+    rows = await services.pool.fetch("SELECT name, position, applied, updated_at FROM projector_positions ORDER BY name")
+    return json_response(
+        {
+            "log_last_seq": last,
+            "projectors": [
+                {
+                    "name": r["name"],
+                    "applied_seq": r["position"],
+                    "lag": max(0, last - r["position"]),
+                    "events_applied": r["applied"],
+                    "updated_at": r["updated_at"],
+                }
+                for r in rows
+            ],
+        }
+    )
+
+
+ROUTES = [health, create_workspace, create_token, ingest_events, get_contact, list_contacts, list_rejected, status]
+
+
+def create_app(services_factory, on_shutdown=()) -> Litestar:
+    """``services_factory`` is awaited at start-up and returns the Services the handlers use."""
+
+    async def start(app: Litestar) -> None:
+        app.state.services = await services_factory()
+
+    return Litestar(
+        route_handlers=ROUTES,
+        on_startup=[start],
+        on_shutdown=list(on_shutdown),
+        exception_handlers={HTTPException: _error_response},
+        request_max_body_size=MAX_BATCH_BYTES,
+        openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs"),
+        debug=False,
+    )
+

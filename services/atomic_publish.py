@@ -1,0 +1,123 @@
+"""All-or-nothing append of several messages to one stream (JetStream atomic batch, ADR-50).
+
+Checked against nats-server 2.15.1 and nats-py 2.16 (which has the header names and the
+``batch``/``count`` PubAck fields, but no batch publisher). The stream needs ``allow_atomic=True``.
+
+Protocol, as the server implements it: every message carries ``Nats-Batch-Id`` and
+``Nats-Batch-Sequence`` (1, 2, ...); the last also carries ``Nats-Batch-Commit: 1``. The server
+stages the messages and, on the commit, checks them all (``Nats-Msg-Id``, expected-* headers,
+limits) and stores them together or not at all. Only the commit answers with a PubAck
+(``{"stream", "seq", "batch", "count"}``); other messages answer an empty body if sent as
+requests. The batch's messages get contiguous stream sequences ending at the ack's ``seq``.
+The batch headers stay on the stored messages. (One hole in "or not at all": on a
+single server, a store failure such as a full disk midway through the commit can leave a prefix
+stored; the server keeps the staged batch to retry on restart.)
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import nats.errors
+from nats.aio.client import Client
+
+# Server default (jetstream { limits { batch { max_msgs } } }); the 1001st message is
+# refused with err_code 10199, so checking here saves sending a doomed batch.
+MAX_ATOMIC_BATCH = 1000
+
+_BATCH_ID = "Nats-Batch-Id"
+_BATCH_SEQ = "Nats-Batch-Sequence"
+_BATCH_COMMIT = "Nats-Batch-Commit"
+_EXPECTED_STREAM = "Nats-Expected-Stream"
+
+
+class AtomicBatchError(Exception):
+    """The batch was not stored (unless ``maybe_committed``, see below).
+
+    ``err_code`` is the server's JetStream error code when it gave one (10201: a
+    ``Nats-Msg-Id`` was already seen in the duplicate window or twice in the batch: the whole
+    batch is refused, there is no per-message ``duplicate`` ack; 10176: incomplete, e.g. a lost
+    message or a message routed to another stream; 10174: stream lacks ``allow_atomic``; 10060:
+    wrong stream). ``maybe_committed`` is True only when the commit was sent but its ack never
+    came: then the outcome is unknown, and only a retry with the same ``Nats-Msg-Id`` values
+    (refused with 10201 if the first attempt landed) or a read of the stream can tell.
+    """
+
+    def __init__(self, message: str, *, err_code: int | None = None, maybe_committed: bool = False) -> None:
+        super().__init__(message)
+        self.err_code = err_code
+        self.maybe_committed = maybe_committed
+
+
+def _check_reply(data: bytes, what: str) -> dict | None:
+    """Raise on an error reply; an empty body is the server's "staged" answer."""
+    if not data:
+        return None
+    try:
+        body = json.loads(data)
+    except ValueError as err:
+        raise AtomicBatchError(f"{what}: unreadable reply {data[:200]!r}") from err
+    if error := body.get("error"):
+        raise AtomicBatchError(f"{what}: {error.get('description')}", err_code=error.get("err_code"))
+    return body
+
+
+async def publish_atomic(
+    nc: Client,
+    subject_and_payloads: list[tuple[str, bytes, dict[str, str]]],
+    *,
+    stream: str,
+    timeout: float = 5.0,
+) -> list[int]:
+    """Store all the messages in ``stream`` or none; return each one's stream sequence, in order.
+
+    Raises AtomicBatchError on any failure. The connection must stay the same for the whole
+    call: the server relies on in-order arrival and treats any gap as an abandoned batch.
+    """
+    count = len(subject_and_payloads)
+    if not 0 < count <= MAX_ATOMIC_BATCH:
+        raise AtomicBatchError(f"an atomic batch holds 1..{MAX_ATOMIC_BATCH} messages, not {count}")
+    # At most 64 characters; a uuid is unique without coordinating with other publishers.
+    batch_id = uuid.uuid4().hex
+    ack: dict | None = None
+
+    for position, (subject, payload, headers) in enumerate(subject_and_payloads, start=1):
+        if any(name.lower().startswith("nats-batch-") for name in headers):
+            raise AtomicBatchError(f"message {position}: the Nats-Batch-* headers are set here, not by callers")
+        # Copy: the caller's dicts must not carry our batch headers into a later publish.
+        hdr = {**headers, _BATCH_ID: batch_id, _BATCH_SEQ: str(position)}
+        last = position == count
+        if last:
+            hdr[_BATCH_COMMIT] = "1"
+            # Checked at commit for the whole batch: without it, a batch whose subjects all
+            # belong to another atomic-enabled stream would be committed there.
+            hdr[_EXPECTED_STREAM] = stream
+        try:
+            if position == 1 or last:
+                # Ask for a reply on the first message so a refusal (stream missing, atomic
+                # disabled, too many batches in flight) comes back with its real reason rather
+                # than as "incomplete" on the commit. The others are fire-and-forget: the server
+                # reports any loss as a gap on the commit, so waiting for each would only cost time.
+                reply = await nc.request(subject, payload, timeout=timeout, headers=hdr)
+            else:
+                await nc.publish(subject, payload, headers=hdr)
+                continue
+        except nats.errors.NoRespondersError as err:
+            raise AtomicBatchError(f"message {position}: no stream listens on {subject!r}") from err
+        except nats.errors.TimeoutError as err:
+            # Before the commit nothing can be stored (the server drops the staged batch after
+            # 10 s of silence); on the commit itself we cannot know.
+            raise AtomicBatchError(
+                f"message {position}: no reply within {timeout}s", maybe_committed=last
+            ) from err
+        except nats.errors.Error as err:
+            raise AtomicBatchError(f"message {position}: {err!r}", maybe_committed=last) from err
+        ack = _check_reply(reply.data, f"message {position}")
+
+    # The ack belongs to the commit; make sure it is ours and complete before trusting its seq.
+    if not ack or ack.get("batch") != batch_id or ack.get("count") != count or ack.get("stream") != stream:
+        raise AtomicBatchError(f"unexpected commit ack {ack!r}", maybe_committed=True)
+    last_seq: int = ack["seq"]
+    return list(range(last_seq - count + 1, last_seq + 1))
+

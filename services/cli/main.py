@@ -1,0 +1,117 @@
+"""The `touchline` command (CONTRACT.md section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+import asyncpg
+import typer
+from rich.console import Console
+
+from events.validation import is_workspace_id
+from services.api import auth
+from services.settings import Settings
+from services.store.db import create_pool, migrate
+
+app = typer.Typer(help="Touchline: every marketing and sales touch, as an immutable event log.", no_args_is_help=True)
+workspace_app = typer.Typer(help="Workspaces (one per business).", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
+app.add_typer(workspace_app, name="workspace")
+app.add_typer(token_app, name="token")
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
+
+
+@app.command()
+def up(
+    data_dir: Optional[Path] = DataDir,
+    http: Optional[str] = typer.Option(None, "--http", help="HOST:PORT for the HTTP API [env TOUCHLINE_HTTP]"),
+) -> None:
+    """Start everything: embedded NATS and PostgreSQL (unless external ones are set), API and projector."""
+    from services.runtime.up import up as run_up
+
+    run_up(Settings.from_env(data_dir=data_dir, http=http))
+
+
+@app.command()
+def serve(service: str = typer.Argument(..., help="api | projector")) -> None:
+    """Run one service alone, against TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL."""
+    from services.runtime.serve import SERVICES
+
+    if service not in SERVICES:
+        raise typer.BadParameter(f"expected one of {', '.join(SERVICES)}", param_hint="SERVICE")
+    try:
+        asyncio.run(SERVICES[service](Settings.from_env()))
+    except KeyboardInterrupt:
+        pass
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """The configured PostgreSQL, or the embedded one under the data dir (reused if `up` runs)."""
+    url = settings.database_url
+    embedded = None
+    if url is None:
+        from services.runtime.embedded import EmbeddedPostgres
+
+        embedded = EmbeddedPostgres(settings.data_dir)
+        url = embedded.start()
+    pool = await create_pool(url, max_size=2)
+    try:
+        await migrate(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+@workspace_app.command("create")
+def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None:
+    """Create a workspace."""
+    if not is_workspace_id(workspace):
+        raise typer.BadParameter("a workspace id is 1-64 of a-z 0-9 -", param_hint="WORKSPACE")
+
+    async def run() -> bool:
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await auth.create_workspace(pool, workspace)
+
+    if not asyncio.run(run()):
+        err_console.print(f"[red]workspace {workspace!r} exists[/red]")
+        raise typer.Exit(1)
+    console.print(f"created workspace [bold]{workspace}[/bold]")
+
+
+@token_app.command("create")
+def token_create(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    scope: list[str] = typer.Option(..., "--scope", "-s", help="ingest, read or admin; repeat for several"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Create a bearer token for a workspace; it is printed once and only its hash is kept."""
+    unknown = sorted(set(scope) - set(auth.SCOPES))
+    if unknown:
+        raise typer.BadParameter(f"unknown scope {unknown}; expected {list(auth.SCOPES)}", param_hint="--scope")
+
+    async def run() -> str | None:
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            if not await auth.workspace_exists(pool, workspace):
+                return None
+            return await auth.create_token(pool, workspace, scope)
+
+    token = asyncio.run(run())
+    if token is None:
+        err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
+        raise typer.Exit(1)
+    print(token)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""Judging incoming events and appending the accepted ones to the log, durably and once.
+
+Shared by both ways in (HTTP and the NATS inbox). For each event: validate it; if its
+(workspace, source, id) is already known, answer ``duplicate`` with the first copy's
+sequence; otherwise publish it to the log and answer only once JetStream has acked it
+(fsync before ack). JetStream's ``Nats-Msg-Id`` catches concurrent retries within its
+window; the ``event_index`` table in PostgreSQL catches them for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.js import JetStreamContext
+
+from events.catalog import Envelope
+from events.log import LOG_STREAM, log_headers, log_subject
+from events.validation import MAX_EVENT_BYTES, InvalidEvent, parse_event
+
+log = structlog.get_logger()
+
+
+class Result(msgspec.Struct, omit_defaults=True):
+    source: str | None
+    id: str | None
+    status: str
+    seq: int | None = None
+    error: str | None = None
+
+
+class LogUnavailable(RuntimeError):
+    """The log could not be written; the caller answers 503 and may retry the whole request."""
+
+
+@dataclass
+class Judged:
+    raw: bytes
+    event: Envelope | None = None
+    error: str | None = None
+
+
+def judge(raw: bytes) -> Judged:
+    try:
+        return Judged(raw, event=parse_event(raw))
+    except InvalidEvent as err:
+        return Judged(raw, error=str(err))
+
+
+def _identity(raw: bytes) -> tuple[str | None, str | None]:
+    """source and id of a rejected event, when they can be read at all."""
+    try:
+        probe = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return None, None
+    if not isinstance(probe, dict):
+        return None, None
+    source, event_id = probe.get("source"), probe.get("id")
+    return (source if isinstance(source, str) else None, event_id if isinstance(event_id, str) else None)
+
+
+_LOOKUP = """
+SELECT source, id, seq FROM event_index
+WHERE workspace = $1 AND (source, id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+"""
+
+_INDEX = """
+INSERT INTO event_index AS known (workspace, source, id, seq)
+SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[])
+ON CONFLICT (workspace, source, id) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
+RETURNING source, id, seq
+"""
+
+
+class Ingestor:
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, *, publish_timeout: float = 10.0) -> None:
+        self.js = js
+        self.pool = pool
+        self.publish_timeout = publish_timeout
+
+    async def ingest(self, workspace: str, judged: list[Judged], via: str) -> list[Result]:
+        received_at = dt.datetime.now(dt.timezone.utc)
+        results: list[Result | None] = [None] * len(judged)
+        fresh: dict[tuple[str, str], list[int]] = {}  # key -> positions in the request
+        for position, item in enumerate(judged):
+            if item.event is None:
+                source, event_id = _identity(item.raw)
+                results[position] = Result(source, event_id, "rejected", error=item.error)
+            else:
+                fresh.setdefault((item.event.source, item.event.id), []).append(position)
+
+        rejected = [(judged[i].raw, results[i].error) for i in range(len(judged)) if results[i] is not None]
+        if rejected:
+            await self.record_rejected(workspace, rejected, via)
+
+        if fresh:
+            known = await self._lookup(workspace, list(fresh))
+            to_publish = [key for key in fresh if key not in known]
+            stored = await self._append(workspace, [judged[fresh[key][0]] for key in to_publish], received_at)
+            first_seq = await self._index(workspace, to_publish, stored)
+            for key, positions in fresh.items():
+                if key in known:
+                    outcomes = [("duplicate", known[key])] * len(positions)
+                else:
+                    seq, was_duplicate = first_seq[key]
+                    outcomes = [("duplicate" if was_duplicate else "accepted", seq)]
+                    outcomes += [("duplicate", seq)] * (len(positions) - 1)
+                for position, (status, seq) in zip(positions, outcomes):
+                    results[position] = Result(key[0], key[1], status, seq=seq)
+        return results  # type: ignore[return-value]
+
+    async def _lookup(self, workspace: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        sources, ids = zip(*keys)
+        try:
+            rows = await self.pool.fetch(_LOOKUP, workspace, sources, ids)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
+        return {(row["source"], row["id"]): row["seq"] for row in rows}
+
+    async def _append(
+        self, workspace: str, events: list[Judged], received_at: dt.datetime
+    ) -> list[tuple[int, bool]]:
+        """Publish to the log; every (seq, duplicate-within-window) once durably acked.
+
+        The log keeps the event's JSON as it came, so unknown fields and exact decimals survive.
+        """
+        if not events:
+            return []
+        subject = log_subject(workspace)
+        try:
+            futures = [
+                await self.js.publish_async(
+                    subject,
+                    item.raw,
+                    stream=LOG_STREAM,
+                    headers=log_headers(workspace, item.event, received_at),
+                    wait_stall=self.publish_timeout,
+                )
+                for item in events
+            ]
+            acks = await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
+        except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+            log.error("log.unavailable", workspace=workspace, error=repr(err))
+            raise LogUnavailable(f"the log could not be written: {err!r}") from err
+        return [(ack.seq, bool(ack.duplicate)) for ack in acks]
+
+    async def _index(
+        self, workspace: str, keys: list[tuple[str, str]], stored: list[tuple[int, bool]]
+    ) -> dict[tuple[str, str], tuple[int, bool]]:
+        """Record the first copy's sequence for ever; a lower one already there wins."""
+        outcome = {key: (seq, dup) for key, (seq, dup) in zip(keys, stored)}
+        if not keys:
+            return outcome
+        sources, ids = zip(*keys)
+        try:
+            rows = await self.pool.fetch(_INDEX, workspace, sources, ids, [seq for seq, _ in stored])
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            # The events are durably in the log; the projector indexes them as it applies them.
+            log.warning("index.deferred", workspace=workspace, error=str(err))
+            return outcome
+        for row in rows:
+            key = (row["source"], row["id"])
+            seq, dup = outcome[key]
+            if row["seq"] < seq:
+                outcome[key] = (row["seq"], True)
+        return outcome
+
+    async def record_rejected(self, workspace: str, items: list[tuple[bytes, str]], via: str) -> None:
+        """Keep refused input (cut at 64 KiB) with its reason; if that fails, nothing is answered."""
+        try:
+            await self.pool.executemany(
+                "INSERT INTO rejected (workspace, via, reason, body) VALUES ($1, $2, $3, $4)",
+                [(workspace, via, reason, raw[:MAX_EVENT_BYTES]) for raw, reason in items],
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            raise LogUnavailable(f"the rejected list could not be written: {err}") from err

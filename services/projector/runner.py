@@ -1,0 +1,155 @@
+"""The projector: reads the log in order and applies it to every read model, exactly once.
+
+Exactly-once lives in PostgreSQL, not in NATS acks. Each batch is applied in one
+transaction that also moves the projector's position; the log is read with an ordered
+consumer starting just after the committed position, so nothing is redelivered out of
+order and nothing is skipped. After a crash the projector starts again from the last
+committed position: an uncommitted batch is simply read again. The position row is
+locked in every batch transaction, and a batch is committed only if the position is the
+one this process expects, so a second projector process can never double-apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+import asyncpg
+import structlog
+from nats.js import JetStreamContext
+
+from events.log import LoggedEvent, decode_logged
+from services.nats_io import next_batch, read_log
+from services.store.db import RETRYABLE
+
+log = structlog.get_logger()
+
+
+class Projection(Protocol):
+    """A read model: folds a batch of first-copy events into its tables, in the caller's transaction."""
+
+    name: str
+    tables: tuple[str, ...]
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None: ...
+
+
+class Fenced(RuntimeError):
+    """Another process moved this projector's position: start again from where it is."""
+
+
+_FIRST_COPIES = """
+WITH incoming AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(workspace, source, id, seq)
+), indexed AS (
+    INSERT INTO event_index AS known (workspace, source, id, seq)
+    SELECT * FROM incoming
+    ON CONFLICT (workspace, source, id) DO UPDATE SET seq = excluded.seq WHERE excluded.seq < known.seq
+)
+SELECT incoming.seq FROM incoming JOIN event_index USING (workspace, source, id)
+WHERE event_index.seq < incoming.seq
+"""
+
+
+async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
+    """Drop every event whose (workspace, source, id) was stored before, however long ago.
+
+    The SELECT sees the index as it was before this statement, so a copy indexed by the
+    ingest API with its own sequence counts as first, and a lower one already there wins.
+    """
+    seen: dict[tuple[str, str, str], int] = {}
+    for logged in batch:
+        seen.setdefault((logged.workspace, *logged.key), logged.seq)
+    workspaces, sources, ids = zip(*seen) if seen else ((), (), ())
+    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, workspaces, sources, ids, list(seen.values()))}
+    firsts = set(seen.values()) - earlier
+    return [logged for logged in batch if logged.seq in firsts]
+
+
+class Projector:
+    def __init__(
+        self,
+        name: str,
+        projections: list[Projection],
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        *,
+        batch_max: int = 5000,
+        wait: float = 0.5,
+    ) -> None:
+        self.name = name
+        self.projections = projections
+        self.js = js
+        self.pool = pool
+        self.batch_max = batch_max
+        self.wait = wait
+        self.position = 0
+        self.applied_total = 0
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._run_from_committed_position()
+            except Fenced:
+                log.warning("projector.fenced", projector=self.name)
+                await asyncio.sleep(0.5)
+            except RETRYABLE as err:
+                log.warning("projector.postgres_unavailable", projector=self.name, error=str(err))
+                await asyncio.sleep(1.0)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _run_from_committed_position(self) -> None:
+        self.position = await self.pool.fetchval("SELECT position FROM projector_positions WHERE name = $1", self.name)
+        if self.position is None:
+            await self.pool.execute(
+                "INSERT INTO projector_positions (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
+            )
+            self.position = 0
+        log.info("projector.started", projector=self.name, position=self.position)
+        sub = await read_log(self.js, self.position + 1)
+        try:
+            while not self._stopping.is_set():
+                messages = await next_batch(sub, self.batch_max, self.wait)
+                if messages:
+                    await self.apply_messages(messages)
+        finally:
+            await sub.unsubscribe()
+
+    async def apply_messages(self, messages) -> None:
+        started = time.perf_counter()
+        batch = [
+            decode_logged(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data) for msg in messages
+        ]
+        last = batch[-1].seq
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                committed = await conn.fetchval(
+                    "SELECT position FROM projector_positions WHERE name = $1 FOR UPDATE", self.name
+                )
+                if committed != self.position:
+                    raise Fenced(f"position is {committed}, expected {self.position}")
+                fresh = [logged for logged in batch if logged.seq > committed]
+                firsts = await first_copies(conn, fresh)
+                for projection in self.projections:
+                    await projection.apply(conn, firsts)
+                await conn.execute(
+                    "UPDATE projector_positions SET position = $2, applied = applied + $3, updated_at = now()"
+                    " WHERE name = $1",
+                    self.name,
+                    last,
+                    len(fresh),
+                )
+        self.position = last
+        self.applied_total += len(fresh)
+        log.debug(
+            "projector.batch",
+            projector=self.name,
+            events=len(batch),
+            first_copies=len(firsts),
+            position=last,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )

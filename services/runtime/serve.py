@@ -1,0 +1,135 @@
+"""Running one service: connect to NATS and PostgreSQL, declare what is needed, serve until stopped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+import uvicorn
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from services import logs
+from services.api.app import Services, create_app
+from services.api.auth import TokenBook
+from services.ingest import Ingestor
+from services.nats_io import connect, ensure_streams
+from services.projector.runner import Projector
+from services.settings import Settings
+from services.store import readiness
+from services.store.db import create_pool, migrate
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Backends:
+    nc: NatsClient
+    js: JetStreamContext
+    pool: asyncpg.Pool
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.nc.drain()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.pool.close(), 5)
+
+
+def require_external(settings: Settings) -> tuple[str, str]:
+    if not settings.nats_url or not settings.database_url:
+        raise SystemExit(
+            "touchline serve needs TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL;"
+            " `touchline up` starts embedded servers and sets both for its services"
+        )
+    return settings.nats_url, settings.database_url
+
+
+async def open_backends(settings: Settings, name: str, pool_size: int = 8) -> Backends:
+    nats_url, database_url = require_external(settings)
+    nc = await connect(nats_url, name=f"touchline-{name}")
+    js = nc.jetstream(timeout=10)
+    pool = await create_pool(database_url, max_size=pool_size)
+    return Backends(nc, js, pool)
+
+
+async def prepare(backends: Backends) -> None:
+    """Idempotent set-up: streams and schema. Every service runs it; the first one does the work."""
+    await ensure_streams(backends.js)
+    await migrate(backends.pool)
+
+
+def default_projections():
+    from projections.contacts import ContactsProjection
+
+    return [ContactsProjection()]
+
+
+async def _until_signal(*tasks: asyncio.Task) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    waiter = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    for task in done:
+        if task is not waiter and task.exception():
+            raise task.exception()
+
+
+async def serve_projector(settings: Settings) -> None:
+    logs.configure("projector")
+    backends = await open_backends(settings, "projector", pool_size=4)
+    await prepare(backends)
+    projector = Projector("main", default_projections(), backends.js, backends.pool)
+    tasks = [
+        asyncio.create_task(projector.run()),
+        asyncio.create_task(readiness.heartbeat(backends.pool, "projector")),
+    ]
+    try:
+        await _until_signal(*tasks)
+    finally:
+        projector.stop()
+        await backends.close()
+
+
+async def serve_api(settings: Settings) -> None:
+    logs.configure("api")
+    opened: list[Backends] = []
+
+    async def services() -> Services:
+        backends = await open_backends(settings, "api")
+        opened.append(backends)
+        await prepare(backends)
+        return Services(
+            pool=backends.pool,
+            nc=backends.nc,
+            ingestor=Ingestor(backends.js, backends.pool),
+            tokens=TokenBook(backends.pool, settings.admin_token),
+        )
+
+    async def shutdown() -> None:
+        for backends in opened:
+            await backends.close()
+
+    app = create_app(services, on_shutdown=[shutdown])
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs")
+    await server.serve()
+
+
+SERVICES = {"api": serve_api, "projector": serve_projector}

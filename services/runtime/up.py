@@ -1,0 +1,110 @@
+"""`touchline up`: embedded servers (unless external ones are configured), set-up, and every service
+as a child process, restarted if it dies; SIGINT/SIGTERM stops all of it cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import structlog
+
+from services import logs
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from services.runtime.serve import open_backends, prepare
+from services.settings import Settings
+
+log = structlog.get_logger()
+
+SERVICE_KINDS = ("api", "projector")
+
+
+class Child:
+    def __init__(self, kind: str, settings: Settings) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.failures = 0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", self.kind],
+            env=self.settings.child_environment(),
+        )
+        self.started_at = time.monotonic()
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def up(settings: Settings) -> None:
+    logs.configure("up")
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    nats = EmbeddedNats(settings.data_dir) if not settings.nats_url else None
+    postgres = EmbeddedPostgres(settings.data_dir) if not settings.database_url else None
+    stop = {"now": False}
+
+    def on_signal(signum, _frame) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    children: list[Child] = []
+    try:
+        if nats is not None:
+            settings = _with(settings, nats_url=nats.start())
+            log.info("nats.embedded", url=settings.nats_url, data=str(nats.root))
+        if postgres is not None:
+            settings = _with(settings, database_url=postgres.start())
+            log.info("postgres.embedded", data=str(postgres.root))
+        asyncio.run(_prepare(settings))
+        children = [Child(kind, settings) for kind in SERVICE_KINDS]
+        for child in children:
+            child.start()
+        log.info("touchline.up", http=f"http://{settings.http}", docs=f"http://{settings.http}/docs")
+        while not stop["now"]:
+            time.sleep(0.2)
+            for child in children:
+                if child.exited() and not stop["now"]:
+                    # Back off if it keeps dying young; a healthy run resets the count.
+                    child.failures = 0 if time.monotonic() - child.started_at > 60 else child.failures + 1
+                    delay = min(0.5 * 2**child.failures, 10)
+                    log.warning("service.restarting", service=child.kind, code=child.process.returncode, in_s=delay)
+                    time.sleep(delay)
+                    child.start()
+    finally:
+        log.info("touchline.stopping")
+        for child in children:
+            child.stop()
+        if nats is not None:
+            nats.stop()
+        if postgres is not None:
+            postgres.stop()
+        log.info("touchline.stopped")
+
+
+async def _prepare(settings: Settings) -> None:
+    backends = await open_backends(settings, "up", pool_size=1)
+    try:
+        await prepare(backends)
+    finally:
+        await backends.close()
+
+
+def _with(settings: Settings, **changes) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, **changes)

@@ -1,0 +1,55 @@
+"""Settings of CONTRACT.md section 1: flags win over environment, environment over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("./.touchline")
+    nats_url: str | None = None
+    database_url: str | None = None
+    http: str = "127.0.0.1:8080"
+    admin_token: str | None = None
+
+    @classmethod
+    def from_env(cls, **flags: object) -> "Settings":
+        env = os.environ
+        settings = cls(
+            data_dir=Path(env.get("TOUCHLINE_DATA_DIR") or cls.data_dir),
+            nats_url=env.get("TOUCHLINE_NATS_URL") or None,
+            database_url=env.get("TOUCHLINE_DATABASE_URL") or None,
+            http=env.get("TOUCHLINE_HTTP") or cls.http,
+            admin_token=env.get("TOUCHLINE_ADMIN_TOKEN") or None,
+        )
+        given = {name: value for name, value in flags.items() if value is not None}
+        if "data_dir" in given:
+            given["data_dir"] = Path(given["data_dir"])  # type: ignore[arg-type]
+        return replace(settings, **given)  # type: ignore[arg-type]
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rsplit(":", 1)[0] or "127.0.0.1"
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.rsplit(":", 1)[1])
+
+    def child_environment(self) -> dict[str, str]:
+        """The environment that hands these settings to a child process."""
+        env = dict(os.environ)
+        env["TOUCHLINE_DATA_DIR"] = str(self.data_dir)
+        env["TOUCHLINE_HTTP"] = self.http
+        for name, value in (
+            ("TOUCHLINE_NATS_URL", self.nats_url),
+            ("TOUCHLINE_DATABASE_URL", self.database_url),
+            ("TOUCHLINE_ADMIN_TOKEN", self.admin_token),
+        ):
+            if value:
+                env[name] = value
+            else:
+                env.pop(name, None)
+        return env

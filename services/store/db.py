@@ -1,0 +1,87 @@
+"""PostgreSQL access: a pool that survives server restarts, and versioned migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from importlib import resources
+from typing import Awaitable, Callable, TypeVar
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger()
+T = TypeVar("T")
+
+# Errors after which the whole transaction is worth running again: a dropped or
+# restarting server, a serialization conflict.
+RETRYABLE = (
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.InterfaceError,
+    ConnectionError,
+    OSError,
+)
+
+
+async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8, deadline: float = 60.0) -> asyncpg.Pool:
+    """Connect with retries: a PostgreSQL in crash recovery refuses connections for a while."""
+    started = time.monotonic()
+    while True:
+        try:
+            return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60)
+        except RETRYABLE + (asyncpg.exceptions.InvalidCatalogNameError,) as err:
+            if time.monotonic() - started > deadline:
+                raise
+            log.warning("postgres.unavailable", error=str(err))
+            await asyncio.sleep(0.5)
+
+
+async def with_retry(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], *, attempts: int = 30) -> T:
+    """Run ``work`` in one transaction; run it again whole if the connection broke."""
+    for attempt in range(attempts):
+        try:
+            async with pool.acquire() as conn:
+                async with conn.transaction():
+                    return await work(conn)
+        except RETRYABLE as err:
+            if attempt == attempts - 1:
+                raise
+            log.warning("postgres.retry", error=str(err), attempt=attempt + 1)
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    found = []
+    for entry in resources.files("services.store.migrations").iterdir():
+        match = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if match:
+            found.append((int(match[1]), match[2], entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(pool: asyncpg.Pool) -> list[int]:
+    """Apply pending migrations once, whoever else is starting at the same moment."""
+    applied: list[int] = []
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7215001)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in _migrations():
+                if version in done:
+                    continue
+                await conn.execute(sql)
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
+                applied.append(version)
+    if applied:
+        log.info("postgres.migrated", versions=applied)
+    return applied

@@ -1,0 +1,71 @@
+"""Readiness: service heartbeats, and the read-your-writes wait behind ``?min_seq=N``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import asyncpg
+import structlog
+from nats.aio.client import Client as NatsClient
+
+log = structlog.get_logger()
+
+# The service kinds that must be beating for /v1/health to say ready.
+REQUIRED_SERVICES = ("projector",)
+HEARTBEAT_SECONDS = 2.0
+STALE_AFTER_SECONDS = 10.0
+
+
+def instance_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+async def heartbeat(pool: asyncpg.Pool, service: str) -> None:
+    """Beat until cancelled; a database outage only pauses it."""
+    instance = instance_name()
+    while True:
+        try:
+            await pool.execute(
+                "INSERT INTO service_heartbeats (service, instance) VALUES ($1, $2)"
+                " ON CONFLICT (service, instance) DO UPDATE SET seen_at = now()",
+                service,
+                instance,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            log.warning("heartbeat.failed", service=service, error=str(err))
+        await asyncio.sleep(HEARTBEAT_SECONDS)
+
+
+async def report(pool: asyncpg.Pool, nc: NatsClient) -> dict:
+    checks: dict[str, bool] = {"nats": nc.is_connected}
+    try:
+        rows = await pool.fetch(
+            "SELECT service FROM service_heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
+            STALE_AFTER_SECONDS,
+        )
+        alive = {row["service"] for row in rows}
+        checks["postgres"] = True
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        alive, checks["postgres"] = set(), False
+    for service in REQUIRED_SERVICES:
+        checks[service] = service in alive
+    return {"ready": all(checks.values()), "checks": checks}
+
+
+async def applied_seq(pool: asyncpg.Pool) -> int:
+    """The log position every read model has applied: the slowest projector's."""
+    return await pool.fetchval("SELECT coalesce(min(position), 0) FROM projector_positions")
+
+
+async def wait_applied(pool: asyncpg.Pool, min_seq: int, timeout: float) -> int:
+    deadline = time.monotonic() + max(0.0, timeout)
+    delay = 0.002
+    while True:
+        applied = await applied_seq(pool)
+        if applied >= min_seq or time.monotonic() >= deadline:
+            return applied
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+        delay = min(delay * 2, 0.05)
