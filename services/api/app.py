@@ -36,12 +36,12 @@ class ApiError(HTTPException):
 
     def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(status_code=status_code, detail=error, headers=headers)
-        self.extra = extra
+        self.fields = extra
 
 
 def _error_response(_: Request, exc: HTTPException) -> Response:
     body: dict[str, Any] = {"error": exc.detail}
-    body.update(getattr(exc, "extra", {}))
+    body.update(getattr(exc, "fields", None) or {})
     return Response(content=_encode(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 

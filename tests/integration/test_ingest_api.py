@@ -1,0 +1,166 @@
+"""Ingest over HTTP against real NATS and PostgreSQL (CONTRACT.md sections 2, 3 and 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+
+from events.log import LOG_STREAM
+from tests.support import event
+
+
+def test_batch_gets_one_result_per_element(stack):
+    ws, auth = stack.new_workspace()
+    first = event("marketing.engaged", "dana", channel="instagram", action="comment")
+    answer = stack.send(ws, auth, [
+        first,
+        event("sales.deal.won", "dana", deal_id="d1", amount="ten", currency="EUR"),
+        dict(first),
+        event("sales.lead.qualified"),
+        event("marketing.goal.nope", "dana"),
+        17,
+        [],
+    ])
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == [
+        "accepted", "rejected", "duplicate", "rejected", "rejected", "rejected", "rejected",
+    ]
+    assert results[2]["seq"] == results[0]["seq"] == answer.json()["last_seq"]
+    assert results[1]["error"] == 'data.amount: expected a non-negative decimal, got "ten"'
+    assert results[3]["error"].startswith("subject:")
+    assert results[4]["error"].startswith("type:")
+    assert results[5]["error"] == results[6]["error"] == "event: expected a JSON object"
+
+
+def test_single_event_modes(stack):
+    ws, auth = stack.new_workspace()
+    structured = stack.http.post(
+        f"/v1/workspaces/{ws}/events",
+        content=json.dumps(event("sales.lead.qualified", "ana")),
+        headers={**auth, "Content-Type": "application/cloudevents+json; charset=utf-8"},
+    )
+    assert structured.status_code == 200 and structured.json()["results"][0]["status"] == "accepted"
+    binary = stack.http.post(
+        f"/v1/workspaces/{ws}/events",
+        content=json.dumps({"channel": "phone"}),
+        headers={
+            **auth,
+            "Content-Type": "application/json",
+            "ce-specversion": "1.0",
+            "ce-id": "call-1",
+            "ce-source": "/crm",
+            "ce-type": "touchline.sales.conversation.held",
+            "ce-time": "2026-11-02T09:00:00+01:00",
+            "ce-subject": "ana",
+        },
+    )
+    assert binary.status_code == 200, binary.text
+    result = binary.json()["results"][0]
+    assert (result["status"], result["source"], result["id"]) == ("accepted", "/crm", "call-1")
+    missing = stack.http.post(
+        f"/v1/workspaces/{ws}/events",
+        content=json.dumps({"channel": "phone"}),
+        headers={**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "x"},
+    )
+    assert missing.status_code == 200
+    assert missing.json()["results"][0]["error"].startswith("ce-source")
+
+
+def test_request_level_errors(stack):
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    batch = {**auth, "Content-Type": "application/cloudevents-batch+json"}
+    assert stack.http.post(url, content="{nope", headers=batch).status_code == 400
+    assert stack.http.post(url, content='{"a": 1}', headers=batch).status_code == 400
+    single = {**auth, "Content-Type": "application/cloudevents+json"}
+    assert stack.http.post(url, content="nope", headers=single).status_code == 400
+    assert stack.http.post(url, content="{}", headers={**auth, "Content-Type": "text/plain"}).status_code == 415
+    assert stack.http.post(url, content="{}", headers={**auth, "Content-Type": "application/json"}).status_code == 415
+    too_many = [event("sales.lead.qualified", f"c{i}") for i in range(1001)]
+    assert stack.http.post(url, content=json.dumps(too_many), headers=batch).status_code == 413
+    huge = event("sales.lead.disqualified", "c", reason="x" * 70_000)
+    assert stack.http.post(url, content=json.dumps(huge), headers=single).status_code == 413
+    big_batch = json.dumps([event("sales.lead.qualified", "c", padding="y" * 60_000) for _ in range(80)])
+    assert stack.http.post(url, content=big_batch, headers=batch).status_code == 413
+
+
+def test_tokens_scopes_and_isolation(stack):
+    ws_a, auth_a = stack.new_workspace()
+    ws_b, auth_b = stack.new_workspace()
+    one = [event("sales.lead.qualified", "c1")]
+    assert stack.send(ws_a, {}, one).status_code == 401
+    assert stack.send(ws_a, {"Authorization": "Bearer not-a-token"}, one).status_code == 401
+    assert stack.send(ws_b, auth_a, one).status_code == 403
+    assert stack.get(f"/v1/workspaces/{ws_b}/rejected", auth_a).status_code == 403
+    stack.ingest(ws_a, auth_a, one)
+    assert stack.get(f"/v1/workspaces/{ws_b}/contacts/c1", auth_a).status_code == 403
+    assert stack.get(f"/v1/workspaces/{ws_a}/contacts/c1", auth_b).status_code == 403
+    ws_c, ingest_only = stack.new_workspace(scopes=("ingest",))
+    assert stack.get(f"/v1/workspaces/{ws_c}/rejected", ingest_only).status_code == 403
+    ws_d, read_only = stack.new_workspace(scopes=("read",))
+    assert stack.send(ws_d, read_only, one).status_code == 403
+    # workspace admin tokens cannot create workspaces; only the operator's can
+    admin_a = stack.http.post(f"/v1/workspaces/{ws_a}/tokens", json={"scopes": ["admin"]}, headers=stack.admin())
+    ws_admin = {"Authorization": f"Bearer {admin_a.json()['token']}"}
+    assert stack.http.post("/v1/workspaces", json={"id": "other"}, headers=ws_admin).status_code == 403
+    assert stack.http.post(f"/v1/workspaces/{ws_b}/tokens", json={"scopes": ["read"]}, headers=ws_admin).status_code == 403
+    assert stack.http.post(f"/v1/workspaces/{ws_a}/tokens", json={"scopes": ["read"]}, headers=ws_admin).status_code == 201
+    assert stack.http.post("/v1/workspaces", json={"id": ws_a}, headers=stack.admin()).status_code == 409
+    assert stack.http.post("/v1/workspaces", json={"id": "Bad.Id"}, headers=stack.admin()).status_code == 400
+    assert stack.get("/v1/status", auth_a).status_code == 403
+
+
+def test_rejected_input_is_kept_newest_first(stack):
+    ws, auth = stack.new_workspace()
+    stack.send(ws, auth, [event("sales.deal.won", "c", deal_id="d", amount=-1, currency="EUR")])
+    stack.send(ws, auth, ["not an event"])
+    listed = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]
+    assert [item["body"] for item in listed][0] == '"not an event"'
+    assert listed[1]["reason"].startswith("data.amount:")
+    assert '"deal_id":"d"' in listed[1]["body"].replace(" ", "")
+
+
+def test_duplicates_beyond_the_jetstream_window(stack):
+    ws, auth = stack.new_workspace()
+    original = event("marketing.engaged", "kim", channel="email", action="open", id="mail-1", source="/mailer")
+    first = stack.send(ws, auth, [original]).json()["results"][0]
+    assert first["status"] == "accepted"
+
+    async def shrink_window(seconds: float) -> None:
+        nc = await nats.connect(stack.servers.nats_url)
+        js = nc.jetstream()
+        config = (await js.stream_info(LOG_STREAM)).config
+        config.duplicate_window = seconds
+        await js.update_stream(config)
+        await nc.close()
+
+    asyncio.run(shrink_window(1.0))
+    try:
+        time.sleep(1.5)
+        again = stack.send(ws, auth, [original]).json()["results"][0]
+    finally:
+        asyncio.run(shrink_window(120.0))
+    assert again == {"source": "/mailer", "id": "mail-1", "status": "duplicate", "seq": first["seq"]}
+    contact = stack.get(f"/v1/workspaces/{ws}/contacts/kim", auth, min_seq=first["seq"]).json()
+    assert contact["touches"]["total"] == 1
+
+
+def test_min_seq_waits_for_the_read_models(stack):
+    ws, auth = stack.new_workspace()
+    stack.projector.stop()
+    try:
+        seq = stack.ingest(ws, auth, [event("marketing.lead.captured", "lee", channel="web")])
+        stale = stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth, min_seq=seq, wait_ms=200)
+        assert stale.status_code == 503
+        assert stale.headers["retry-after"]
+        assert stale.json()["error"] == "stale" and stale.json()["applied_seq"] < seq
+    finally:
+        stack.restart_projector(kill=False)
+    fresh = stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth, min_seq=seq, wait_ms=20000)
+    assert fresh.status_code == 200 and fresh.json()["stage"] == "lead"
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/nobody", auth, min_seq=seq).status_code == 404
+    assert stack.get("/v1/workspaces/no-such-ws/contacts/lee", stack.admin()).status_code == 404

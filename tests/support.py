@@ -1,0 +1,159 @@
+"""Test support: real embedded servers, Touchline services as real processes, event builders."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+
+ADMIN_TOKEN = "test-admin-token"
+_ids = itertools.count(1)
+
+
+def event(type_: str, subject: str | None = None, time: str = "2026-11-01T10:00:00Z", *,
+          id: str | None = None, source: str = "/test", **data: Any) -> dict:
+    """A structured-mode CloudEvent; the type may omit the ``touchline.`` prefix."""
+    body: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": id or f"e{next(_ids)}",
+        "source": source,
+        "type": type_ if type_.startswith("touchline.") else f"touchline.{type_}",
+        "time": time,
+        "data": data,
+    }
+    if subject is not None:
+        body["subject"] = subject
+    return body
+
+
+class Servers:
+    """NATS and PostgreSQL, embedded, under one temporary directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats = EmbeddedNats(root)
+        self.postgres = EmbeddedPostgres(root)
+        self.nats_url = self.nats.start()
+        self.database_url = self.postgres.start()
+
+    def stop(self) -> None:
+        self.nats.stop()
+        self.postgres.stop()
+
+
+class Service:
+    """One `touchline serve KIND` process."""
+
+    def __init__(self, kind: str, env: dict[str, str], log_dir: Path) -> None:
+        self.kind = kind
+        self.env = env
+        self.log_path = log_dir / f"{kind}-{uuid.uuid4().hex[:6]}.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "Service":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", self.kind],
+            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+class Stack:
+    """The API and a projector as processes against shared servers; HTTP helpers for tests."""
+
+    def __init__(self, servers: Servers, log_dir: Path) -> None:
+        self.servers = servers
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "TOUCHLINE_NATS_URL": servers.nats_url,
+            "TOUCHLINE_DATABASE_URL": servers.database_url,
+            "TOUCHLINE_HTTP": f"127.0.0.1:{self.port}",
+            "TOUCHLINE_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+        self.log_dir = log_dir
+        self.api = Service("api", self.env, log_dir).start()
+        self.projector = Service("projector", self.env, log_dir).start()
+        self.http = httpx.Client(base_url=self.base, timeout=30)
+        self.wait_healthy()
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.http.get("/v1/health").status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"not healthy; logs in {self.log_dir}")
+
+    def restart_projector(self, kill: bool = True) -> None:
+        (self.projector.kill if kill else self.projector.stop)()
+        self.projector = Service("projector", self.env, self.log_dir).start()
+
+    def stop(self) -> None:
+        self.http.close()
+        self.api.stop()
+        self.projector.stop()
+
+    # --- the public API -----------------------------------------------------------------
+
+    def admin(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+    def new_workspace(self, scopes: tuple[str, ...] = ("ingest", "read")) -> tuple[str, dict[str, str]]:
+        workspace = f"ws-{uuid.uuid4().hex[:10]}"
+        assert self.http.post("/v1/workspaces", json={"id": workspace}, headers=self.admin()).status_code == 201
+        answer = self.http.post(f"/v1/workspaces/{workspace}/tokens", json={"scopes": list(scopes)}, headers=self.admin())
+        assert answer.status_code == 201, answer.text
+        return workspace, {"Authorization": f"Bearer {answer.json()['token']}"}
+
+    def send(self, workspace: str, headers: dict[str, str], events: list[dict] | dict) -> httpx.Response:
+        batch = isinstance(events, list)
+        content_type = "application/cloudevents-batch+json" if batch else "application/cloudevents+json"
+        return self.http.post(
+            f"/v1/workspaces/{workspace}/events",
+            content=json.dumps(events),
+            headers={**headers, "Content-Type": content_type},
+        )
+
+    def ingest(self, workspace: str, headers: dict[str, str], events: list[dict]) -> int:
+        """Send in batches of 1000; every event must be accepted or duplicate. Returns last_seq."""
+        last = 0
+        for start in range(0, len(events), 1000):
+            answer = self.send(workspace, headers, events[start : start + 1000])
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            bad = [r for r in body["results"] if r["status"] == "rejected"]
+            assert not bad, bad[:3]
+            last = max(last, body["last_seq"] or 0)
+        return last
+
+    def get(self, path: str, headers: dict[str, str], **params: Any) -> httpx.Response:
+        return self.http.get(path, headers=headers, params=params)
