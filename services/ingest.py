@@ -18,13 +18,18 @@ import msgspec
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.js import JetStreamContext
+from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
 from events.log import LOG_STREAM, log_headers, log_subject
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from services.atomic_publish import AtomicBatchError, publish_atomic
 
 log = structlog.get_logger()
+
+# JetStream error codes after which publishing one by one is the way forward.
+DUPLICATE_IN_BATCH = 10201
+TOO_MANY_BATCHES = 10210
 
 
 class Result(msgspec.Struct, omit_defaults=True):
@@ -79,8 +84,9 @@ RETURNING source, id, seq
 
 
 class Ingestor:
-    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, *, publish_timeout: float = 10.0) -> None:
-        self.js = js
+    def __init__(self, nc: NatsClient, pool: asyncpg.Pool, *, publish_timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
         self.pool = pool
         self.publish_timeout = publish_timeout
 
@@ -128,21 +134,33 @@ class Ingestor:
     ) -> list[tuple[int, bool]]:
         """Publish to the log; every (seq, duplicate-within-window) once durably acked.
 
-        The log keeps the event's JSON as it came, so unknown fields and exact decimals survive.
+        One atomic batch per request (all stored or none, fsynced once); when JetStream refuses
+        it because an id is inside its dedupe window, or its outcome is unknown, publish one by
+        one with the same ``Nats-Msg-Id``s, which answers each with its first copy's sequence.
+        The log keeps each event's JSON as it came, so unknown fields and exact decimals survive.
         """
         if not events:
             return []
         subject = log_subject(workspace)
+        messages = [(subject, item.raw, log_headers(workspace, item.event, received_at)) for item in events]
+        try:
+            seqs = await publish_atomic(self.nc, messages, stream=LOG_STREAM, timeout=self.publish_timeout)
+            return [(seq, False) for seq in seqs]
+        except AtomicBatchError as err:
+            if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
+                log.error("log.unavailable", workspace=workspace, error=str(err))
+                raise LogUnavailable(f"the log could not be written: {err}") from err
+            acks = await self._append_one_by_one(workspace, messages)
+            # After an unknown outcome, a copy found in the window is most likely our own batch.
+            return [(seq, dup and not err.maybe_committed) for seq, dup in acks]
+
+    async def _append_one_by_one(self, workspace: str, messages) -> list[tuple[int, bool]]:
         try:
             futures = [
                 await self.js.publish_async(
-                    subject,
-                    item.raw,
-                    stream=LOG_STREAM,
-                    headers=log_headers(workspace, item.event, received_at),
-                    wait_stall=self.publish_timeout,
+                    subject, payload, stream=LOG_STREAM, headers=headers, wait_stall=self.publish_timeout
                 )
-                for item in events
+                for subject, payload, headers in messages
             ]
             acks = await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:

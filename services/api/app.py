@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
 
-import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
-from nats.aio.client import Client as NatsClient
 
 from events.validation import (
     MAX_BATCH_BYTES,
@@ -23,74 +19,21 @@ from events.validation import (
 )
 from projections import contacts as contact_model
 from services.api import auth
-from services.ingest import Ingestor, Judged, LogUnavailable, Result, judge
+from services.api.common import (
+    ApiError,
+    Services,
+    authorize,
+    error_response,
+    json_response,
+    read_access,
+    require_workspace,
+    services_of,
+)
+from services.ingest import Judged, LogUnavailable, Result, judge
 from services.nats_io import last_log_seq
 from services.store import readiness
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
 _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
-
-
-class ApiError(HTTPException):
-    """An error answered as ``{"error": ..., **extra}``."""
-
-    def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(status_code=status_code, detail=error, headers=headers)
-        self.fields = extra
-
-
-def _error_response(_: Request, exc: HTTPException) -> Response:
-    body: dict[str, Any] = {"error": exc.detail}
-    body.update(getattr(exc, "fields", None) or {})
-    return Response(content=_encode(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
-
-
-@dataclass
-class Services:
-    pool: asyncpg.Pool
-    nc: NatsClient
-    ingestor: Ingestor
-    tokens: auth.TokenBook
-
-
-def services_of(request: Request) -> Services:
-    return request.app.state.services
-
-
-def json_response(value: Any, status_code: int = 200) -> Response:
-    return Response(content=_encode(value), status_code=status_code, media_type="application/json")
-
-
-async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
-    header = request.headers.get("authorization", "")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
-        raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    grant = await services_of(request).tokens.grant_for(token.strip())
-    if grant is None:
-        raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
-    if workspace is None:
-        if grant.workspace != auth.ANY_WORKSPACE or scope not in grant.scopes:
-            raise ApiError(403, f"this needs the operator's {scope} token")
-        return grant
-    if not grant.allows(workspace, scope):
-        raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
-    return grant
-
-
-async def require_workspace(request: Request, workspace: str) -> None:
-    if not is_workspace_id(workspace) or not await auth.workspace_exists(services_of(request).pool, workspace):
-        raise ApiError(404, f"unknown workspace {workspace!r}")
-
-
-async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:
-    """Every read: a read token, a known workspace, and the read-your-writes wait."""
-    await authorize(request, workspace, "read")
-    await require_workspace(request, workspace)
-    if min_seq is not None:
-        applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
-        if applied < min_seq:
-            raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
 
 
 # --- health, workspaces, tokens ---------------------------------------------------------
@@ -316,6 +259,11 @@ async def status(request: Request) -> Response:
 ROUTES = [health, create_workspace, create_token, ingest_events, get_contact, list_contacts, list_rejected, status]
 
 
+def all_routes() -> list:
+    """The spine's routes plus each capability's own module of routes."""
+    return list(ROUTES)
+
+
 def create_app(services_factory, on_shutdown=()) -> Litestar:
     """``services_factory`` is awaited at start-up and returns the Services the handlers use."""
 
@@ -323,10 +271,10 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         app.state.services = await services_factory()
 
     return Litestar(
-        route_handlers=ROUTES,
+        route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
-        exception_handlers={HTTPException: _error_response},
+        exception_handlers={HTTPException: error_response},
         request_max_body_size=MAX_BATCH_BYTES,
         openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs"),
         debug=False,

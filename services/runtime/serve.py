@@ -18,6 +18,7 @@ from services.api.app import Services, create_app
 from services.api.auth import TokenBook
 from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
+from projections.registry import all_projections
 from services.projector.runner import Projector
 from services.settings import Settings
 from services.store import readiness
@@ -62,12 +63,6 @@ async def prepare(backends: Backends) -> None:
     await migrate(backends.pool)
 
 
-def default_projections():
-    from projections.contacts import ContactsProjection
-
-    return [ContactsProjection()]
-
-
 async def _until_signal(*tasks: asyncio.Task) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -86,7 +81,7 @@ async def serve_projector(settings: Settings) -> None:
     logs.configure("projector")
     backends = await open_backends(settings, "projector", pool_size=4)
     await prepare(backends)
-    projector = Projector("main", default_projections(), backends.js, backends.pool)
+    projector = Projector("main", all_projections(), backends.js, backends.pool)
     tasks = [
         asyncio.create_task(projector.run()),
         asyncio.create_task(readiness.heartbeat(backends.pool, "projector")),
@@ -109,7 +104,7 @@ async def serve_api(settings: Settings) -> None:
         return Services(
             pool=backends.pool,
             nc=backends.nc,
-            ingestor=Ingestor(backends.js, backends.pool),
+            ingestor=Ingestor(backends.nc, backends.pool),
             tokens=TokenBook(backends.pool, settings.admin_token),
         )
 

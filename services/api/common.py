@@ -1,0 +1,81 @@
+"""What every route module shares: errors, access checks, JSON answers, the services they use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
+from nats.aio.client import Client as NatsClient
+
+from events.validation import is_workspace_id
+from services.api import auth
+from services.ingest import Ingestor
+from services.store import readiness
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+class ApiError(HTTPException):
+    """An error answered as ``{"error": ..., **extra}``."""
+
+    def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(status_code=status_code, detail=error, headers=headers)
+        self.fields = extra
+
+
+def error_response(_: Request, exc: HTTPException) -> Response:
+    body: dict[str, Any] = {"error": exc.detail}
+    body.update(getattr(exc, "fields", None) or {})
+    return Response(content=_encode(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+
+@dataclass
+class Services:
+    pool: asyncpg.Pool
+    nc: NatsClient
+    ingestor: Ingestor
+    tokens: auth.TokenBook
+
+
+def services_of(request: Request) -> Services:
+    return request.app.state.services
+
+
+def json_response(value: Any, status_code: int = 200) -> Response:
+    return Response(content=_encode(value), status_code=status_code, media_type="application/json")
+
+
+async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
+    header = request.headers.get("authorization", "")
+    kind, _, token = header.partition(" ")
+    if kind.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    grant = await services_of(request).tokens.grant_for(token.strip())
+    if grant is None:
+        raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
+    if workspace is None:
+        if grant.workspace != auth.ANY_WORKSPACE or scope not in grant.scopes:
+            raise ApiError(403, f"this needs the operator's {scope} token")
+        return grant
+    if not grant.allows(workspace, scope):
+        raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
+    return grant
+
+
+async def require_workspace(request: Request, workspace: str) -> None:
+    if not is_workspace_id(workspace) or not await auth.workspace_exists(services_of(request).pool, workspace):
+        raise ApiError(404, f"unknown workspace {workspace!r}")
+
+
+async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:
+    """Every read: a read token, a known workspace, and the read-your-writes wait."""
+    await authorize(request, workspace, "read")
+    await require_workspace(request, workspace)
+    if min_seq is not None:
+        applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
+        if applied < min_seq:
+            raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
