@@ -26,6 +26,7 @@ from services.api.common import (
     error_response,
     json_response,
     read_access,
+    read_connection,
     require_workspace,
     services_of,
 )
@@ -151,12 +152,16 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
 
 @get("/v1/workspaces/{ws:str}/contacts/{contact:str}", summary="One contact's funnel stage, touches and deals")
 async def get_contact(
-    request: Request, ws: str, contact: str, min_seq: int | None = None, wait_ms: int = 5000
+    request: Request,
+    ws: str,
+    contact: str,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
 ) -> contact_model.ContactView:
     await read_access(request, ws, min_seq, wait_ms)
-    row = await services_of(request).pool.fetchrow(
-        "SELECT state FROM contacts WHERE workspace = $1 AND contact = $2", ws, contact
-    )
+    async with read_connection(request, snapshot) as conn:
+        row = await conn.fetchrow("SELECT state FROM contacts WHERE workspace = $1 AND contact = $2", ws, contact)
     if row is None:
         raise ApiError(404, f"unknown contact {contact!r}")
     return json_response(contact_model.render(contact, contact_model.decode_state(row["state"])))  # type: ignore[return-value]
@@ -177,20 +182,22 @@ async def list_contacts(
     after: str | None = None,
     min_seq: int | None = None,
     wait_ms: int = 5000,
+    snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws, min_seq, wait_ms)
     if not 1 <= limit <= 1000:
         raise ApiError(400, "limit: expected 1 to 1000")
-    rows = await services_of(request).pool.fetch(
-        "SELECT contact, state FROM contacts WHERE workspace = $1"
-        " AND ($2::text IS NULL OR stage = $2) AND ($3::text IS NULL OR status = $3)"
-        " AND ($4::text IS NULL OR contact > $4) ORDER BY contact LIMIT $5",
-        ws,
-        stage,
-        status,
-        after,
-        limit + 1,
-    )
+    async with read_connection(request, snapshot) as conn:
+        rows = await conn.fetch(
+            "SELECT contact, state FROM contacts WHERE workspace = $1"
+            " AND ($2::text IS NULL OR stage = $2) AND ($3::text IS NULL OR status = $3)"
+            " AND ($4::text IS NULL OR contact > $4) ORDER BY contact LIMIT $5",
+            ws,
+            stage,
+            status,
+            after,
+            limit + 1,
+        )
     page = [contact_model.render(row["contact"], contact_model.decode_state(row["state"])) for row in rows[:limit]]
     return json_response(ContactPage(page, page[-1].contact if len(rows) > limit else None))  # type: ignore[return-value]
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -79,3 +81,15 @@ async def read_access(request: Request, workspace: str, min_seq: int | None, wai
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
+
+
+@contextlib.asynccontextmanager
+async def read_connection(request: Request, snapshot: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for read-model queries. Queries use unqualified table names, so a
+    point-in-time snapshot (a schema built by `touchline replay --until`) can be read by
+    putting its schema first on the search path."""
+    async with services_of(request).pool.acquire() as conn:
+        if snapshot is None:
+            yield conn
+            return
+        raise ApiError(404, f"unknown snapshot {snapshot!r}")

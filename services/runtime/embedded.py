@@ -90,6 +90,8 @@ class EmbeddedNats:
             start_new_session=True,
         )
         self.url = f"nats://127.0.0.1:{port}"
+        # CLI commands run beside `touchline up` find the embedded server here.
+        (self.root / "url").write_text(self.url)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
