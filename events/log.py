@@ -15,6 +15,7 @@ import hashlib
 import msgspec
 
 from events.catalog import AnyEvent, Envelope
+from events.upcasting import CATALOG_VERSION, UNSTAMPED_VERSION, upcast_json
 
 LOG_STREAM = "TOUCHLINE_LOG"
 LOG_SUBJECTS = "touchline.log.>"
@@ -24,6 +25,8 @@ INBOX_SUBJECTS = "touchline.in.>"
 HEADER_WORKSPACE = "Touchline-Workspace"
 HEADER_RECEIVED_AT = "Touchline-Received-At"
 HEADER_MSG_ID = "Nats-Msg-Id"
+# The catalog version that judged the event (events/upcasting.py); absent means version 1.
+HEADER_CATALOG_VERSION = "Touchline-Catalog-Version"
 
 _decode = msgspec.json.Decoder(AnyEvent).decode
 
@@ -50,6 +53,7 @@ def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> di
         HEADER_MSG_ID: message_id(workspace, event.source, event.id),
         HEADER_WORKSPACE: workspace,
         HEADER_RECEIVED_AT: received_at.isoformat(),
+        HEADER_CATALOG_VERSION: str(CATALOG_VERSION),
     }
 
 
@@ -68,7 +72,11 @@ class LoggedEvent(msgspec.Struct, frozen=True):
 
 
 def decode_logged(seq: int, subject: str, headers: dict[str, str] | None, body: bytes) -> LoggedEvent:
-    received = (headers or {}).get(HEADER_RECEIVED_AT)
+    """A logged event in today's catalog shape: an older one is upcast first (``raw`` is then
+    the upcast JSON; the log itself is never rewritten)."""
+    headers = headers or {}
+    received = headers.get(HEADER_RECEIVED_AT)
+    body = upcast_json(body, int(headers.get(HEADER_CATALOG_VERSION, UNSTAMPED_VERSION)))
     return LoggedEvent(
         seq=seq,
         workspace=workspace_of_subject(subject),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def all_projections() -> list:
+    from projections.audit import ContactEventsProjection
     from projections.contacts import ContactsProjection
 
-    return [ContactsProjection()]
+    return [ContactsProjection(), ContactEventsProjection()]
