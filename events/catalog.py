@@ -160,6 +160,8 @@ class FollowupRequestedData(Data):
     due_at: AwareTime
     caused_by_source: str
     caused_by_id: str
+    # A sales touch at or after this time makes the follow-up done (absent: the event's time).
+    trigger_time: AwareTime | None = None
 
 
 class AlertRaisedData(Data):

@@ -1,0 +1,579 @@
+"""The follow-up and alert rules of CONTRACT.md section 6, as pure decisions (no I/O).
+
+The rules worker applies the log in log order. For each event it calls ``decide(state, logged)``,
+which updates the decision state (per contact and per workspace) in place and returns what to do:
+commands for the work queue and timers to schedule. A fired timer goes through ``decide_timer``.
+The worker stores the state and its log position in one transaction; everything here is a plain
+function of (state, event, now, settings), so it is tested table-driven without servers.
+
+Unlike the read models, the rules decide "with what they have applied so far" (log order): a
+follow-up they emitted counts as open from that moment; "first deal.won of a deal" is the first in
+log order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import msgspec
+
+from events import catalog as c
+from events.commands import (
+    RULES_SOURCE,
+    RaiseAlert,
+    RequestFollowup,
+    alert_id,
+    command_id,
+    followup_id,
+    timer_id,
+)
+from events.log import LoggedEvent
+from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
+
+FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
+ALERT_RULES = ("metric-anomaly", "goal-at-risk")
+ALL_RULES = FOLLOWUP_RULES + ALERT_RULES
+
+DAY = dt.timedelta(days=1)
+RECENT_SALES = dt.timedelta(days=7)
+RESPOND_WITHIN = dt.timedelta(hours=24)
+POST_SALE_DUE = dt.timedelta(days=7)
+STALLED_AFTER = dt.timedelta(days=7)
+WARM_TOUCHES = 5
+ANOMALY_MIN_REPORTS = 3
+ANOMALY_FACTOR = 3.0
+GOAL_MIN_ELAPSED = 0.25
+GOAL_RISK_SHARE = Decimal("0.8")
+
+# The stages whose contact counts feed a revenue goal's derived numbers.
+COUNTED_STAGES = ("lead", "opportunity", "customer")
+
+VERBS = {"like": "liked", "comment": "commented on", "share": "shared", "click": "clicked", "reply": "replied to"}
+
+Key = tuple[dt.datetime, str, str]
+
+
+# --- state -------------------------------------------------------------------------------
+
+
+class Offer(msgspec.Struct, array_like=True):
+    time: dt.datetime
+    source: str
+    id: str
+    deal_id: str
+    amount: Decimal
+    currency: str
+
+    @property
+    def key(self) -> Key:
+        return (self.time, self.source, self.id)
+
+
+class Latest(msgspec.Struct, array_like=True):
+    time: dt.datetime
+    source: str
+    id: str
+    value: str = ""
+
+    @property
+    def key(self) -> Key:
+        return (self.time, self.source, self.id)
+
+
+class ContactRules(msgspec.Struct, omit_defaults=True):
+    consent: Latest | None = None
+    sales_times: list[dt.datetime] = msgspec.field(default_factory=list)
+    # Marketing touches applied since the last applied sales touch (log order).
+    marketing_since_sales: int = 0
+    # Open follow-ups: id -> trigger time (a sales touch at or after it closes the follow-up).
+    open: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
+    won_deals: list[str] = msgspec.field(default_factory=list)
+    lead_at: dt.datetime | None = None
+    stages: list[str] = msgspec.field(default_factory=list)
+    # The latest (by the contract's order) sales touch or deal outcome: what a stalled offer checks.
+    latest_activity: Latest | None = None
+    # Pending stalled-offer timers: timer id -> the offer.
+    offers: dict[str, Offer] = msgspec.field(default_factory=dict)
+
+    @property
+    def do_not_contact(self) -> bool:
+        return self.consent is not None and self.consent.value == "out"
+
+
+class DayFacts(msgspec.Struct, omit_defaults=True):
+    revenue: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    deals_won: int = 0
+    leads: int = 0
+    conversations: int = 0
+
+
+class Goal(msgspec.Struct):
+    time: dt.datetime
+    source: str
+    id: str
+    metric: str
+    target: Decimal
+    period_start: dt.date
+    period_end: dt.date
+    currency: str | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.time, self.source, self.id)
+
+
+class MetricStats(msgspec.Struct, array_like=True):
+    count: int = 0
+    total: float = 0.0
+
+
+class WorkspaceRules(msgspec.Struct, omit_defaults=True):
+    days: dict[dt.date, DayFacts] = msgspec.field(default_factory=dict)
+    won_sum: dict[str, Decimal] = msgspec.field(default_factory=dict)
+    won_count: dict[str, int] = msgspec.field(default_factory=dict)
+    stage_counts: dict[str, int] = msgspec.field(default_factory=dict)
+    goals: dict[str, Goal] = msgspec.field(default_factory=dict)
+    # "campaign_id\x00metric" -> reports applied so far.
+    metrics: dict[str, MetricStats] = msgspec.field(default_factory=dict)
+    campaign_names: dict[str, str] = msgspec.field(default_factory=dict)
+    # goal id -> the last UTC day a goal-at-risk alert was raised for it.
+    goal_alerted: dict[str, dt.date] = msgspec.field(default_factory=dict)
+
+
+@dataclass
+class RulesState:
+    """The part of the decision state a batch touches, keyed by (workspace, contact) and workspace."""
+
+    contacts: dict[tuple[str, str], ContactRules] = field(default_factory=dict)
+    workspaces: dict[str, WorkspaceRules] = field(default_factory=dict)
+
+    def contact(self, workspace: str, contact: str) -> ContactRules:
+        return self.contacts.setdefault((workspace, contact), ContactRules())
+
+    def workspace(self, workspace: str) -> WorkspaceRules:
+        return self.workspaces.setdefault(workspace, WorkspaceRules())
+
+
+class Timer(msgspec.Struct, frozen=True):
+    """Fire ``decide_timer`` for this contact at ``fire_at`` (a durable NATS message schedule)."""
+
+    timer_id: str
+    workspace: str
+    contact: str
+    fire_at: dt.datetime
+
+
+@dataclass
+class Effects:
+    commands: list[RequestFollowup | RaiseAlert] = field(default_factory=list)
+    timers: list[Timer] = field(default_factory=list)
+
+    def extend(self, other: "Effects") -> None:
+        self.commands.extend(other.commands)
+        self.timers.extend(other.timers)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """A workspace's rule settings."""
+
+    disabled: frozenset[str] = frozenset()
+
+    def enabled(self, rule: str) -> bool:
+        return rule not in self.disabled
+
+
+DEFAULT_SETTINGS = Settings()
+
+
+# --- guards and commands -----------------------------------------------------------------
+
+
+def may_follow_up(contact: ContactRules, t: dt.datetime, *, recent_sales: bool = True, open_ok: bool = False) -> bool:
+    """The contract's guards: not do-not-contact, no open follow-up, no sales touch in [t - 7 days, t]."""
+    if contact.do_not_contact:
+        return False
+    if contact.open and not open_ok:
+        return False
+    if recent_sales and any(t - RECENT_SALES <= moment <= t for moment in contact.sales_times):
+        return False
+    return True
+
+
+def _followup(
+    workspace: str,
+    subject: str,
+    contact: ContactRules,
+    rule: str,
+    reason: str,
+    *,
+    trigger_time: dt.datetime,
+    due_at: dt.datetime,
+    source: str,
+    trigger_id: str,
+    now: dt.datetime,
+) -> RequestFollowup:
+    fid = followup_id(workspace, rule, source, trigger_id)
+    contact.open[fid] = trigger_time  # open from the moment it is emitted
+    return RequestFollowup(
+        command_id=command_id(workspace, rule, source, trigger_id),
+        workspace=workspace,
+        followup_id=fid,
+        contact=subject,
+        rule=rule,
+        reason=reason,
+        due_at=due_at,
+        trigger_time=trigger_time,
+        caused_by_source=source,
+        caused_by_id=trigger_id,
+        issued_at=now,
+    )
+
+
+def _alert(workspace: str, rule: str, reason: str, *, source: str, trigger_id: str, at: dt.datetime, now: dt.datetime,
+           caused_by: tuple[str, str] | None, campaign_id: str | None = None, goal_id: str | None = None) -> RaiseAlert:
+    return RaiseAlert(
+        command_id=command_id(workspace, rule, source, trigger_id),
+        workspace=workspace,
+        alert_id=alert_id(workspace, rule, source, trigger_id),
+        rule=rule,
+        reason=reason,
+        at=at,
+        campaign_id=campaign_id,
+        goal_id=goal_id,
+        caused_by_source=caused_by[0] if caused_by else None,
+        caused_by_id=caused_by[1] if caused_by else None,
+        issued_at=now,
+    )
+
+
+def _campaign_words(ws: WorkspaceRules, campaign_id: str | None) -> str | None:
+    if campaign_id is None:
+        return None
+    return repr(ws.campaign_names.get(campaign_id, campaign_id)).replace('"', "'")
+
+
+def _amount(value: Decimal) -> str:
+    text = format(value.normalize() if value == value.to_integral() else value, "f")
+    return text
+
+
+# --- the rules over logged events --------------------------------------------------------
+
+
+def decide(
+    state: RulesState,
+    logged: LoggedEvent,
+    *,
+    now: dt.datetime,
+    settings: Settings = DEFAULT_SETTINGS,
+) -> Effects:
+    """Apply one (first-copy) logged event to the decision state; return the commands and timers it causes."""
+    event = logged.event
+    ws_id = logged.workspace
+    ws = state.workspace(ws_id)
+    effects = Effects()
+    t = utc(event.time)
+
+    if isinstance(event, c.CampaignLaunched):
+        if event.data.name:
+            ws.campaign_names[event.data.campaign_id] = event.data.name
+        return effects
+    if isinstance(event, c.MetricsReported):
+        if settings.enabled("metric-anomaly"):
+            effects.commands.extend(_metric_anomaly(ws_id, ws, event, now))
+        else:
+            _count_metric(ws, event)
+        return effects
+    if isinstance(event, c.GoalSet):
+        goal = Goal(t, event.source, event.id, event.data.metric, event.data.target, event.data.period_start,
+                    event.data.period_end, event.data.currency)
+        known = ws.goals.get(event.data.goal_id)
+        if known is None or goal.key > known.key:
+            ws.goals[event.data.goal_id] = goal
+        if settings.enabled("goal-at-risk"):
+            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only={event.data.goal_id}))
+        return effects
+    if isinstance(event, c.AlertRaised) or not event.contact_event or event.subject is None:
+        return effects
+
+    subject = event.subject
+    contact = state.contact(ws_id, subject)
+    changed_metrics: set[str] = set()
+
+    if isinstance(event, c.FollowupRequested):
+        # Written by the dispatcher; when the rules run again from the start, this keeps what was
+        # open then open now (a follow-up a timer caused is not re-derived at the same point).
+        trigger = utc(event.data.trigger_time or event.time)
+        closed = any(moment >= trigger for moment in contact.sales_times)
+        if event.data.followup_id not in contact.open and not closed:
+            contact.open[event.data.followup_id] = trigger
+        return effects
+    if isinstance(event, c.FollowupDismissed):
+        contact.open.pop(event.data.followup_id, None)
+        return effects
+    if isinstance(event, (c.OptedOut, c.OptedIn)):
+        latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")
+        if contact.consent is None or latest.key > contact.consent.key:
+            contact.consent = latest
+        return effects
+
+    # Facts for the goals: leads (earliest reached[lead]) and the stage counts.
+    stage = implied_stage(event)
+    if stage is not None and STAGE_RANK[stage] >= STAGE_RANK["lead"]:
+        if contact.lead_at is None or t < contact.lead_at:
+            if contact.lead_at is not None:
+                _day(ws, contact.lead_at).leads -= 1
+            _day(ws, t).leads += 1
+            contact.lead_at = t
+            changed_metrics.add("leads")
+        for counted in COUNTED_STAGES:
+            if STAGE_RANK[counted] <= STAGE_RANK[stage] and counted not in contact.stages:
+                contact.stages.append(counted)
+                ws.stage_counts[counted] = ws.stage_counts.get(counted, 0) + 1
+
+    kind = touch_kind(event)
+    if kind == "marketing":
+        contact.marketing_since_sales += 1
+        effects.commands.extend(_marketing_rules(ws_id, ws, subject, contact, event, t, now, settings))
+    elif kind == "sales":
+        contact.sales_times.append(t)
+        contact.sales_times.sort()
+        contact.marketing_since_sales = 0
+        # A sales touch at or after a follow-up's trigger makes it done.
+        for fid, trigger in list(contact.open.items()):
+            if t >= trigger:
+                del contact.open[fid]
+        _note_activity(contact, event, t)
+        if isinstance(event, c.ConversationHeld):
+            _day(ws, t).conversations += 1
+            changed_metrics.add("conversations")
+        if isinstance(event, c.OfferMade) and settings.enabled("stalled-offer"):
+            tid = timer_id(ws_id, event.source, event.id)
+            contact.offers[tid] = Offer(t, event.source, event.id, event.data.deal_id, event.data.amount,
+                                        event.data.currency)
+            effects.timers.append(Timer(tid, ws_id, subject, t + STALLED_AFTER))
+
+    if isinstance(event, (c.DealWon, c.DealLost)):
+        _note_activity(contact, event, t)
+    if isinstance(event, c.DealWon) and event.data.deal_id not in contact.won_deals:
+        contact.won_deals.append(event.data.deal_id)
+        day = _day(ws, t)
+        currency = event.data.currency
+        day.revenue[currency] = day.revenue.get(currency, Decimal(0)) + event.data.amount
+        day.deals_won += 1
+        ws.won_sum[currency] = ws.won_sum.get(currency, Decimal(0)) + event.data.amount
+        ws.won_count[currency] = ws.won_count.get(currency, 0) + 1
+        changed_metrics.update(("revenue", "deals_won"))
+        if settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
+            reason = (
+                f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {currency}):"
+                " check in within 7 days that all is well, and ask for a review or a referral"
+            )
+            effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
+                                              due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id, now=now))
+    if isinstance(event, c.DealRefunded):
+        day = _day(ws, t)
+        day.revenue[event.data.currency] = day.revenue.get(event.data.currency, Decimal(0)) - event.data.amount
+        changed_metrics.add("revenue")
+
+    if changed_metrics and settings.enabled("goal-at-risk"):
+        affected = {gid for gid, goal in ws.goals.items() if goal.metric in changed_metrics}
+        if affected:
+            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
+    return effects
+
+
+def _note_activity(contact: ContactRules, event: c.Envelope, t: dt.datetime) -> None:
+    latest = Latest(t, event.source, event.id)
+    if contact.latest_activity is None or latest.key > contact.latest_activity.key:
+        contact.latest_activity = latest
+
+
+def _day(ws: WorkspaceRules, moment: dt.datetime) -> DayFacts:
+    return ws.days.setdefault(utc(moment).date(), DayFacts())
+
+
+def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope,
+                     t: dt.datetime, now: dt.datetime, settings: Settings) -> list[RequestFollowup]:
+    """hot-engagement, new-lead and warm-unworked, in that order; once one fires the others see it open."""
+    out: list[RequestFollowup] = []
+    data = event.data
+    campaign = _campaign_words(ws, getattr(data, "campaign_id", None))
+
+    def fire(rule: str, reason: str) -> None:
+        out.append(_followup(ws_id, subject, contact, rule, reason, trigger_time=t, due_at=t + RESPOND_WITHIN,
+                             source=event.source, trigger_id=event.id, now=now))
+
+    if isinstance(event, c.Engaged) and data.action in VERBS and settings.enabled("hot-engagement"):
+        if may_follow_up(contact, t):
+            what = f"your post {campaign}" if campaign else "your content"
+            fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}: reach out within 24 hours")
+    if isinstance(event, c.LeadCaptured) and settings.enabled("new-lead"):
+        if may_follow_up(contact, t):
+            how = f" through {campaign}" if campaign else ""
+            method = f" ({data.method})" if data.method else ""
+            fire("new-lead", f"{subject} became a lead on {data.channel}{how}{method}: reach out within 24 hours")
+    if contact.marketing_since_sales == WARM_TOUCHES and settings.enabled("warm-unworked"):
+        if may_follow_up(contact, t):
+            since = "since your last sales contact" if contact.sales_times else "and no one from sales has reached out yet"
+            fire(
+                "warm-unworked",
+                f"{subject} has engaged with your marketing {WARM_TOUCHES} times {since}"
+                f" (latest on {data.channel}): reach out within 24 hours",
+            )
+    return out
+
+
+def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *, now: dt.datetime,
+                 settings: Settings = DEFAULT_SETTINGS) -> Effects:
+    """A stalled-offer timer fired: follow up unless a later sales touch or deal outcome came in.
+
+    The offer is itself a sales touch at the trigger's time, so the usual "no sales touch in the
+    last 7 days" guard is replaced by the rule's own condition; the do-not-contact and
+    open-follow-up guards apply. The follow-up's trigger time is the moment the offer went
+    stale (offer time + 7 days), so only a sales touch from then on makes it done.
+    """
+    effects = Effects()
+    contact = state.contact(workspace, contact_id)
+    offer = contact.offers.pop(tid, None)
+    if offer is None or not settings.enabled("stalled-offer"):
+        return effects
+    if contact.latest_activity is not None and contact.latest_activity.key > offer.key:
+        return effects
+    stale_at = offer.time + STALLED_AFTER
+    if not may_follow_up(contact, stale_at, recent_sales=False):
+        return effects
+    reason = (
+        f"Your offer to {contact_id} (deal {offer.deal_id}, {_amount(offer.amount)} {offer.currency}) has had no"
+        " answer for 7 days: follow up now"
+    )
+    effects.commands.append(_followup(workspace, contact_id, contact, "stalled-offer", reason, trigger_time=stale_at,
+                                      due_at=stale_at, source=offer.source, trigger_id=offer.id, now=now))
+    return effects
+
+
+# --- alerts ------------------------------------------------------------------------------
+
+
+def _count_metric(ws: WorkspaceRules, event: c.Envelope) -> MetricStats:
+    key = f"{event.data.campaign_id}\x00{event.data.metric}"
+    stats = ws.metrics.setdefault(key, MetricStats())
+    before = MetricStats(stats.count, stats.total)
+    stats.count += 1
+    stats.total += event.data.value
+    return before
+
+
+def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.datetime) -> list[RaiseAlert]:
+    before = _count_metric(ws, event)
+    if before.count < ANOMALY_MIN_REPORTS:
+        return []
+    mean = before.total / before.count
+    value = event.data.value
+    if value > ANOMALY_FACTOR * mean:
+        direction = f"{value / mean:.1f}x" if mean > 0 else "far"
+        words = f"{direction} above"
+    elif value < mean / ANOMALY_FACTOR:
+        words = "far below" if value <= 0 or mean <= 0 else f"{mean / value:.1f}x below"
+    else:
+        return []
+    campaign = _campaign_words(ws, event.data.campaign_id)
+    reason = (
+        f"{event.data.metric} of campaign {campaign} is {_number(value)}, {words} its mean of"
+        f" {_number(mean)} over {before.count} reports: check what changed"
+    )
+    return [_alert(ws_id, "metric-anomaly", reason, source=event.source, trigger_id=event.id, at=utc(event.time),
+                   now=now, caused_by=(event.source, event.id), campaign_id=event.data.campaign_id)]
+
+
+def _number(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value):,}"
+
+
+def goal_actual(ws: WorkspaceRules, goal: Goal) -> Decimal:
+    """The goal's actual over [period_start, period_end), from the workspace's daily facts."""
+    total = Decimal(0)
+    for day, facts in ws.days.items():
+        if goal.period_start <= day < goal.period_end:
+            if goal.metric == "revenue":
+                total += facts.revenue.get(goal.currency or "", Decimal(0))
+            else:
+                total += getattr(facts, goal.metric)
+    return total
+
+
+def elapsed_fraction(goal: Goal, now: dt.datetime) -> float:
+    start = dt.datetime.combine(goal.period_start, dt.time(), dt.timezone.utc)
+    end = dt.datetime.combine(goal.period_end, dt.time(), dt.timezone.utc)
+    return min(1.0, max(0.0, (now - start) / (end - start)))
+
+
+def check_goals(ws_id: str, ws: WorkspaceRules, now: dt.datetime, *, caused_by: tuple[str, str] | None,
+                only: set[str] | None = None) -> list[RaiseAlert]:
+    """goal-at-risk: at least a quarter of the period gone and projected under 80 % of target.
+
+    At most once per goal per UTC day (the alert id includes the day). Only goals whose period is
+    running are checked: once it is over there is nothing left to act on.
+    """
+    out: list[RaiseAlert] = []
+    today = utc(now).date()
+    for gid, goal in sorted(ws.goals.items()):
+        if only is not None and gid not in only:
+            continue
+        if ws.goal_alerted.get(gid) == today:
+            continue
+        f = elapsed_fraction(goal, now)
+        if f < GOAL_MIN_ELAPSED or f >= 1.0:
+            continue
+        actual = goal_actual(ws, goal)
+        projected = actual / Decimal(repr(f))
+        if projected >= GOAL_RISK_SHARE * goal.target:
+            continue
+        ws.goal_alerted[gid] = today
+        reason = goal_reason(ws, gid, goal, actual, projected, f)
+        out.append(_alert(ws_id, "goal-at-risk", reason, source=RULES_SOURCE, trigger_id=f"goal:{gid}:{today.isoformat()}",
+                          at=now, now=now, caused_by=caused_by, goal_id=gid))
+    return out
+
+
+def goal_reason(ws: WorkspaceRules, gid: str, goal: Goal, actual: Decimal, projected: Decimal, f: float) -> str:
+    unit = f" {goal.currency}" if goal.metric == "revenue" else ""
+    remaining = max(Decimal(0), goal.target - actual)
+    text = (
+        f"Goal {gid!r} ({goal.metric.replace('_', ' ')}) is at risk: {_amount(actual)}{unit} of"
+        f" {_amount(goal.target)}{unit} with {round(f * 100)}% of the period gone, projected"
+        f" {_amount(projected.quantize(Decimal('0.01')))}{unit}. Gap: {_amount(remaining)}{unit}"
+    )
+    deals = opportunities = leads = None
+    customers = ws.stage_counts.get("customer", 0)
+    opps = ws.stage_counts.get("opportunity", 0)
+    lead_count = ws.stage_counts.get("lead", 0)
+    if goal.metric == "revenue":
+        count = ws.won_count.get(goal.currency or "", 0)
+        if count:
+            avg = ws.won_sum[goal.currency] / count
+            deals = math.ceil(remaining / avg) if avg > 0 else None
+    elif goal.metric == "deals_won":
+        deals = math.ceil(remaining)
+    elif goal.metric == "leads":
+        leads = math.ceil(remaining)
+    if deals is not None and customers and opps:
+        opportunities = math.ceil(Decimal(deals) * opps / customers)
+        if lead_count:
+            leads = math.ceil(Decimal(opportunities) * lead_count / opps)
+    needs = [f"{n} more {what}" for n, what in ((deals, "deals"), (opportunities, "opportunities"), (leads, "leads"))
+             if n is not None]
+    if goal.metric == "conversations":
+        needs = [f"{math.ceil(remaining)} more conversations"]
+    return text + (": about " + ", ".join(needs) + " needed" if needs else "") + "."
+
+
+# --- storage codecs ----------------------------------------------------------------------
+
+encode_state = msgspec.json.Encoder(decimal_format="string").encode
+decode_contact = msgspec.json.Decoder(ContactRules).decode
+decode_workspace = msgspec.json.Decoder(WorkspaceRules).decode

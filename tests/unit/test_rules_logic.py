@@ -1,0 +1,292 @@
+"""The follow-up and alert rules as pure decisions: each rule's firing and each guard."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from decimal import Decimal
+
+import msgspec
+import pytest
+
+from events.commands import RaiseAlert, RequestFollowup, followup_id
+from events.log import LoggedEvent
+from events.validation import parse_event
+from events import catalog as c
+from services.rules import logic
+from services.rules.logic import RulesState, Settings, decide, decide_timer
+
+WS = "acme"
+T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 20, 12, 0, tzinfo=dt.timezone.utc)
+_seq = itertools.count(1)
+
+
+def ev(type_: str, subject: str | None = "dana", at: dt.datetime = T0, *, id: str | None = None, source: str = "/t",
+       **data) -> LoggedEvent:
+    body = {"specversion": "1.0", "id": id or f"e{next(_seq)}", "source": source, "type": f"touchline.{type_}",
+            "time": at.isoformat(), "data": data}
+    if subject is not None:
+        body["subject"] = subject
+    raw = msgspec.json.encode(body)
+    return LoggedEvent(next(_seq), WS, NOW, parse_event(raw), raw)
+
+
+def internal(type_: str, subject: str | None, at: dt.datetime, **data) -> LoggedEvent:
+    body = {"specversion": "1.0", "id": data.get("followup_id") or data.get("alert_id"), "source": "/touchline/rules",
+            "type": f"touchline.{type_}", "time": at.isoformat(), "data": data, "subject": subject}
+    raw = msgspec.json.encode(body)
+    return LoggedEvent(next(_seq), WS, NOW, msgspec.json.decode(raw, type=c.AnyEvent), raw)
+
+
+def run(events: list[LoggedEvent], *, state: RulesState | None = None, settings: Settings = logic.DEFAULT_SETTINGS,
+        now: dt.datetime = NOW):
+    state = state or RulesState()
+    effects = logic.Effects()
+    for logged in events:
+        effects.extend(decide(state, logged, now=now, settings=settings))
+    return state, effects
+
+
+def rules(effects: logic.Effects) -> list[str]:
+    return [command.rule for command in effects.commands]
+
+
+H = dt.timedelta(hours=1)
+D = dt.timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("history", "expected"),
+    [
+        # hot-engagement: like/comment/share/click/reply, not view/open/visit
+        ([ev("marketing.engaged", channel="instagram", action="comment")], ["hot-engagement"]),
+        ([ev("marketing.engaged", channel="web", action=a) for a in ("view",)], []),
+        ([ev("marketing.engaged", channel="web", action=a) for a in ("open",)], []),
+        ([ev("marketing.engaged", channel="x", action=a) for a in ("like",)], ["hot-engagement"]),
+        ([ev("marketing.engaged", channel="x", action=a) for a in ("reply",)], ["hot-engagement"]),
+        # guard: an open follow-up blocks the next one
+        ([ev("marketing.engaged", channel="x", action="like"), ev("marketing.engaged", at=T0 + H, channel="x", action="share")],
+         ["hot-engagement"]),
+        # guard: a sales touch in [t - 7 days, t]
+        ([ev("sales.outreach.sent", at=T0 - 6 * D, channel="email"), ev("marketing.engaged", channel="x", action="like")], []),
+        ([ev("sales.outreach.sent", at=T0 - 8 * D, channel="email"), ev("marketing.engaged", channel="x", action="like")],
+         ["hot-engagement"]),
+        # a sales touch later than t is outside [t - 7 days, t]
+        ([ev("sales.outreach.sent", at=T0 + D, channel="email"), ev("marketing.engaged", channel="x", action="like")],
+         ["hot-engagement"]),
+        # guard: do not contact (latest of opted_out / opted_in by time decides)
+        ([ev("contact.opted_out"), ev("marketing.engaged", channel="x", action="like")], []),
+        ([ev("contact.opted_out"), ev("contact.opted_in", at=T0 + H), ev("marketing.engaged", channel="x", action="like")],
+         ["hot-engagement"]),
+        ([ev("contact.opted_in", at=T0 + H), ev("contact.opted_out", at=T0), ev("marketing.engaged", channel="x", action="like")],
+         ["hot-engagement"]),
+        # new-lead
+        ([ev("marketing.lead.captured", channel="web", method="form")], ["new-lead"]),
+        ([ev("sales.conversation.held", at=T0 - D, channel="phone"), ev("marketing.lead.captured", channel="web")], []),
+        # warm-unworked: the 5th marketing touch since the last sales touch (views don't fire hot-engagement)
+        ([ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(4)], []),
+        ([ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(5)], ["warm-unworked"]),
+        ([ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(6)], ["warm-unworked"]),
+        ([ev("sales.outreach.sent", at=T0 - 30 * D, channel="email")]
+         + [ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(5)], ["warm-unworked"]),
+        # ... counted from the last applied sales touch: 3 before, a sales touch, then 5 -> fires (touch is old)
+        ([ev("marketing.engaged", at=T0 - 20 * D, channel="web", action="view") for _ in range(3)]
+         + [ev("sales.outreach.sent", at=T0 - 10 * D, channel="email")]
+         + [ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(4)], []),
+        # post-sale: first won of a deal, only the do-not-contact guard
+        ([ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR")], ["post-sale"]),
+        ([ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR"),
+          ev("sales.deal.won", at=T0 + H, deal_id="d1", amount="10", currency="EUR")], ["post-sale"]),
+        ([ev("marketing.engaged", channel="x", action="like"), ev("sales.offer.made", at=T0 - D, deal_id="d1", amount="5", currency="EUR"),
+          ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR")], ["hot-engagement", "post-sale"]),
+        ([ev("contact.opted_out"), ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR")], []),
+    ],
+)
+def test_followup_rules_and_guards(history, expected):
+    _, effects = run(history)
+    assert rules(effects) == expected
+
+
+def test_hot_engagement_reason_due_and_ids():
+    state, effects = run([ev("marketing.campaign.launched", None, campaign_id="c1", channel="instagram", name="Spring sale"),
+                          ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")])
+    [command] = effects.commands
+    assert isinstance(command, RequestFollowup)
+    assert command.reason == "Dana commented on your post 'Spring sale' on instagram: reach out within 24 hours"
+    assert command.due_at == T0 + dt.timedelta(hours=24)
+    assert command.followup_id == followup_id(WS, "hot-engagement", "/t", "x1")
+    # Running the same trigger again (a rerun from the start) gives the same ids.
+    _, again = run([ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")])
+    assert again.commands[0].followup_id == command.followup_id
+    assert again.commands[0].command_id == command.command_id
+
+
+def test_follow_up_closes_on_sales_touch_at_or_after_trigger_and_on_dismissal():
+    state, effects = run([ev("marketing.engaged", channel="x", action="like")])
+    fid = effects.commands[0].followup_id
+    contact = state.contact(WS, "dana")
+    assert fid in contact.open
+    # A sales touch before the trigger leaves it open... and blocks nothing new (recency guard aside).
+    run([ev("sales.outreach.sent", at=T0 - 8 * D, channel="email")], state=state)
+    assert fid in contact.open
+    run([ev("sales.outreach.sent", at=T0, channel="email")], state=state)
+    assert fid not in contact.open
+    state2, effects2 = run([ev("marketing.lead.captured", channel="web")])
+    fid2 = effects2.commands[0].followup_id
+    run([ev("sales.followup.dismissed", followup_id=fid2)], state=state2)
+    assert not state2.contact(WS, "dana").open
+
+
+def test_logged_followup_counts_as_open_when_rules_rerun():
+    fid = "fu_from_a_timer"
+    history = [internal("followup.requested", "dana", T0, followup_id=fid, rule="stalled-offer", reason="r",
+                        due_at=T0.isoformat(), caused_by_source="/t", caused_by_id="o1", trigger_time=T0.isoformat()),
+               ev("marketing.engaged", at=T0 + H, channel="x", action="like")]
+    _, effects = run(history)
+    assert effects.commands == []
+
+
+def test_disabled_rule_does_not_fire():
+    _, effects = run([ev("marketing.engaged", channel="x", action="like")], settings=Settings(frozenset({"hot-engagement"})))
+    assert effects.commands == []
+
+
+def _offer(at=T0, id="o1"):
+    return ev("sales.offer.made", at=at, id=id, deal_id="d1", amount="500", currency="EUR")
+
+
+@pytest.mark.parametrize(
+    ("after", "fires"),
+    [
+        ([], True),
+        ([ev("sales.outreach.sent", at=T0 + D, channel="email")], False),
+        ([ev("sales.deal.lost", at=T0 + 2 * D, deal_id="d1")], False),
+        ([ev("sales.deal.won", at=T0 + 2 * D, deal_id="d1", amount="500", currency="EUR")], False),
+        # earlier activity is not "later"
+        ([ev("sales.outreach.sent", at=T0 - D, channel="email")], True),
+        ([ev("contact.opted_out", at=T0 + D)], False),
+        ([ev("marketing.engaged", at=T0 - 10 * D, channel="x", action="like")], False),  # an open follow-up
+        ([ev("marketing.engaged", at=T0 + D, channel="x", action="view")], True),
+    ],
+)
+def test_stalled_offer_timer(after, fires):
+    state, effects = run([_offer()])
+    [timer] = effects.timers
+    assert timer.fire_at == T0 + dt.timedelta(days=7)
+    run(after, state=state)
+    fired = decide_timer(state, WS, "dana", timer.timer_id, now=NOW)
+    assert [cmd.rule for cmd in fired.commands] == (["stalled-offer"] if fires else [])
+    if fires:
+        command = fired.commands[0]
+        assert command.due_at == command.trigger_time == T0 + dt.timedelta(days=7)
+        assert command.followup_id == followup_id(WS, "stalled-offer", "/t", "o1")
+        assert "deal d1, 500 EUR" in command.reason
+    # A timer fires once: firing it again (redelivery) does nothing.
+    assert decide_timer(state, WS, "dana", timer.timer_id, now=NOW).commands == []
+
+
+def _metric(value, id=None):
+    return ev("marketing.metrics.reported", None, id=id, campaign_id="c1", metric="reach", value=value)
+
+
+@pytest.mark.parametrize(
+    ("values", "alerts"),
+    [
+        ([100, 100, 100, 301], 1),
+        ([100, 100, 100, 300], 0),
+        ([100, 100, 100, 33], 1),
+        ([100, 100, 100, 34], 0),
+        ([100, 100, 301], 0),  # fewer than 3 reports before
+        ([100, 100, 100, 100, 1000, 100], 1),  # the mean includes the anomaly
+    ],
+)
+def test_metric_anomaly(values, alerts):
+    _, effects = run([_metric(v) for v in values])
+    assert len(effects.commands) == alerts
+    if alerts:
+        alert = effects.commands[0]
+        assert isinstance(alert, RaiseAlert)
+        assert alert.rule == "metric-anomaly" and alert.campaign_id == "c1"
+        assert "reach of campaign 'c1'" in alert.reason
+
+
+def _goal(metric="revenue", target="10000", start="2026-11-01", end="2026-12-01", **extra):
+    data = {"goal_id": "g1", "metric": metric, "target": target, "period_start": start, "period_end": end, **extra}
+    if metric == "revenue":
+        data.setdefault("currency", "EUR")
+    return ev("goal.set", None, **data)
+
+
+def test_goal_at_risk_fires_once_per_day_with_gap_and_needs():
+    # Now is 19.5/30 of the way through November: 65 % gone.
+    history = [
+        _goal(),
+        ev("marketing.lead.captured", "a", channel="web"),
+        ev("marketing.lead.captured", "b", channel="web"),
+        ev("sales.offer.made", "a", deal_id="d1", amount="1000", currency="EUR"),
+        ev("sales.offer.made", "b", deal_id="d2", amount="1000", currency="EUR"),
+    ]
+    state, effects = run(history)
+    # No won deal yet: actual 0, projected 0 < 8000 -> at risk on the goal.set already.
+    assert [r for r in rules(effects) if r == "goal-at-risk"] == ["goal-at-risk"]
+    effects.commands = [cmd for cmd in effects.commands if cmd.rule == "goal-at-risk"]
+    # Same day: no second alert, even as actual changes.
+    _, more = run([ev("sales.deal.won", "a", deal_id="d1", amount="1000", currency="EUR")], state=state)
+    assert rules(more) == ["post-sale"]
+    # Next day it may fire again, with the derived numbers.
+    _, next_day = run([ev("sales.deal.refunded", "a", deal_id="d1", amount="0", currency="EUR")], state=state,
+                      now=NOW + D)
+    [alert] = next_day.commands
+    assert alert.goal_id == "g1" and alert.rule == "goal-at-risk"
+    # avg deal 1000, gap 9000 -> 9 deals; 2 opportunities : 1 customer -> 18; 2 leads : 2 opps -> 18 leads
+    assert "Gap: 9000 EUR" in alert.reason
+    assert "about 9 more deals, 18 more opportunities, 18 more leads needed" in alert.reason
+    assert alert.alert_id != effects.commands[0].alert_id
+
+
+@pytest.mark.parametrize(
+    ("now", "won", "fires"),
+    [
+        (dt.datetime(2026, 11, 5, tzinfo=dt.timezone.utc), "0", False),  # under a quarter gone
+        (dt.datetime(2026, 11, 16, tzinfo=dt.timezone.utc), "4500", False),  # 50 %: projected 9000 >= 8000
+        (dt.datetime(2026, 11, 16, tzinfo=dt.timezone.utc), "3900", True),  # projected 7800 < 8000
+        (dt.datetime(2026, 12, 2, tzinfo=dt.timezone.utc), "0", False),  # period over
+    ],
+)
+def test_goal_at_risk_thresholds(now, won, fires):
+    history = [ev("sales.deal.won", "a", deal_id="d1", amount=won, currency="EUR", at=dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc)),
+               _goal()]
+    _, effects = run(history, now=now)
+    assert ("goal-at-risk" in rules(effects)) == fires
+
+
+def test_goal_actual_by_metric():
+    state, _ = run([
+        ev("marketing.lead.captured", "a", channel="web", at=T0),
+        ev("sales.conversation.held", "a", channel="phone", at=T0 + D),
+        ev("sales.conversation.held", "b", channel="phone", at=T0 - 3 * D),  # before the period; b a lead too
+        ev("sales.deal.won", "a", deal_id="d1", amount="100", currency="EUR", at=T0 + D),
+        ev("sales.deal.won", "a", deal_id="d2", amount="50", currency="USD", at=T0 + D),
+        ev("sales.deal.refunded", "a", deal_id="d1", amount="30", currency="EUR", at=T0 + 2 * D),
+    ], now=T0)
+    ws = state.workspace(WS)
+    goal = lambda metric, currency=None: logic.Goal(T0, "/t", "g", metric, Decimal(1), T0.date(), (T0 + 30 * D).date(), currency)
+    assert logic.goal_actual(ws, goal("revenue", "EUR")) == Decimal(70)
+    assert logic.goal_actual(ws, goal("deals_won")) == 2
+    assert logic.goal_actual(ws, goal("leads")) == 1
+    assert logic.goal_actual(ws, goal("conversations")) == 1
+    # b's lead moves into the period when an earlier... later-applied lead event is earlier still: no.
+    run([ev("marketing.lead.captured", "b", channel="web", at=T0 - 10 * D)], state=state, now=T0)
+    assert logic.goal_actual(ws, goal("leads")) == 1
+    run([ev("marketing.lead.captured", "c", channel="web", at=T0 + 3 * D),
+         ev("marketing.lead.captured", "c", channel="web", at=T0 - 3 * D)], state=state, now=T0)
+    assert logic.goal_actual(ws, goal("leads")) == 1
+
+
+def test_state_round_trips_through_json():
+    state, _ = run([_offer(), ev("marketing.engaged", channel="x", action="like", at=T0 + 8 * D), _goal(), _metric(3)])
+    for contact in state.contacts.values():
+        assert logic.decode_contact(logic.encode_state(contact)) == contact
+    for ws in state.workspaces.values():
+        assert logic.decode_workspace(logic.encode_state(ws)) == ws
