@@ -1,0 +1,153 @@
+"""The projector and the contact read model across real processes: exactly once, in any order."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+
+import msgspec
+
+from events.validation import parse_event
+from projections.contacts import fold, render
+from tests.support import event
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+def sample_history(contacts: int, per_contact: int, seed: int = 1) -> list[dict]:
+    rng = random.Random(seed)
+    bodies = []
+    for n in range(contacts):
+        contact = f"c{n:05d}"
+        for k in range(per_contact):
+            day, hour = rng.randint(1, 28), rng.randint(0, 23)
+            when = f"2026-10-{day:02d}T{hour:02d}:{rng.randint(0, 59):02d}:00Z"
+            kind = rng.random()
+            if kind < 0.55:
+                body = event("marketing.engaged", contact, when, channel=rng.choice(["ig", "mail", "web"]),
+                             action=rng.choice(["view", "open", "like", "click"]))
+            elif kind < 0.7:
+                body = event("sales.outreach.sent", contact, when, channel=rng.choice(["email", "phone"]))
+            elif kind < 0.8:
+                body = event("marketing.lead.captured", contact, when, channel="web")
+            elif kind < 0.9:
+                body = event("sales.offer.made", contact, when, deal_id=f"{contact}-d", amount="80", currency="EUR")
+            else:
+                body = event("sales.deal.won", contact, when, deal_id=f"{contact}-d{k % 2}",
+                             amount=rng.choice(["80", "120.40"]), currency="EUR")
+            bodies.append(body)
+    return bodies
+
+
+def expected_contacts(bodies: list[dict]) -> dict[str, dict]:
+    unique = {(b["source"], b["id"]): b for b in reversed(bodies)}  # the first copy wins
+    events = [parse_event(json.dumps(b).encode()) for b in unique.values()]
+    return {c: json.loads(_encode(render(c, s))) for c, s in fold(events).items()}
+
+
+def all_contacts(stack, ws, auth, min_seq) -> dict[str, dict]:
+    found, after = {}, None
+    while True:
+        params = {"limit": 500, "min_seq": min_seq, "wait_ms": 60000}
+        if after:
+            params["after"] = after
+        page = stack.get(f"/v1/workspaces/{ws}/contacts", auth, **params)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        found.update({c["contact"]: c for c in body["contacts"]})
+        after = body["next"]
+        if after is None:
+            return found
+
+
+def test_late_and_shuffled_arrival_gives_the_oracle_answer(stack):
+    ws, auth = stack.new_workspace()
+    bodies = sample_history(contacts=40, per_contact=8, seed=3)
+    shuffled = list(bodies)
+    random.Random(9).shuffle(shuffled)
+    # Duplicates, some in the same batch, some far apart.
+    shuffled += random.Random(4).sample(bodies, 30)
+    last = stack.ingest(ws, auth, shuffled)
+    assert all_contacts(stack, ws, auth, last) == expected_contacts(bodies)
+
+
+def test_contact_list_pages_and_filters(stack):
+    ws, auth = stack.new_workspace()
+    last = stack.ingest(ws, auth, [
+        event("marketing.engaged", f"p{n}", channel="ig", action="view") for n in range(5)
+    ] + [event("sales.deal.won", "p3", deal_id="d", amount=1, currency="EUR")])
+    first = stack.get(f"/v1/workspaces/{ws}/contacts", auth, limit=2, min_seq=last).json()
+    assert [c["contact"] for c in first["contacts"]] == ["p0", "p1"] and first["next"] == "p1"
+    rest = stack.get(f"/v1/workspaces/{ws}/contacts", auth, limit=10, after="p1").json()
+    assert [c["contact"] for c in rest["contacts"]] == ["p2", "p3", "p4"] and rest["next"] is None
+    customers = stack.get(f"/v1/workspaces/{ws}/contacts", auth, stage="customer").json()["contacts"]
+    assert [c["contact"] for c in customers] == ["p3"]
+    won = stack.get(f"/v1/workspaces/{ws}/contacts", auth, status="won").json()["contacts"]
+    assert [c["contact"] for c in won] == ["p3"]
+
+
+def test_concurrent_retries_of_one_request_store_it_once(stack):
+    ws, auth = stack.new_workspace()
+    batch = [event("marketing.engaged", f"r{n}", channel="ig", action="open") for n in range(200)]
+    answers: list = []
+
+    def send() -> None:
+        answers.append(stack.send(ws, auth, batch).json())
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for position in range(len(batch)):
+        outcomes = [answer["results"][position] for answer in answers]
+        assert len({o["seq"] for o in outcomes}) == 1, outcomes
+        assert sum(o["status"] == "accepted" for o in outcomes) <= 1
+    last = max(a["last_seq"] for a in answers)
+    contacts = all_contacts(stack, ws, auth, last)
+    assert sum(c["touches"]["total"] for c in contacts.values()) == 200
+
+
+def test_projector_killed_mid_stream_loses_and_doubles_nothing(stack):
+    ws, auth = stack.new_workspace()
+    bodies = sample_history(contacts=2000, per_contact=10, seed=5)
+    stack.projector.stop()
+    last = stack.ingest(ws, auth, bodies)
+    # Restart it and kill -9 it as soon as it has committed a batch of the backlog, until done.
+    kills_mid_way = 0
+    for _ in range(10):
+        start = applied(stack)
+        stack.restart_projector(kill=True)
+        deadline = time.monotonic() + 30
+        while applied(stack) == start and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stack.projector.kill()
+        reached = applied(stack)
+        if reached >= last:
+            break
+        kills_mid_way += 1
+    stack.restart_projector(kill=True)
+    assert kills_mid_way > 0
+    assert all_contacts(stack, ws, auth, last) == expected_contacts(bodies)
+
+
+def applied(stack) -> int:
+    status = stack.get("/v1/status", stack.admin()).json()
+    return min(p["applied_seq"] for p in status["projectors"])
+
+
+def test_two_projectors_never_double_apply(stack):
+    from tests.support import Service
+
+    ws, auth = stack.new_workspace()
+    second = Service("projector", stack.env, stack.log_dir).start()
+    try:
+        bodies = sample_history(contacts=100, per_contact=6, seed=8)
+        last = 0
+        for start in range(0, len(bodies), 50):
+            last = stack.ingest(ws, auth, bodies[start:start + 50])
+        assert all_contacts(stack, ws, auth, last) == expected_contacts(bodies)
+    finally:
+        second.stop()

@@ -1,0 +1,134 @@
+"""Every catalog type validated, with errors that name the field (CONTRACT.md section 3)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from events.catalog import TYPES_BY_NAME
+from events.validation import InvalidEvent, binary_to_structured, is_workspace_id, parse_event
+from tests.support import event
+
+VALID = [
+    event("marketing.campaign.launched", campaign_id="spring", channel="instagram", cost="120.00", currency="EUR"),
+    event("marketing.metrics.reported", campaign_id="spring", metric="impressions", value=1200),
+    event("marketing.engaged", "dana", channel="instagram", action="comment", campaign_id="spring"),
+    event("marketing.lead.captured", "dana", channel="web", method="form"),
+    event("sales.outreach.sent", "dana", channel="email"),
+    event("sales.conversation.held", "dana", channel="phone"),
+    event("sales.lead.qualified", "dana"),
+    event("sales.lead.disqualified", "dana", reason="no budget"),
+    event("sales.offer.made", "dana", deal_id="d1", amount=99.5, currency="EUR"),
+    event("sales.deal.won", "dana", deal_id="d1", amount="99.50", currency="EUR"),
+    event("sales.deal.lost", "dana", deal_id="d1"),
+    event("sales.deal.refunded", "dana", deal_id="d1", amount="10", currency="EUR"),
+    event("sales.followup.dismissed", "dana", followup_id="f1"),
+    event("contact.opted_out", "dana"),
+    event("contact.opted_in", "dana"),
+    event("goal.set", goal_id="q4", metric="revenue", target=10000, currency="EUR",
+          period_start="2026-10-01", period_end="2027-01-01"),
+]
+
+
+@pytest.mark.parametrize("body", VALID, ids=lambda body: body["type"])
+def test_every_catalog_type_is_accepted(body):
+    parsed = parse_event(json.dumps(body).encode())
+    assert parsed.__struct_config__.tag == body["type"]
+
+
+def test_catalog_covers_the_contract():
+    external = {name for name, cls in TYPES_BY_NAME.items() if not cls.internal}
+    assert external == {body["type"] for body in VALID}
+
+
+def test_amounts_stay_exact_and_unknown_fields_are_ignored():
+    raw = (b'{"specversion":"1.0","id":"x","source":"/s","type":"touchline.sales.deal.won",'
+           b'"time":"2026-01-01T00:00:00Z","subject":"c","colour":"blue",'
+           b'"data":{"deal_id":"d","amount":0.30000000000000004441,"currency":"EUR","note":{"a":[1]}}}')
+    assert str(parse_event(raw).data.amount) == "0.30000000000000004441"
+
+
+def test_offer_channel_defaults_to_direct():
+    parsed = parse_event(json.dumps(event("sales.offer.made", "c", deal_id="d", amount=1, currency="EUR")).encode())
+    assert parsed.data.channel == "direct"
+
+
+def _with(body: dict, **changes) -> dict:
+    changed = json.loads(json.dumps(body))
+    for path, value in changes.items():
+        target = changed
+        *parents, leaf = path.split("__")
+        for parent in parents:
+            target = target[parent]
+        if value is ...:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    return changed
+
+
+WON = VALID[9]
+GOAL = VALID[-1]
+INVALID = [
+    (_with(WON, data__amount="ten"), 'data.amount: expected a non-negative decimal, got "ten"'),
+    (_with(WON, data__amount=-1), "data.amount: expected a non-negative decimal, got '-1'"),
+    (_with(WON, data__amount="NaN"), "data.amount: expected a non-negative decimal"),
+    (_with(WON, data__currency="eur"), "data.currency:"),
+    (_with(WON, data__deal_id=...), "data.deal_id: required field missing"),
+    (_with(WON, subject=...), "subject: required"),
+    (_with(WON, time="2026-01-01T00:00:00"), "time:"),
+    (_with(WON, time="yesterday"), "time:"),
+    (_with(WON, specversion="0.3"), "specversion:"),
+    (_with(WON, id=""), "id:"),
+    (_with(WON, id="x" * 129), "id:"),
+    (_with(WON, source=...), "source: required field missing"),
+    (_with(WON, type="touchline.sales.deal.stolen"), "type: unknown event type"),
+    (_with(WON, type=...), "type: required field missing"),
+    (_with(WON, type="touchline.followup.requested"), "type: touchline.followup.requested is written by Touchline"),
+    (_with(WON, datacontenttype="text/xml"), "datacontenttype:"),
+    (_with(VALID[2], data__action="poke"), "data.action:"),
+    (_with(VALID[0], subject="dana"), "subject: not allowed"),
+    (_with(GOAL, data__currency=...), "data.currency: required when metric is revenue"),
+    (_with(GOAL, data__target=0), "data.target: expected a decimal greater than 0"),
+    (_with(GOAL, data__period_end="2026-09-01"), "data.period_end: must be after period_start"),
+    (_with(GOAL, data__metric="vibes"), "data.metric:"),
+    (_with(VALID[1], data__value="12"), "data.value:"),
+]
+
+
+@pytest.mark.parametrize("body,message", INVALID, ids=lambda v: v if isinstance(v, str) else None)
+def test_invalid_events_name_the_field(body, message):
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(json.dumps(body).encode())
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"17", b'"x"', b"null", b"{", b"\xff\xfe"])
+def test_non_objects_are_rejected(raw):
+    with pytest.raises(InvalidEvent):
+        parse_event(raw)
+
+
+def test_oversized_event_is_rejected():
+    with pytest.raises(InvalidEvent, match="larger than"):
+        parse_event(json.dumps(_with(VALID[7], data__reason="x" * 70_000)).encode())
+
+
+def test_binary_mode_becomes_structured():
+    raw = binary_to_structured(
+        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/crm", "ce-type": "touchline.sales.conversation.held",
+         "ce-time": "2026-01-01T10:00:00+02:00", "ce-subject": "ana"},
+        b'{"channel": "phone"}',
+    )
+    parsed = parse_event(raw)
+    assert parsed.subject == "ana" and parsed.data.channel == "phone"
+    with pytest.raises(InvalidEvent, match="ce-time"):
+        binary_to_structured({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/", "ce-type": "t"}, b"{}")
+
+
+@pytest.mark.parametrize("workspace,ok", [("acme", True), ("a-1", True), ("a" * 64, True), ("", False),
+                                          ("a" * 65, False), ("Acme", False), ("a.b", False), ("a*", False),
+                                          ("a>", False), ("a b", False)])
+def test_workspace_ids(workspace, ok):
+    assert is_workspace_id(workspace) is ok
