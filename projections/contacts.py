@@ -201,13 +201,15 @@ decode_state = msgspec.json.Decoder(ContactState).decode
 _REACHED_COLUMNS = ", ".join(f"reached_{stage}" for stage in STAGES)
 
 _UPSERT = f"""
-INSERT INTO contacts (workspace, contact, stage, status, touches_before_conversion, state, {_REACHED_COLUMNS})
+INSERT INTO contacts (workspace, contact, stage, status, touches_before_conversion, state, {_REACHED_COLUMNS},
+                      first_campaign)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::jsonb[],
                      $7::timestamptz[], $8::timestamptz[], $9::timestamptz[], $10::timestamptz[],
-                     $11::timestamptz[], $12::timestamptz[])
+                     $11::timestamptz[], $12::timestamptz[], $13::text[])
 ON CONFLICT (workspace, contact) DO UPDATE SET
     stage = excluded.stage, status = excluded.status,
     touches_before_conversion = excluded.touches_before_conversion, state = excluded.state,
+    first_campaign = excluded.first_campaign,
     {", ".join(f"reached_{stage} = excluded.reached_{stage}" for stage in STAGES)}
 """
 
@@ -234,7 +236,7 @@ class ContactsProjection:
             if logged.event.contact_event:
                 key = (logged.workspace, logged.event.subject)
                 apply(states.setdefault(key, ContactState()), logged.event)
-        columns: list[list] = [[] for _ in range(12)]
+        columns: list[list] = [[] for _ in range(13)]
         for (workspace, contact), state in states.items():
             values = (
                 workspace,
@@ -244,6 +246,7 @@ class ContactsProjection:
                 state.touches_before_conversion,
                 encode_state(state).decode(),
                 *(state.reached.get(stage) for stage in STAGES),
+                state.first_campaign.value if state.first_campaign else None,
             )
             for column, value in zip(columns, values):
                 column.append(value)

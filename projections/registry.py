@@ -6,5 +6,10 @@ from __future__ import annotations
 def all_projections() -> list:
     from projections.audit import ContactEventsProjection
     from projections.contacts import ContactsProjection
+    from projections.deals import DealsProjection
+    from projections.followups import FollowupsProjection
+    from projections.goals import GoalsProjection
+    from projections.touches import TouchesProjection
 
-    return [ContactsProjection(), ContactEventsProjection()]
+    return [ContactsProjection(), ContactEventsProjection(), DealsProjection(), GoalsProjection(), TouchesProjection(),
+            FollowupsProjection()]

@@ -240,27 +240,13 @@ async def list_rejected(
     return json_response(RejectedPage(items, items[-1].id if len(rows) > limit else None))  # type: ignore[return-value]
 
 
-@get("/v1/status", summary="Each projector's applied sequence and lag; the log's last sequence (admin)")
+@get("/v1/status", summary="Each projector's applied sequence, lag and recent rate; the log's last sequence (admin)")
 async def status(request: Request) -> Response:
     await authorize(request, None, "admin")
+    from services.status import status_report
+
     services = services_of(request)
-    last = await last_log_seq(services.nc.jetstream())
-    rows = await services.pool.fetch("SELECT name, position, applied, updated_at FROM projector_positions ORDER BY name")
-    return json_response(
-        {
-            "log_last_seq": last,
-            "projectors": [
-                {
-                    "name": r["name"],
-                    "applied_seq": r["position"],
-                    "lag": max(0, last - r["position"]),
-                    "events_applied": r["applied"],
-                    "updated_at": r["updated_at"],
-                }
-                for r in rows
-            ],
-        }
-    )
+    return json_response(await status_report(services.pool, services.nc.jetstream()))
 
 
 ROUTES = [health, create_workspace, create_token, ingest_events, get_contact, list_contacts, list_rejected, status]
@@ -268,7 +254,11 @@ ROUTES = [health, create_workspace, create_token, ingest_events, get_contact, li
 
 def all_routes() -> list:
     """The spine's routes plus each capability's own module of routes."""
-    return list(ROUTES)
+    from services.api import read_models
+
+    from services.api import audit
+
+    return list(ROUTES) + read_models.ROUTES + audit.ROUTES
 
 
 def create_app(services_factory, on_shutdown=()) -> Litestar:

@@ -1,0 +1,98 @@
+"""The workspace-level read models over HTTP: funnel, touches, goals, attribution (CONTRACT.md section 4)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated
+
+from litestar import Request, get
+from litestar.params import Parameter
+
+from projections import attribution, funnel, goals, touches
+from services.api.common import ApiError, json_response, read_access, read_connection
+
+
+def parse_time(name: str, text: str | None) -> dt.datetime | None:
+    """An RFC 3339 time (or a date, meaning its UTC midnight); without an offset, UTC."""
+    if text is None or text == "":
+        return None
+    # A "+" in an unencoded query string arrives as a space.
+    text = text.strip().replace(" ", "+")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+@get("/v1/workspaces/{ws:str}/funnel", summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours")
+async def get_funnel(
+    request: Request,
+    ws: str,
+    from_: Annotated[str | None, Parameter(query="from", description="cohort: reached[aware] at or after")] = None,
+    to: Annotated[str | None, Parameter(description="cohort: reached[aware] before")] = None,
+    campaign: Annotated[str | None, Parameter(description="the campaign of the contact's first campaign touch")] = None,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> funnel.FunnelView:
+    await read_access(request, ws, min_seq, wait_ms)
+    start, end = parse_time("from", from_), parse_time("to", to)
+    async with read_connection(request, snapshot) as conn:
+        answer = await funnel.query(conn, ws, start, end, campaign or None)
+    return json_response(answer)  # type: ignore[return-value]
+
+
+@get("/v1/workspaces/{ws:str}/touches", summary="Touches before conversion and touches per channel")
+async def get_touches(
+    request: Request,
+    ws: str,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> touches.TouchesView:
+    await read_access(request, ws, min_seq, wait_ms)
+    async with read_connection(request, snapshot) as conn:
+        answer = await touches.query(conn, ws)
+    return json_response(answer)  # type: ignore[return-value]
+
+
+@get("/v1/workspaces/{ws:str}/goals", summary="Each goal's actual, attainment and pacing at as_of; the reverse funnel of revenue goals")
+async def get_goals(
+    request: Request,
+    ws: str,
+    as_of: Annotated[str | None, Parameter(description="RFC 3339; default now")] = None,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> goals.GoalsView:
+    await read_access(request, ws, min_seq, wait_ms)
+    moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
+    async with read_connection(request, snapshot) as conn:
+        answer = await goals.query(conn, ws, moment)
+    return json_response(answer)  # type: ignore[return-value]
+
+
+@get("/v1/workspaces/{ws:str}/attribution", summary="Leads, deals and revenue credited to campaigns and sales channels")
+async def get_attribution(
+    request: Request,
+    ws: str,
+    model: Annotated[str, Parameter(description="first | last | linear | position | time_decay")] = attribution.DEFAULT_MODEL,
+    lookback_days: int = attribution.DEFAULT_LOOKBACK_DAYS,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> attribution.AttributionView:
+    await read_access(request, ws, min_seq, wait_ms)
+    if model not in attribution.MODELS:
+        raise ApiError(400, f"model: expected one of {', '.join(attribution.MODELS)}, got {model!r}")
+    if not 0 <= lookback_days <= 36_500:
+        raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
+    async with read_connection(request, snapshot) as conn:
+        answer = await attribution.query(conn, ws, model, lookback_days)
+    return json_response(answer)  # type: ignore[return-value]
+
+
+ROUTES = [get_funnel, get_touches, get_goals, get_attribution]
