@@ -92,4 +92,15 @@ async def read_connection(request: Request, snapshot: str | None = None) -> Asyn
         if snapshot is None:
             yield conn
             return
-        raise ApiError(404, f"unknown snapshot {snapshot!r}")
+        workspace = request.path_params.get("ws")
+        schema = await conn.fetchval(
+            "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, snapshot
+        )
+        if schema is None:
+            raise ApiError(404, f"unknown snapshot {snapshot!r}")
+        # Tables of the snapshot first; anything it does not hold (not a read model) from public.
+        await conn.execute("SELECT set_config('search_path', $1, false)", f'"{schema}", public')
+        try:
+            yield conn
+        finally:
+            await conn.execute("RESET search_path")

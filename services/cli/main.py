@@ -109,6 +109,11 @@ def token_create(
     print(token)
 
 
+from services.cli import audit as _audit_commands  # noqa: E402  replay, audit, status, snapshot
+
+_audit_commands.register(app)
+
+
 def main() -> None:
     app()
 

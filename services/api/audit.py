@@ -1,0 +1,51 @@
+"""The audit trail over HTTP: every accepted event about a contact, in log order."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Request, Response, get
+
+from projections.audit import entry_raw
+from services.api.common import ApiError, json_response, read_access, read_connection
+
+
+class AuditTrail(msgspec.Struct):
+    contact: str
+    events: list[msgspec.Raw]
+    next: int | None
+
+
+@get(
+    "/v1/workspaces/{ws:str}/contacts/{contact:str}/events",
+    summary="The contact's audit trail: every accepted event about it, with seq and received_at, in log order",
+)
+async def contact_events(
+    request: Request,
+    ws: str,
+    contact: str,
+    after: int | None = None,
+    limit: int = 1000,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> Response:
+    await read_access(request, ws, min_seq, wait_ms)
+    if not 1 <= limit <= 10000:
+        raise ApiError(400, "limit: expected 1 to 10000")
+    async with read_connection(request, snapshot) as conn:
+        rows = await conn.fetch(
+            "SELECT seq, received_at, envelope::text AS envelope FROM contact_events"
+            " WHERE workspace = $1 AND contact = $2 AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq LIMIT $4",
+            ws,
+            contact,
+            after,
+            limit + 1,
+        )
+    if not rows and after is None:
+        raise ApiError(404, f"unknown contact {contact!r}")
+    page = rows[:limit]
+    events = [entry_raw(row["seq"], row["received_at"], row["envelope"]) for row in page]
+    return json_response(AuditTrail(contact, events, page[-1]["seq"] if len(rows) > limit else None))
+
+
+ROUTES = [contact_events]

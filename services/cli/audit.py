@@ -1,0 +1,279 @@
+"""`touchline replay`, `touchline audit`, `touchline status` and `touchline snapshot` (audit side of CONTRACT.md).
+
+They talk to NATS and PostgreSQL directly: TOUCHLINE_NATS_URL / TOUCHLINE_DATABASE_URL, else
+the embedded servers of a `touchline up` running on the same data dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from services.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
+Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
+
+
+def nats_url(settings: Settings) -> str:
+    if settings.nats_url:
+        return settings.nats_url
+    written = settings.data_dir / "nats" / "url"
+    if written.exists():
+        return written.read_text().strip()
+    err_console.print(
+        f"[red]no NATS: set TOUCHLINE_NATS_URL, or run `touchline up` on data dir {settings.data_dir}[/red]"
+    )
+    raise typer.Exit(2)
+
+
+@contextlib.asynccontextmanager
+async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
+    """(pool, js) for a CLI command; exits 2 when ``workspace`` is given and unknown."""
+    from services.cli.main import database
+    from services.nats_io import connect
+
+    url = nats_url(settings)
+    async with database(settings) as pool:
+        if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
+            err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
+            raise typer.Exit(2)
+        nc = await connect(url, name="touchline-cli")
+        try:
+            yield pool, nc.jetstream(timeout=30)
+        finally:
+            await nc.drain()
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} events/s", style="progress.data.speed")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+
+
+def parse_until(text: str) -> dt.datetime:
+    """RFC 3339 with an offset; a bare date means the end of that UTC day."""
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc) - dt.timedelta(
+                microseconds=1
+            )
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter("expected RFC 3339 like 2026-11-01T12:00:00Z, or a date", param_hint="--until")
+    if moment.tzinfo is None:
+        raise typer.BadParameter("give a time zone offset, e.g. Z or +01:00", param_hint="--until")
+    return moment.astimezone(dt.timezone.utc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(replay)
+    app.command()(audit)
+    app.command()(status)
+    snapshot_app = typer.Typer(help="Point-in-time snapshots built by `touchline replay --until`.", no_args_is_help=True)
+    snapshot_app.command("list")(snapshot_list)
+    snapshot_app.command("drop")(snapshot_drop)
+    app.add_typer(snapshot_app, name="snapshot")
+
+
+def replay(
+    workspace: str = Workspace,
+    until: Optional[str] = typer.Option(
+        None, "--until", help="State as of TIME: every event received by then (RFC 3339, or a date: its end)"
+    ),
+    until_seq: Optional[int] = typer.Option(None, "--until-seq", help="State as of log sequence N"),
+    name: Optional[str] = typer.Option(None, "--name", help="Snapshot name for --until/--until-seq"),
+    verify: bool = typer.Option(False, "--verify", help="Rebuild beside the live read models and compare"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Rebuild a workspace's read models from the log; --until builds a snapshot, --verify compares."""
+    from services import replay as replaying
+
+    if until is not None and until_seq is not None:
+        raise typer.BadParameter("give --until or --until-seq, not both")
+    if verify and (until is not None or until_seq is not None):
+        raise typer.BadParameter("--verify compares with the live read models; it takes no --until")
+    until_time = parse_until(until) if until is not None else None
+    if until_seq is not None and until_seq < 0:
+        raise typer.BadParameter("expected 0 or more", param_hint="--until-seq")
+    snapshot = until_time is not None or until_seq is not None
+    if snapshot and name is None:
+        name = f"seq-{until_seq}" if until_seq is not None else "at-" + until_time.strftime("%Y%m%dt%H%M%Sz")
+    if name is not None and not replaying.SNAPSHOT_NAME.match(name):
+        raise typer.BadParameter("1-64 of a-z 0-9 _ . : -", param_hint="--name")
+    settings = Settings.from_env(data_dir=data_dir)
+    label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")
+
+    async def run():
+        async with backends(settings, workspace) as (pool, js):
+            with progress_bar() as bar:
+                task = bar.add_task(f"{label} {workspace}", total=None)
+
+                def report(done: int, total: int) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                if verify:
+                    return await replaying.verify(pool, js, workspace, progress=report)
+                if snapshot:
+                    return await replaying.build_snapshot(
+                        pool, js, workspace, name, until_seq=until_seq, until_time=until_time, progress=report
+                    )
+                return await replaying.rebuild(pool, js, workspace, progress=report)
+
+    outcome = asyncio.run(run())
+    stats, differences = outcome if verify else (outcome, None)
+    summary = (
+        f"{stats.read:,} events read, {stats.applied:,} applied, up to log seq {stats.last_seq},"
+        f" in {stats.seconds:.2f} s ({stats.events_per_second:,.0f} events/s)"
+    )
+    if verify:
+        for difference in differences:
+            console.print(difference.describe(), markup=False, highlight=False, soft_wrap=True)
+        if differences:
+            console.print(f"[red]{len(differences)} difference(s)[/red] between the live read models and the log; {summary}")
+            raise typer.Exit(1)
+        console.print(f"[green]verified[/green]: workspace {workspace}'s read models match its log; {summary}")
+    elif snapshot:
+        console.print(f"snapshot [bold]{name}[/bold] of {workspace}: {summary}; read it with ?snapshot={name}")
+    else:
+        console.print(f"rebuilt workspace [bold]{workspace}[/bold]: {summary}")
+
+
+def audit(
+    contact: str = typer.Argument(..., help="The contact id"),
+    workspace: str = Workspace,
+    as_json: bool = typer.Option(False, "--json", help="JSON lines, one event each"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """A contact's whole history: every accepted event about it, in log order."""
+    from services.cli.main import database
+    from projections.audit import entry_raw
+
+    async def run():
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await pool.fetch(
+                "SELECT seq, received_at, envelope::text AS envelope FROM contact_events"
+                " WHERE workspace = $1 AND contact = $2 ORDER BY seq",
+                workspace,
+                contact,
+            )
+
+    rows = asyncio.run(run())
+    if not rows:
+        err_console.print(f"[red]no events about contact {contact!r} in workspace {workspace!r}[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        out = sys.stdout.buffer
+        for row in rows:
+            out.write(bytes(entry_raw(row["seq"], row["received_at"], row["envelope"])) + b"\n")
+        out.flush()
+        return
+    table = Table(title=f"{workspace} / {contact}: {len(rows)} events", show_lines=False)
+    for column, style in (("seq", "cyan"), ("received", ""), ("time", ""), ("type", "bold"), ("source / id", "dim"), ("data", "")):
+        table.add_column(column, style=style or None, overflow="fold")
+    for row in rows:
+        event = json.loads(row["envelope"])
+        table.add_row(
+            str(row["seq"]),
+            row["received_at"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            str(event.get("time", "")),
+            str(event.get("type", "")).removeprefix("touchline."),
+            f"{event.get('source')} {event.get('id')}",
+            json.dumps(event.get("data", {}), separators=(", ", ": ")),
+        )
+    console.print(table)
+
+
+def status(
+    as_json: bool = typer.Option(False, "--json"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Each projector's applied sequence, lag behind the log and recent rate."""
+    from services.status import status_report
+
+    async def run():
+        async with backends(Settings.from_env(data_dir=data_dir)) as (pool, js):
+            return await status_report(pool, js)
+
+    report = asyncio.run(run())
+    if as_json:
+        print(json.dumps(report, default=str))
+        return
+    table = Table(title=f"log last seq {report['log_last_seq']}")
+    for column in ("projector", "applied seq", "lag", "events/s", "updated"):
+        table.add_column(column)
+    for p in report["projectors"]:
+        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["updated_at"]))
+    console.print(table)
+
+
+def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
+    """The workspace's snapshots."""
+    from services.cli.main import database
+
+    async def run():
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await pool.fetch(
+                "SELECT name, until_seq, until_time, last_seq, events, created_at FROM snapshots"
+                " WHERE workspace = $1 ORDER BY name",
+                workspace,
+            )
+
+    table = Table(title=f"snapshots of {workspace}")
+    for column in ("name", "until", "last seq", "events", "created"):
+        table.add_column(column)
+    for r in asyncio.run(run()):
+        until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {r['until_time']}"
+        table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), str(r["created_at"]))
+    console.print(table)
+
+
+def snapshot_drop(name: str, workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
+    """Drop a snapshot."""
+    from services.cli.main import database
+    from services.replay import drop_snapshot
+
+    async def run():
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await drop_snapshot(pool, workspace, name)
+
+    if not asyncio.run(run()):
+        err_console.print(f"[red]unknown snapshot {name!r}[/red]")
+        raise typer.Exit(1)
+    console.print(f"dropped snapshot {name}")

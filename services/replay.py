@@ -1,0 +1,496 @@
+"""Replay: read models rebuilt from the log, for audit (CONTRACT.md sections 1 and 7).
+
+Every replay builds a workspace's read models from its log subject ``touchline.log.W``, read
+with an ordered consumer, into a PostgreSQL schema of its own: each read-model table (every
+``tables`` of every projection in ``projections.registry``) is created there ``LIKE`` the live
+one, and the projections' own ``apply`` runs on a connection whose ``search_path`` puts that
+schema first (their SQL uses unqualified table names). Three uses:
+
+* **rebuild** (``touchline replay``): build up to the live projector's position, catch up,
+  then in ONE transaction lock the live projector's position row (``FOR UPDATE``: its next
+  batch waits), apply what it committed meanwhile, replace the workspace's live rows with the
+  rebuilt ones and commit. A reader sees the old rows or the new ones, never a mix; the live
+  projector continues from its own position on top of the rebuilt rows.
+* **snapshot** (``--until-seq N`` / ``--until TIME``): the read models as of a point of the log,
+  kept in schema ``snapshot_<hash>`` and listed in ``snapshots``; the read endpoints address it
+  with ``?snapshot=NAME``. ``--until TIME`` means *every event Touchline had received by TIME*
+  (its ``received_at`` <= TIME): what the read models showed at that moment, once caught up.
+  An event that happened before TIME but arrived later is not in it.
+* **verify** (``--verify``): build into a scratch schema, then in one REPEATABLE READ transaction
+  read the live projector's position P, bring the scratch up to exactly P and compare every row
+  of every table with the live one, all in the same database snapshot (so the live projector
+  keeps running and the comparison still sees the live tables at exactly P).
+
+Replay has no side effects: it writes nothing but its own schemas (and, for a rebuild, the
+workspace's read-model rows); it never writes ``event_index``, publishes nothing, and emits no
+commands or webhook deliveries. Duplicates are dropped read-only: an event is the first copy iff
+``event_index`` holds its own sequence for its (workspace, source, id).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable
+
+import asyncpg
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
+from services.nats_io import next_batch, read_log
+
+LIVE_PROJECTOR = "main"
+SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+
+Progress = Callable[[int, int], None]  # (events read, events expected)
+
+
+@dataclass
+class ReplayStats:
+    read: int = 0  # log messages read
+    applied: int = 0  # first copies applied to the read models
+    last_seq: int = 0  # the log position the result stands at
+    seconds: float = 0.0
+
+    @property
+    def events_per_second(self) -> float:
+        return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class Difference:
+    """One way a live row differs from the rebuilt one."""
+
+    table: str
+    key: dict[str, Any]
+    field: str | None  # None: the whole row is on one side only
+    live: Any
+    rebuilt: Any
+
+    def describe(self) -> str:
+        who = ", ".join(f"{name} {value}" for name, value in self.key.items() if name != "workspace") or "row"
+        if self.field is None:
+            if self.rebuilt is None:
+                return f"{self.table}: {who}: in the live read model but not rebuilt from the log"
+            return f"{self.table}: {who}: rebuilt from the log but missing from the live read model"
+        return f"{self.table}: {who}: {self.field}: live {_show(self.live)}, rebuilt {_show(self.rebuilt)}"
+
+
+_ABSENT = object()
+
+
+def _show(value: Any) -> str:
+    return "absent" if value is _ABSENT else json.dumps(value, default=str)
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def read_model_tables(projections: list | None = None) -> list[str]:
+    if projections is None:
+        from projections.registry import all_projections
+
+        projections = all_projections()
+    tables: list[str] = []
+    for projection in projections:
+        for table in projection.tables:
+            if table not in tables:
+                tables.append(table)
+    return tables
+
+
+def snapshot_schema(workspace: str, name: str) -> str:
+    return "snapshot_" + hashlib.sha256(f"{workspace}\x00{name}".encode()).hexdigest()[:24]
+
+
+# --- reading the log --------------------------------------------------------------------
+
+
+class LogReader:
+    """One workspace's log subject, read once, in order, in stretches up to given positions."""
+
+    def __init__(self, js: JetStreamContext, workspace: str, batch_max: int = 5000) -> None:
+        self.js = js
+        self.subject = log_subject(workspace)
+        self.batch_max = batch_max
+        self.sub = None
+        self.held: list[Msg] = []
+        self.reached = 0  # every message of the subject with seq <= reached has been handed out
+
+    async def last_on_subject(self) -> int:
+        try:
+            return (await self.js.get_last_msg(LOG_STREAM, self.subject)).seq or 0
+        except nats.js.errors.NotFoundError:
+            return 0
+
+    async def count(self) -> int:
+        info = await self.js.stream_info(LOG_STREAM, subjects_filter=self.subject)
+        return (info.state.subjects or {}).get(self.subject, 0)
+
+    async def read_until(self, until: int, stall: float = 60.0) -> AsyncIterator[list[Msg]]:
+        if until <= self.reached:
+            return
+        end = min(until, await self.last_on_subject())
+        if end <= self.reached and not self.held:
+            self.reached = max(self.reached, end)
+            return
+        if self.sub is None:
+            self.sub = await read_log(self.js, self.reached + 1, self.subject)
+        waited_since = time.monotonic()
+        while True:
+            messages, self.held = self.held or await next_batch(self.sub, self.batch_max, 1.0), []
+            if not messages:
+                if time.monotonic() - waited_since > stall:
+                    raise TimeoutError(f"the log stopped delivering {self.subject} before seq {end}")
+                continue
+            waited_since = time.monotonic()
+            take = [msg for msg in messages if msg.metadata.sequence.stream <= until]
+            self.held = messages[len(take):]
+            if take:
+                yield take
+            if self.held:
+                self.reached = until
+                return
+            if take and take[-1].metadata.sequence.stream >= end:
+                self.reached = end
+                return
+
+    async def close(self) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+            self.sub = None
+
+
+# --- dedupe without writing ------------------------------------------------------------
+
+_INDEXED = """
+SELECT workspace, source, id, seq FROM public.event_index
+WHERE (workspace, source, id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
+"""
+
+
+class ReadOnlyDedupe:
+    """First copies, judged from ``event_index`` without writing it.
+
+    ``event_index`` keeps the lowest sequence of every (workspace, source, id) for ever, so an
+    event is the first copy iff the index holds its own sequence. A key not indexed yet (the
+    ingest's index write can lag the log) falls back to the first copy this replay has seen.
+    """
+
+    def __init__(self) -> None:
+        self.unindexed: dict[tuple[str, str, str], int] = {}
+
+    async def first_copies(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
+        keys = list({(logged.workspace, *logged.key) for logged in batch})
+        if not keys:
+            return []
+        workspaces, sources, ids = zip(*keys)
+        index = {
+            (row["workspace"], row["source"], row["id"]): row["seq"]
+            for row in await conn.fetch(_INDEXED, workspaces, sources, ids)
+        }
+        firsts = []
+        for logged in batch:
+            key = (logged.workspace, *logged.key)
+            first = index.get(key)
+            if first is None:
+                first = self.unindexed.setdefault(key, logged.seq)
+            if first == logged.seq:
+                firsts.append(logged)
+        return firsts
+
+
+# --- building into a schema ------------------------------------------------------------
+
+
+class Build:
+    """One workspace's read models built from its log into schema ``schema``, on one connection."""
+
+    def __init__(
+        self,
+        conn: asyncpg.Connection,
+        js: JetStreamContext,
+        workspace: str,
+        schema: str,
+        *,
+        projections: list | None = None,
+        received_by: dt.datetime | None = None,
+        progress: Progress | None = None,
+        batch_max: int = 5000,
+    ) -> None:
+        if projections is None:
+            from projections.registry import all_projections
+
+            projections = all_projections()
+        self.conn = conn
+        self.workspace = workspace
+        self.schema = schema
+        self.projections = projections
+        self.tables = read_model_tables(projections)
+        self.received_by = received_by
+        self.progress = progress
+        self.reader = LogReader(js, workspace, batch_max)
+        self.dedupe = ReadOnlyDedupe()
+        self.stats = ReplayStats()
+        self.expected = 0
+        self.started = time.perf_counter()
+
+    async def create(self) -> None:
+        await self.conn.execute(f"CREATE SCHEMA {ident(self.schema)}")
+        for table in self.tables:
+            await self.conn.execute(
+                f"CREATE TABLE {ident(self.schema)}.{ident(table)} (LIKE public.{ident(table)} INCLUDING ALL)"
+            )
+        await self.conn.execute(f"SET search_path = {ident(self.schema)}, public")
+        self.expected = await self.reader.count()
+        self._report()
+
+    async def drop(self, *, keep: bool = False) -> None:
+        await self.reader.close()
+        await self.conn.execute("RESET search_path")
+        if not keep:
+            await self.conn.execute(f"DROP SCHEMA IF EXISTS {ident(self.schema)} CASCADE")
+
+    async def run_until(self, until: int, *, in_transaction: bool = False) -> None:
+        """Apply the workspace's events up to log sequence ``until``; one transaction per batch
+        unless the caller already holds one."""
+        async for messages in self.reader.read_until(until):
+            batch = [
+                decode_logged(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data) for msg in messages
+            ]
+            if in_transaction:
+                await self._apply(batch)
+            else:
+                async with self.conn.transaction():
+                    await self._apply(batch)
+            self.stats.read += len(batch)
+            self._report()
+        self.stats.last_seq = max(self.stats.last_seq, self.reader.reached)
+        self.stats.seconds = time.perf_counter() - self.started
+
+    async def _apply(self, batch: list[LoggedEvent]) -> None:
+        if self.received_by is not None:
+            batch = [logged for logged in batch if logged.received_at <= self.received_by]
+        firsts = await self.dedupe.first_copies(self.conn, batch)
+        for projection in self.projections:
+            await projection.apply(self.conn, firsts)
+        self.stats.applied += len(firsts)
+
+    def _report(self) -> None:
+        if self.progress is not None:
+            self.expected = max(self.expected, self.stats.read)
+            self.progress(self.stats.read, self.expected)
+
+    def finish_progress(self) -> None:
+        if self.progress is not None:
+            self.progress(self.stats.read, self.stats.read)
+
+
+async def live_position(conn: asyncpg.Connection, *, lock: bool = False) -> int:
+    position = await conn.fetchval(
+        "SELECT position FROM public.projector_positions WHERE name = $1" + (" FOR UPDATE" if lock else ""),
+        LIVE_PROJECTOR,
+    )
+    if position is None:
+        raise RuntimeError(f"no live projector position {LIVE_PROJECTOR!r}: has the projector ever started?")
+    return position
+
+
+async def _columns(conn: asyncpg.Connection, table: str) -> tuple[list[str], list[str]]:
+    """(insertable columns, primary-key columns) of a live table."""
+    columns = [
+        row["attname"]
+        for row in await conn.fetch(
+            "SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+            " AND NOT attisdropped AND attgenerated = '' ORDER BY attnum",
+            f"public.{ident(table)}",
+        )
+    ]
+    key = [
+        row["attname"]
+        for row in await conn.fetch(
+            "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
+            " ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
+            " WHERE i.indrelid = $1::regclass AND i.indisprimary"
+            " ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            f"public.{ident(table)}",
+        )
+    ]
+    return columns, key
+
+
+# --- the three uses --------------------------------------------------------------------
+
+
+async def rebuild(
+    pool: asyncpg.Pool, js: JetStreamContext, workspace: str, *, progress: Progress | None = None,
+    projections: list | None = None, batch_max: int = 5000,
+) -> ReplayStats:
+    """Rebuild the workspace's live read models from its log and swap them in atomically."""
+    async with pool.acquire() as conn:
+        build = Build(conn, js, workspace, f"touchline_rebuild_{uuid.uuid4().hex[:12]}",
+                      projections=projections, progress=progress, batch_max=batch_max)
+        try:
+            await build.create()
+            await build.run_until(await live_position(conn))
+            await build.run_until(await live_position(conn))  # catch up before taking the lock
+            async with conn.transaction():
+                position = await live_position(conn, lock=True)
+                await build.run_until(position, in_transaction=True)
+                for table in build.tables:
+                    columns, _ = await _columns(conn, table)
+                    names = ", ".join(map(ident, columns))
+                    await conn.execute(f"DELETE FROM public.{ident(table)} WHERE workspace = $1", workspace)
+                    await conn.execute(
+                        f"INSERT INTO public.{ident(table)} ({names}) OVERRIDING SYSTEM VALUE"
+                        f" SELECT {names} FROM {ident(build.schema)}.{ident(table)} WHERE workspace = $1",
+                        workspace,
+                    )
+            build.stats.last_seq = position
+            build.finish_progress()
+        finally:
+            await build.drop()
+    return build.stats
+
+
+async def build_snapshot(
+    pool: asyncpg.Pool, js: JetStreamContext, workspace: str, name: str, *,
+    until_seq: int | None = None, until_time: dt.datetime | None = None,
+    progress: Progress | None = None, projections: list | None = None,
+) -> ReplayStats:
+    """The read models as of ``until_seq`` or ``until_time`` (received by then), kept as snapshot ``name``."""
+    if not SNAPSHOT_NAME.match(name):
+        raise ValueError("snapshot name: 1-64 of a-z 0-9 _ . : -, starting with a letter or digit")
+    if (until_seq is None) == (until_time is None):
+        raise ValueError("give exactly one of until_seq and until_time")
+    final = snapshot_schema(workspace, name)
+    async with pool.acquire() as conn:
+        build = Build(conn, js, workspace, f"touchline_snapshot_{uuid.uuid4().hex[:12]}",
+                      projections=projections, progress=progress, received_by=until_time)
+        kept = False
+        try:
+            await build.create()
+            if until_seq is not None:
+                await build.run_until(until_seq)
+            else:
+                info = await js.stream_info(LOG_STREAM)
+                await build.run_until(info.state.last_seq)
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(7215004)")
+                await conn.execute(f"DROP SCHEMA IF EXISTS {ident(final)} CASCADE")
+                await conn.execute(f"ALTER SCHEMA {ident(build.schema)} RENAME TO {ident(final)}")
+                await conn.execute(
+                    "INSERT INTO public.snapshots"
+                    " (workspace, name, schema_name, until_seq, until_time, last_seq, events)"
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                    " ON CONFLICT (workspace, name) DO UPDATE SET until_seq = excluded.until_seq,"
+                    " until_time = excluded.until_time, last_seq = excluded.last_seq,"
+                    " events = excluded.events, created_at = now()",
+                    workspace, name, final, until_seq, until_time, build.stats.last_seq, build.stats.applied,
+                )
+            kept = True  # the schema lives on, renamed to `final`
+            build.finish_progress()
+        finally:
+            await build.drop(keep=kept)
+    return build.stats
+
+
+async def drop_snapshot(pool: asyncpg.Pool, workspace: str, name: str) -> bool:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            schema = await conn.fetchval(
+                "DELETE FROM snapshots WHERE workspace = $1 AND name = $2 RETURNING schema_name", workspace, name
+            )
+            if schema is not None:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {ident(schema)} CASCADE")
+    return schema is not None
+
+
+async def snapshot_schema_of(conn: asyncpg.Connection, workspace: str, name: str) -> str | None:
+    return await conn.fetchval(
+        "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, name
+    )
+
+
+async def verify(
+    pool: asyncpg.Pool, js: JetStreamContext, workspace: str, *, progress: Progress | None = None,
+    projections: list | None = None,
+) -> tuple[ReplayStats, list[Difference]]:
+    """Rebuild into a scratch schema and compare every row with the live read models."""
+    async with pool.acquire() as conn:
+        build = Build(conn, js, workspace, f"touchline_verify_{uuid.uuid4().hex[:12]}",
+                      projections=projections, progress=progress)
+        try:
+            await build.create()
+            await build.run_until(await live_position(conn))
+            await build.run_until(await live_position(conn))
+            async with conn.transaction(isolation="repeatable_read"):
+                # The first statement fixes the snapshot: the live tables stand at exactly `position`.
+                position = await live_position(conn)
+                await build.run_until(position, in_transaction=True)
+                differences = []
+                for table in build.tables:
+                    differences += await compare_table(conn, table, build.schema, workspace)
+            build.stats.last_seq = position
+            build.finish_progress()
+        finally:
+            await build.drop()
+    return build.stats, differences
+
+
+async def compare_table(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> list[Difference]:
+    columns, key = await _columns(conn, table)
+    key = key or columns
+    on = " AND ".join(f"l.{ident(c)} IS NOT DISTINCT FROM r.{ident(c)}" for c in key)
+    order = ", ".join(f"coalesce(l.{ident(c)}, r.{ident(c)})" for c in key)
+    rows = await conn.fetch(
+        f"SELECT to_jsonb(l)::text AS live, to_jsonb(r)::text AS rebuilt"
+        f" FROM (SELECT * FROM public.{ident(table)} WHERE workspace = $1) l"
+        f" FULL JOIN (SELECT * FROM {ident(schema)}.{ident(table)} WHERE workspace = $1) r ON {on}"
+        f" WHERE to_jsonb(l) IS DISTINCT FROM to_jsonb(r) ORDER BY {order}",
+        workspace,
+    )
+    differences: list[Difference] = []
+    for row in rows:
+        live = json.loads(row["live"]) if row["live"] else None
+        rebuilt = json.loads(row["rebuilt"]) if row["rebuilt"] else None
+        either = live or rebuilt
+        row_key = {name: either.get(name) for name in key}
+        if live is None or rebuilt is None:
+            differences.append(Difference(table, row_key, None, live, rebuilt))
+            continue
+        for name in columns:
+            for path, a, b in diff_values(name, live.get(name), rebuilt.get(name)):
+                differences.append(Difference(table, row_key, path, a, b))
+    return differences
+
+
+def diff_values(path: str, live: Any, rebuilt: Any) -> list[tuple[str, Any, Any]]:
+    """Where two JSON values differ, as (dotted path, live, rebuilt); floats equal within 1e-9."""
+    if isinstance(live, dict) and isinstance(rebuilt, dict):
+        found = []
+        for name in sorted(set(live) | set(rebuilt), key=str):
+            found += diff_values(f"{path}.{name}", live.get(name, _ABSENT), rebuilt.get(name, _ABSENT))
+        return found
+    if isinstance(live, list) and isinstance(rebuilt, list) and len(live) == len(rebuilt):
+        found = []
+        for index, (a, b) in enumerate(zip(live, rebuilt)):
+            found += diff_values(f"{path}[{index}]", a, b)
+        return found
+    if isinstance(live, float) or isinstance(rebuilt, float):
+        if (
+            isinstance(live, (int, float)) and isinstance(rebuilt, (int, float))
+            and not isinstance(live, bool) and not isinstance(rebuilt, bool)
+            and math.isclose(live, rebuilt, rel_tol=1e-9, abs_tol=1e-12)
+        ):
+            return []
+    return [] if live == rebuilt else [(path, live, rebuilt)]

@@ -1,0 +1,44 @@
+"""How far each projector has got: applied sequence, lag behind the log, recent rate.
+
+Shared by ``GET /v1/status`` and ``touchline status``. The rate is sampled in PostgreSQL by a
+trigger on ``projector_positions`` (migration 004): at most every 5 s a batch that moves the
+position records the events applied per second since the previous sample. A projector that
+has applied nothing for a while reports the rate since its last sample, which falls to 0.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from services.nats_io import last_log_seq
+
+SAMPLE_FRESH_SECONDS = 10.0
+
+
+async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
+    last = await last_log_seq(js)
+    rows = await pool.fetch(
+        "SELECT name, position, applied, updated_at, rate_applied, rate_at, rate_eps, now() AS now"
+        " FROM projector_positions ORDER BY name"
+    )
+    projectors = []
+    for r in rows:
+        since_sample = (r["now"] - r["rate_at"]).total_seconds()
+        if since_sample <= SAMPLE_FRESH_SECONDS:
+            rate = r["rate_eps"]
+        else:
+            rate = (r["applied"] - r["rate_applied"]) / since_sample if since_sample > 0 else 0.0
+        projectors.append(
+            {
+                "name": r["name"],
+                "applied_seq": r["position"],
+                "lag": max(0, last - r["position"]),
+                "rate_eps": round(rate, 1),
+                "events_applied": r["applied"],
+                "updated_at": r["updated_at"].astimezone(dt.timezone.utc),
+            }
+        )
+    return {"log_last_seq": last, "projectors": projectors}
