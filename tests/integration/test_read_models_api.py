@@ -1,0 +1,108 @@
+"""Funnel, touches, goals and attribution through the HTTP API on real servers, against the
+reference definitions of the same events (CONTRACT.md sections 4 and 5)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+
+import msgspec
+import pytest
+
+from projections import attribution, funnel, goals, touches
+from tests.histories import arrivals, first_copies, history
+from tests.support import event
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+AS_OF = "2026-11-09T07:00:00Z"
+FROM, TO = "2026-11-03T00:00:00Z", "2026-11-15T00:00:00Z"
+
+
+def as_json(value) -> dict:
+    return json.loads(_encode(value))
+
+
+def when(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def load_in_chunks(stack, ws, auth, bodies: list[dict], chunks: int) -> int:
+    """Send in several requests, each applied before the next is sent, so the stored read
+    models fold across batches as well as within one."""
+    last = 0
+    size = max(1, -(-len(bodies) // chunks))
+    for start in range(0, len(bodies), size):
+        last = max(last, stack.ingest(ws, auth, bodies[start : start + size]))
+        assert stack.get(f"/v1/workspaces/{ws}/touches", auth, min_seq=last).status_code == 200
+    return last
+
+
+def read(stack, ws, auth, path: str, last: int, **params) -> dict:
+    answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, min_seq=last, **params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_http_answers_equal_the_definitions_for_any_arrival_order(stack, seed):
+    bodies = history(seed, 150)
+    sent = arrivals(bodies, random.Random(seed), duplicates=30)
+    events = first_copies(sent)
+    ws, auth = stack.new_workspace()
+    last = load_in_chunks(stack, ws, auth, sent, chunks=4)
+
+    assert read(stack, ws, auth, "funnel", last) == as_json(funnel.reference(events))
+    assert read(stack, ws, auth, "funnel", last, **{"from": FROM, "to": TO}) == as_json(
+        funnel.reference(events, when(FROM), when(TO)))
+    for campaign in ("spring", "summer"):
+        assert read(stack, ws, auth, "funnel", last, campaign=campaign, to=TO) == as_json(
+            funnel.reference(events, None, when(TO), campaign))
+    assert read(stack, ws, auth, "touches", last) == as_json(touches.reference(events))
+    assert read(stack, ws, auth, "goals", last, as_of=AS_OF) == as_json(goals.reference(events, when(AS_OF)))
+    for model in attribution.MODELS:
+        for lookback in (30, 3):
+            assert read(stack, ws, auth, "attribution", last, model=model, lookback_days=lookback) == as_json(
+                attribution.reference(events, model, lookback)), (model, lookback)
+
+
+def test_late_reports_across_batches(stack):
+    """A deal reported twice and a goal re-set, the later-in-time copies arriving first."""
+    ws, auth = stack.new_workspace()
+    later = [
+        event("sales.deal.won", "ana", "2026-11-20T10:00:00Z", deal_id="d1", amount="999", currency="EUR"),
+        event("goal.set", None, "2026-11-05T00:00:00Z", goal_id="q4", metric="revenue", target="1000",
+              currency="EUR", period_start="2026-11-01", period_end="2026-12-01"),
+        event("marketing.engaged", "ana", "2026-11-01T09:00:00Z", channel="ads", action="click", campaign_id="fall"),
+    ]
+    earlier = [
+        event("sales.deal.won", "ana", "2026-11-02T10:00:00Z", deal_id="d1", amount="250.50", currency="EUR"),
+        event("goal.set", None, "2026-11-01T00:00:00Z", goal_id="q4", metric="revenue", target="5",
+              currency="EUR", period_start="2026-11-01", period_end="2026-12-01"),
+        event("sales.deal.refunded", "ana", "2026-11-03T10:00:00Z", deal_id="d1", amount="0.50", currency="EUR"),
+    ]
+    last = load_in_chunks(stack, ws, auth, later + earlier, chunks=2)
+    got = read(stack, ws, auth, "goals", last, as_of="2026-11-16T00:00:00Z")["goals"]
+    assert len(got) == 1
+    q4 = got[0]
+    assert (q4["target"], q4["actual"], q4["attainment"], q4["expected_by_now"]) == ("1000", "250.00", 0.25, "500")
+    assert q4["derived"]["avg_deal"] == "250.50" and q4["derived"]["deals_needed"] == 3
+    credit = read(stack, ws, auth, "attribution", last, model="last")
+    assert credit["campaigns"] == [{"campaign_id": "fall", "leads": 1.0, "deals": 1.0, "revenue": {"EUR": "250.50"}}]
+
+
+def test_read_errors(stack):
+    ws, auth = stack.new_workspace()
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", {}).status_code == 401
+    other, other_auth = stack.new_workspace()
+    assert stack.get(f"/v1/workspaces/{ws}/goals", other_auth).status_code == 403
+    assert stack.get("/v1/workspaces/nope-nope/touches", stack.admin()).status_code == 404
+    bad_model = stack.get(f"/v1/workspaces/{ws}/attribution", auth, model="u-shaped")
+    assert bad_model.status_code == 400 and "model" in bad_model.json()["error"]
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, **{"from": "yesterday"}).json()["error"].startswith("from:")
+    stale = stack.get(f"/v1/workspaces/{ws}/funnel", auth, min_seq=10**9, wait_ms=50)
+    assert stale.status_code == 503 and stale.json()["error"] == "stale"
+    empty = stack.get(f"/v1/workspaces/{ws}/touches", auth).json()
+    assert empty == {"before_conversion": {"customers": 0, "histogram": {}, "median": None, "share_5_to_12": None},
+                     "by_channel": {}}
+    assert stack.get(f"/v1/workspaces/{ws}/goals", auth).json()["goals"] == []
