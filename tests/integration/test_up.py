@@ -1,0 +1,111 @@
+"""`touchline up` as a newcomer runs it: embedded servers, Ctrl-C, restart on the same data dir, kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from services.runtime.embedded import free_port
+from tests.support import event
+
+pytestmark = pytest.mark.slow
+ADMIN = "up-admin"
+
+
+def start_up(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "TOUCHLINE_ADMIN_TOKEN": ADMIN}
+    for name in ("TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_HTTP", "TOUCHLINE_DATA_DIR"):
+        env.pop(name, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}"],
+        env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
+    )
+
+
+def wait_healthy(base: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("touchline up did not become healthy")
+
+
+def cli(data_dir: Path, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", *args, "--data-dir", str(data_dir)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done.stdout.strip()
+
+
+def our_processes(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if str(data_dir) in " ".join(process.info["cmdline"] or []):
+                found.append(process)
+        except psutil.Error:
+            pass
+    return found
+
+
+def stop_and_check_nothing_is_left(up: subprocess.Popen, data_dir: Path) -> None:
+    up.send_signal(signal.SIGINT)
+    assert up.wait(60) == 0
+    time.sleep(0.5)
+    left = [p for p in our_processes(data_dir) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, [p.cmdline() for p in left]
+
+
+def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    up = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        wait_healthy(base)
+        cli(data_dir, "workspace", "create", "acme")
+        token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
+        answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30, json=[
+            event("marketing.engaged", "dana", channel="instagram", action="comment"),
+            event("sales.deal.won", "dana", deal_id="d1", amount="120.50", currency="EUR"),
+        ]).json()
+        seq = answer["last_seq"]
+        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, params={"min_seq": seq}).json()
+        assert contact["revenue"] == {"EUR": "120.50"}
+
+        stop_and_check_nothing_is_left(up, data_dir)
+
+        up = start_up(data_dir, port, tmp_path / "up.log")
+        wait_healthy(base)
+        again = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, params={"min_seq": seq})
+        assert again.json() == contact
+        duplicate = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30, json=[
+            event("sales.deal.won", "dana", deal_id="d1", amount="120.50", currency="EUR", id=answer["results"][1]["id"]),
+        ]).json()
+        assert duplicate["results"][0] == {**answer["results"][1], "status": "duplicate"}
+
+        # kill -9 of `up` itself: its services die with it; what is left is recovered by the next start.
+        up.kill()
+        up.wait()
+        up = start_up(data_dir, port, tmp_path / "up.log")
+        wait_healthy(base)
+        assert httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth).json() == contact
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
