@@ -20,7 +20,7 @@ from events.upcasting import CATALOG_VERSION, UNSTAMPED_VERSION, upcast_json
 LOG_STREAM = "TOUCHLINE_LOG"
 LOG_SUBJECTS = "touchline.log.>"
 INBOX_STREAM = "TOUCHLINE_INBOX"
-INBOX_SUBJECTS = "touchline.in.>"
+INBOX_SUBJECTS = "touchline.in.*"
 
 HEADER_WORKSPACE = "Touchline-Workspace"
 HEADER_RECEIVED_AT = "Touchline-Received-At"

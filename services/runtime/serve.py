@@ -10,12 +10,14 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 import uvicorn
+from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from services import logs
 from services.api.app import Services, create_app
-from services.api.auth import TokenBook
+from services.api.auth import TokenBook, workspace_exists
+from services.inbox import register_inbox
 from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
 from projections.registry import all_projections
@@ -98,18 +100,29 @@ async def serve_api(settings: Settings) -> None:
     logs.configure("api")
     opened: list[Backends] = []
 
+    brokers: list[NatsBroker] = []
+
     async def services() -> Services:
         backends = await open_backends(settings, "api")
         opened.append(backends)
         await prepare(backends)
+        ingestor = Ingestor(backends.nc, backends.pool)
+        # The NATS way in runs beside the HTTP one, sharing its ingestor.
+        broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, logger=None)
+        register_inbox(broker, ingestor, lambda ws: workspace_exists(backends.pool, ws))
+        await broker.start()
+        brokers.append(broker)
         return Services(
             pool=backends.pool,
             nc=backends.nc,
-            ingestor=Ingestor(backends.nc, backends.pool),
+            ingestor=ingestor,
             tokens=TokenBook(backends.pool, settings.admin_token),
         )
 
     async def shutdown() -> None:
+        for broker in brokers:
+            with contextlib.suppress(Exception):
+                await broker.stop()
         for backends in opened:
             await backends.close()
 

@@ -1,0 +1,65 @@
+"""The NATS way in: producers publish to touchline.in.{ws} with JetStream acks (CONTRACT.md section 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import nats
+
+from events.log import inbox_subject
+from tests.support import event
+
+
+async def publish(url: str, subject: str, bodies: list, msg_ids: bool = False) -> list:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    acks = []
+    for n, body in enumerate(bodies):
+        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+        acks.append(await js.publish(subject, raw))
+    await nc.close()
+    return acks
+
+
+def wait_for(check, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
+
+
+def test_events_published_on_nats_reach_the_log_once(stack):
+    ws, auth = stack.new_workspace()
+    engaged = event("marketing.engaged", "nia", channel="instagram", action="like")
+    bad = event("sales.deal.won", "nia", deal_id="d", amount="lots", currency="EUR")
+    acks = asyncio.run(publish(stack.servers.nats_url, inbox_subject(ws), [engaged, engaged, bad, b"{not json"]))
+    assert all(ack.stream == "TOUCHLINE_INBOX" for ack in acks)
+
+    contact = wait_for(lambda: stack.get(f"/v1/workspaces/{ws}/contacts/nia", auth).json().get("touches"))
+    assert contact["total"] == 1
+    rejected = wait_for(lambda: len(stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]) >= 2 and
+                        stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"])
+    assert {r["via"] for r in rejected} == {"nats"}
+    reasons = sorted(r["reason"] for r in rejected)
+    assert reasons[0].startswith("data.amount:") and reasons[1].startswith("event: not valid JSON")
+    # A later HTTP copy of the same event is a duplicate of the NATS one.
+    again = stack.send(ws, auth, [engaged]).json()["results"][0]
+    assert again["status"] == "duplicate"
+
+
+def test_unknown_workspace_on_nats_is_rejected_not_lost(stack):
+    ws, auth = stack.new_workspace()
+    asyncio.run(publish(stack.servers.nats_url, inbox_subject("no-such-workspace"),
+                        [event("sales.lead.qualified", "x")]))
+    # Nothing reaches any workspace's read models; the inbox is drained, nothing left pending.
+    async def pending() -> int:
+        nc = await nats.connect(stack.servers.nats_url)
+        info = await nc.jetstream().stream_info("TOUCHLINE_INBOX")
+        await nc.close()
+        return info.state.messages
+
+    assert wait_for(lambda: asyncio.run(pending()) == 0)
