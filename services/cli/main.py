@@ -113,6 +113,10 @@ from services.cli import audit as _audit_commands  # noqa: E402  replay, audit, 
 
 _audit_commands.register(app)
 
+from services.cli import demo as _demo_command  # noqa: E402  demo
+
+_demo_command.register(app)
+
 
 def main() -> None:
     app()

@@ -1,0 +1,180 @@
+"""`touchline demo`: load the sample business into workspace `demo` of a running Touchline and
+print its funnel, touches, goals and campaign attribution.
+
+The workspace and a token are made directly in PostgreSQL (that of the running `touchline up`
+under the data dir, or TOUCHLINE_DATABASE_URL); the events go in over HTTP (TOUCHLINE_HTTP),
+like any integration's. Running it again reuses the workspace; the events are duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Optional
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services import sample
+from services.settings import Settings
+
+console = Console()
+err_console = Console(stderr=True)
+DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
+
+
+async def _workspace_token(settings: Settings, workspace: str) -> str:
+    from services.api import auth
+    from services.cli.main import database
+
+    async with database(settings) as pool:
+        await auth.create_workspace(pool, workspace)  # False when it exists: reuse it
+        return await auth.create_token(pool, workspace, ["ingest", "read"])
+
+
+def _load(http: httpx.Client, workspace: str, events: list[dict]) -> tuple[int, dict[str, int]]:
+    last, counts = 0, {"accepted": 0, "duplicate": 0, "rejected": 0}
+    with console.status(f"sending {len(events)} events to workspace {workspace!r}…"):
+        for start in range(0, len(events), 1000):
+            answer = http.post(
+                f"/v1/workspaces/{workspace}/events",
+                json=events[start : start + 1000],
+                headers={"Content-Type": "application/cloudevents-batch+json"},
+            )
+            answer.raise_for_status()
+            body = answer.json()
+            for result in body["results"]:
+                counts[result["status"]] += 1
+            last = max(last, body["last_seq"] or 0)
+    return last, counts
+
+
+def _read(http: httpx.Client, path: str, last: int, **params: Any) -> Any:
+    deadline = time.monotonic() + 120
+    while True:
+        answer = http.get(path, params={"min_seq": last, "wait_ms": 5000, **params})
+        if answer.status_code != 503 or time.monotonic() > deadline:
+            answer.raise_for_status()
+            return answer.json()
+
+
+def _percent(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def _money(text: str | None) -> str:
+    return "—" if text is None else f"{Decimal(text):,.2f}"
+
+
+def funnel_table(answer: dict) -> Table:
+    table = Table(title="Funnel (every contact, by first awareness)", title_justify="left")
+    table.add_column("stage")
+    table.add_column("contacts", justify="right")
+    table.add_column("conversion", justify="right")
+    table.add_column("median time from previous", justify="right")
+    table.add_column("")
+    top = max((s["contacts"] for s in answer["stages"]), default=0) or 1
+    for s in answer["stages"]:
+        hours = s["median_hours_from_previous"]
+        gap = "—" if hours is None else (f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days")
+        table.add_row(s["stage"], str(s["contacts"]), _percent(s["conversion"]), gap,
+                      "[cyan]" + "█" * round(30 * s["contacts"] / top) + "[/cyan]")
+    return table
+
+
+def touches_tables(answer: dict) -> list[Table]:
+    before = answer["before_conversion"]
+    median = "—" if before["median"] is None else f"{before['median']:g}"
+    histogram = Table(
+        title="Touches before conversion",
+        caption=f"{before['customers']} customers, median {median} touches,"
+        f" {_percent(before['share_5_to_12'])} needed 5 to 12",
+        title_justify="left",
+        caption_justify="left",
+    )
+    histogram.add_column("touches", justify="right")
+    histogram.add_column("customers", justify="right")
+    histogram.add_column("")
+    for n, customers in sorted(before["histogram"].items(), key=lambda item: int(item[0])):
+        colour = "green" if 5 <= int(n) <= 12 else "yellow"
+        histogram.add_row(n, str(customers), f"[{colour}]" + "█" * customers + f"[/{colour}]")
+    channels = Table(title="Touches by channel", title_justify="left")
+    for column in ("channel", "marketing", "sales"):
+        channels.add_column(column, justify="left" if column == "channel" else "right")
+    for channel, counts in answer["by_channel"].items():
+        channels.add_row(channel, str(counts["marketing"]), str(counts["sales"]))
+    return [histogram, channels]
+
+
+def goals_table(answer: dict) -> list[Table]:
+    as_of = answer["as_of"][:16].replace("T", " ")
+    table = Table(title=f"Goals, as of {as_of} UTC", title_justify="left")
+    for column in ("goal", "", "target", "actual", "attained", "expected", "projected", "pace"):
+        table.add_column(column, justify="left" if column in ("goal", "") else "right", no_wrap=True)
+    derived = Table(title="What the revenue goals still take (from the all-time funnel)", title_justify="left")
+    for column in ("goal", "avg deal", "win rate", "lead→opportunity", "deals", "opportunities", "leads"):
+        derived.add_column(column, justify="left" if column == "goal" else "right")
+    for g in answer["goals"]:
+        money = g["metric"] == "revenue"
+        show = _money if money else (lambda v: "—" if v is None else f"{Decimal(v):,.0f}")
+        pace = "[green]on track[/green]" if g["on_track"] else "[red]behind[/red]"
+        period = f"{g['period_start']} → {g['period_end']}"
+        table.add_row(f"{g['goal_id']}\n[dim]{period}[/dim]", g["currency"] or g["metric"].replace("_", " "), show(g["target"]),
+                      show(g["actual"]), _percent(g["attainment"]), show(g["expected_by_now"]), show(g["projected"]), pace)
+        if g.get("derived"):
+            d = g["derived"]
+            derived.add_row(g["goal_id"], _money(d["avg_deal"]), _percent(d["win_rate"]),
+                            _percent(d["lead_to_opportunity"]),
+                            *("—" if d[k] is None else str(d[k])
+                              for k in ("deals_needed", "opportunities_needed", "leads_needed")))
+    return [table, derived] if derived.row_count else [table]
+
+
+def attribution_table(answer: dict) -> Table:
+    table = Table(title=f"Campaigns ({answer['model']} attribution, {answer['lookback_days']}-day lookback)",
+                  title_justify="left")
+    for column in ("campaign", "leads", "deals", "revenue"):
+        table.add_column(column, justify="left" if column == "campaign" else "right")
+    for c in answer["campaigns"]:
+        revenue = ", ".join(f"{_money(v)} {cur}" for cur, v in c["revenue"].items()) or "—"
+        table.add_row(c["campaign_id"], f"{c['leads']:.1f}", f"{c['deals']:.1f}", revenue)
+    return table
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def demo(
+        data_dir: Optional[Path] = DataDir,
+        contacts: int = typer.Option(300, "--contacts", help="How many contacts the sample business has"),
+        days: int = typer.Option(90, "--days", help="Over how many days, up to now"),
+        seed: int = typer.Option(7, "--seed"),
+    ) -> None:
+        """Load a sample business into workspace `demo` of a running Touchline; print funnel, touches and goals."""
+        settings = Settings.from_env(data_dir=data_dir)
+        workspace = sample.WORKSPACE
+        token = asyncio.run(_workspace_token(settings, workspace))
+        events = list(sample.events(contacts, days, seed))
+        base = f"http://{settings.http}"
+        with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
+            try:
+                last, counts = _load(http, workspace, events)
+            except httpx.ConnectError:
+                err_console.print(f"[red]no Touchline at {base}: start it with `touchline up` (or `make run`)[/red]")
+                raise typer.Exit(1) from None
+            console.print(
+                f"[bold]{workspace}[/bold]: {counts['accepted']} events accepted, {counts['duplicate']} duplicates"
+                f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; log at seq {last}\n"
+            )
+            prefix = f"/v1/workspaces/{workspace}"
+            console.print(funnel_table(_read(http, f"{prefix}/funnel", last)))
+            for table in touches_tables(_read(http, f"{prefix}/touches", last)):
+                console.print(table)
+            now = dt.datetime.now(dt.timezone.utc).isoformat()
+            for table in goals_table(_read(http, f"{prefix}/goals", last, as_of=now)):
+                console.print(table)
+            console.print(attribution_table(_read(http, f"{prefix}/attribution", last, model="position")))
