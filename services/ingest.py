@@ -22,7 +22,7 @@ from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
 from events.log import LOG_STREAM, log_headers, log_subject
-from events.validation import MAX_EVENT_BYTES, InvalidEvent, parse_event
+from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import AtomicBatchError, publish_atomic
 
 log = structlog.get_logger()
@@ -30,6 +30,9 @@ log = structlog.get_logger()
 # JetStream error codes after which publishing one by one is the way forward.
 DUPLICATE_IN_BATCH = 10201
 TOO_MANY_BATCHES = 10210
+
+
+_encode_internal = msgspec.json.Encoder(decimal_format="string").encode
 
 
 class Result(msgspec.Struct, omit_defaults=True):
@@ -188,6 +191,13 @@ class Ingestor:
             if row["seq"] < seq:
                 outcome[key] = (row["seq"], True)
         return outcome
+
+    async def append_internal(self, workspace: str, event: Envelope) -> Result:
+        """Append an event Touchline writes itself (a follow-up, an alert): it skips the check that
+        refuses internal types from outside, and is deduplicated by (source, id) like any other."""
+        check_subject(event)
+        [result] = await self.ingest(workspace, [Judged(_encode_internal(event), event=event)], via="internal")
+        return result
 
     async def record_rejected(self, workspace: str, items: list[tuple[bytes, str]], via: str) -> None:
         """Keep refused input (cut at 64 KiB) with its reason; if that fails, nothing is answered."""

@@ -11,6 +11,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 
+from events.commands import (
+    COMMANDS_STREAM,
+    COMMANDS_SUBJECTS,
+    DEADLETTER_STREAM,
+    DEADLETTER_SUBJECTS,
+    TIMERS_STREAM,
+    TIMERS_SUBJECTS,
+)
 from events.log import INBOX_STREAM, INBOX_SUBJECTS, LOG_STREAM, LOG_SUBJECTS
 
 log = structlog.get_logger()
@@ -34,6 +42,41 @@ INBOX_STREAM_CONFIG = StreamConfig(
     retention=RetentionPolicy.WORK_QUEUE,
     storage=StorageType.FILE,
     duplicate_window=120.0,
+)
+
+COMMANDS_STREAM_CONFIG = StreamConfig(
+    name=COMMANDS_STREAM,
+    description="Touchline: follow-up and alert commands from the rules worker, for the dispatcher",
+    subjects=[COMMANDS_SUBJECTS],
+    retention=RetentionPolicy.WORK_QUEUE,
+    storage=StorageType.FILE,
+    duplicate_window=120.0,
+)
+
+DEADLETTER_STREAM_CONFIG = StreamConfig(
+    name=DEADLETTER_STREAM,
+    description="Touchline: commands that kept failing, with their error; re-drive with `touchline deadletter`",
+    subjects=[DEADLETTER_SUBJECTS],
+    retention=RetentionPolicy.LIMITS,
+    storage=StorageType.FILE,
+)
+
+TIMERS_STREAM_CONFIG = StreamConfig(
+    name=TIMERS_STREAM,
+    description="Touchline: stalled-offer timers (message schedules, ADR-51) and their firings",
+    subjects=[TIMERS_SUBJECTS],
+    retention=RetentionPolicy.WORK_QUEUE,
+    storage=StorageType.FILE,
+    duplicate_window=120.0,
+    allow_msg_schedules=True,
+)
+
+DEFAULT_STREAMS = (
+    LOG_STREAM_CONFIG,
+    INBOX_STREAM_CONFIG,
+    COMMANDS_STREAM_CONFIG,
+    DEADLETTER_STREAM_CONFIG,
+    TIMERS_STREAM_CONFIG,
 )
 
 
@@ -62,7 +105,7 @@ async def connect(url: str, name: str) -> Client:
 
 
 async def ensure_streams(js: JetStreamContext, *configs: StreamConfig) -> None:
-    for config in configs or (LOG_STREAM_CONFIG, INBOX_STREAM_CONFIG):
+    for config in configs or DEFAULT_STREAMS:
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:

@@ -95,10 +95,14 @@ class Stack:
             "TOUCHLINE_DATABASE_URL": servers.database_url,
             "TOUCHLINE_HTTP": f"127.0.0.1:{self.port}",
             "TOUCHLINE_ADMIN_TOKEN": ADMIN_TOKEN,
+            # A dispatcher killed while holding commands: they come back after this many seconds.
+            "TOUCHLINE_DISPATCHER_ACK_WAIT": "2",
         }
         self.log_dir = log_dir
         self.api = Service("api", self.env, log_dir).start()
         self.projector = Service("projector", self.env, log_dir).start()
+        self.rules = Service("rules", self.env, log_dir).start()
+        self.dispatchers = [Service("dispatcher", self.env, log_dir).start()]
         self.http = httpx.Client(base_url=self.base, timeout=30)
         self.wait_healthy()
 
@@ -117,10 +121,22 @@ class Stack:
         (self.projector.kill if kill else self.projector.stop)()
         self.projector = Service("projector", self.env, self.log_dir).start()
 
+    def restart_rules(self, kill: bool = True) -> None:
+        (self.rules.kill if kill else self.rules.stop)()
+        self.rules = Service("rules", self.env, self.log_dir).start()
+
+    def restart_dispatchers(self, count: int = 1, kill: bool = True) -> None:
+        for dispatcher in self.dispatchers:
+            (dispatcher.kill if kill else dispatcher.stop)()
+        self.dispatchers = [Service("dispatcher", self.env, self.log_dir).start() for _ in range(count)]
+
     def stop(self) -> None:
         self.http.close()
         self.api.stop()
         self.projector.stop()
+        self.rules.stop()
+        for dispatcher in self.dispatchers:
+            dispatcher.stop()
 
     # --- the public API -----------------------------------------------------------------
 

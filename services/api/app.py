@@ -18,6 +18,7 @@ from events.validation import (
     is_workspace_id,
 )
 from projections import contacts as contact_model
+from projections import followups as followup_model
 from services.api import auth
 from services.api.common import (
     ApiError,
@@ -162,9 +163,11 @@ async def get_contact(
     await read_access(request, ws, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         row = await conn.fetchrow("SELECT state FROM contacts WHERE workspace = $1 AND contact = $2", ws, contact)
+        open_followups = await followup_model.open_counts(conn, ws, [contact]) if row is not None else {}
     if row is None:
         raise ApiError(404, f"unknown contact {contact!r}")
-    return json_response(contact_model.render(contact, contact_model.decode_state(row["state"])))  # type: ignore[return-value]
+    view = contact_model.render(contact, contact_model.decode_state(row["state"]), open_followups.get(contact, 0))
+    return json_response(view)  # type: ignore[return-value]
 
 
 class ContactPage(msgspec.Struct):
@@ -198,7 +201,11 @@ async def list_contacts(
             after,
             limit + 1,
         )
-    page = [contact_model.render(row["contact"], contact_model.decode_state(row["state"])) for row in rows[:limit]]
+        open_followups = await followup_model.open_counts(conn, ws, [row["contact"] for row in rows[:limit]])
+    page = [
+        contact_model.render(row["contact"], contact_model.decode_state(row["state"]), open_followups.get(row["contact"], 0))
+        for row in rows[:limit]
+    ]
     return json_response(ContactPage(page, page[-1].contact if len(rows) > limit else None))  # type: ignore[return-value]
 
 
@@ -257,8 +264,9 @@ def all_routes() -> list:
     from services.api import read_models
 
     from services.api import audit
+    from services.api import followups
 
-    return list(ROUTES) + read_models.ROUTES + audit.ROUTES
+    return list(ROUTES) + read_models.ROUTES + audit.ROUTES + followups.ROUTES
 
 
 def create_app(services_factory, on_shutdown=()) -> Litestar:

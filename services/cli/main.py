@@ -39,7 +39,7 @@ def up(
 
 
 @app.command()
-def serve(service: str = typer.Argument(..., help="api | projector")) -> None:
+def serve(service: str = typer.Argument(..., help="api | projector | rules | dispatcher")) -> None:
     """Run one service alone, against TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL."""
     from services.runtime.serve import SERVICES
 
@@ -116,6 +116,10 @@ _audit_commands.register(app)
 from services.cli import demo as _demo_command  # noqa: E402  demo
 
 _demo_command.register(app)
+
+from services.cli import followups as _followup_commands  # noqa: E402  deadletter, rules, asyncapi
+
+_followup_commands.register(app)
 
 
 def main() -> None:

@@ -141,4 +141,49 @@ async def serve_api(settings: Settings) -> None:
     await server.serve()
 
 
-SERVICES = {"api": serve_api, "projector": serve_projector}
+async def serve_rules(settings: Settings) -> None:
+    """The rules worker (CONTRACT.md section 6): log in, commands and timers out."""
+    import os
+
+    from services.rules.worker import RulesWorker
+
+    logs.configure("rules")
+    backends = await open_backends(settings, "rules", pool_size=4)
+    await prepare(backends)
+    worker = RulesWorker(
+        backends.js, backends.pool, goal_check_seconds=float(os.environ.get("TOUCHLINE_GOAL_CHECK_SECONDS", "600"))
+    )
+    tasks = [
+        asyncio.create_task(worker.run()),
+        asyncio.create_task(readiness.heartbeat(backends.pool, "rules")),
+    ]
+    try:
+        await _until_signal(*tasks)
+    finally:
+        worker.stop()
+        await backends.close()
+
+
+async def serve_dispatcher(settings: Settings) -> None:
+    """The dispatcher: a FastStream subscriber on the work queue; log appends and webhooks."""
+    import httpx
+
+    from services.dispatcher.app import Dispatcher, build
+
+    logs.configure("dispatcher")
+    backends = await open_backends(settings, "dispatcher", pool_size=4)
+    await prepare(backends)
+    async with httpx.AsyncClient(follow_redirects=False) as http:
+        dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
+        broker = build(settings.nats_url, dispatcher).broker
+        await broker.start()
+        tasks = [asyncio.create_task(readiness.heartbeat(backends.pool, "dispatcher"))]
+        try:
+            await _until_signal(*tasks)
+        finally:
+            with contextlib.suppress(Exception):
+                await broker.stop()
+            await backends.close()
+
+
+SERVICES = {"api": serve_api, "projector": serve_projector, "rules": serve_rules, "dispatcher": serve_dispatcher}

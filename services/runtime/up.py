@@ -18,7 +18,7 @@ from services.settings import Settings
 
 log = structlog.get_logger()
 
-SERVICE_KINDS = ("api", "projector")
+SERVICE_KINDS = ("api", "projector", "rules", "dispatcher")
 
 
 class Child:

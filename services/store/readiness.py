@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 log = structlog.get_logger()
 
 # The service kinds that must be beating for /v1/health to say ready.
-REQUIRED_SERVICES = ("projector",)
+REQUIRED_SERVICES = ("projector", "rules", "dispatcher")
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER_SECONDS = 10.0
 

@@ -1,0 +1,196 @@
+"""Follow-ups, alerts, and their per-workspace settings (CONTRACT.md section 6)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from urllib.parse import urlsplit
+
+import msgspec
+from litestar import Request, Response, delete, get, post, put
+
+from projections import followups as model
+from services.api.common import (
+    ApiError,
+    authorize,
+    json_response,
+    read_access,
+    read_connection,
+    require_workspace,
+    services_of,
+)
+from services.dispatcher import webhooks
+from services.rules.logic import ALL_RULES
+
+
+class CausedBy(msgspec.Struct):
+    source: str | None
+    id: str | None
+
+
+class FollowupView(msgspec.Struct):
+    followup_id: str
+    contact: str
+    rule: str
+    reason: str
+    due_at: dt.datetime
+    status: str
+    caused_by: CausedBy
+
+
+class AlertView(msgspec.Struct, omit_defaults=True):
+    alert_id: str
+    rule: str
+    reason: str
+    at: dt.datetime
+    caused_by: CausedBy | None
+    campaign_id: str | None = None
+    goal_id: str | None = None
+
+
+def _as_of(value: str | None) -> dt.datetime:
+    if value is None:
+        return dt.datetime.now(dt.timezone.utc)
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"as_of: expected an RFC 3339 time, got {value!r}") from None
+    if moment.tzinfo is None:
+        raise ApiError(400, "as_of: the time needs an offset (e.g. Z)")
+    return moment
+
+
+@get("/v1/workspaces/{ws:str}/followups", summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed")
+async def list_followups(
+    request: Request,
+    ws: str,
+    status: str | None = None,
+    as_of: str | None = None,
+    contact: str | None = None,
+    limit: int = 1000,
+    after: str | None = None,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> list[FollowupView]:
+    await read_access(request, ws, min_seq, wait_ms)
+    if status is not None and status not in model.STATUSES:
+        raise ApiError(400, f"status: expected one of {', '.join(model.STATUSES)}, got {status!r}")
+    if not 1 <= limit <= 10000:
+        raise ApiError(400, "limit: expected 1 to 10000")
+    async with read_connection(request, snapshot) as conn:
+        rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, _as_of(as_of), status, contact, after, limit)
+    return json_response([  # type: ignore[return-value]
+        FollowupView(r["followup_id"], r["contact"], r["rule"], r["reason"], r["due_at"], r["status"],
+                     CausedBy(r["caused_by_source"], r["caused_by_id"]))
+        for r in rows
+    ])
+
+
+@get("/v1/workspaces/{ws:str}/alerts", summary="Alerts for the seller (metric anomalies, goals at risk), newest first")
+async def list_alerts(
+    request: Request,
+    ws: str,
+    rule: str | None = None,
+    limit: int = 1000,
+    min_seq: int | None = None,
+    wait_ms: int = 5000,
+    snapshot: str | None = None,
+) -> list[AlertView]:
+    await read_access(request, ws, min_seq, wait_ms)
+    limit = max(1, min(limit, 10000))
+    async with read_connection(request, snapshot) as conn:
+        rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
+    return json_response([  # type: ignore[return-value]
+        AlertView(r["alert_id"], r["rule"], r["reason"], r["at"],
+                  CausedBy(r["caused_by_source"], r["caused_by_id"]) if r["caused_by_id"] else None,
+                  r["campaign_id"], r["goal_id"])
+        for r in rows
+    ])
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class WebhookIn(msgspec.Struct):
+    url: str
+    max_attempts: int = 8
+    backoff_seconds: list[float] = msgspec.field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200])
+    timeout_seconds: float = 10.0
+
+
+class WebhookOut(msgspec.Struct, omit_defaults=True):
+    url: str
+    max_attempts: int
+    backoff_seconds: list[float]
+    timeout_seconds: float
+    signature_header: str = webhooks.SIGNATURE_HEADER
+    secret: str | None = None
+
+
+@post("/v1/workspaces/{ws:str}/webhooks", summary="Register the workspace's outbound webhook; answers its signing secret once")
+async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response:
+    await authorize(request, ws, "admin")
+    await require_workspace(request, ws)
+    parts = urlsplit(data.url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ApiError(400, f"url: expected an http(s) URL, got {data.url!r}")
+    if not 1 <= data.max_attempts <= 100:
+        raise ApiError(400, "max_attempts: expected 1 to 100")
+    if not data.backoff_seconds or any(not 0 <= step <= 86400 for step in data.backoff_seconds):
+        raise ApiError(400, "backoff_seconds: expected a non-empty list of 0 to 86400")
+    if not 0.1 <= data.timeout_seconds <= 20:
+        raise ApiError(400, "timeout_seconds: expected 0.1 to 20")
+    hook = await webhooks.configure(services_of(request).pool, ws, data.url, max_attempts=data.max_attempts,
+                                    backoff_seconds=list(data.backoff_seconds), timeout_seconds=data.timeout_seconds)
+    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,
+                                    secret=hook.secret), 201)
+
+
+@get("/v1/workspaces/{ws:str}/webhooks", summary="The workspace's outbound webhook (without its secret)")
+async def get_webhook(request: Request, ws: str) -> Response:
+    await authorize(request, ws, "admin")
+    await require_workspace(request, ws)
+    hook = await webhooks.webhook_of(services_of(request).pool, ws)
+    if hook is None:
+        raise ApiError(404, "no webhook configured")
+    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds))
+
+
+@delete("/v1/workspaces/{ws:str}/webhooks", summary="Stop delivering to the workspace's webhook", status_code=204)
+async def delete_webhook(request: Request, ws: str) -> None:
+    await authorize(request, ws, "admin")
+    await require_workspace(request, ws)
+    await services_of(request).pool.execute("DELETE FROM webhooks WHERE workspace = $1", ws)
+
+
+# --- rule settings ----------------------------------------------------------------------
+
+
+class RuleSettings(msgspec.Struct):
+    disabled: list[str]
+
+
+@get("/v1/workspaces/{ws:str}/rules", summary="The workspace's rule settings")
+async def get_rules(request: Request, ws: str) -> Response:
+    await read_access(request, ws, None, 0)
+    disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
+    return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})
+
+
+@put("/v1/workspaces/{ws:str}/rules", summary="Turn rules off (or on again) for the workspace")
+async def put_rules(request: Request, ws: str, data: RuleSettings) -> Response:
+    await authorize(request, ws, "admin")
+    await require_workspace(request, ws)
+    unknown = sorted(set(data.disabled) - set(ALL_RULES))
+    if unknown:
+        raise ApiError(400, f"disabled: unknown rules {unknown}; expected some of {list(ALL_RULES)}")
+    await services_of(request).pool.execute(
+        "INSERT INTO rule_settings (workspace, disabled) VALUES ($1, $2)"
+        " ON CONFLICT (workspace) DO UPDATE SET disabled = excluded.disabled, updated_at = now()",
+        ws,
+        sorted(set(data.disabled)),
+    )
+    return json_response({"rules": list(ALL_RULES), "disabled": sorted(set(data.disabled))})
+
+
+ROUTES = [list_followups, list_alerts, create_webhook, get_webhook, delete_webhook, get_rules, put_rules]

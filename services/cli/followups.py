@@ -1,0 +1,100 @@
+"""`touchline deadletter list|redrive`, `touchline rules reset` and `touchline asyncapi` (CONTRACT.md section 6)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.audit import DataDir, backends
+from services.settings import Settings
+
+console = Console()
+
+deadletter_app = typer.Typer(help="Commands that kept failing: list them, put them back on the work queue.",
+                             no_args_is_help=True)
+rules_app = typer.Typer(help="The rules worker.", no_args_is_help=True)
+
+
+@deadletter_app.command("list")
+def deadletter_list(
+    workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Parked commands, oldest first, with the error that parked them."""
+    from services.dispatcher.deadletter import list_parked
+
+    async def run():
+        async with backends(Settings.from_env(data_dir=data_dir)) as (_, js):
+            return await list_parked(js, workspace)
+
+    parked = asyncio.run(run())
+    if as_json:
+        for item in parked:
+            print(json.dumps({"seq": item.seq, "workspace": item.workspace, "stage": item.stage, "error": item.error,
+                              "attempts": item.attempts, "parked_at": item.parked_at, "command": item.command,
+                              "id": item.item_id}))
+        return
+    table = Table("seq", "workspace", "command", "id", "stage", "attempts", "parked at", "error")
+    for item in parked:
+        table.add_row(str(item.seq), item.workspace, item.command, item.item_id, item.stage, str(item.attempts),
+                      item.parked_at, item.error)
+    console.print(table if parked else "no parked commands")
+
+
+@deadletter_app.command("redrive")
+def deadletter_redrive(
+    seq: list[int] = typer.Argument(None, help="Dead-letter sequences to re-drive (default: all, or all of --workspace)"),
+    workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Put parked commands back on the work queue (and out of the dead-letter stream)."""
+    from services.dispatcher.deadletter import list_parked, redrive
+
+    async def run() -> int:
+        async with backends(Settings.from_env(data_dir=data_dir)) as (_, js):
+            parked = await list_parked(js, workspace)
+            if seq:
+                parked = [item for item in parked if item.seq in set(seq)]
+            return await redrive(js, parked)
+
+    console.print(f"re-drove {asyncio.run(run())} command(s)")
+
+
+@rules_app.command("reset")
+def rules_reset(data_dir: Optional[Path] = DataDir) -> None:
+    """Run the rules again from the start of the log (derived ids: no follow-up is made twice)."""
+    from services.rules.worker import reset
+
+    async def run() -> None:
+        async with backends(Settings.from_env(data_dir=data_dir)) as (pool, _):
+            await reset(pool)
+
+    asyncio.run(run())
+    console.print("the rules worker starts again from the start of the log")
+
+
+def asyncapi(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing"),
+) -> None:
+    """The AsyncAPI description of the NATS side (the same as `faststream docs gen services.dispatcher.app:app`)."""
+    from services.dispatcher.app import app as faststream_app
+
+    text = json.dumps(faststream_app.schema.to_specification().to_jsonable(), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(deadletter_app, name="deadletter")
+    app.add_typer(rules_app, name="rules")
+    app.command()(asyncapi)

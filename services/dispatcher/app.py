@@ -1,0 +1,244 @@
+"""The dispatcher: takes follow-up and alert commands off the JetStream work queue and carries them out.
+
+For each command: append ``touchline.followup.requested`` / ``touchline.alert.raised`` to the log
+(id = the derived follow-up or alert id, so it is stored once however often the command comes),
+then POST it to the workspace's webhook when one is configured (signed, see webhooks.py). The
+message is acked only after both effects are durable; on failure it is nak'ed with a delay
+(transient failures are retried with backoff), and after too many attempts it is parked in the
+dead-letter stream with its error, then acked. Nothing is ever ``term()``-ed unseen.
+
+It is a FastStream NATS subscriber: one durable pull consumer (``dispatcher``) on the WorkQueue
+stream, shared by every dispatcher process, with manual acks (FastStream's default policy would
+``term()`` the command on any exception, deleting it from a WorkQueue stream). FastStream also
+gives the AsyncAPI description of the NATS side: ``faststream docs gen services.dispatcher.app:app``
+or ``touchline asyncapi``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import msgspec
+import structlog
+from faststream import AckPolicy, FastStream
+from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.specification import AsyncAPI
+from nats.js.api import ConsumerConfig
+
+from events import catalog as c
+from events.commands import (
+    COMMANDS_STREAM,
+    COMMANDS_SUBJECTS,
+    DEADLETTER_STREAM,
+    RULES_SOURCE,
+    RaiseAlert,
+    RequestFollowup,
+    decode_command,
+)
+from services.dispatcher import deadletter, webhooks
+from services.ingest import Ingestor, LogUnavailable
+
+log = structlog.get_logger()
+
+CONSUMER = "dispatcher"
+# A command that fails for another reason than its webhook (log or database unavailable, a bug)
+# is retried with these delays, then parked.
+COMMAND_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+COMMAND_MAX_ATTEMPTS = 10
+# Redelivery when a dispatcher dies holding a message: the first step is the ack wait. Parking is
+# always our decision (at the workspace's max_attempts), so max_deliver is only a far backstop.
+ACK_WAIT = float(os.environ.get("TOUCHLINE_DISPATCHER_ACK_WAIT", "30"))
+MAX_DELIVER = 100
+
+_encode = msgspec.json.Encoder(decimal_format="string").encode
+
+
+def consumer_config() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=CONSUMER,
+        ack_wait=ACK_WAIT,
+        backoff=[ACK_WAIT, ACK_WAIT * 2, ACK_WAIT * 4],
+        max_deliver=MAX_DELIVER,
+        max_ack_pending=1000,
+    )
+
+
+@dataclass
+class Outcome:
+    seq: int | None
+    delivered: bool
+
+
+class Dispatcher:
+    """The effects of one command; the FastStream handler below only decodes, calls this and acks."""
+
+    def __init__(self, pool: asyncpg.Pool, ingestor: Ingestor, http: httpx.AsyncClient) -> None:
+        self.pool = pool
+        self.ingestor = ingestor
+        self.http = http
+
+    async def execute(self, command: RequestFollowup | RaiseAlert) -> Outcome:
+        event, item_id = logged_event(command)
+        result = await self.ingestor.append_internal(command.workspace, event)
+        hook = await webhooks.webhook_of(self.pool, command.workspace)
+        if hook is None or await webhooks.delivered(self.pool, command.workspace, item_id):
+            return Outcome(result.seq, False)
+        body = webhook_body(command, result.seq)
+        status = await webhooks.post(self.http, hook, body, item_id=item_id, event_type=c.type_name(event))
+        await webhooks.record(self.pool, command.workspace, item_id, "delivered", http_status=status)
+        return Outcome(result.seq, True)
+
+
+def logged_event(command: RequestFollowup | RaiseAlert) -> tuple[c.Envelope, str]:
+    if isinstance(command, RequestFollowup):
+        event = c.FollowupRequested(
+            specversion="1.0",
+            id=command.followup_id,
+            source=RULES_SOURCE,
+            time=command.trigger_time,
+            subject=command.contact,
+            data=c.FollowupRequestedData(
+                followup_id=command.followup_id,
+                rule=command.rule,
+                reason=command.reason,
+                due_at=command.due_at,
+                caused_by_source=command.caused_by_source,
+                caused_by_id=command.caused_by_id,
+                trigger_time=command.trigger_time,
+            ),
+        )
+        return event, command.followup_id
+    event = c.AlertRaised(
+        specversion="1.0",
+        id=command.alert_id,
+        source=RULES_SOURCE,
+        time=command.at,
+        data=c.AlertRaisedData(
+            alert_id=command.alert_id,
+            rule=command.rule,
+            reason=command.reason,
+            campaign_id=command.campaign_id,
+            goal_id=command.goal_id,
+            caused_by_source=command.caused_by_source,
+            caused_by_id=command.caused_by_id,
+        ),
+    )
+    return event, command.alert_id
+
+
+def webhook_body(command: RequestFollowup | RaiseAlert, seq: int | None) -> bytes:
+    """The JSON a webhook receives: the follow-up (or alert) as the API lists it, plus its log seq."""
+    if isinstance(command, RequestFollowup):
+        return _encode({
+            "type": "touchline.followup.requested",
+            "workspace": command.workspace,
+            "seq": seq,
+            "followup": {
+                "followup_id": command.followup_id,
+                "contact": command.contact,
+                "rule": command.rule,
+                "reason": command.reason,
+                "due_at": command.due_at,
+                "status": "open",
+                "caused_by": {"source": command.caused_by_source, "id": command.caused_by_id},
+            },
+        })
+    caused_by = {"source": command.caused_by_source, "id": command.caused_by_id} if command.caused_by_id else None
+    alert = {"alert_id": command.alert_id, "rule": command.rule, "reason": command.reason, "at": command.at,
+             "caused_by": caused_by}
+    alert.update({"campaign_id": command.campaign_id} if command.campaign_id else {"goal_id": command.goal_id})
+    return _encode({"type": "touchline.alert.raised", "workspace": command.workspace, "seq": seq, "alert": alert})
+
+
+async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMessage) -> str:
+    """Carry out one command and settle its message; returns what happened (for logs and tests)."""
+    raw = msg.raw_message
+    attempt = raw.metadata.num_delivered
+    subject = raw.subject
+    try:
+        command = decode_command(msg.body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        await deadletter.park(broker, subject, msg.body, stage="decode", error=str(err), attempts=attempt)
+        await msg.ack()
+        return "parked"
+    bound = log.bind(workspace=command.workspace, command=command.command_id, attempt=attempt)
+    try:
+        await dispatcher.execute(command)
+    except webhooks.DeliveryFailed as err:
+        hook = await webhooks.webhook_of(dispatcher.pool, command.workspace)
+        max_attempts = hook.max_attempts if hook else 1
+        item_id = logged_event(command)[1]
+        if attempt >= max_attempts:
+            await webhooks.record(dispatcher.pool, command.workspace, item_id, "parked", error=str(err), http_status=err.status)
+            await deadletter.park(broker, subject, msg.body, stage="webhook", error=str(err), attempts=attempt)
+            await msg.ack()
+            bound.warning("dispatcher.parked", stage="webhook", error=str(err))
+            return "parked"
+        await webhooks.record(dispatcher.pool, command.workspace, item_id, "failing", error=str(err), http_status=err.status)
+        delay = hook.backoff(attempt) if hook else 1.0
+        await msg.nack(delay=delay)
+        bound.info("dispatcher.webhook_retry", error=str(err), in_s=delay)
+        return "retry"
+    except Exception as err:  # noqa: BLE001 - the log, the database, a bug: retry, then park
+        error = f"{type(err).__name__}: {err}"
+        if attempt >= COMMAND_MAX_ATTEMPTS:
+            try:
+                await deadletter.park(broker, subject, msg.body, stage="command", error=error, attempts=attempt)
+            except Exception:  # noqa: BLE001 - cannot park either: leave it for redelivery
+                bound.error("dispatcher.park_failed", error=error)
+                await msg.nack(delay=COMMAND_BACKOFF[-1])
+                return "retry"
+            await msg.ack()
+            bound.error("dispatcher.parked", stage="command", error=error)
+            return "parked"
+        delay = COMMAND_BACKOFF[min(attempt, len(COMMAND_BACKOFF)) - 1]
+        await msg.nack(delay=delay)
+        level = bound.warning if isinstance(err, LogUnavailable) else bound.error
+        level("dispatcher.retry", error=error, in_s=delay)
+        return "retry"
+    await raw.ack_sync()  # acked only now that the log append and the delivery are durable
+    return "done"
+
+
+def build(servers: str | list[str] = "nats://127.0.0.1:4222", dispatcher: Dispatcher | None = None) -> FastStream:
+    """The FastStream application: the broker, the command subscriber and the dead-letter publisher."""
+    broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None)
+    deadletter.register_publisher(broker)
+
+    @broker.subscriber(
+        COMMANDS_SUBJECTS,
+        stream=JStream(COMMANDS_STREAM, declare=False),
+        durable=CONSUMER,
+        config=consumer_config(),
+        pull_sub=PullSub(batch_size=8, timeout=1.0),
+        ack_policy=AckPolicy.MANUAL,
+        title="touchline.cmd.{workspace}:dispatch",
+        description=(
+            "Follow-up and alert commands from the rules worker (JSON, tagged by `command`:"
+            " `touchline.cmd.request_followup` or `touchline.cmd.raise_alert`); WorkQueue stream"
+            f" {COMMANDS_STREAM}, durable pull consumer `{CONSUMER}` shared by every dispatcher,"
+            f" manual acks, retried with backoff, parked in {DEADLETTER_STREAM} after repeated failure."
+        ),
+    )
+    async def dispatch(body: dict, msg: NatsMessage) -> None:
+        if dispatcher is None:
+            raise RuntimeError("this application was built for its description only")
+        await handle_message(dispatcher, broker, msg)
+
+    return FastStream(
+        broker,
+        specification=AsyncAPI(
+            title="Touchline dispatcher",
+            version="1.0.0",
+            description="The NATS side of Touchline's follow-ups: commands in, dead letters out.",
+        ),
+    )
+
+
+# For `faststream docs gen services.dispatcher.app:app`: the description needs no server.
+app = build()
+
+

@@ -1,0 +1,136 @@
+"""Outbound webhooks: per-workspace configuration, signing (Stripe-like) and one delivery attempt.
+
+Each delivery is an HTTP POST of a JSON body with the header
+
+    Touchline-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
+
+A receiver recomputes the HMAC over the timestamp, a dot and the raw body bytes with the secret it
+got when registering the webhook, compares in constant time, and rejects timestamps too far from
+its clock (``verify`` below does all three). ``Touchline-Delivery`` carries the follow-up or
+alert id: the same for every retry of one item, so receivers can deduplicate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+
+SIGNATURE_HEADER = "Touchline-Signature"
+DELIVERY_HEADER = "Touchline-Delivery"
+TYPE_HEADER = "Touchline-Event-Type"
+DEFAULT_TOLERANCE = 300
+
+
+@dataclass(frozen=True)
+class Webhook:
+    workspace: str
+    url: str
+    secret: str
+    max_attempts: int
+    backoff_seconds: tuple[float, ...]
+    timeout_seconds: float
+
+    def backoff(self, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt`` (1-based); the last step repeats."""
+        steps = self.backoff_seconds or (5.0,)
+        return steps[min(attempt, len(steps)) - 1]
+
+
+def new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def verify(secret: str, header: str, body: bytes, *, tolerance: int = DEFAULT_TOLERANCE, now: float | None = None) -> bool:
+    """What a receiver does: check the HMAC of ``t.body`` and that ``t`` is recent."""
+    parts: dict[str, list[str]] = {}
+    for item in header.split(","):
+        key, _, value = item.strip().partition("=")
+        parts.setdefault(key, []).append(value)
+    try:
+        t = int(parts["t"][0])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - t) > tolerance:
+        return False
+    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return any(hmac.compare_digest(expected, candidate) for candidate in parts.get("v1", []))
+
+
+async def configure(pool: asyncpg.Pool, workspace: str, url: str, *, max_attempts: int, backoff_seconds: list[float],
+                    timeout_seconds: float) -> Webhook:
+    """Register (or replace) the workspace's webhook with a fresh secret."""
+    secret = new_secret()
+    await pool.execute(
+        "INSERT INTO webhooks (workspace, url, secret, max_attempts, backoff_seconds, timeout_seconds)"
+        " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace) DO UPDATE SET url = excluded.url,"
+        " secret = excluded.secret, max_attempts = excluded.max_attempts,"
+        " backoff_seconds = excluded.backoff_seconds, timeout_seconds = excluded.timeout_seconds, created_at = now()",
+        workspace, url, secret, max_attempts, backoff_seconds, timeout_seconds,
+    )
+    return Webhook(workspace, url, secret, max_attempts, tuple(backoff_seconds), timeout_seconds)
+
+
+async def webhook_of(conn: asyncpg.Pool | asyncpg.Connection, workspace: str) -> Webhook | None:
+    row = await conn.fetchrow(
+        "SELECT url, secret, max_attempts, backoff_seconds, timeout_seconds FROM webhooks WHERE workspace = $1", workspace
+    )
+    if row is None:
+        return None
+    return Webhook(workspace, row["url"], row["secret"], row["max_attempts"], tuple(row["backoff_seconds"]),
+                   row["timeout_seconds"])
+
+
+class DeliveryFailed(Exception):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def post(client: httpx.AsyncClient, hook: Webhook, body: bytes, *, item_id: str, event_type: str) -> int:
+    """One attempt; returns the 2xx status or raises DeliveryFailed (non-2xx, timeout, refused)."""
+    headers = {
+        "Content-Type": "application/json",
+        SIGNATURE_HEADER: sign(hook.secret, body),
+        DELIVERY_HEADER: item_id,
+        TYPE_HEADER: event_type,
+        "User-Agent": "Touchline-Webhooks/1",
+    }
+    try:
+        answer = await client.post(hook.url, content=body, headers=headers, timeout=hook.timeout_seconds)
+    except httpx.TimeoutException as err:
+        raise DeliveryFailed(f"timed out after {hook.timeout_seconds}s: {err!r}") from err
+    except httpx.HTTPError as err:
+        raise DeliveryFailed(f"request failed: {err!r}") from err
+    if not 200 <= answer.status_code < 300:
+        raise DeliveryFailed(f"answered {answer.status_code}: {answer.text[:200]}", answer.status_code)
+    return answer.status_code
+
+
+async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: str, *, error: str | None = None,
+                 http_status: int | None = None) -> None:
+    await pool.execute(
+        "INSERT INTO webhook_deliveries AS d (workspace, item_id, status, attempts, last_error, last_status)"
+        " VALUES ($1, $2, $3, 1, $4, $5) ON CONFLICT (workspace, item_id) DO UPDATE SET status = excluded.status,"
+        " attempts = d.attempts + 1, last_error = excluded.last_error, last_status = excluded.last_status,"
+        " updated_at = now()",
+        workspace, item_id, status, error, http_status,
+    )
+
+
+async def delivered(pool: asyncpg.Pool, workspace: str, item_id: str) -> bool:
+    return bool(await pool.fetchval(
+        "SELECT 1 FROM webhook_deliveries WHERE workspace = $1 AND item_id = $2 AND status = 'delivered'",
+        workspace, item_id,
+    ))

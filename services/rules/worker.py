@@ -1,0 +1,359 @@
+"""The rules worker: reads the log live, in log order, and turns what happens into commands.
+
+Like the projector, it reads with an ordered consumer from its committed position + 1 and applies
+each batch in one PostgreSQL transaction that also moves its position (``rules_positions``, not
+``projector_positions``: it is not a read model that ``min_seq`` waits for). The position row is
+locked and checked in every batch, so a second worker process is fenced, never double-applies.
+
+Commands go to the work queue (``TOUCHLINE_COMMANDS``) with ``Nats-Msg-Id`` = the derived command
+id, published and acked *before* the batch commits: at least once. A crash between publish and
+commit re-publishes the same ids, which JetStream drops within its window and the dispatcher drops
+for ever (the follow-up id is the logged event's id, deduplicated through ``event_index``).
+
+stalled-offer timers are NATS message schedules (ADR-51) on ``TOUCHLINE_TIMERS``: durable in the
+stream, fired by the server onto ``touchline.timer.fired.{ws}``, consumed here with explicit acks.
+A fired timer is decided only once this worker has applied the log up to where it stood when the
+timer fired, so a sales touch that came in time is always seen first.
+
+goal-at-risk is checked whenever a goal's actual changes (in ``decide``) and on a periodic tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from typing import Iterable
+
+import asyncpg
+import nats.errors
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from events.commands import (
+    COMMANDS_STREAM,
+    TIMERS_FIRED,
+    TIMERS_STREAM,
+    TimerFire,
+    command_subject,
+    decode_timer,
+    encode_command,
+    encode_timer,
+    timer_fired_subject,
+    timer_subject,
+)
+from events.log import LoggedEvent, decode_logged
+from services.nats_io import last_log_seq, next_batch, read_log
+from services.projector.runner import Fenced, first_copies
+from services.rules import logic
+from services.rules.logic import Effects, RulesState, Timer
+from services.store.db import RETRYABLE, with_retry
+
+log = structlog.get_logger()
+
+TIMER_CONSUMER = "rules-timers"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+# --- state in PostgreSQL -------------------------------------------------------------------
+
+
+async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str]], workspaces: Iterable[str]) -> RulesState:
+    state = RulesState()
+    contacts, workspaces = list(contacts), list(workspaces)
+    if contacts:
+        ws_ids, contact_ids = zip(*contacts)
+        rows = await conn.fetch(
+            "SELECT workspace, contact, state FROM rules_contacts"
+            " WHERE (workspace, contact) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            ws_ids,
+            contact_ids,
+        )
+        for row in rows:
+            state.contacts[(row["workspace"], row["contact"])] = logic.decode_contact(row["state"])
+    if workspaces:
+        for row in await conn.fetch("SELECT workspace, state FROM rules_workspaces WHERE workspace = ANY($1)", workspaces):
+            state.workspaces[row["workspace"]] = logic.decode_workspace(row["state"])
+    return state
+
+
+async def save_state(conn: asyncpg.Connection, state: RulesState) -> None:
+    if state.contacts:
+        ws_ids, contact_ids = zip(*state.contacts)
+        await conn.execute(
+            "INSERT INTO rules_contacts (workspace, contact, state)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])"
+            " ON CONFLICT (workspace, contact) DO UPDATE SET state = excluded.state",
+            ws_ids,
+            contact_ids,
+            [logic.encode_state(value).decode() for value in state.contacts.values()],
+        )
+    if state.workspaces:
+        await conn.execute(
+            "INSERT INTO rules_workspaces (workspace, state) SELECT * FROM unnest($1::text[], $2::jsonb[])"
+            " ON CONFLICT (workspace) DO UPDATE SET state = excluded.state",
+            list(state.workspaces),
+            [logic.encode_state(value).decode() for value in state.workspaces.values()],
+        )
+
+
+async def load_settings(conn: asyncpg.Connection, workspaces: Iterable[str]) -> dict[str, logic.Settings]:
+    rows = await conn.fetch("SELECT workspace, disabled FROM rule_settings WHERE workspace = ANY($1)", list(workspaces))
+    return {row["workspace"]: logic.Settings(frozenset(row["disabled"])) for row in rows}
+
+
+async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
+    """Forget the decision state and start the rules again from the start of the log.
+
+    Safe with workers running: they are fenced by the moved position and start again from 0.
+    Derived ids make every re-emitted command a no-op for follow-ups that already exist.
+    """
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", name)
+            await conn.execute("DELETE FROM rules_contacts")
+            await conn.execute("DELETE FROM rules_workspaces")
+            await conn.execute("UPDATE rules_positions SET position = 0, applied = 0, updated_at = now() WHERE name = $1", name)
+
+
+# --- publishing effects ----------------------------------------------------------------------
+
+
+def _at(moment: dt.datetime) -> str:
+    """RFC 3339 UTC, whole seconds, never earlier than asked."""
+    moment = moment.astimezone(dt.timezone.utc)
+    if moment.microsecond:
+        moment = moment.replace(microsecond=0) + dt.timedelta(seconds=1)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def publish_effects(js: JetStreamContext, effects: Effects, timeout: float = 10.0) -> None:
+    """Every command and timer durably stored (acked) before returning; raises otherwise."""
+    futures = []
+    for command in effects.commands:
+        futures.append(
+            await js.publish_async(
+                command_subject(command.workspace),
+                encode_command(command),
+                headers={"Nats-Msg-Id": command.command_id},
+                stream=COMMANDS_STREAM,
+                wait_stall=timeout,
+            )
+        )
+    for timer in effects.timers:
+        futures.append(await _publish_timer(js, timer, timeout))
+    if futures:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+
+
+async def _publish_timer(js: JetStreamContext, timer: Timer, timeout: float):
+    body = encode_timer(TimerFire(timer_id=timer.timer_id, workspace=timer.workspace, contact=timer.contact,
+                                  fire_at=timer.fire_at))
+    if timer.fire_at <= utcnow():
+        # Already due (a backfilled offer, or a rerun): fire now.
+        return await js.publish_async(
+            timer_fired_subject(timer.workspace), body, headers={"Nats-Msg-Id": f"fire-{timer.timer_id}"},
+            stream=TIMERS_STREAM, wait_stall=timeout,
+        )
+    return await js.publish_async(
+        timer_subject(timer.workspace, timer.timer_id),
+        body,
+        headers={
+            "Nats-Msg-Id": timer.timer_id,
+            "Nats-Schedule": f"@at {_at(timer.fire_at)}",
+            "Nats-Schedule-Target": timer_fired_subject(timer.workspace),
+        },
+        stream=TIMERS_STREAM,
+        wait_stall=timeout,
+    )
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+class RulesWorker:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        pool: asyncpg.Pool,
+        *,
+        name: str = "main",
+        batch_max: int = 2000,
+        wait: float = 0.5,
+        goal_check_seconds: float = 600.0,
+    ) -> None:
+        self.js = js
+        self.pool = pool
+        self.name = name
+        self.batch_max = batch_max
+        self.wait = wait
+        self.goal_check_seconds = goal_check_seconds
+        self.position = 0
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """The log loop, the timer loop and the goal tick, until stopped; any of them failing ends all."""
+        tasks = [asyncio.create_task(loop()) for loop in (self._log_loop, self._timer_loop, self._tick_loop)]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception():
+                    raise task.exception()
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    # --- the log ---------------------------------------------------------------------
+
+    async def _log_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._run_from_committed_position()
+            except Fenced as err:
+                log.warning("rules.fenced", error=str(err))
+                await asyncio.sleep(0.5)
+            except RETRYABLE as err:
+                log.warning("rules.postgres_unavailable", error=str(err))
+                await asyncio.sleep(1.0)
+            except (asyncio.TimeoutError, nats.errors.Error) as err:
+                log.warning("rules.nats_unavailable", error=repr(err))
+                await asyncio.sleep(1.0)
+
+    async def _run_from_committed_position(self) -> None:
+        self.position = await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name)
+        if self.position is None:
+            await self.pool.execute("INSERT INTO rules_positions (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name)
+            self.position = 0
+        log.info("rules.started", position=self.position)
+        sub = await read_log(self.js, self.position + 1)
+        try:
+            while not self._stopping.is_set():
+                messages = await next_batch(sub, self.batch_max, self.wait)
+                if messages:
+                    batch = [decode_logged(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in messages]
+                    await self.apply_batch(batch)
+        finally:
+            await sub.unsubscribe()
+
+    async def apply_batch(self, batch: list[LoggedEvent]) -> None:
+        started = time.perf_counter()
+        last = batch[-1].seq
+        effects = Effects()
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                committed = await conn.fetchval(
+                    "SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name
+                )
+                if committed != self.position:
+                    raise Fenced(f"position is {committed}, expected {self.position}")
+                fresh = [logged for logged in batch if logged.seq > committed]
+                firsts = await first_copies(conn, fresh)
+                contacts = {(l.workspace, l.event.subject) for l in firsts if l.event.contact_event and l.event.subject}
+                workspaces = {l.workspace for l in firsts}
+                state = await load_state(conn, contacts, workspaces)
+                settings = await load_settings(conn, workspaces)
+                now = utcnow()
+                for logged in firsts:
+                    effects.extend(
+                        logic.decide(state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS))
+                    )
+                await save_state(conn, state)
+                await publish_effects(self.js, effects)
+                await conn.execute(
+                    "UPDATE rules_positions SET position = $2, applied = applied + $3, updated_at = now() WHERE name = $1",
+                    self.name,
+                    last,
+                    len(fresh),
+                )
+        self.position = last
+        log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
+                  position=last, ms=round((time.perf_counter() - started) * 1000, 1))
+
+    # --- fired timers ----------------------------------------------------------------
+
+    async def _timer_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                sub = await self.js.pull_subscribe(
+                    TIMERS_FIRED,
+                    durable=TIMER_CONSUMER,
+                    stream=TIMERS_STREAM,
+                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1,
+                                          max_ack_pending=1000),
+                )
+                while not self._stopping.is_set():
+                    try:
+                        messages = await sub.fetch(16, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue
+                    for msg in messages:
+                        await self._fire(msg)
+            except RETRYABLE as err:
+                log.warning("rules.timers.postgres_unavailable", error=str(err))
+                await asyncio.sleep(1.0)
+            except (asyncio.TimeoutError, nats.errors.Error) as err:
+                log.warning("rules.timers.nats_unavailable", error=repr(err))
+                await asyncio.sleep(1.0)
+
+    async def _fire(self, msg) -> None:
+        fire = decode_timer(msg.data)
+        # Decide with everything logged up to the moment the timer fired.
+        target = await last_log_seq(self.js)
+        waited = time.monotonic()
+        while await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name) < target:
+            if time.monotonic() - waited > 10:
+                await msg.in_progress()
+                waited = time.monotonic()
+            await asyncio.sleep(0.05)
+
+        async def work(conn: asyncpg.Connection) -> Effects:
+            await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name)
+            state = await load_state(conn, [(fire.workspace, fire.contact)], [])
+            settings = await load_settings(conn, [fire.workspace])
+            effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
+                                         settings=settings.get(fire.workspace, logic.DEFAULT_SETTINGS))
+            await save_state(conn, state)
+            await publish_effects(self.js, effects)
+            return effects
+
+        effects = await with_retry(self.pool, work)
+        log.info("rules.timer_fired", workspace=fire.workspace, timer=fire.timer_id, commands=len(effects.commands))
+        await msg.ack_sync()
+
+    # --- goal checks -----------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await with_retry(self.pool, self.check_goals)
+            except RETRYABLE as err:
+                log.warning("rules.tick.postgres_unavailable", error=str(err))
+            except (asyncio.TimeoutError, nats.errors.Error) as err:
+                log.warning("rules.tick.nats_unavailable", error=repr(err))
+            try:
+                await asyncio.wait_for(self._stopping.wait(), self.goal_check_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def check_goals(self, conn: asyncpg.Connection) -> Effects:
+        """goal-at-risk for every running goal of every workspace, at least this often."""
+        await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name)
+        rows = await conn.fetch("SELECT workspace FROM rules_workspaces WHERE state ? 'goals'")
+        state = await load_state(conn, [], [row["workspace"] for row in rows])
+        settings = await load_settings(conn, state.workspaces)
+        now = utcnow()
+        effects = Effects()
+        for ws_id, ws in state.workspaces.items():
+            if settings.get(ws_id, logic.DEFAULT_SETTINGS).enabled("goal-at-risk"):
+                effects.commands.extend(logic.check_goals(ws_id, ws, now, caused_by=None))
+        if effects.commands:
+            await save_state(conn, state)
+            await publish_effects(self.js, effects)
+        return effects
