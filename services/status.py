@@ -24,6 +24,12 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
         "SELECT name, position, applied, updated_at, rate_applied, rate_at, rate_eps, now() AS now"
         " FROM projector_positions ORDER BY name"
     )
+    parked = {
+        r["projector"]: r["n"]
+        for r in await pool.fetch(
+            "SELECT projector, count(*) AS n FROM parked_events WHERE redriven_at IS NULL GROUP BY projector"
+        )
+    }
     projectors = []
     for r in rows:
         since_sample = (r["now"] - r["rate_at"]).total_seconds()
@@ -38,6 +44,7 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
                 "lag": max(0, last - r["position"]),
                 "rate_eps": round(rate, 1),
                 "events_applied": r["applied"],
+                "parked": parked.get(r["name"], 0),
                 "updated_at": r["updated_at"].astimezone(dt.timezone.utc),
             }
         )

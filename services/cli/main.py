@@ -122,6 +122,11 @@ from services.cli import followups as _followup_commands  # noqa: E402  deadlett
 _followup_commands.register(app)
 
 
+from services.cli import parked as _parked_commands  # noqa: E402  parked list|redrive
+
+_parked_commands.register(app)
+
+
 def main() -> None:
     app()
 

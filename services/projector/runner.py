@@ -20,8 +20,9 @@ import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LoggedEvent, decode_logged
+from events.log import LoggedEvent, decode_logged, workspace_of_subject
 from services.nats_io import next_batch, read_log
+from services.projector.parking import Poison, park
 from services.store.db import RETRYABLE
 
 log = structlog.get_logger()
@@ -122,11 +123,38 @@ class Projector:
                 await sub.unsubscribe()
 
     async def apply_messages(self, messages) -> None:
+        """Apply a batch in one transaction; if it fails, apply it again event by event, each in
+        a savepoint, parking the ones that fail (poison) so the rest are not held up."""
         started = time.perf_counter()
-        batch = [
-            decode_logged(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data) for msg in messages
-        ]
-        last = batch[-1].seq
+        batch: list[LoggedEvent] = []
+        poisons: list[Poison] = []
+        for msg in messages:
+            seq = msg.metadata.sequence.stream
+            try:
+                batch.append(decode_logged(seq, msg.subject, msg.headers, msg.data))
+            except Exception as err:  # a shape this code does not know
+                poisons.append(Poison(seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
+        last = messages[-1].metadata.sequence.stream
+        try:
+            applied = await self._commit(batch, last, poisons, one_by_one=False)
+        except (Fenced, *RETRYABLE):
+            raise
+        except Exception as err:
+            log.warning("projector.batch_failed", projector=self.name, position=last, error=repr(err))
+            applied = await self._commit(batch, last, poisons, one_by_one=True)
+        self.position = last
+        self.applied_total += applied
+        log.debug(
+            "projector.batch",
+            projector=self.name,
+            events=len(messages),
+            first_copies=applied,
+            position=last,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+
+    async def _commit(self, batch: list[LoggedEvent], last: int, poisons: list[Poison], *, one_by_one: bool) -> int:
+        poisons = list(poisons)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 committed = await conn.fetchval(
@@ -136,8 +164,20 @@ class Projector:
                     raise Fenced(f"position is {committed}, expected {self.position}")
                 fresh = [logged for logged in batch if logged.seq > committed]
                 firsts = await first_copies(conn, fresh)
-                for projection in self.projections:
-                    await projection.apply(conn, firsts)
+                if not one_by_one:
+                    for projection in self.projections:
+                        await projection.apply(conn, firsts)
+                else:
+                    for logged in firsts:
+                        try:
+                            async with conn.transaction():
+                                for projection in self.projections:
+                                    await projection.apply(conn, [logged])
+                        except RETRYABLE:
+                            raise
+                        except Exception as err:
+                            poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
+                await park(conn, self.name, [p for p in poisons if p.seq > committed])
                 await conn.execute(
                     "UPDATE projector_positions SET position = $2, applied = applied + $3, updated_at = now()"
                     " WHERE name = $1",
@@ -145,13 +185,4 @@ class Projector:
                     last,
                     len(fresh),
                 )
-        self.position = last
-        self.applied_total += len(fresh)
-        log.debug(
-            "projector.batch",
-            projector=self.name,
-            events=len(batch),
-            first_copies=len(firsts),
-            position=last,
-            ms=round((time.perf_counter() - started) * 1000, 1),
-        )
+        return len(firsts)

@@ -1,0 +1,58 @@
+"""`touchline parked list|redrive`: poison events a projector set aside, and re-driving them after a fix."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from services.cli.audit import DataDir, backends, console
+from services.settings import Settings
+
+parked_app = typer.Typer(help="Poison events parked by a projector.", no_args_is_help=True)
+
+
+@parked_app.command("list")
+def parked_list(data_dir: Optional[Path] = DataDir) -> None:
+    """Every parked event: projector, log sequence, workspace, error."""
+    from services.projector.parking import waiting
+
+    async def run():
+        async with backends(Settings.from_env(data_dir=data_dir)) as (pool, _js):
+            return await waiting(pool)
+
+    rows = asyncio.run(run())
+    table = Table("projector", "seq", "workspace", "attempts", "parked at", "error", title=f"{len(rows)} parked")
+    for row in rows:
+        table.add_row(row["projector"], str(row["seq"]), row["workspace"], str(row["attempts"]),
+                      row["parked_at"].isoformat(timespec="seconds"), row["error"][:200])
+    console.print(table)
+
+
+@parked_app.command("redrive")
+def parked_redrive(
+    seq: list[int] = typer.Option(None, "--seq", help="Only these log sequences (repeat); all by default"),
+    projector: str = typer.Option("main", "--projector"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Apply parked events again (after a fix); those that still fail stay parked. Exit 1 if any did."""
+    from projections.registry import all_projections
+    from services.projector.parking import redrive
+
+    async def run():
+        async with backends(Settings.from_env(data_dir=data_dir)) as (pool, js):
+            return await redrive(pool, js, projector, all_projections(), set(seq) if seq else None)
+
+    outcome = asyncio.run(run())
+    for position, error in sorted(outcome.items()):
+        console.print(f"seq {position}: " + ("[green]applied[/green]" if error is None else f"[red]still failing[/red] {error}"))
+    console.print(f"{sum(e is None for e in outcome.values())} applied, {sum(e is not None for e in outcome.values())} still parked")
+    if any(error is not None for error in outcome.values()):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(parked_app, name="parked")

@@ -1,0 +1,72 @@
+"""Poison events: park what cannot be applied, go on with the rest, re-drive after a fix.
+
+A parked event keeps only its position: the log still holds the event itself, so re-driving
+reads it back from JetStream by sequence. Every read model is a fold that does not depend on
+the order events are applied in, so applying a parked event later gives the same state as
+applying it in its place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from nats.js import JetStreamContext
+
+from events.log import LOG_STREAM, decode_logged
+
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class Poison:
+    seq: int
+    workspace: str
+    error: str
+
+
+async def park(conn: asyncpg.Connection, projector: str, poisons: list[Poison]) -> None:
+    if not poisons:
+        return
+    log.error("projector.parked", projector=projector, seqs=[p.seq for p in poisons], error=poisons[0].error)
+    await conn.executemany(
+        "INSERT INTO parked_events (projector, seq, workspace, error) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (projector, seq) DO UPDATE SET error = excluded.error, attempts = parked_events.attempts + 1,"
+        " redriven_at = NULL",
+        [(projector, p.seq, p.workspace, p.error[:4000]) for p in poisons],
+    )
+
+
+async def waiting(pool: asyncpg.Pool, projector: str | None = None) -> list[asyncpg.Record]:
+    return await pool.fetch(
+        "SELECT projector, seq, workspace, error, parked_at, attempts FROM parked_events"
+        " WHERE redriven_at IS NULL AND ($1::text IS NULL OR projector = $1) ORDER BY projector, seq",
+        projector,
+    )
+
+
+async def redrive(pool: asyncpg.Pool, js: JetStreamContext, projector: str, projections, seqs=None) -> dict[int, str | None]:
+    """Apply parked events again; returns each seq's new error, or None where it was applied."""
+    from services.projector.runner import first_copies
+
+    outcome: dict[int, str | None] = {}
+    for row in await waiting(pool, projector):
+        if seqs is not None and row["seq"] not in seqs:
+            continue
+        seq = row["seq"]
+        message = await js.get_msg(LOG_STREAM, seq)
+        async with pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    logged = decode_logged(seq, message.subject, message.headers, message.data)
+                    for projection in projections:
+                        await projection.apply(conn, await first_copies(conn, [logged]))
+                    await conn.execute(
+                        "UPDATE parked_events SET redriven_at = now() WHERE projector = $1 AND seq = $2", projector, seq
+                    )
+                outcome[seq] = None
+            except Exception as err:  # the event is still poison: keep it parked with the new error
+                await park(conn, projector, [Poison(seq, row["workspace"], repr(err))])
+                outcome[seq] = repr(err)
+    return outcome

@@ -1,0 +1,96 @@
+"""Poison events: parked with error and position, the rest goes on, re-driven after a fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+
+import nats
+import pytest
+
+from events.log import LOG_STREAM, log_subject
+from projections.contacts import ContactsProjection
+from services.nats_io import last_log_seq
+from services.projector.parking import redrive, waiting
+from services.projector.runner import Projector
+from services.store.db import create_pool
+from tests.support import event
+
+
+async def append_raw(url: str, workspace: str, body: bytes) -> int:
+    """Write straight into the log, as a bug or an older/newer producer might have."""
+    nc = await nats.connect(url)
+    ack = await nc.jetstream().publish(log_subject(workspace), body, stream=LOG_STREAM)
+    await nc.close()
+    return ack.seq
+
+
+def test_an_undecodable_event_is_parked_and_the_projector_goes_on(stack):
+    ws, auth = stack.new_workspace()
+    poison = json.dumps(event("sales.deal.exploded", "zed")).encode()
+    bad_seq = asyncio.run(append_raw(stack.servers.nats_url, ws, poison))
+    last = stack.ingest(ws, auth, [event("marketing.engaged", "zed", channel="ig", action="like")])
+    contact = stack.get(f"/v1/workspaces/{ws}/contacts/zed", auth, min_seq=last)
+    assert contact.status_code == 200 and contact.json()["touches"]["total"] == 1
+    main = next(p for p in stack.get("/v1/status", stack.admin()).json()["projectors"] if p["name"] == "main")
+    assert main["parked"] >= 1
+    listed = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "parked", "list"],
+        env={**stack.env, "COLUMNS": "250"}, capture_output=True, text=True, timeout=60,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert str(bad_seq) in listed.stdout and ws[:10] in listed.stdout
+
+
+class BuggyContacts(ContactsProjection):
+    """The contact read model with a bug that a subject named "boom" triggers."""
+
+    async def apply(self, conn, batch):
+        if any(logged.event.subject == "boom" for logged in batch):
+            raise ValueError("bug: cannot handle boom")
+        await super().apply(conn, batch)
+
+
+@pytest.mark.asyncio
+async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the_fix(stack):
+    ws, auth = stack.new_workspace()
+    nc = await nats.connect(stack.servers.nats_url)
+    js = nc.jetstream()
+    pool = await create_pool(stack.servers.database_url, max_size=2)
+    name = "poison-test"
+    # Stop the live projector, so the contact rows below are written by the buggy one alone.
+    stack.projector.stop()
+    try:
+        start = await last_log_seq(js)
+        await pool.execute("INSERT INTO projector_positions (name, position) VALUES ($1, $2)", name, start)
+        last = stack.ingest(ws, auth, [
+            event("marketing.engaged", "ok-1", channel="ig", action="view"),
+            event("marketing.engaged", "boom", channel="ig", action="view"),
+            event("marketing.engaged", "ok-2", channel="ig", action="view"),
+        ])
+        projector = Projector(name, [BuggyContacts()], js, pool, wait=0.1)
+        running = asyncio.create_task(projector.run())
+        while projector.position < last:
+            await asyncio.sleep(0.05)
+        projector.stop()
+        await asyncio.wait_for(running, 10)
+
+        parked = await waiting(pool, name)
+        assert [(row["seq"], row["workspace"]) for row in parked] == [(last - 1, ws)]
+        assert "cannot handle boom" in parked[0]["error"]
+        contacts = {r["contact"] for r in await pool.fetch("SELECT contact FROM contacts WHERE workspace = $1", ws)}
+        assert contacts == {"ok-1", "ok-2"}
+
+        assert await redrive(pool, js, name, [BuggyContacts()]) == {last - 1: parked[0]["error"]}
+        assert await redrive(pool, js, name, [ContactsProjection()]) == {last - 1: None}
+        assert await waiting(pool, name) == []
+        contacts = {r["contact"] for r in await pool.fetch("SELECT contact FROM contacts WHERE workspace = $1", ws)}
+        assert contacts == {"ok-1", "boom", "ok-2"}
+    finally:
+        await pool.execute("DELETE FROM projector_positions WHERE name = $1", name)
+        await pool.close()
+        await nc.close()
+        stack.restart_projector(kill=False)
