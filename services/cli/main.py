@@ -89,12 +89,22 @@ def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None
 def token_create(
     workspace: str = typer.Option(..., "--workspace", "-w"),
     scope: list[str] = typer.Option(..., "--scope", "-s", help="ingest, read or admin; repeat for several"),
+    nats: bool = typer.Option(False, "--nats", help="NATS producer credentials instead of a bearer token (--scope ingest)"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Create a bearer token for a workspace; it is printed once and only its hash is kept."""
+    """Create a bearer token for a workspace; it is printed once and only its hash is kept.
+
+    With --nats: a NATS user that may publish only to touchline.in.WORKSPACE; prints its URL,
+    user, password and inbox prefix as JSON (the password once; only its bcrypt hash is kept)."""
     unknown = sorted(set(scope) - set(auth.SCOPES))
     if unknown:
         raise typer.BadParameter(f"unknown scope {unknown}; expected {list(auth.SCOPES)}", param_hint="--scope")
+    if nats:
+        from services.cli.producers import create_producer
+
+        if set(scope) != {"ingest"}:
+            raise typer.BadParameter("NATS credentials only ingest: use --scope ingest", param_hint="--scope")
+        raise typer.Exit(create_producer(Settings.from_env(data_dir=data_dir), workspace))
 
     async def run() -> str | None:
         async with database(Settings.from_env(data_dir=data_dir)) as pool:

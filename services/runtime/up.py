@@ -67,7 +67,7 @@ def up(settings: Settings) -> None:
     try:
         if nats is not None:
             settings = _with(settings, nats_url=nats.start())
-            log.info("nats.embedded", url=settings.nats_url, data=str(nats.root))
+            log.info("nats.embedded", url=nats.url, data=str(nats.root))
         if postgres is not None:
             settings = _with(settings, database_url=postgres.start())
             log.info("postgres.embedded", data=str(postgres.root))

@@ -1,0 +1,70 @@
+"""`touchline token create --workspace W --scope ingest --nats`: credentials for a NATS producer.
+
+Embedded NATS (no TOUCHLINE_NATS_URL): the producer is added to the server's configuration under
+the data dir and the running server reloads it; the credentials work as soon as this prints.
+External NATS: its operator manages who may connect, so nothing is changed; this prints the
+credentials together with the ``server_config`` entry to add to the cluster's producers
+(infra/nats/production.conf) and reload, and says so on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from services.api import auth
+from services.runtime import nats_auth
+from services.settings import Settings
+
+
+def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extra: str) -> str:
+    return json.dumps(
+        {
+            "workspace": producer.workspace,
+            "url": url,
+            "user": producer.user,
+            "password": password,
+            "inbox_prefix": producer.inbox_prefix,
+            "subject": f"touchline.in.{producer.workspace}",
+            **extra,
+        },
+        indent=2,
+    )
+
+
+def create_producer(settings: Settings, workspace: str) -> int:
+    """Print the producer's credentials as JSON; the exit code."""
+    from services.cli.main import database
+
+    async def known() -> bool:
+        async with database(settings) as pool:
+            return await auth.workspace_exists(pool, workspace)
+
+    if not asyncio.run(known()):
+        print(f"unknown workspace {workspace!r}", file=sys.stderr)
+        return 1
+    if settings.nats_url:
+        producer, password = nats_auth.new_producer(workspace)
+        print(_answer(nats_auth.without_credentials(settings.nats_url), producer, password,
+                      server_config=producer.config_entry()))
+        print(
+            "TOUCHLINE_NATS_URL names an external NATS, whose operator manages credentials: add server_config"
+            " to the users of its PRODUCERS account (see infra/nats/production.conf) and reload the servers"
+            " (nats-server --signal reload); until then these credentials are refused.",
+            file=sys.stderr,
+        )
+        return 0
+    root = (settings.data_dir / "nats").resolve()
+    producer, password = nats_auth.add_producer(root, workspace)
+    address = root / "address"
+    url = address.read_text().strip() if address.exists() else None
+    if url and nats_auth.reload_running_server(root):
+        if not asyncio.run(nats_auth.wait_until_accepted(url, producer.user, password)):
+            print(f"the embedded NATS did not take the new user; see {root / 'nats.log'}", file=sys.stderr)
+            return 1
+    else:
+        print("no embedded NATS runs on this data dir: the credentials work from the next `touchline up`",
+              file=sys.stderr)
+    print(_answer(url, producer, password))
+    return 0

@@ -1,0 +1,186 @@
+"""Who may connect to the embedded NATS: Touchline's own services, and producers.
+
+Everything lives under ``<data dir>/nats`` and is readable by its owner only (0600):
+
+* ``internal.json``: the internal user's password (generated once) and its bcrypt hash. Touchline's
+  services connect with it; ``url`` holds the URL with these credentials for CLI commands.
+* ``producers.json``: one record per producer made by ``touchline token create --nats``: user
+  name, workspace, bcrypt hash. The password itself is printed once and never kept.
+* ``auth.conf``: the ``authorization`` block that ``nats.conf`` includes, generated from both.
+  Adding a producer rewrites it and sends the running server SIGHUP (a config reload: existing
+  connections stay up, the new user can connect at once).
+
+A producer may publish only to ``touchline.in.{ws}`` of its own workspace and subscribe only
+to its own inbox prefix ``_INBOX_<user>.>`` (where its JetStream publish acks arrive): it
+cannot read the log, call the JetStream API, or see another producer's acks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import bcrypt
+import psutil
+
+from events.log import inbox_subject
+
+INTERNAL_USER = "touchline"
+# bcrypt work factor: the server checks it once per connection (~50 ms at 10 here).
+BCRYPT_ROUNDS = 10
+
+
+def bcrypt_hash(password: str) -> str:
+    # nats-server recognises bcrypt by the "$2a$" prefix, which the bcrypt package must be asked for.
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_ROUNDS, prefix=b"2a")).decode()
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, never visible half-written or world-readable."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def internal_password(root: Path) -> str:
+    """The internal user's password, generated on first use and kept in ``internal.json``."""
+    path = root / "internal.json"
+    try:
+        return json.loads(path.read_text())["password"]
+    except (OSError, ValueError, KeyError):
+        pass
+    password = secrets.token_urlsafe(24)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_private(path, json.dumps({"user": INTERNAL_USER, "password": password, "hash": bcrypt_hash(password)}))
+    return password
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    parts = urlsplit(url)
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def without_credentials(url: str) -> str:
+    """Each seed URL of a comma-separated list with any user:password@ removed (safe to print or log)."""
+    seeds = []
+    for seed in url.split(","):
+        parts = urlsplit(seed.strip())
+        host = parts.netloc.rsplit("@", 1)[-1]
+        seeds.append(urlunsplit((parts.scheme, host, parts.path, "", "")))
+    return ",".join(seeds)
+
+
+@dataclass(frozen=True)
+class Producer:
+    user: str
+    workspace: str
+    password_hash: str
+
+    @property
+    def inbox_prefix(self) -> str:
+        return f"_INBOX_{self.user}"
+
+    def config_entry(self) -> str:
+        """This producer as a user entry of a nats-server ``users`` list."""
+        return (
+            f'{{user: "{self.user}", password: "{self.password_hash}", permissions: {{'
+            f'publish: {{allow: ["{inbox_subject(self.workspace)}"]}}, '
+            f'subscribe: {{allow: ["{self.inbox_prefix}.>"]}}}}}}'
+        )
+
+
+def new_producer(workspace: str) -> tuple[Producer, str]:
+    """A producer with a fresh random user name and password; returns it and the password."""
+    password = secrets.token_urlsafe(24)
+    return Producer(f"producer-{secrets.token_hex(6)}", workspace, bcrypt_hash(password)), password
+
+
+def load_producers(root: Path) -> list[Producer]:
+    try:
+        records = json.loads((root / "producers.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return [Producer(r["user"], r["workspace"], r["password_hash"]) for r in records]
+
+
+def write_auth_config(root: Path, producers: list[Producer] | None = None) -> None:
+    """(Re)generate ``auth.conf`` and, when given, ``producers.json``."""
+    internal_password(root)
+    internal = json.loads((root / "internal.json").read_text())
+    if producers is not None:
+        _write_private(
+            root / "producers.json",
+            json.dumps([{"user": p.user, "workspace": p.workspace, "password_hash": p.password_hash} for p in producers], indent=1),
+        )
+    else:
+        producers = load_producers(root)
+    lines = [
+        "# Generated by touchline; producers come from producers.json (touchline token create --nats).",
+        "authorization {",
+        "  users: [",
+        f'    {{user: "{INTERNAL_USER}", password: "{internal["hash"]}"}}',
+        *(f"    {producer.config_entry()}" for producer in producers),
+        "  ]",
+        "}",
+        "",
+    ]
+    _write_private(root / "auth.conf", "\n".join(lines))
+
+
+def add_producer(root: Path, workspace: str) -> tuple[Producer, str]:
+    import fcntl
+
+    producer, password = new_producer(workspace)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "producers.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `token create --nats` at once both get kept
+        write_auth_config(root, [*load_producers(root), producer])
+    return producer, password
+
+
+def reload_running_server(root: Path) -> bool:
+    """SIGHUP the embedded nats-server of this data dir, if it runs. True if signalled."""
+    try:
+        pid = int((root / "nats.pid").read_text().strip())
+        process = psutil.Process(pid)
+        if str(root / "nats.conf") not in " ".join(process.cmdline()):
+            return False
+        process.send_signal(signal.SIGHUP)
+        return True
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+async def wait_until_accepted(url: str, user: str, password: str, timeout: float = 10.0) -> bool:
+    """After a reload: poll until the server lets these credentials in."""
+    import nats
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            nc = await nats.connect(
+                url, user=user, password=password, allow_reconnect=False, connect_timeout=2,
+                max_reconnect_attempts=0, error_cb=_quiet,
+            )
+        except Exception:
+            import asyncio
+
+            await asyncio.sleep(0.1)
+            continue
+        await nc.close()
+        return True
+    return False
+
+
+async def _quiet(_err: Exception) -> None:
+    pass

@@ -1,0 +1,125 @@
+"""NATS producers (CONTRACT.md sections 3 and 7): credentials from `touchline token create --nats`
+publish only to their own workspace's inbox subject; nothing else gets in."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import nats
+import pytest
+from nats.js.errors import NoStreamResponseError
+
+from events.log import INBOX_STREAM, LOG_STREAM, inbox_subject, log_subject
+from tests.integration.test_nats_inbox import wait_for
+from tests.support import event
+
+
+def create_producer(servers, workspace: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    env["TOUCHLINE_DATABASE_URL"] = servers.database_url  # the embedded NATS is found in the data dir
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "token", "create", "--workspace", workspace,
+         "--scope", "ingest", "--nats", "--data-dir", str(servers.root)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    return json.loads(done.stdout)
+
+
+async def stream_counts(url: str) -> tuple[int, int]:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    counts = ((await js.stream_info(INBOX_STREAM)).state.last_seq, (await js.stream_info(LOG_STREAM)).state.last_seq)
+    await nc.close()
+    return counts
+
+
+def test_producer_publishes_only_to_its_own_workspace(stack):
+    ws, auth = stack.new_workspace()
+    other, other_auth = stack.new_workspace()
+    creds = create_producer(stack.servers, ws)
+    assert creds["url"] == stack.servers.nats.url and "@" not in creds["url"]
+    assert creds["subject"] == inbox_subject(ws) and creds["inbox_prefix"] == f"_INBOX_{creds['user']}"
+    # Only the bcrypt hash is kept, in files only the owner can read.
+    root = stack.servers.nats.root
+    for name in ("producers.json", "auth.conf", "internal.json", "url"):
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o600, name
+    assert creds["password"] not in (root / "producers.json").read_text() + (root / "auth.conf").read_text()
+
+    errors: list = []
+
+    async def on_error(err: Exception) -> None:
+        errors.append(err)
+
+    async def producer() -> nats.NATS:
+        return await nats.connect(creds["url"], user=creds["user"], password=creds["password"],
+                                  inbox_prefix=creds["inbox_prefix"], error_cb=on_error)
+
+    async def publish_own() -> None:
+        nc = await producer()
+        ack = await nc.jetstream().publish(
+            inbox_subject(ws), json.dumps(event("marketing.engaged", "zoe", channel="ads", action="click")).encode())
+        assert ack.stream == INBOX_STREAM
+        await nc.close()
+
+    asyncio.run(publish_own())
+    contact = wait_for(lambda: stack.get(f"/v1/workspaces/{ws}/contacts/zoe", auth).json().get("touches"))
+    assert contact["total"] == 1
+    refused = (inbox_subject(other), log_subject(ws), log_subject(other), "$JS.API.STREAM.LIST")
+
+    async def publish_elsewhere() -> tuple:
+        nc = await producer()
+        js = nc.jetstream()
+        before = await stream_counts(stack.servers.nats_url)
+        for subject in refused:
+            with pytest.raises((nats.errors.TimeoutError, NoStreamResponseError)):
+                await js.publish(subject, json.dumps(event("sales.lead.qualified", "zoe")).encode(), timeout=1)
+        # Nor may it listen to the log or to another producer's acks.
+        for subject in (log_subject(ws), "_INBOX.>", "touchline.in.*"):
+            await nc.subscribe(subject)
+        await nc.flush()
+        await asyncio.sleep(0.3)
+        await nc.close()
+        return before, await stream_counts(stack.servers.nats_url)
+
+    before, after = asyncio.run(publish_elsewhere())
+    assert after == before, "a refused publish was stored"
+    violations = " ".join(str(e) for e in errors).lower()  # nats-py lower-cases server errors
+    for subject in refused:
+        assert f'permissions violation for publish to "{subject.lower()}"' in violations
+    for subject in (log_subject(ws), "_INBOX.>", "touchline.in.*"):
+        assert f'permissions violation for subscription to "{subject.lower()}"' in violations
+    assert stack.get(f"/v1/workspaces/{other}/contacts/zoe", other_auth).status_code == 404
+
+
+def test_unauthenticated_and_wrong_password_are_refused(stack):
+    ws, _ = stack.new_workspace()
+    creds = create_producer(stack.servers, ws)
+
+    async def attempt(**kwargs) -> None:
+        async def quiet(_err: Exception) -> None:
+            pass
+
+        await nats.connect(stack.servers.nats.url, allow_reconnect=False, max_reconnect_attempts=0,
+                           error_cb=quiet, **kwargs)
+
+    for kwargs in ({}, {"user": creds["user"], "password": creds["password"] + "x"},
+                   {"user": "touchline", "password": creds["password"]}):
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            asyncio.run(attempt(**kwargs))
+
+
+def test_producer_of_unknown_workspace_is_refused(stack):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    env["TOUCHLINE_DATABASE_URL"] = stack.servers.database_url
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "token", "create", "--workspace", "no-such-ws",
+         "--scope", "ingest", "--nats", "--data-dir", str(stack.servers.root)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 1 and "unknown workspace" in done.stderr
