@@ -449,8 +449,10 @@ async def verify(
 
 async def compare_table(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> list[Difference]:
     columns, key = await _columns(conn, table)
-    key = key or columns
-    on = " AND ".join(f"l.{ident(c)} IS NOT DISTINCT FROM r.{ident(c)}" for c in key)
+    if key:
+        on = " AND ".join(f"l.{ident(c)} = r.{ident(c)}" for c in key)
+    else:  # no primary key: rows match only whole
+        key, on = columns, "to_jsonb(l) = to_jsonb(r)"
     order = ", ".join(f"coalesce(l.{ident(c)}, r.{ident(c)})" for c in key)
     rows = await conn.fetch(
         f"SELECT to_jsonb(l)::text AS live, to_jsonb(r)::text AS rebuilt"

@@ -52,15 +52,16 @@ def nats_url(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
     """(pool, js) for a CLI command; exits 2 when ``workspace`` is given and unknown."""
+    import nats
+
     from services.cli.main import database
-    from services.nats_io import connect
 
     url = nats_url(settings)
     async with database(settings) as pool:
         if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
             err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
             raise typer.Exit(2)
-        nc = await connect(url, name="touchline-cli")
+        nc = await nats.connect(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
         try:
             yield pool, nc.jetstream(timeout=30)
         finally:
