@@ -127,6 +127,10 @@ from services.cli import demo as _demo_command  # noqa: E402  demo
 
 _demo_command.register(app)
 
+from services import bench as _bench_command  # noqa: E402  bench
+
+_bench_command.register(app)
+
 from services.cli import followups as _followup_commands  # noqa: E402  deadletter, rules, asyncapi
 
 _followup_commands.register(app)
