@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
+import math
 from decimal import Decimal, localcontext
 from fractions import Fraction
 from typing import Iterable, Literal
@@ -32,6 +33,7 @@ MODELS: tuple[str, ...] = ("first", "last", "linear", "position", "time_decay")
 DEFAULT_MODEL = "linear"
 DEFAULT_LOOKBACK_DAYS = 30
 HALF_LIFE_MICROS = 7 * 86_400 * 1_000_000
+DECAY_UNIT = 10**15
 
 # (time, source, id, what is credited: a campaign_id or a sales channel)
 Credited = tuple[dt.datetime, str, str, str]
@@ -56,11 +58,11 @@ def weights(model: str, at: dt.datetime, touches: list[Credited]) -> list[Fracti
         middle = Fraction(1, 5) / (n - 2)
         return [Fraction(2, 5)] + [middle] * (n - 2) + [Fraction(2, 5)]
     if model == "time_decay":
-        with localcontext() as context:
-            context.prec = 40
-            raw = [Decimal(2) ** (-Decimal(micros(at - t[0])) / HALF_LIFE_MICROS) for t in touches]
-        total = sum(map(Fraction, raw))
-        return [Fraction(w) / total for w in raw]
+        # 2^(-age / 7 days) is irrational: computed in double precision, normalised, then
+        # fixed at 15 decimal places, so that sums of credits stay exact and order-free.
+        raw = [2.0 ** (-micros(at - t[0]) / HALF_LIFE_MICROS) for t in touches]
+        total = math.fsum(raw)
+        return [Fraction(round(w / total * DECAY_UNIT), DECAY_UNIT) for w in raw]
     raise ValueError(f"unknown model {model!r}")
 
 
@@ -97,43 +99,59 @@ class AttributionView(msgspec.Struct):
 
 
 class _Tally:
+    """Credits per name, kept exact and cheap: shares with the same denominator are summed
+    as integers (and amounts times integers as decimals), divided once at the end."""
+
     def __init__(self) -> None:
-        self.leads: dict[str, Fraction] = defaultdict(Fraction)
-        self.deals: dict[str, Fraction] = defaultdict(Fraction)
-        self.revenue: dict[str, dict[str, Fraction]] = defaultdict(lambda: defaultdict(Fraction))
+        self.leads: dict[tuple[str, int], int] = defaultdict(int)
+        self.deals: dict[tuple[str, int], int] = defaultdict(int)
+        self.revenue: dict[tuple[str, str, int], Decimal] = defaultdict(Decimal)
         self.scale: dict[str, int] = defaultdict(int)  # per currency: the widest scale of the amounts credited
 
     def credit(self, model: str, conversion: Conversion, touches: list[Credited]) -> None:
         touches = sorted(touches)
+        if conversion.deal and touches:
+            self.scale[conversion.currency] = max(self.scale[conversion.currency], scale_of(conversion.amount))
         for (_, _, _, name), share in zip(touches, weights(model, conversion.at, touches)):
             if share == 0:
                 continue  # `first` and `last`: the other touches get nothing, and are not listed for it
             if not conversion.deal:
-                self.leads[name] += share
+                self.leads[(name, share.denominator)] += share.numerator
                 continue
-            self.deals[name] += share
-            self.revenue[name][conversion.currency] += share * Fraction(conversion.amount)
-            self.scale[conversion.currency] = max(self.scale[conversion.currency], scale_of(conversion.amount))
+            self.deals[(name, share.denominator)] += share.numerator
+            self.revenue[(name, conversion.currency, share.denominator)] += share.numerator * conversion.amount
 
     def names(self) -> list[str]:
-        return sorted(set(self.leads) | set(self.deals))
+        return sorted({name for name, _ in self.leads} | {name for name, _ in self.deals})
+
+    @staticmethod
+    def _total(parts: dict, name: str) -> Fraction:
+        return sum((Fraction(v, den) for (n, den), v in parts.items() if n == name), Fraction(0))
+
+    def counts(self, name: str) -> tuple[float, float]:
+        return float(self._total(self.leads, name)), float(self._total(self.deals, name))
 
     def revenue_of(self, name: str) -> dict[str, str]:
-        return {cur: decimal_text(exact_decimal(v, self.scale[cur])) for cur, v in sorted(self.revenue[name].items())}
+        totals: dict[str, Fraction] = defaultdict(Fraction)
+        for (n, currency, den), value in self.revenue.items():
+            if n == name:
+                totals[currency] += Fraction(value) / den
+        return {cur: decimal_text(exact_decimal(v, self.scale[cur])) for cur, v in sorted(totals.items())}
 
 
 def view(model: str, lookback_days: int, conversions: Iterable[Conversion]) -> AttributionView:
     campaigns, channels = _Tally(), _Tally()
-    for conversion in conversions:
-        campaigns.credit(model, conversion, conversion.campaign_touches)
-        if conversion.deal:
-            channels.credit(model, conversion, conversion.sales_touches)
+    with localcontext() as context:
+        context.prec = 60  # amount x integer numerators, summed: exact
+        for conversion in conversions:
+            campaigns.credit(model, conversion, conversion.campaign_touches)
+            if conversion.deal:
+                channels.credit(model, conversion, conversion.sales_touches)
     return AttributionView(
         model,
         lookback_days,
-        [CampaignCredit(name, float(campaigns.leads[name]), float(campaigns.deals[name]), campaigns.revenue_of(name))
-         for name in campaigns.names()],
-        [ChannelCredit(name, float(channels.deals[name]), channels.revenue_of(name)) for name in channels.names()],
+        [CampaignCredit(name, *campaigns.counts(name), campaigns.revenue_of(name)) for name in campaigns.names()],
+        [ChannelCredit(name, channels.counts(name)[1], channels.revenue_of(name)) for name in channels.names()],
     )
 
 
