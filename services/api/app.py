@@ -30,10 +30,12 @@ from services.api.common import (
     read_connection,
     require_workspace,
     services_of,
+    unavailable_response,
 )
 from services.ingest import Judged, LogUnavailable, Result, judge
 from services.nats_io import last_log_seq
 from services.store import readiness
+from services.store.db import RETRYABLE
 
 _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
@@ -104,6 +106,8 @@ def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> l
             raise ApiError(400, "a batch must be a JSON array of events") from None
         except msgspec.DecodeError as err:
             raise ApiError(400, f"the body is not JSON: {err}") from None
+        except RecursionError:
+            raise ApiError(400, "the body is nested too deeply") from None
         if len(elements) > MAX_BATCH_EVENTS:
             raise ApiError(413, f"a batch is at most {MAX_BATCH_EVENTS} events")
         return [judge(bytes(element)) for element in elements]
@@ -127,6 +131,8 @@ def _require_json(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as err:
         raise ApiError(400, f"the body is not JSON: {err}") from None
+    except RecursionError:
+        raise ApiError(400, "the body is nested too deeply") from None
 
 
 @post(
@@ -279,7 +285,7 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
-        exception_handlers={HTTPException: error_response},
+        exception_handlers={HTTPException: error_response, **{kind: unavailable_response for kind in RETRYABLE}},
         request_max_body_size=MAX_BATCH_BYTES,
         openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs"),
         debug=False,

@@ -29,6 +29,16 @@ class ApiError(HTTPException):
         self.fields = extra
 
 
+def unavailable_response(_: Request, exc: Exception) -> Response:
+    """A database or NATS outage is the server's passing trouble, not the client's: 503, retry."""
+    return Response(
+        content=_encode({"error": f"temporarily unavailable: {type(exc).__name__}"}),
+        status_code=503,
+        media_type="application/json",
+        headers={"Retry-After": "1"},
+    )
+
+
 def error_response(_: Request, exc: HTTPException) -> Response:
     body: dict[str, Any] = {"error": exc.detail}
     body.update(getattr(exc, "fields", None) or {})

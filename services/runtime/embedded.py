@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,13 +102,16 @@ class EmbeddedNats:
         self.url = ""
         self.client_url = ""
 
-    def start(self, timeout: float = 20.0) -> str:
+    def start(self, timeout: float = 20.0, port: int | None = None) -> str:
+        """Start on ``port`` (a free one by default; the same one to come back after an outage)."""
         self.root.mkdir(parents=True, exist_ok=True)
         config_file = self.root / "nats.conf"
         pid_file = self.root / "nats.pid"
         _stop_stale(pid_file, str(config_file))
-        port = _previous_port(self.root) or free_port()
+        port = port or _previous_port(self.root) or free_port()
+        self.port = port
         nats_auth.write_auth_config(self.root)
+        nats_auth.adopt_global_account_store(self.root / "jetstream")
         config_file.write_text(
             NATS_CONFIG.format(port=port, pid_file=pid_file, store_dir=self.root / "jetstream")
         )
@@ -117,7 +121,8 @@ class EmbeddedNats:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            # The kernel ties this to the starting *thread*: only the main thread lives as long as we do.
+            preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         self.url = f"nats://127.0.0.1:{port}"  # no credentials: safe to log and to give producers
         self.client_url = nats_auth.with_credentials(

@@ -4,10 +4,12 @@ as a child process, restarted if it dies; SIGINT/SIGTERM stops all of it cleanly
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import structlog
 
@@ -51,9 +53,24 @@ class Child:
             self.process.wait()
 
 
+def check_data_dir(data_dir: Path) -> None:
+    """Fail at once, in plain words, on a data dir that cannot hold data (not a directory,
+    read-only, full disk) rather than hanging later inside a server."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / ".touchline-write-test"
+        with open(probe, "wb") as handle:
+            handle.write(b"\0" * 65536)
+            handle.flush()
+            os.fsync(handle.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise SystemExit(f"touchline: cannot use data dir {data_dir}: {err.strerror or err}") from None
+
+
 def up(settings: Settings) -> None:
     logs.configure("up")
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_data_dir(settings.data_dir)
     nats = EmbeddedNats(settings.data_dir) if not settings.nats_url else None
     postgres = EmbeddedPostgres(settings.data_dir) if not settings.database_url else None
     stop = {"now": False}

