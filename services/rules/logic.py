@@ -136,7 +136,7 @@ class WorkspaceRules(msgspec.Struct, omit_defaults=True):
     won_count: dict[str, int] = msgspec.field(default_factory=dict)
     stage_counts: dict[str, int] = msgspec.field(default_factory=dict)
     goals: dict[str, Goal] = msgspec.field(default_factory=dict)
-    # "campaign_id\x00metric" -> reports applied so far.
+    # "campaign_id\x1fmetric" -> reports applied so far.
     metrics: dict[str, MetricStats] = msgspec.field(default_factory=dict)
     campaign_names: dict[str, str] = msgspec.field(default_factory=dict)
     # goal id -> the last UTC day a goal-at-risk alert was raised for it.
@@ -460,7 +460,7 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
 
 
 def _count_metric(ws: WorkspaceRules, event: c.Envelope) -> MetricStats:
-    key = f"{event.data.campaign_id}\x00{event.data.metric}"
+    key = f"{event.data.campaign_id}\x1f{event.data.metric}"
     stats = ws.metrics.setdefault(key, MetricStats())
     before = MetricStats(stats.count, stats.total)
     stats.count += 1

@@ -233,12 +233,19 @@ class RulesWorker:
             self.position = 0
         log.info("rules.started", position=self.position)
         sub = await read_log(self.js, self.position + 1)
+        checked = time.monotonic()
         try:
             while not self._stopping.is_set():
                 messages = await next_batch(sub, self.batch_max, self.wait)
                 if messages:
                     batch = [decode_logged(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in messages]
                     await self.apply_batch(batch)
+                elif time.monotonic() - checked > 2.0:
+                    # Idle: notice a position moved by someone else (`touchline rules reset`).
+                    checked = time.monotonic()
+                    committed = await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name)
+                    if committed != self.position:
+                        raise Fenced(f"position is {committed}, expected {self.position}")
         finally:
             await sub.unsubscribe()
 
@@ -291,12 +298,12 @@ class RulesWorker:
                 while not self._stopping.is_set():
                     try:
                         messages = await sub.fetch(16, timeout=1.0)
-                    except nats.errors.TimeoutError:
+                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
                         continue
                     for msg in messages:
                         await self._fire(msg)
             except RETRYABLE as err:
-                log.warning("rules.timers.postgres_unavailable", error=str(err))
+                log.warning("rules.timers.unavailable", error=repr(err))
                 await asyncio.sleep(1.0)
             except (asyncio.TimeoutError, nats.errors.Error) as err:
                 log.warning("rules.timers.nats_unavailable", error=repr(err))

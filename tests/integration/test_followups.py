@@ -1,0 +1,418 @@
+"""Follow-ups and alerts end to end (CONTRACT.md section 6), against real NATS and PostgreSQL.
+
+The rules worker and dispatchers run as real processes (tests/support.py). Nothing here asserts
+timings: every wait polls until a condition holds (with a generous deadline), and "nothing more
+happens" is checked once the pipeline is settled (the rules worker has applied the whole log and
+no command of the workspace is left on the work queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import asyncpg
+import nats
+
+from events.commands import COMMANDS_STREAM, TIMERS_STREAM, followup_id
+from events.log import LOG_STREAM
+from tests.support import event
+
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def wait_for(check, timeout: float = 90, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+async def _pipeline_state(stack, ws: str) -> tuple[int, int, int]:
+    nc = await nats.connect(stack.servers.nats_url)
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(LOG_STREAM)).state.last_seq
+        queued = (await js.stream_info(COMMANDS_STREAM, subjects_filter=f"touchline.cmd.{ws}")).state.subjects or {}
+        conn = await asyncpg.connect(stack.servers.database_url)
+        try:
+            position = await conn.fetchval("SELECT position FROM rules_positions WHERE name = 'main'")
+        finally:
+            await conn.close()
+        return last, position, sum(queued.values())
+    finally:
+        await nc.close()
+
+
+def settle(stack, ws: str, auth: dict) -> int:
+    """Wait until the rules have applied the whole log and the workspace's commands are all done,
+    twice in a row with the same log end; then until the read models have applied it. Returns it."""
+    previous = None
+
+    def settled():
+        nonlocal previous
+        last, position, queued = asyncio.run(_pipeline_state(stack, ws))
+        done = position >= last and queued == 0
+        stable = done and previous == last
+        previous = last if done else None
+        return last if stable else None
+
+    try:
+        last = wait_for(settled, what="the rules and dispatchers to settle")
+    except TimeoutError:
+        raise TimeoutError(f"not settled: (log end, rules position, queued) = {asyncio.run(_pipeline_state(stack, ws))}")
+    assert stack.get(f"/v1/workspaces/{ws}/followups", auth, min_seq=last, wait_ms=30000).status_code == 200
+    return last
+
+
+def followups(stack, ws, auth, **params) -> list[dict]:
+    answer = stack.get(f"/v1/workspaces/{ws}/followups", auth, **params)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def alerts(stack, ws, auth) -> list[dict]:
+    answer = stack.get(f"/v1/workspaces/{ws}/alerts", auth)
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def by_contact(items: list[dict]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for item in items:
+        out.setdefault(item["contact"], []).append(item["rule"])
+    return {contact: sorted(rules) for contact, rules in out.items()}
+
+
+async def _count_logged(stack, ws: str, type_: str) -> Counter:
+    """How many times each id of ``type_`` is in the workspace's log (duplicates would show > 1)."""
+    nc = await nats.connect(stack.servers.nats_url)
+    counts: Counter = Counter()
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe(f"touchline.log.{ws}", ordered_consumer=True, stream=LOG_STREAM)
+        info = await js.stream_info(LOG_STREAM, subjects_filter=f"touchline.log.{ws}")
+        total = (info.state.subjects or {}).get(f"touchline.log.{ws}", 0)
+        for _ in range(total):
+            msg = await sub.next_msg(timeout=10)
+            body = json.loads(msg.data)
+            if body["type"] == type_:
+                counts[body["id"]] += 1
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return counts
+
+
+# --- rules and guards ------------------------------------------------------------------
+
+
+def test_each_rule_fires_and_each_guard_holds(stack):
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=2)
+    h = dt.timedelta(hours=1)
+    period_start = (NOW - dt.timedelta(days=20)).date()
+    events = [
+        event("marketing.campaign.launched", time=iso(t), campaign_id="c1", channel="instagram", name="Spring sale"),
+        # fire
+        event("marketing.engaged", "hot", iso(t), channel="instagram", action="comment", campaign_id="c1"),
+        event("marketing.lead.captured", "lead", iso(t), channel="web", method="form"),
+        *[event("marketing.engaged", "warm", iso(t + i * dt.timedelta(minutes=1)), channel="email", action="open")
+          for i in range(5)],
+        event("sales.deal.won", "buyer", iso(t), deal_id="d1", amount="100", currency="EUR"),
+        # guards
+        event("contact.opted_out", "dnc", iso(t - h)),
+        event("marketing.engaged", "dnc", iso(t), channel="instagram", action="like"),
+        event("sales.outreach.sent", "worked", iso(t - 3 * 24 * h), channel="email"),
+        event("marketing.engaged", "worked", iso(t), channel="instagram", action="share"),
+        event("marketing.engaged", "twice", iso(t), channel="instagram", action="like"),
+        event("marketing.lead.captured", "twice", iso(t + h), channel="web"),
+        event("contact.opted_out", "dnc-buyer", iso(t - h)),
+        event("sales.deal.won", "dnc-buyer", iso(t), deal_id="d2", amount="100", currency="EUR"),
+        # alerts: an anomaly on c1, none on c2; a revenue goal far behind
+        *[event("marketing.metrics.reported", time=iso(t), campaign_id="c1", metric="reach", value=100) for _ in range(3)],
+        event("marketing.metrics.reported", time=iso(t), campaign_id="c1", metric="reach", value=400),
+        *[event("marketing.metrics.reported", time=iso(t), campaign_id="c2", metric="reach", value=v) for v in (100, 100, 100, 250)],
+        event("goal.set", time=iso(t), goal_id="q", metric="revenue", target="1000000", currency="EUR",
+              period_start=period_start.isoformat(), period_end=(period_start + dt.timedelta(days=30)).isoformat()),
+    ]
+    stack.ingest(ws, auth, events)
+    settle(stack, ws, auth)
+
+    listed = followups(stack, ws, auth)
+    assert by_contact(listed) == {
+        "hot": ["hot-engagement"],
+        "lead": ["new-lead"],
+        "warm": ["warm-unworked"],
+        "buyer": ["post-sale"],
+        "twice": ["hot-engagement"],
+    }
+    hot = next(item for item in listed if item["contact"] == "hot")
+    assert hot["reason"] == "hot commented on your post 'Spring sale' on instagram: reach out within 24 hours"
+    assert hot["status"] == "open"
+    assert dt.datetime.fromisoformat(hot["due_at"].replace("Z", "+00:00")) == t + dt.timedelta(hours=24)
+    assert hot["caused_by"] == {"source": "/test", "id": events[1]["id"]}
+    assert hot["followup_id"] == followup_id(ws, "hot-engagement", "/test", events[1]["id"])
+
+    raised = alerts(stack, ws, auth)
+    assert sorted(alert["rule"] for alert in raised) == ["goal-at-risk", "metric-anomaly"]
+    anomaly = next(alert for alert in raised if alert["rule"] == "metric-anomaly")
+    assert anomaly["campaign_id"] == "c1" and "reach of campaign 'Spring sale' is 400" in anomaly["reason"]
+    goal = next(alert for alert in raised if alert["rule"] == "goal-at-risk")
+    assert goal["goal_id"] == "q" and "at risk" in goal["reason"] and "more deals" in goal["reason"]
+
+
+def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=30)  # due 6 hours ago: overdue now, open before
+    stack.ingest(ws, auth, [
+        event("marketing.engaged", "ana", iso(t), channel="instagram", action="comment"),
+        event("marketing.engaged", "bo", iso(t), channel="instagram", action="comment"),
+        event("marketing.engaged", "cy", iso(t), channel="instagram", action="comment"),
+    ])
+    settle(stack, ws, auth)
+    assert [item["status"] for item in followups(stack, ws, auth)] == ["overdue"] * 3
+    assert len(followups(stack, ws, auth, status="open", as_of=iso(t + dt.timedelta(hours=1)))) == 3
+    contact = stack.get(f"/v1/workspaces/{ws}/contacts/ana", auth).json()
+    assert contact["open_followups"] == 1
+
+    ids = {item["contact"]: item["followup_id"] for item in followups(stack, ws, auth)}
+    last = stack.ingest(ws, auth, [
+        event("sales.outreach.sent", "ana", iso(t + dt.timedelta(hours=2)), channel="email", followup_id=ids["ana"]),
+        event("sales.followup.dismissed", "bo", iso(NOW), followup_id=ids["bo"]),
+        # a sales touch before the trigger does not make it done
+        event("sales.conversation.held", "cy", iso(t - dt.timedelta(days=9)), channel="phone"),
+    ])
+    status = {item["contact"]: item["status"] for item in followups(stack, ws, auth, min_seq=last)}
+    assert status == {"ana": "done", "bo": "dismissed", "cy": "overdue"}
+    assert [item["contact"] for item in followups(stack, ws, auth, status="done", min_seq=last)] == ["ana"]
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/ana", auth, min_seq=last).json()["open_followups"] == 0
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/cy", auth, min_seq=last).json()["open_followups"] == 1
+    assert stack.get(f"/v1/workspaces/{ws}/followups", auth, status="nope").status_code == 400
+
+
+def test_rules_can_be_turned_off_per_workspace(stack):
+    ws, auth = stack.new_workspace()
+    answer = stack.http.put(f"/v1/workspaces/{ws}/rules", json={"disabled": ["hot-engagement"]}, headers=stack.admin())
+    assert answer.status_code == 200, answer.text
+    stack.ingest(ws, auth, [
+        event("marketing.engaged", "ana", iso(NOW), channel="instagram", action="comment"),
+        event("marketing.lead.captured", "bo", iso(NOW), channel="web"),
+    ])
+    settle(stack, ws, auth)
+    assert by_contact(followups(stack, ws, auth)) == {"bo": ["new-lead"]}
+
+
+# --- exactly one follow-up per trigger, through crashes ---------------------------------
+
+
+def test_no_duplicates_after_killing_rules_worker_and_dispatchers_mid_stream(stack):
+    ws, auth = stack.new_workspace()
+    contacts = [f"c{i:04d}" for i in range(600)]
+    batches = [
+        [event("marketing.engaged", contact, iso(NOW - dt.timedelta(hours=1)), channel="web", action="click")
+         for contact in contacts[start:start + 100]]
+        for start in range(0, len(contacts), 100)
+    ]
+    stack.ingest(ws, auth, batches[0] + batches[1])
+    wait_for(lambda: len(followups(stack, ws, auth)) > 0, what="the first follow-ups")
+    stack.restart_rules(kill=True)
+    stack.restart_dispatchers(count=2, kill=True)
+    stack.ingest(ws, auth, batches[2] + batches[3])
+    wait_for(lambda: len(followups(stack, ws, auth)) > 200, what="more follow-ups")
+    stack.restart_dispatchers(count=2, kill=True)
+    stack.ingest(ws, auth, batches[4])
+    stack.restart_rules(kill=True)
+    stack.ingest(ws, auth, batches[5])
+    settle(stack, ws, auth)
+    listed = followups(stack, ws, auth)
+    assert len(listed) == len({item["followup_id"] for item in listed}) == len(contacts)
+    assert sorted(item["contact"] for item in listed) == contacts
+
+    # Rerun the rules from the start of the log: the same follow-ups, nothing new.
+    subprocess.run([sys.executable, "-m", "services.cli.main", "rules", "reset"], env=stack.env, check=True,
+                   capture_output=True)
+    settle(stack, ws, auth)
+    assert len(followups(stack, ws, auth)) == len(contacts)
+    logged = asyncio.run(_count_logged(stack, ws, "touchline.followup.requested"))
+    assert len(logged) == len(contacts) and set(logged.values()) == {1}
+    stack.restart_dispatchers(count=1, kill=False)
+
+
+# --- the stalled-offer timer --------------------------------------------------------------
+
+
+async def _timer_consumer_idle(stack) -> bool:
+    nc = await nats.connect(stack.servers.nats_url)
+    try:
+        info = await nc.jetstream().consumer_info(TIMERS_STREAM, "rules-timers")
+        return info.num_pending == 0 and info.num_ack_pending == 0
+    finally:
+        await nc.close()
+
+
+def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
+    ws, auth = stack.new_workspace()
+    week = dt.timedelta(days=7)
+    soon = NOW.replace(microsecond=0) + dt.timedelta(seconds=1)
+    while soon <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4):
+        soon += dt.timedelta(seconds=1)
+    offer = lambda contact, at, id: event("sales.offer.made", contact, iso(at - week), id=id, deal_id=f"d-{contact}",
+                                          amount="1200", currency="EUR")
+    last = stack.ingest(ws, auth, [
+        offer("quiet", soon, "o-quiet"),
+        offer("answered", soon - dt.timedelta(seconds=1), "o-answered"),
+        # the contact answered within the 7 days: no follow-up
+        event("sales.conversation.held", "answered", iso(soon - week + dt.timedelta(hours=1)), channel="phone"),
+        # an offer already 7 days old when it arrives fires at once
+        offer("late", NOW - dt.timedelta(days=1), "o-late"),
+    ])
+    # Kill the rules worker once it has scheduled the timers, and keep it down past their time.
+    wait_for(lambda: asyncio.run(_pipeline_state(stack, ws))[1] >= last, what="the rules to apply the offers")
+    stack.rules.kill()
+    wait_for(lambda: dt.datetime.now(dt.timezone.utc) > soon + dt.timedelta(seconds=1), what="the timers' time")
+    stack.restart_rules(kill=True)
+
+    wait_for(lambda: {item["contact"] for item in followups(stack, ws, auth)} >= {"quiet", "late"},
+             what="the stalled-offer follow-ups")
+    wait_for(lambda: asyncio.run(_timer_consumer_idle(stack)), what="every fired timer handled")
+    settle(stack, ws, auth)
+    listed = followups(stack, ws, auth)
+    assert by_contact(listed) == {"quiet": ["stalled-offer"], "late": ["stalled-offer"]}
+    quiet = next(item for item in listed if item["contact"] == "quiet")
+    assert quiet["due_at"].replace("Z", "+00:00") == soon.isoformat()
+    assert quiet["caused_by"] == {"source": "/test", "id": "o-quiet"}
+    assert "Your offer to quiet (deal d-quiet, 1200 EUR) has had no answer for 7 days" in quiet["reason"]
+
+
+# --- webhooks ---------------------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook receiver on loopback: answers each POST with the next status of ``plan`` (the last
+    repeats), checks the signature with the secret, and keeps every request."""
+
+    def __init__(self, plan: list[int]) -> None:
+        self.plan = plan
+        self.secret = ""
+        self.requests: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                status = receiver.plan[min(len(receiver.requests), len(receiver.plan) - 1)]
+                receiver.requests.append({
+                    "body": body,
+                    "headers": dict(self.headers),
+                    "signature_ok": receiver.verify(self.headers.get("Touchline-Signature", ""), body),
+                    "status": status,
+                })
+                self.send_response(status)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def verify(self, header: str, body: bytes) -> bool:
+        """The documented scheme, written independently: t=<unix>,v1=hex(HMAC-SHA256(secret, "t.body"))."""
+        fields = dict(part.split("=", 1) for part in header.split(","))
+        expected = hmac.new(self.secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 300
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def register(stack, ws: str, receiver: Receiver, **settings) -> dict:
+    answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": receiver.url, **settings}, headers=stack.admin())
+    assert answer.status_code == 201, answer.text
+    receiver.secret = answer.json()["secret"]
+    return answer.json()
+
+
+def test_webhook_fails_twice_then_succeeds_signed(stack):
+    ws, auth = stack.new_workspace()
+    receiver = Receiver([500, 503, 200])
+    try:
+        hook = register(stack, ws, receiver, backoff_seconds=[0.2, 0.5], max_attempts=5)
+        assert hook["url"] == receiver.url and hook["secret"].startswith("whsec_")
+        stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(NOW), channel="instagram", action="reply")])
+        wait_for(lambda: any(r["status"] == 200 for r in receiver.requests), what="a successful delivery")
+        settle(stack, ws, auth)
+        assert [r["status"] for r in receiver.requests] == [500, 503, 200]
+        assert all(r["signature_ok"] for r in receiver.requests)
+        [item] = followups(stack, ws, auth)
+        bodies = {r["body"] for r in receiver.requests}
+        assert len(bodies) == 1  # every attempt carries the same body; only the signature's time changes
+        body = json.loads(bodies.pop())
+        assert body["type"] == "touchline.followup.requested"
+        assert body["followup"]["followup_id"] == item["followup_id"]
+        assert body["followup"]["reason"] == item["reason"]
+        assert {r["headers"]["Touchline-Delivery"] for r in receiver.requests} == {item["followup_id"]}
+        # A tampered body does not verify.
+        assert not receiver.verify(receiver.requests[0]["headers"]["Touchline-Signature"], b"{}")
+    finally:
+        receiver.close()
+
+
+def test_webhook_that_always_fails_is_parked_then_redriven(stack):
+    ws, auth = stack.new_workspace()
+    receiver = Receiver([500])
+    cli = [sys.executable, "-m", "services.cli.main"]
+    try:
+        register(stack, ws, receiver, backoff_seconds=[0.1], max_attempts=3)
+        stack.ingest(ws, auth, [event("marketing.lead.captured", "eve", iso(NOW), channel="web")])
+
+        def parked():
+            out = subprocess.run(cli + ["deadletter", "list", "--workspace", ws, "--json"], env=stack.env,
+                                 capture_output=True, text=True, check=True).stdout
+            return [json.loads(line) for line in out.splitlines()]
+
+        [item] = wait_for(parked, what="the command to be parked")
+        assert item["stage"] == "webhook" and item["attempts"] == 3 and "answered 500" in item["error"]
+        assert len(receiver.requests) == 3
+        # Nothing lost: the follow-up is in the log and the read model.
+        settle(stack, ws, auth)
+        [listed] = followups(stack, ws, auth)
+        assert listed["followup_id"] == item["id"] and listed["rule"] == "new-lead"
+
+        # The receiver is fixed; re-drive from the CLI.
+        receiver.plan = [200]
+        subprocess.run(cli + ["deadletter", "redrive", "--workspace", ws], env=stack.env, check=True, capture_output=True)
+        wait_for(lambda: any(r["status"] == 200 for r in receiver.requests), what="the re-driven delivery")
+        assert parked() == []
+        settle(stack, ws, auth)
+        assert len(followups(stack, ws, auth)) == 1
+        logged = asyncio.run(_count_logged(stack, ws, "touchline.followup.requested"))
+        assert list(logged.values()) == [1]
+    finally:
+        receiver.close()
+
+
+def test_asyncapi_description_of_the_nats_side(stack):
+    out = subprocess.run([sys.executable, "-m", "services.cli.main", "asyncapi"], env=stack.env, capture_output=True,
+                         text=True, check=True).stdout
+    spec = json.loads(out)
+    addresses = {channel["address"] for channel in spec["channels"].values()}
+    assert {"touchline.cmd.>", "touchline.deadletter.{workspace}"} <= addresses
