@@ -18,6 +18,9 @@ _decode_event = msgspec.json.Decoder(AnyEvent).decode
 _decode_probe = msgspec.json.Decoder(dict).decode
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
+# A JSON-escaped NUL (an odd run of backslashes before u0000): PostgreSQL text and jsonb cannot hold it.
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
 _AT = re.compile(r"^(?P<text>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 
 
@@ -52,11 +55,20 @@ def parse_event(raw: bytes) -> Envelope:
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event: larger than {MAX_EVENT_BYTES} bytes")
     try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InvalidEvent(f"event: not valid UTF-8 (byte {err.start})") from None
+    # The substring test first: the regex (with its look-behind) costs more than decoding the event.
+    if b"\\u0000" in raw and _ESCAPED_NUL.search(raw):
+        raise InvalidEvent("event: a string holds the NUL character (\\u0000), which is not allowed")
+    try:
         event = _decode_event(raw)
     except msgspec.ValidationError as err:
         raise InvalidEvent(_explain_envelope(raw, err)) from None
     except msgspec.DecodeError as err:
         raise InvalidEvent(f"event: not valid JSON ({err})") from None
+    except RecursionError:
+        raise InvalidEvent("event: nested too deeply") from None
     if event.internal:
         raise InvalidEvent(f"type: {event.__struct_config__.tag} is written by Touchline, never accepted from outside")
     check_subject(event)
@@ -77,6 +89,8 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
         probe = _decode_probe(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return "event: expected a JSON object"
+    except RecursionError:
+        return "event: nested too deeply"
     kind = probe.get("type")
     if isinstance(kind, str) and kind in TYPES_BY_NAME and TYPES_BY_NAME[kind].internal:
         return f"type: {kind} is written by Touchline, never accepted from outside"
@@ -124,6 +138,8 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> bytes:
         attributes["data"] = msgspec.json.decode(body) if body.strip() else {}
     except msgspec.DecodeError:
         raise InvalidEvent("data: the body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidEvent("data: nested too deeply") from None
     attributes["datacontenttype"] = "application/json"
     return _encode(attributes)
 

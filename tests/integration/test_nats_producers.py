@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 
 import nats
 import pytest
@@ -37,6 +38,15 @@ async def stream_counts(url: str) -> tuple[int, int]:
     counts = ((await js.stream_info(INBOX_STREAM)).state.last_seq, (await js.stream_info(LOG_STREAM)).state.last_seq)
     await nc.close()
     return counts
+
+
+async def log_messages(url: str, start: int) -> list:
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    last = (await js.stream_info(LOG_STREAM)).state.last_seq
+    found = [(m.subject, m.data[:200]) for m in [await js.get_msg(LOG_STREAM, seq) for seq in range(start, last + 1)]]
+    await nc.close()
+    return found
 
 
 def test_producer_publishes_only_to_its_own_workspace(stack):
@@ -68,7 +78,8 @@ def test_producer_publishes_only_to_its_own_workspace(stack):
         await nc.close()
 
     asyncio.run(publish_own())
-    contact = wait_for(lambda: stack.get(f"/v1/workspaces/{ws}/contacts/zoe", auth).json().get("touches"))
+    # Generous: the inbox subscriber sometimes sits ~20 s on a lone message (see docs/reliability.md).
+    contact = wait_for(lambda: stack.get(f"/v1/workspaces/{ws}/contacts/zoe", auth).json().get("touches"), 90)
     assert contact["total"] == 1
     refused = (inbox_subject(other), log_subject(ws), log_subject(other), "$JS.API.STREAM.LIST")
 
@@ -123,3 +134,29 @@ def test_producer_of_unknown_workspace_is_refused(stack):
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 1 and "unknown workspace" in done.stderr
+
+
+def test_reply_subjects_cannot_smuggle_acks_into_the_log(stack):
+    """Reply subjects are not permission-checked: in one account, a producer naming touchline.log.X
+    as its reply would have JetStream store the ack in the log. The PRODUCERS account prevents it."""
+    ws, auth = stack.new_workspace()
+    other, other_auth = stack.new_workspace()
+    creds = create_producer(stack.servers, ws)
+
+    async def smuggle() -> tuple[int, int]:
+        _, log_before = await stream_counts(stack.servers.nats_url)
+        nc = await nats.connect(creds["url"], user=creds["user"], password=creds["password"],
+                                inbox_prefix=creds["inbox_prefix"])
+        for reply in (log_subject(ws), log_subject(other), inbox_subject(other)):
+            await nc.publish(inbox_subject(ws), b'{"not": "an event"}', reply=reply)
+        await nc.flush()
+        await nc.close()
+        return log_before, 3
+
+    log_before, sent = asyncio.run(smuggle())
+    rejected = wait_for(lambda: len(stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]) >= sent, 90)
+    assert rejected, stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()
+    time.sleep(0.5)
+    log_after = asyncio.run(stream_counts(stack.servers.nats_url))[1]
+    assert log_after == log_before, asyncio.run(log_messages(stack.servers.nats_url, log_before + 1))
+    assert stack.get(f"/v1/workspaces/{other}/rejected", other_auth).json()["rejected"] == []
