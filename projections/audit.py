@@ -34,6 +34,19 @@ def entry_raw(seq: int, received_at: dt.datetime, envelope: str) -> msgspec.Raw:
     return msgspec.Raw(head + (b"," + body[1:] if body != b"{}" else b"}"))
 
 
+async def trail(conn: asyncpg.Connection, workspace: str, contact: str, after: int | None = None,
+                limit: int | None = None) -> list[asyncpg.Record]:
+    """(seq, received_at, envelope as JSON text) of the contact's events after ``after``, in log order."""
+    return await conn.fetch(
+        "SELECT seq, received_at, envelope::text AS envelope FROM contact_events"
+        " WHERE workspace = $1 AND contact = $2 AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq LIMIT $4",
+        workspace,
+        contact,
+        after,
+        limit,
+    )
+
+
 class ContactEventsProjection:
     name = "audit"
     tables = ("contact_events",)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from litestar import Request, Response, get
 
-from projections.audit import entry_raw
+from projections.audit import entry_raw, trail
 from services.api.common import ApiError, json_response, read_access, read_connection
 
 
@@ -33,14 +33,7 @@ async def contact_events(
     if not 1 <= limit <= 10000:
         raise ApiError(400, "limit: expected 1 to 10000")
     async with read_connection(request, snapshot) as conn:
-        rows = await conn.fetch(
-            "SELECT seq, received_at, envelope::text AS envelope FROM contact_events"
-            " WHERE workspace = $1 AND contact = $2 AND ($3::bigint IS NULL OR seq > $3) ORDER BY seq LIMIT $4",
-            ws,
-            contact,
-            after,
-            limit + 1,
-        )
+        rows = await trail(conn, ws, contact, after, limit + 1)
     if not rows and after is None:
         raise ApiError(404, f"unknown contact {contact!r}")
     page = rows[:limit]

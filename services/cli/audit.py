@@ -68,6 +68,17 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
             await nc.drain()
 
 
+def with_database(data_dir: Optional[Path], work):
+    """Run ``await work(pool)`` against the configured (or embedded) PostgreSQL."""
+    from services.cli.main import database
+
+    async def run():
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await work(pool)
+
+    return asyncio.run(run())
+
+
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
         return Text(f"{task.speed or 0:,.0f} events/s", style="progress.data.speed")
@@ -183,19 +194,13 @@ def audit(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """A contact's whole history: every accepted event about it, in log order."""
-    from services.cli.main import database
-    from projections.audit import entry_raw
+    from projections.audit import entry_raw, trail
 
-    async def run():
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            return await pool.fetch(
-                "SELECT seq, received_at, envelope::text AS envelope FROM contact_events"
-                " WHERE workspace = $1 AND contact = $2 ORDER BY seq",
-                workspace,
-                contact,
-            )
+    async def run(pool):
+        async with pool.acquire() as conn:
+            return await trail(conn, workspace, contact)
 
-    rows = asyncio.run(run())
+    rows = with_database(data_dir, run)
     if not rows:
         err_console.print(f"[red]no events about contact {contact!r} in workspace {workspace!r}[/red]")
         raise typer.Exit(1)
@@ -246,20 +251,17 @@ def status(
 
 def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
     """The workspace's snapshots."""
-    from services.cli.main import database
-
-    async def run():
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            return await pool.fetch(
-                "SELECT name, until_seq, until_time, last_seq, events, created_at FROM snapshots"
-                " WHERE workspace = $1 ORDER BY name",
-                workspace,
-            )
+    async def run(pool):
+        return await pool.fetch(
+            "SELECT name, until_seq, until_time, last_seq, events, created_at FROM snapshots"
+            " WHERE workspace = $1 ORDER BY name",
+            workspace,
+        )
 
     table = Table(title=f"snapshots of {workspace}")
     for column in ("name", "until", "last seq", "events", "created"):
         table.add_column(column)
-    for r in asyncio.run(run()):
+    for r in with_database(data_dir, run):
         until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {r['until_time']}"
         table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), str(r["created_at"]))
     console.print(table)
@@ -267,14 +269,9 @@ def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir
 
 def snapshot_drop(name: str, workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
     """Drop a snapshot."""
-    from services.cli.main import database
     from services.replay import drop_snapshot
 
-    async def run():
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            return await drop_snapshot(pool, workspace, name)
-
-    if not asyncio.run(run()):
+    if not with_database(data_dir, lambda pool: drop_snapshot(pool, workspace, name)):
         err_console.print(f"[red]unknown snapshot {name!r}[/red]")
         raise typer.Exit(1)
     console.print(f"dropped snapshot {name}")
