@@ -136,7 +136,7 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> bytes:
         raise InvalidEvent(f"event: larger than {MAX_EVENT_BYTES} bytes")
     try:
         attributes["data"] = msgspec.json.decode(body) if body.strip() else {}
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         raise InvalidEvent("data: the body is not valid JSON") from None
     except RecursionError:
         raise InvalidEvent("data: nested too deeply") from None

@@ -65,7 +65,7 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
     """source and id of a rejected event, when they can be read at all."""
     try:
         probe = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(probe, dict):
         return None, None

@@ -131,6 +131,8 @@ def _require_json(body: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as err:
         raise ApiError(400, f"the body is not JSON: {err}") from None
+    except UnicodeDecodeError as err:
+        raise ApiError(400, f"the body is not JSON: invalid UTF-8 at byte {err.start}") from None
     except RecursionError:
         raise ApiError(400, "the body is nested too deeply") from None
 
