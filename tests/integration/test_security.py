@@ -1,0 +1,172 @@
+"""Security (CONTRACT.md sections 2 and 7): every route isolates workspaces, tokens are stored
+hashed, size caps apply before a body is read, and no secret reaches a log."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import typing
+import warnings
+
+import asyncpg
+import msgspec
+import pytest
+
+from services.api.app import create_app
+from services.runtime import nats_auth
+from tests.integration.test_nats_producers import create_producer
+from tests.support import ADMIN_TOKEN, event
+
+PUBLIC = ("/v1/health", "/docs")
+
+
+def sample(annotation: typing.Any) -> typing.Any:
+    """A plausible JSON value for a handler's ``data`` type, so the body passes validation and
+    the answer shows what the access check decided."""
+    info = msgspec.inspect.type_info(annotation)
+
+    def value(t: msgspec.inspect.Type) -> typing.Any:
+        if isinstance(t, msgspec.inspect.StructType):
+            return {f.encode_name: value(f.type) for f in t.fields if f.required}
+        if isinstance(t, msgspec.inspect.UnionType):
+            return value(next(x for x in t.types if not isinstance(x, msgspec.inspect.NoneType)))
+        if isinstance(t, (msgspec.inspect.ListType, msgspec.inspect.SetType)):
+            return [value(t.item_type)]
+        if isinstance(t, msgspec.inspect.DictType):
+            return {}
+        if isinstance(t, msgspec.inspect.IntType):
+            return 1
+        if isinstance(t, msgspec.inspect.FloatType):
+            return 1.0
+        if isinstance(t, msgspec.inspect.BoolType):
+            return True
+        if isinstance(t, msgspec.inspect.LiteralType):
+            return t.values[0]
+        return "read" if isinstance(t, msgspec.inspect.StrType) else None
+
+    return value(info)
+
+
+def every_route() -> list[tuple[str, str, typing.Any]]:
+    """(method, path template, sample body) of every route the app serves, found at run time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Litestar's deprecation notes about parameter styles
+        app = create_app(lambda: None)
+    found = []
+    for route in app.routes:
+        if route.path.startswith(PUBLIC):
+            continue
+        for handler in route.route_handlers:
+            for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
+                data = handler.parsed_fn_signature.parameters.get("data")
+                found.append((method, route.path, sample(data.annotation) if data is not None else None))
+    return found
+
+
+def fill(template: str, ws: str) -> str:
+    path = template
+    for name, kind in (("ws", "str"), ("contact", "str"), ("path", "str")):
+        path = path.replace(f"{{{name}:{kind}}}", ws if name == "ws" else "c1")
+    assert "{" not in path, f"a path parameter this test does not know: {template}"
+    return path
+
+
+def test_the_walk_covers_the_api():
+    routes = {(method, path) for method, path, _ in every_route()}
+    assert ("POST", "/v1/workspaces/{ws:str}/events") in routes
+    assert ("GET", "/v1/workspaces/{ws:str}/contacts/{contact:str}") in routes
+    assert ("GET", "/v1/status") in routes
+    assert len(routes) >= 15
+
+
+@pytest.mark.parametrize("method,template,body", every_route(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_route_refuses_a_foreign_token(stack, method, template, body):
+    victim, victim_auth = stack.new_workspace(("ingest", "read", "admin"))
+    stack.ingest(victim, victim_auth, [event("sales.lead.qualified", "c1")])
+    _, foreign = stack.new_workspace(("ingest", "read", "admin"))
+    path = fill(template, victim)
+    content = json.dumps(body if body is not None else {}).encode()
+    headers = {"Content-Type": "application/json"}
+    if template.endswith("/events"):
+        content = json.dumps(event("sales.lead.qualified", "c1")).encode()
+        headers = {"Content-Type": "application/cloudevents+json"}
+    for auth, expected in ((foreign, 403), ({}, 401), ({"Authorization": "Bearer tl_forged"}, 401)):
+        answer = stack.http.request(method, path, content=content, headers={**headers, **auth})
+        assert answer.status_code == expected, (method, path, answer.status_code, answer.text[:200])
+        assert victim not in answer.text or "workspace" in answer.json().get("error", ""), answer.text[:200]
+
+
+def test_tokens_are_stored_only_as_hashes(stack):
+    ws, auth = stack.new_workspace()
+    token = auth["Authorization"].removeprefix("Bearer ")
+
+    async def rows() -> list:
+        conn = await asyncpg.connect(stack.servers.database_url)
+        try:
+            return [dict(r) for r in await conn.fetch("SELECT * FROM tokens WHERE workspace = $1", ws)]
+        finally:
+            await conn.close()
+
+    stored = asyncio.run(rows())
+    assert len(stored) == 1
+    assert stored[0]["hash"] == hashlib.sha256(token.encode()).digest()
+    assert token not in repr(stored)
+
+
+def raw_request(port: int, head: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, float]:
+    """Send a request head (and maybe part of a body) without finishing the body; the status line."""
+    import time
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        start = time.monotonic()
+        sock.sendall(head.replace("\n", "\r\n").encode() + body)
+        reply = sock.recv(65536).decode("latin-1")
+        return int(reply.split(" ", 2)[1]), time.monotonic() - start
+
+
+def test_size_caps_apply_before_the_body_is_read(stack):
+    ws, auth = stack.new_workspace()
+    for path, content_type in ((f"/v1/workspaces/{ws}/events", "application/cloudevents-batch+json"),
+                               ("/v1/workspaces", "application/json")):
+        token = auth["Authorization"] if path.endswith("/events") else f"Bearer {ADMIN_TOKEN}"
+        # Claims 1 GB and sends 10 bytes: the answer comes at once, without waiting for the rest.
+        status, took = raw_request(stack.port, (
+            f"POST {path} HTTP/1.1\nHost: x\nAuthorization: {token}\nContent-Type: {content_type}\n"
+            f"Content-Length: {10**9}\n\n"), b"[" * 10)
+        assert status == 413 and took < 3, (path, status, took)
+    # Without a token nothing is read either.
+    status, _ = raw_request(stack.port, (
+        f"POST /v1/workspaces/{ws}/events HTTP/1.1\nHost: x\nContent-Type: application/cloudevents+json\n"
+        f"Content-Length: {10**9}\n\n"))
+    assert status == 401
+    # Chunked, with no length announced: cut off once over the cap.
+    def chunks():
+        for _ in range(6):
+            yield b"[" + b"1," * (512 * 1024)
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=chunks(),
+                             headers={**auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert answer.status_code == 413
+    assert stack.api.process.poll() is None
+
+
+def test_no_secret_in_any_log(stack):
+    """Runs late in the session: every service log and the NATS log, after all the other tests."""
+    ws, auth = stack.new_workspace()
+    token = auth["Authorization"].removeprefix("Bearer ")
+    stack.send(ws, auth, [event("sales.lead.qualified", "c1"), {"not": "valid"}])
+    stack.get(f"/v1/workspaces/{ws}/contacts/c1", {"Authorization": "Bearer tl_wrong-" + token})
+    producer = create_producer(stack.servers, ws)
+    secrets = {
+        "admin token": ADMIN_TOKEN,
+        "workspace token": token,
+        "internal NATS password": nats_auth.internal_password(stack.servers.nats.root),
+        "producer password": producer["password"],
+    }
+    logs = sorted(stack.log_dir.glob("*.log")) + [stack.servers.nats.root / "nats.log"]
+    assert len(logs) >= 5
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for name, secret in secrets.items():
+            assert secret not in text, f"the {name} is in {path}"
