@@ -37,6 +37,13 @@ def event(type_: str, subject: str | None = None, time: str = "2026-11-01T10:00:
     return body
 
 
+def without_followups(contact: dict) -> dict:
+    """A contact view without ``open_followups``: that count comes from the rules worker and the
+    dispatcher (CONTRACT.md section 6), later than the events that cause it, so tests of the
+    contact fold compare the rest (follow-ups are tested in tests/integration/test_followups.py)."""
+    return {name: value for name, value in contact.items() if name != "open_followups"}
+
+
 class Servers:
     """NATS and PostgreSQL, embedded, under one temporary directory."""
 

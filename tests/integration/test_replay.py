@@ -17,7 +17,7 @@ import pytest
 from events.log import HEADER_CATALOG_VERSION, HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from projections import contacts as contact_model
 from tests.histories import first_copies, history
-from tests.support import ADMIN_TOKEN, event
+from tests.support import ADMIN_TOKEN, event, without_followups
 
 READ_ENDPOINTS = ("contacts", "funnel", "touches", "goals", "attribution")
 
@@ -171,7 +171,8 @@ def test_until_seq_and_until_time_match_the_state_at_that_prefix(stack):
     oracle = contact_model.fold(first_copies(first))
     for contact, state in oracle.items():
         answer = stack.get(f"/v1/workspaces/{ws}/contacts/{contact}", auth, snapshot="half")
-        assert answer.json() == json.loads(json.dumps(contact_model.render(contact, state), default=_json_default)), contact
+        expected = json.loads(json.dumps(contact_model.render(contact, state), default=_json_default))
+        assert without_followups(answer.json()) == without_followups(expected), contact
 
     # --until TIME: everything received by the time the first half was received.
     trail = stack.get(f"/v1/workspaces/{ws}/contacts/{first[0]['subject']}/events", auth).json()["events"]
@@ -330,6 +331,6 @@ def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_
     assert olga["revenue"] == {"EUR": "1298.50"}
     assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
     assert cli(stack, "replay", "--workspace", ws).returncode == 0
-    assert stack.get(f"/v1/workspaces/{ws}/contacts/olga", auth).json() == olga
+    assert without_followups(stack.get(f"/v1/workspaces/{ws}/contacts/olga", auth).json()) == without_followups(olga)
     trail = stack.get(f"/v1/workspaces/{ws}/contacts/olga/events", auth).json()["events"]
     assert trail[0]["data"]["channel"] == "email" and trail[2]["data"]["amount"] == "1299.00"
