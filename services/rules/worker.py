@@ -21,6 +21,7 @@ goal-at-risk is checked whenever a goal's actual changes (in ``decide``) and on 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import time
 from typing import Iterable
@@ -200,7 +201,11 @@ class RulesWorker:
 
     async def run(self) -> None:
         """The log loop, the timer loop and the goal tick, until stopped; any of them failing ends all."""
-        tasks = [asyncio.create_task(loop()) for loop in (self._log_loop, self._timer_loop, self._tick_loop)]
+        tasks = [
+            asyncio.create_task(self._forever("log", self._run_from_committed_position)),
+            asyncio.create_task(self._forever("timers", self._consume_timers)),
+            asyncio.create_task(self._forever("goals", self._check_goals_now, pause=self.goal_check_seconds)),
+        ]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
@@ -212,19 +217,22 @@ class RulesWorker:
 
     # --- the log ---------------------------------------------------------------------
 
-    async def _log_loop(self) -> None:
+    async def _forever(self, loop: str, body, pause: float = 0.0) -> None:
+        """Run ``body`` again and again until stopped; a fence or an outage only pauses it."""
         while not self._stopping.is_set():
             try:
-                await self._run_from_committed_position()
+                await body()
             except Fenced as err:
-                log.warning("rules.fenced", error=str(err))
+                log.warning("rules.fenced", loop=loop, error=str(err))
                 await asyncio.sleep(0.5)
-            except RETRYABLE as err:
-                log.warning("rules.postgres_unavailable", error=str(err))
+                continue
+            except RETRYABLE + (asyncio.TimeoutError, nats.errors.Error) as err:
+                log.warning("rules.unavailable", loop=loop, error=repr(err))
                 await asyncio.sleep(1.0)
-            except (asyncio.TimeoutError, nats.errors.Error) as err:
-                log.warning("rules.nats_unavailable", error=repr(err))
-                await asyncio.sleep(1.0)
+                continue
+            if pause:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _run_from_committed_position(self) -> None:
         self.position = await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name)
@@ -285,29 +293,20 @@ class RulesWorker:
 
     # --- fired timers ----------------------------------------------------------------
 
-    async def _timer_loop(self) -> None:
+    async def _consume_timers(self) -> None:
+        sub = await self.js.pull_subscribe(
+            TIMERS_FIRED,
+            durable=TIMER_CONSUMER,
+            stream=TIMERS_STREAM,
+            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1, max_ack_pending=1000),
+        )
         while not self._stopping.is_set():
             try:
-                sub = await self.js.pull_subscribe(
-                    TIMERS_FIRED,
-                    durable=TIMER_CONSUMER,
-                    stream=TIMERS_STREAM,
-                    config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1,
-                                          max_ack_pending=1000),
-                )
-                while not self._stopping.is_set():
-                    try:
-                        messages = await sub.fetch(16, timeout=1.0)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                        continue
-                    for msg in messages:
-                        await self._fire(msg)
-            except RETRYABLE as err:
-                log.warning("rules.timers.unavailable", error=repr(err))
-                await asyncio.sleep(1.0)
-            except (asyncio.TimeoutError, nats.errors.Error) as err:
-                log.warning("rules.timers.nats_unavailable", error=repr(err))
-                await asyncio.sleep(1.0)
+                messages = await sub.fetch(16, timeout=1.0)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            for msg in messages:
+                await self._fire(msg)
 
     async def _fire(self, msg) -> None:
         fire = decode_timer(msg.data)
@@ -336,18 +335,8 @@ class RulesWorker:
 
     # --- goal checks -----------------------------------------------------------------
 
-    async def _tick_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await with_retry(self.pool, self.check_goals)
-            except RETRYABLE as err:
-                log.warning("rules.tick.postgres_unavailable", error=str(err))
-            except (asyncio.TimeoutError, nats.errors.Error) as err:
-                log.warning("rules.tick.nats_unavailable", error=repr(err))
-            try:
-                await asyncio.wait_for(self._stopping.wait(), self.goal_check_seconds)
-            except asyncio.TimeoutError:
-                pass
+    async def _check_goals_now(self) -> None:
+        await with_retry(self.pool, self.check_goals)
 
     async def check_goals(self, conn: asyncpg.Connection) -> Effects:
         """goal-at-risk for every running goal of every workspace, at least this often."""
