@@ -112,7 +112,6 @@ class EmbeddedNats:
         self.port = port
         nats_auth.write_auth_config(self.root)
         nats_auth.adopt_global_account_store(self.root / "jetstream")
-        nats_auth.adopt_global_account_store(self.root / "jetstream")
         config_file.write_text(
             NATS_CONFIG.format(port=port, pid_file=pid_file, store_dir=self.root / "jetstream")
         )
