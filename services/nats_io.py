@@ -41,7 +41,7 @@ def _parse_header_lines(raw: bytes) -> dict[str, str]:
             key = name.strip().decode("ascii")
         except UnicodeDecodeError:
             continue
-        if key and len(key.split()) != 1:
+        if key and key.split() != [key]:  # whitespace inside the name (str.isspace's kind)
             continue
         out[key] = value.strip().decode("utf-8", "replace")
     return out
