@@ -4,9 +4,13 @@ Conversions are a contact becoming a lead (credits ``leads``) and each won deal 
 ``deals`` and ``revenue``). A conversion at time T credits the contact's marketing touches
 that name a campaign with time in [T - lookback_days, T], earliest first, by the model's
 weights; a won deal also credits the contact's sales touches in the same window, by channel.
-The stored answer reads conversions and the touches in their windows from indexed tables
-(``contacts``, ``deals``, ``touch_events``) and weighs them with the same code as the
-reference.
+The stored answer is aggregated in PostgreSQL from indexed tables (``contacts``, ``deals``,
+``touch_events``): each credited touch's rank and the number n of touches in its
+conversion's window come from window functions over an index already in that order, and the rational shares are summed as
+integer numerators per (name, denominator), money as exact ``numeric``; only those sums
+reach Python, which adds them as fractions. ``time_decay`` shares are doubles, so each
+conversion comes to Python as arrays of ages and names and is weighed by the same code as
+the reference (``decay_numerators``).
 """
 
 from __future__ import annotations
@@ -58,12 +62,18 @@ def weights(model: str, at: dt.datetime, touches: list[Credited]) -> list[Fracti
         middle = Fraction(1, 5) / (n - 2)
         return [Fraction(2, 5)] + [middle] * (n - 2) + [Fraction(2, 5)]
     if model == "time_decay":
-        # 2^(-age / 7 days) is irrational: computed in double precision, normalised, then
-        # fixed at 15 decimal places, so that sums of credits stay exact and order-free.
-        raw = [2.0 ** (-micros(at - t[0]) / HALF_LIFE_MICROS) for t in touches]
-        total = math.fsum(raw)
-        return [Fraction(round(w / total * DECAY_UNIT), DECAY_UNIT) for w in raw]
+        return [Fraction(k, DECAY_UNIT) for k in decay_numerators([micros(at - t[0]) for t in touches])]
     raise ValueError(f"unknown model {model!r}")
+
+
+def decay_numerators(ages: list[int]) -> list[int]:
+    """``time_decay`` shares, in units of 10^-15, of touches ``ages`` microseconds old.
+
+    2^(-age / 7 days) is irrational: computed in double precision, normalised, then fixed at
+    15 decimal places, so that sums of credits stay exact and order-free."""
+    raw = [2.0 ** (-age / HALF_LIFE_MICROS) for age in ages]
+    total = math.fsum(raw)
+    return [round(w / total * DECAY_UNIT) for w in raw]
 
 
 class Conversion(msgspec.Struct):
@@ -121,6 +131,18 @@ class _Tally:
             self.deals[(name, share.denominator)] += share.numerator
             self.revenue[(name, conversion.currency, share.denominator)] += share.numerator * conversion.amount
 
+    def add(self, name: str, numerator: int, denominator: int, currency: str | None = None,
+            revenue: Decimal | None = None) -> None:
+        """Credits summed elsewhere: ``numerator`` / ``denominator`` conversions and, for deals,
+        ``revenue`` / ``denominator`` in ``currency``. Nothing is listed for a zero credit."""
+        if numerator == 0:
+            return
+        if currency is None:
+            self.leads[(name, denominator)] += numerator
+            return
+        self.deals[(name, denominator)] += numerator
+        self.revenue[(name, currency, denominator)] += revenue
+
     def names(self) -> list[str]:
         return sorted({name for name, _ in self.leads} | {name for name, _ in self.deals})
 
@@ -147,6 +169,10 @@ def view(model: str, lookback_days: int, conversions: Iterable[Conversion]) -> A
             campaigns.credit(model, conversion, conversion.campaign_touches)
             if conversion.deal:
                 channels.credit(model, conversion, conversion.sales_touches)
+    return _answer(model, lookback_days, campaigns, channels)
+
+
+def _answer(model: str, lookback_days: int, campaigns: _Tally, channels: _Tally) -> AttributionView:
     return AttributionView(
         model,
         lookback_days,
@@ -181,34 +207,96 @@ def reference(events: list[Envelope], model: str = DEFAULT_MODEL, lookback_days:
     return view(model, lookback_days, conversions)
 
 
-_LEAD_TOUCHES = """
-SELECT c.contact, c.reached_lead AS at, t.at AS touched, t.source, t.id, t.campaign_id AS credited
-FROM contacts c
-JOIN touch_events t ON t.workspace = c.workspace AND t.contact = c.contact
- AND t.at BETWEEN c.reached_lead - make_interval(secs => $2) AND c.reached_lead
-WHERE c.workspace = $1 AND c.reached_lead IS NOT NULL AND t.kind = 'marketing' AND t.campaign_id IS NOT NULL
+# --- the stored answer ------------------------------------------------------------------
+
+# Every credited touch of every conversion, per tally: 0, a lead conversion (keyed by contact)
+# credits campaign touches; 1 and 2, a won deal (keyed by deal_id) credits campaign touches and
+# sales touches by channel. For each (tally, conversion), its touches in the window come from
+# the index touch_events_attribution, already in the contract's order (at, source, id; "C"
+# collation: Python's order), so rank and count are taken per conversion without a sort.
+_RANKED = """
+WITH conversions AS (
+    SELECT 0 AS tally, contact AS conversion, contact, reached_lead AS at, NULL::numeric AS amount, NULL::text AS currency
+    FROM contacts WHERE workspace = $1 AND reached_lead IS NOT NULL
+    UNION ALL
+    SELECT tally, deal_id, contact, won_at, amount, currency
+    FROM deals CROSS JOIN (VALUES (1), (2)) AS tallies (tally) WHERE workspace = $1
+), ranked AS (
+    SELECT v.tally, v.conversion, v.at, v.amount, v.currency, w.touched, w.name, w.rn, w.n
+    FROM conversions v
+    CROSS JOIN LATERAL (
+        SELECT t.at AS touched, CASE WHEN v.tally = 2 THEN t.channel ELSE t.campaign_id END AS name,
+               {rank} AS rn, count(*) OVER () AS n
+        FROM touch_events t
+        WHERE t.workspace = $1 AND t.contact = v.contact AND t.at BETWEEN v.at - make_interval(secs => $2) AND v.at
+          AND CASE WHEN v.tally = 2 THEN t.kind = 'sales' ELSE t.kind = 'marketing' AND t.campaign_id IS NOT NULL END
+    ) w
+)
 """
 
-_DEAL_TOUCHES = """
-SELECT d.deal_id, d.won_at AS at, d.amount, d.currency, t.at AS touched, t.source, t.id, t.kind,
-       CASE WHEN t.kind = 'marketing' THEN t.campaign_id ELSE t.channel END AS credited
-FROM deals d
-JOIN touch_events t ON t.workspace = d.workspace AND t.contact = d.contact
- AND t.at BETWEEN d.won_at - make_interval(secs => $2) AND d.won_at
-WHERE d.workspace = $1 AND (t.kind = 'sales' OR t.campaign_id IS NOT NULL)
+# A touch's share as (numerator, denominator), from its rank rn among the n touches.
+_SHARES = {
+    "first": ("(rn = 1)::int", "1"),
+    "last": ("(rn = n)::int", "1"),
+    "linear": ("1", "n"),
+    "position": ("CASE WHEN n > 2 AND rn > 1 AND rn < n THEN 1 WHEN n > 2 THEN 2 ELSE 1 END",
+                 "CASE WHEN n = 1 THEN 1 WHEN n = 2 THEN 2 WHEN rn = 1 OR rn = n THEN 5 ELSE 5 * (n - 2) END"),
+}
+
+# Per (tally, name, currency, denominator): the sum of numerators, of numerators x amount,
+# and the widest scale of the amounts (zero shares included: the scale is of every deal with
+# a touch). The scale is that of the whole tally's currency, combined in Python.
+_SUMS = """
+SELECT tally, name, currency, ({den})::bigint AS den, sum({num})::bigint AS num, sum(({num}) * amount) AS revenue,
+       max(scale(amount)) AS scale, NULL::numeric AS amount, NULL::bigint[] AS ages, NULL::text[] AS names
+FROM ranked
+GROUP BY 1, 2, 3, 4
 """
+
+# time_decay: each conversion's touch ages in microseconds and names, earliest first, weighed in
+# Python (doubles, as the reference does).
+_DECAYING = """
+SELECT tally, NULL::text AS name, currency, NULL::bigint AS den, NULL::bigint AS num, NULL::numeric AS revenue,
+       scale(amount) AS scale, amount,
+       array_agg((extract(epoch FROM at - touched) * 1000000)::bigint ORDER BY rn) AS ages,
+       array_agg(name ORDER BY rn) AS names
+FROM ranked
+GROUP BY tally, conversion, at, amount, currency
+"""
+
+
+def _statement(model: str) -> str:
+    if model == "time_decay":
+        return _RANKED.format(rank="row_number() OVER (ORDER BY t.at, t.source, t.id)") + _DECAYING
+    numerator, denominator = _SHARES[model]
+    ranks = "rn" in numerator or "rn" in denominator
+    rank = "row_number() OVER (ORDER BY t.at, t.source, t.id)" if ranks else "0"
+    return _RANKED.format(rank=rank) + _SUMS.format(num=numerator, den=denominator)
+
+
+_STATEMENTS = {model: _statement(model) for model in MODELS}
 
 
 async def query(conn: asyncpg.Connection, workspace: str, model: str, lookback_days: int) -> AttributionView:
-    seconds = float(lookback_days * 86_400)
-    conversions: dict[tuple[str, str], Conversion] = {}
-    for row in await conn.fetch(_LEAD_TOUCHES, workspace, seconds):
-        conversion = conversions.setdefault(("lead", row["contact"]), Conversion(row["at"], False))
-        conversion.campaign_touches.append((row["touched"], row["source"], row["id"], row["credited"]))
-    for row in await conn.fetch(_DEAL_TOUCHES, workspace, seconds):
-        conversion = conversions.setdefault(
-            ("deal", row["deal_id"]), Conversion(row["at"], True, row["amount"], row["currency"])
-        )
-        touches = conversion.campaign_touches if row["kind"] == "marketing" else conversion.sales_touches
-        touches.append((row["touched"], row["source"], row["id"], row["credited"]))
-    return view(model, lookback_days, conversions.values())
+    rows = await conn.fetch(_STATEMENTS[model], workspace, float(lookback_days * 86_400))
+    campaigns, channels = _Tally(), _Tally()
+    with localcontext() as context:
+        context.prec = 60  # amount x integer numerators, summed: exact
+        for row in rows:
+            tally = channels if row["tally"] == 2 else campaigns
+            currency = row["currency"]
+            if currency is not None:
+                tally.scale[currency] = max(tally.scale[currency], row["scale"])
+            if row["ages"] is None:
+                tally.add(row["name"], row["num"], row["den"], currency, row["revenue"])
+                continue
+            amount = row["amount"]
+            for name, k in zip(row["names"], decay_numerators(row["ages"])):
+                if k == 0:
+                    continue
+                if currency is None:
+                    tally.leads[(name, DECAY_UNIT)] += k
+                else:
+                    tally.deals[(name, DECAY_UNIT)] += k
+                    tally.revenue[(name, currency, DECAY_UNIT)] += k * amount
+    return _answer(model, lookback_days, campaigns, channels)

@@ -66,6 +66,36 @@ def test_http_answers_equal_the_definitions_for_any_arrival_order(stack, seed):
                 attribution.reference(events, model, lookback)), (model, lookback)
 
 
+def test_attribution_edges_equal_the_definition(stack):
+    """Paths of the stored query the random histories rarely reach: a touch too old for any
+    time_decay share (2^-age underflows: never listed), conversions with one touch (summed in
+    SQL) beside ones with several (weighed in Python), touches tied in time, two currencies,
+    and scales per currency that differ between campaigns (3 places) and channels (none)."""
+    ws, auth = stack.new_workspace()
+    bodies = [
+        event("marketing.engaged", "old", "2000-01-03T00:00:00Z", channel="ads", action="click", campaign_id="ancient"),
+        event("marketing.engaged", "old", "2026-11-01T09:00:00Z", channel="ads", action="view", campaign_id="recent"),
+        event("marketing.lead.captured", "old", "2026-11-02T09:00:00Z", channel="form", campaign_id="recent"),
+        event("sales.outreach.sent", "old", "2026-11-02T10:00:00Z", channel="email"),
+        event("sales.deal.won", "old", "2026-11-03T10:00:00Z", deal_id="d1", amount="10", currency="EUR"),
+        event("marketing.engaged", "solo", "2026-11-05T09:00:00Z", channel="ads", action="view", campaign_id="single"),
+        event("sales.deal.won", "solo", "2026-11-06T09:00:00Z", deal_id="d2", amount="3.125", currency="EUR"),
+        event("marketing.engaged", "usd", "2026-11-04T09:00:00Z", channel="ads", action="like", campaign_id="recent"),
+        event("marketing.engaged", "usd", "2026-11-04T09:00:00Z", channel="ads", action="like", campaign_id="single",
+              id="tie-b"),
+        event("sales.conversation.held", "usd", "2026-11-05T09:00:00Z", channel="phone"),
+        event("sales.deal.won", "usd", "2026-11-07T09:00:00Z", deal_id="d3", amount="7.25", currency="USD"),
+    ]
+    events = first_copies(bodies)
+    last = stack.ingest(ws, auth, bodies)
+    for model in attribution.MODELS:
+        for lookback in (36_500, 30, 1, 0):
+            assert read(stack, ws, auth, "attribution", last, model=model, lookback_days=lookback) == as_json(
+                attribution.reference(events, model, lookback)), (model, lookback)
+    decayed = read(stack, ws, auth, "attribution", last, model="time_decay", lookback_days=36_500)
+    assert [c["campaign_id"] for c in decayed["campaigns"]] == ["recent", "single"]
+
+
 def test_late_reports_across_batches(stack):
     """A deal reported twice and a goal re-set, the later-in-time copies arriving first."""
     ws, auth = stack.new_workspace()
