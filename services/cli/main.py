@@ -24,6 +24,14 @@ app.add_typer(token_app, name="token")
 console = Console()
 err_console = Console(stderr=True)
 
+@app.callback()
+def _logging() -> None:
+    """Logs go to stderr (structured), so that what a command prints on stdout stays clean."""
+    from services import logs
+
+    logs.configure("cli")
+
+
 DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
 
 

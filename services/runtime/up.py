@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,10 +84,10 @@ def up(settings: Settings) -> None:
     children: list[Child] = []
     try:
         if nats is not None:
-            settings = _with(settings, nats_url=nats.start())
+            settings = _with(settings, nats_url=_start_embedded("NATS", nats.start, nats.root, "nats.log"))
             log.info("nats.embedded", url=nats.url, data=str(nats.root))
         if postgres is not None:
-            settings = _with(settings, database_url=postgres.start())
+            settings = _with(settings, database_url=_start_embedded("PostgreSQL", postgres.start, postgres.root, "log"))
             log.info("postgres.embedded", data=str(postgres.root))
         asyncio.run(_prepare(settings))
         children = [Child(kind, settings) for kind in SERVICE_KINDS]
@@ -112,6 +113,18 @@ def up(settings: Settings) -> None:
         if postgres is not None:
             postgres.stop()
         log.info("touchline.stopped")
+
+
+def _start_embedded(name: str, start, root: Path, log_name: str) -> str:
+    """Start an embedded server, or stop with a sentence a person can act on (a full disk, say)."""
+    try:
+        return start()
+    except Exception as err:
+        free = shutil.disk_usage(root if root.exists() else root.parent).free // (1024 * 1024)
+        raise SystemExit(
+            f"touchline: embedded {name} could not start under {root}: {err}\n"
+            f"  free disk there: {free} MiB; its log: {root / log_name}"
+        ) from None
 
 
 async def _prepare(settings: Settings) -> None:

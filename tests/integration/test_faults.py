@@ -120,3 +120,20 @@ def test_an_unusable_data_dir_is_a_clear_error_not_a_hang(tmp_path):
     )
     assert done.returncode != 0
     assert "data dir" in (done.stderr + done.stdout).lower()
+
+
+def test_a_full_disk_at_start_is_a_clear_error_not_a_hang(tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small filesystem here")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(small / "data"), "--http", "127.0.0.1:1"],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode != 0
+        assert "could not start" in done.stderr and "free disk there" in done.stderr, done.stderr[-2000:]
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
