@@ -38,7 +38,6 @@ import random
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +49,8 @@ from typing import Any, Callable
 
 import msgspec
 import psutil
+
+from services.runtime.processes import ServiceProcess
 
 HTTP_BATCH = 500
 HTTP_CONNECTIONS = 4
@@ -131,37 +132,25 @@ class Services:
             "TOUCHLINE_HTTP": f"127.0.0.1:{self.port}",
             "TOUCHLINE_ADMIN_TOKEN": self.admin,
         }
-        self.children: dict[str, subprocess.Popen] = {}
+        self.children: dict[str, ServiceProcess] = {}
         self.peak_rss: dict[str, float] = {}
         self._sampling = True
         self._sampler = threading.Thread(target=self._sample_memory, daemon=True)
         self._sampler.start()
 
     def start(self, kind: str) -> None:
-        from services.runtime.embedded import die_with_parent
-
-        log = open(self.root / f"{kind}.log", "ab")
-        self.children[kind] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "serve", kind],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
-        )
+        self.children[kind] = ServiceProcess(kind, self.env, self.root / f"{kind}.log").start()
 
     def stop(self, kind: str) -> None:
-        process = self.children.pop(kind, None)
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        child = self.children.pop(kind, None)
+        if child is not None:
+            child.stop()
 
     def _processes(self) -> dict[str, list[psutil.Process]]:
         found: dict[str, list[psutil.Process]] = {}
-        for kind, popen in list(self.children.items()):
+        for kind, child in list(self.children.items()):
             try:
-                found[kind] = [psutil.Process(popen.pid)]
+                found[kind] = [psutil.Process(child.pid)]
             except psutil.Error:
                 pass
         if self.nats.process is not None:
@@ -577,7 +566,7 @@ def queries_wrk(stack: Services, workspaces: list[Workspace], seconds: float, pr
         match = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+)", done.stdout)
         if not match:
             raise RuntimeError(f"unexpected wrk output: {done.stdout}")
-        requests, errors, p99_us, p50_us = int(match[1]), int(match[2]), float(match[3]), float(match[4])
+        errors, p99_us, p50_us = int(match[2]), float(match[3]), float(match[4])
         rps = float(re.search(r"Requests/sec:\s*([\d.]+)", done.stdout)[1])
         results[kind] = {"p99_ms": p99_us / 1000, "p50_ms": p50_us / 1000, "rps": rps, "errors": errors}
     return results

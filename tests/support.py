@@ -5,9 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +13,7 @@ from typing import Any
 import httpx
 
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.runtime.processes import ServiceProcess
 
 ADMIN_TOKEN = "test-admin-token"
 _ids = itertools.count(1)
@@ -59,34 +57,14 @@ class Servers:
         self.postgres.stop()
 
 
-class Service:
-    """One `touchline serve KIND` process."""
+class Service(ServiceProcess):
+    """One `touchline serve KIND` process, logging to its own file in the test's log dir."""
 
     def __init__(self, kind: str, env: dict[str, str], log_dir: Path) -> None:
-        self.kind = kind
-        self.env = env
-        self.log_path = log_dir / f"{kind}-{uuid.uuid4().hex[:6]}.log"
-        self.process: subprocess.Popen | None = None
+        super().__init__(kind, env, log_dir / f"{kind}-{uuid.uuid4().hex[:6]}.log")
 
-    def start(self) -> "Service":
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "serve", self.kind],
-            env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
-        )
-        return self
-
-    def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, timeout: float = 10.0) -> None:
+        super().stop(timeout)
 
 
 class Stack:

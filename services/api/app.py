@@ -22,7 +22,6 @@ from projections import followups as followup_model
 from services.api import auth
 from services.api.common import (
     ApiError,
-    Services,
     authorize,
     error_response,
     json_response,
@@ -33,7 +32,6 @@ from services.api.common import (
     unavailable_response,
 )
 from services.ingest import Judged, LogUnavailable, Result, judge
-from services.nats_io import last_log_seq
 from services.store import readiness
 from services.store.db import RETRYABLE
 

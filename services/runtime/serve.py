@@ -15,7 +15,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from services import logs
-from services.api.app import Services, create_app
+from services.api.app import create_app
+from services.api.common import Services
 from services.api.auth import TokenBook, workspace_exists
 from services.inbox import register_inbox
 from services.ingest import Ingestor

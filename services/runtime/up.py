@@ -7,15 +7,14 @@ import asyncio
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import structlog
 
 from services import logs
-from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent
+from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from services.runtime.processes import ServiceProcess
 from services.runtime.serve import open_backends, prepare
 from services.settings import Settings
 
@@ -24,34 +23,12 @@ log = structlog.get_logger()
 SERVICE_KINDS = ("api", "projector", "rules", "dispatcher")
 
 
-class Child:
+class Child(ServiceProcess):
+    """A service `up` supervises: restarted when it dies, with back-off if it keeps dying young."""
+
     def __init__(self, kind: str, settings: Settings) -> None:
-        self.kind = kind
-        self.settings = settings
-        self.process: subprocess.Popen | None = None
-        self.started_at = 0.0
+        super().__init__(kind, settings.child_environment())
         self.failures = 0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "serve", self.kind],
-            env=self.settings.child_environment(),
-            preexec_fn=die_with_parent,
-        )
-        self.started_at = time.monotonic()
-
-    def exited(self) -> bool:
-        return self.process is not None and self.process.poll() is not None
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 def check_data_dir(data_dir: Path) -> None:

@@ -1,0 +1,49 @@
+"""Child processes: one `touchline serve KIND`, started, stopped gently, or killed.
+
+Used by `touchline up`, the bench and the tests, so that all three run services the same way.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from services.runtime.embedded import die_with_parent, stop_process
+
+
+class ServiceProcess:
+    def __init__(self, kind: str, env: dict[str, str], log_path: Path | None = None) -> None:
+        self.kind = kind
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+        self.started_at = 0.0
+
+    def start(self) -> "ServiceProcess":
+        output = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "services.cli.main", "serve", self.kind],
+            env=self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+            preexec_fn=die_with_parent,
+        )
+        self.started_at = time.monotonic()
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def exited(self) -> bool:
+        return self.process is not None and self.process.poll() is not None
+
+    def stop(self, timeout: float = 15.0) -> None:
+        stop_process(self.process, timeout)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
