@@ -9,6 +9,7 @@ redelivers it; the ingestor's permanent dedupe index makes that harmless.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 
 import structlog
@@ -25,6 +26,11 @@ log = structlog.get_logger()
 INBOX_CONSUMER = "touchline-inbox"
 # Retry a batch that could not be logged after this long; the log is most likely down.
 RETRY_DELAY_SECONDS = 1.0
+# nats-py's fetch now and then leaves a delivered message unseen by the client (a pull request
+# that outlives the client's wait; nats.py #933, #986): it comes back only after ack_wait. A short
+# ack_wait bounds that delay; a batch that takes longer tells the server it is still at work.
+ACK_WAIT_SECONDS = 5.0
+IN_PROGRESS_EVERY_SECONDS = 2.0
 
 
 def _keep_raw(message: NatsBatchMessage) -> list[bytes]:
@@ -40,7 +46,7 @@ def register_inbox(broker: NatsBroker, ingestor: Ingestor, known_workspace) -> N
         stream=JStream(name=INBOX_STREAM, declare=False),
         durable=INBOX_CONSUMER,
         pull_sub=PullSub(batch_size=1000, timeout=0.05, batch=True),
-        config=ConsumerConfig(ack_wait=60),
+        config=ConsumerConfig(ack_wait=ACK_WAIT_SECONDS),
         ack_policy=AckPolicy.MANUAL,
         decoder=_keep_raw,
         title="touchline.in.{ws}",
@@ -50,6 +56,7 @@ def register_inbox(broker: NatsBroker, ingestor: Ingestor, known_workspace) -> N
         by_workspace: dict[str, list[bytes]] = defaultdict(list)
         for msg in message.raw_message:
             by_workspace[workspace_of_subject(msg.subject)].append(msg.data)
+        working = asyncio.create_task(_still_working(message))
         try:
             for workspace, raws in by_workspace.items():
                 if is_workspace_id(workspace) and await known_workspace(workspace):
@@ -61,4 +68,12 @@ def register_inbox(broker: NatsBroker, ingestor: Ingestor, known_workspace) -> N
             log.warning("inbox.retry", error=str(err), messages=len(message.raw_message))
             await message.nack(delay=RETRY_DELAY_SECONDS)
             return
+        finally:
+            working.cancel()
         await message.ack()
+
+
+async def _still_working(message: NatsBatchMessage) -> None:
+    while True:
+        await asyncio.sleep(IN_PROGRESS_EVERY_SECONDS)
+        await message.in_progress()

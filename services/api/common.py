@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import AsyncIterator
 from typing import Any
 
@@ -51,6 +51,8 @@ class Services:
     nc: NatsClient
     ingestor: Ingestor
     tokens: auth.TokenBook
+    # Workspaces are never deleted, so one that was found once need not be looked up again.
+    known_workspaces: set[str] = field(default_factory=set)
 
 
 def services_of(request: Request) -> Services:
@@ -79,8 +81,12 @@ async def authorize(request: Request, workspace: str | None, scope: str) -> auth
 
 
 async def require_workspace(request: Request, workspace: str) -> None:
-    if not is_workspace_id(workspace) or not await auth.workspace_exists(services_of(request).pool, workspace):
+    services = services_of(request)
+    if workspace in services.known_workspaces:
+        return
+    if not is_workspace_id(workspace) or not await auth.workspace_exists(services.pool, workspace):
         raise ApiError(404, f"unknown workspace {workspace!r}")
+    services.known_workspaces.add(workspace)
 
 
 async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:

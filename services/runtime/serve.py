@@ -135,6 +135,7 @@ async def serve_api(settings: Settings) -> None:
         log_level="warning",
         access_log=False,
         loop="uvloop",
+        http="httptools",
         lifespan="on",
     )
     server = uvicorn.Server(config)

@@ -137,3 +137,55 @@ def test_a_full_disk_at_start_is_a_clear_error_not_a_hang(tmp_path):
         assert "could not start" in done.stderr and "free disk there" in done.stderr, done.stderr[-2000:]
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_an_inbox_batch_slower_than_ack_wait_is_stored_once(stack):
+    """The database stalls longer than the inbox consumer's ack_wait while it handles a batch."""
+    import asyncio
+    import json as jsonlib
+
+    import asyncpg
+    import nats
+
+    from events.log import LOG_STREAM, inbox_subject, log_subject
+    from services.inbox import ACK_WAIT_SECONDS
+
+    ws, auth = stack.new_workspace()
+    body = jsonlib.dumps(event("marketing.engaged", "slow", channel="ig", action="like")).encode()
+
+    async def stall_and_publish() -> None:
+        blocker = await asyncpg.connect(stack.servers.database_url)
+        nc = await nats.connect(stack.servers.nats_url)
+        try:
+            async with blocker.transaction():
+                await blocker.execute("LOCK TABLE event_index IN ACCESS EXCLUSIVE MODE")
+                await nc.jetstream().publish(inbox_subject(ws), body)
+                await asyncio.sleep(ACK_WAIT_SECONDS * 2)
+        finally:
+            await blocker.close()
+            await nc.close()
+
+    asyncio.run(stall_and_publish())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = stack.get(f"/v1/workspaces/{ws}/contacts/slow", auth)
+        if answer.status_code == 200:
+            break
+        time.sleep(0.2)
+    assert answer.status_code == 200 and answer.json()["touches"]["total"] == 1
+
+    async def copies_in_log() -> int:
+        """Messages in the log carrying this event's id (the rules may log a follow-up beside it)."""
+        nc = await nats.connect(stack.servers.nats_url)
+        sub = await nc.jetstream().subscribe(log_subject(ws), ordered_consumer=True, stream=LOG_STREAM)
+        found = 0
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=2)
+                found += jsonlib.loads(msg.data)["id"] == jsonlib.loads(body)["id"]
+        except nats.errors.TimeoutError:
+            return found
+        finally:
+            await nc.close()
+
+    assert asyncio.run(copies_in_log()) == 1
