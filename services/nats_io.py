@@ -111,6 +111,13 @@ DEFAULT_STREAMS = (
 )
 
 
+def nats_servers(url: str | list[str]) -> list[str]:
+    """TOUCHLINE_NATS_URL may name several seed servers of a cluster, comma-separated."""
+    if isinstance(url, list):
+        return url
+    return [server.strip() for server in url.split(",") if server.strip()]
+
+
 async def connect(url: str, name: str) -> Client:
     """Connect and keep reconnecting for ever: an outage must not end a service."""
 
@@ -124,7 +131,7 @@ async def connect(url: str, name: str) -> Client:
         log.info("nats.reconnected")
 
     return await nats.connect(
-        url,
+        nats_servers(url),
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

@@ -40,6 +40,7 @@ from events.commands import (
 )
 from services.dispatcher import deadletter, webhooks
 from services.ingest import Ingestor, LogUnavailable
+from services.nats_io import nats_servers
 
 log = structlog.get_logger()
 
@@ -205,7 +206,7 @@ async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMe
 
 def build(servers: str | list[str] = "nats://127.0.0.1:4222", dispatcher: Dispatcher | None = None) -> FastStream:
     """The FastStream application: the broker, the command subscriber and the dead-letter publisher."""
-    broker = NatsBroker(servers, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None)
+    broker = NatsBroker(nats_servers(servers), max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None)
     deadletter.register_publisher(broker)
 
     @broker.subscriber(

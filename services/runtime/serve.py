@@ -20,7 +20,7 @@ from services.api.common import Services
 from services.api.auth import TokenBook, workspace_exists
 from services.inbox import register_inbox
 from services.ingest import Ingestor
-from services.nats_io import connect, ensure_streams
+from services.nats_io import connect, ensure_streams, nats_servers
 from projections.registry import all_projections
 from services.projector.runner import Projector
 from services.settings import Settings
@@ -109,7 +109,7 @@ async def serve_api(settings: Settings) -> None:
         await prepare(backends)
         ingestor = Ingestor(backends.nc, backends.pool)
         # The NATS way in runs beside the HTTP one, sharing its ingestor.
-        broker = NatsBroker(settings.nats_url, max_reconnect_attempts=-1, logger=None)
+        broker = NatsBroker(nats_servers(settings.nats_url), max_reconnect_attempts=-1, logger=None)
         register_inbox(broker, ingestor, lambda ws: workspace_exists(backends.pool, ws))
         await broker.start()
         brokers.append(broker)

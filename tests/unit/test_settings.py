@@ -1,0 +1,35 @@
+"""Settings of CONTRACT.md section 1: flags win over environment, environment over defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.nats_io import nats_servers
+from services.settings import Settings
+
+
+def test_defaults(monkeypatch):
+    for name in ("TOUCHLINE_DATA_DIR", "TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_HTTP",
+                 "TOUCHLINE_ADMIN_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert settings.data_dir == Path("./.touchline")
+    assert (settings.nats_url, settings.database_url, settings.admin_token) == (None, None, None)
+    assert (settings.http_host, settings.http_port) == ("127.0.0.1", 8080)
+
+
+def test_flags_win_over_environment(monkeypatch):
+    monkeypatch.setenv("TOUCHLINE_DATA_DIR", "/from/env")
+    monkeypatch.setenv("TOUCHLINE_HTTP", "0.0.0.0:9000")
+    monkeypatch.setenv("TOUCHLINE_NATS_URL", "nats://env:4222")
+    assert Settings.from_env().data_dir == Path("/from/env")
+    settings = Settings.from_env(data_dir=Path("/from/flag"), http="127.0.0.1:9999")
+    assert settings.data_dir == Path("/from/flag") and settings.http_port == 9999
+    assert settings.nats_url == "nats://env:4222"
+    assert settings.child_environment()["TOUCHLINE_DATA_DIR"] == "/from/flag"
+
+
+def test_a_cluster_url_names_several_seed_servers():
+    assert nats_servers("nats://a:4222, nats://b:4222,nats://c:4222") == [
+        "nats://a:4222", "nats://b:4222", "nats://c:4222"]
+    assert nats_servers("nats://user:pw@a:4222") == ["nats://user:pw@a:4222"]
