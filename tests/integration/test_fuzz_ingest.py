@@ -59,7 +59,7 @@ def fuzz_ws(stack):
     return stack.new_workspace()
 
 
-def ok_answer(answer, sent: int | None = None) -> None:
+def assert_ok_answer(answer, sent: int | None = None) -> None:
     assert answer.status_code < 500, (answer.status_code, answer.text[:300])
     if answer.status_code == 200 and sent is not None:
         results = answer.json()["results"]
@@ -77,7 +77,7 @@ def ok_answer(answer, sent: int | None = None) -> None:
 def test_fuzzed_batches_get_one_result_each(stack, fuzz_ws, batch):
     ws, auth = fuzz_ws
     answer = stack.send(ws, auth, batch)
-    ok_answer(answer, len(batch))
+    assert_ok_answer(answer, len(batch))
 
 
 @FUZZ
@@ -91,7 +91,7 @@ def test_fuzzed_bytes_in_every_content_type(stack, fuzz_ws, body, content_type):
         headers.update({"ce-specversion": "1.0", "ce-id": "bin", "ce-source": "/fz", "ce-time": "2026-11-01T10:00:00Z",
                         "ce-type": "touchline.marketing.engaged", "ce-subject": "fz"})
     answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=body, headers=headers)
-    ok_answer(answer, 1 if content_type != "application/cloudevents-batch+json" else None)
+    assert_ok_answer(answer, 1 if content_type != "application/cloudevents-batch+json" else None)
 
 
 @pytest.mark.parametrize("name,body,content_type", [
@@ -113,7 +113,7 @@ def test_fuzzed_bytes_in_every_content_type(stack, fuzz_ws, body, content_type):
 def test_hostile_bodies(stack, fuzz_ws, name, body, content_type):
     ws, auth = fuzz_ws
     answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=body, headers={**auth, "Content-Type": content_type})
-    ok_answer(answer)
+    assert_ok_answer(answer)
     if answer.status_code == 200:
         assert all(r["status"] == "rejected" for r in answer.json()["results"]), (name, answer.text[:300])
 
