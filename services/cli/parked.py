@@ -41,6 +41,11 @@ def parked_redrive(
     """Apply parked events again (after a fix); those that still fail stay parked. Exit 1 if any did."""
     from projections.registry import all_projections
     from services.projector.parking import redrive
+    from services.rules.worker import PARKED_AS
+
+    if projector == PARKED_AS:
+        console.print("events the rules could not judge are re-driven by `touchline rules reset` (after the fix)")
+        raise typer.Exit(2)
 
     async def run():
         async with backends(Settings.from_env(data_dir=data_dir)) as (pool, js):

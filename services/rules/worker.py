@@ -44,8 +44,9 @@ from events.commands import (
     timer_fired_subject,
     timer_subject,
 )
-from events.log import LoggedEvent, decode_logged
+from events.log import LoggedEvent, decode_logged, workspace_of_subject
 from services.nats_io import last_log_seq, next_batch, read_log
+from services.projector.parking import Poison, park
 from services.projector.runner import Fenced, first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
@@ -176,6 +177,11 @@ async def _publish_timer(js: JetStreamContext, timer: Timer, timeout: float):
 # --- the worker ------------------------------------------------------------------------------
 
 
+# Events the rules could not judge are parked under this name (`touchline parked list`); after a
+# fix, `touchline rules reset` runs the rules again from the start (ids make that harmless).
+PARKED_AS = "rules"
+
+
 class RulesWorker:
     def __init__(
         self,
@@ -246,8 +252,14 @@ class RulesWorker:
             while not self._stopping.is_set():
                 messages = await next_batch(sub, self.batch_max, self.wait)
                 if messages:
-                    batch = [decode_logged(m.metadata.sequence.stream, m.subject, m.headers, m.data) for m in messages]
-                    await self.apply_batch(batch)
+                    batch, poisons = [], []
+                    for m in messages:
+                        try:
+                            batch.append(decode_logged(m.metadata.sequence.stream, m.subject, m.headers, m.data))
+                        except Exception as err:  # a shape this code does not know: set it aside, go on
+                            poisons.append(Poison(m.metadata.sequence.stream, workspace_of_subject(m.subject),
+                                                  f"cannot decode: {err!r}"))
+                    await self.apply_batch(batch, poisons, last=messages[-1].metadata.sequence.stream)
                 elif time.monotonic() - checked > 2.0:
                     # Idle: notice a position moved by someone else (`touchline rules reset`).
                     checked = time.monotonic()
@@ -257,9 +269,10 @@ class RulesWorker:
         finally:
             await sub.unsubscribe()
 
-    async def apply_batch(self, batch: list[LoggedEvent]) -> None:
+    async def apply_batch(self, batch: list[LoggedEvent], poisons: list[Poison] = (), last: int | None = None) -> None:
         started = time.perf_counter()
-        last = batch[-1].seq
+        last = last if last is not None else batch[-1].seq
+        poisons = list(poisons)
         effects = Effects()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -276,10 +289,16 @@ class RulesWorker:
                 settings = await load_settings(conn, workspaces)
                 now = utcnow()
                 for logged in firsts:
-                    effects.extend(
-                        logic.decide(state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS))
-                    )
+                    try:
+                        decided = logic.decide(
+                            state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS)
+                        )
+                    except Exception as err:  # a rule that cannot judge this event must not stop the others
+                        poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
+                        continue
+                    effects.extend(decided)
                 await save_state(conn, state)
+                await park(conn, PARKED_AS, [p for p in poisons if p.seq > committed])
                 await publish_effects(self.js, effects)
                 await conn.execute(
                     "UPDATE rules_positions SET position = $2, applied = applied + $3, updated_at = now() WHERE name = $1",

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import nats
 import pytest
@@ -35,6 +36,11 @@ def test_an_undecodable_event_is_parked_and_the_projector_goes_on(stack):
     last = stack.ingest(ws, auth, [event("marketing.engaged", "zed", channel="ig", action="like")])
     contact = stack.get(f"/v1/workspaces/{ws}/contacts/zed", auth, min_seq=last)
     assert contact.status_code == 200 and contact.json()["touches"]["total"] == 1
+    # The rules worker went on past the poison too: the like still gets its follow-up.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not stack.get(f"/v1/workspaces/{ws}/followups", auth).json():
+        time.sleep(0.2)
+    assert [f["rule"] for f in stack.get(f"/v1/workspaces/{ws}/followups", auth).json()] == ["hot-engagement"]
     main = next(p for p in stack.get("/v1/status", stack.admin()).json()["projectors"] if p["name"] == "main")
     assert main["parked"] >= 1
     listed = subprocess.run(
@@ -43,6 +49,7 @@ def test_an_undecodable_event_is_parked_and_the_projector_goes_on(stack):
     )
     assert listed.returncode == 0, listed.stderr
     assert str(bad_seq) in listed.stdout and ws[:10] in listed.stdout
+    assert "rules" in listed.stdout  # the rules worker set it aside as well
 
 
 class BuggyContacts(ContactsProjection):
