@@ -116,13 +116,12 @@ class Services:
     """Embedded servers and `touchline serve` processes under one temporary directory."""
 
     def __init__(self, root: Path) -> None:
-        from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+        from services.runtime.embedded import EmbeddedServers, free_port
 
         self.root = root
-        self.nats = EmbeddedNats(root)
-        self.postgres = EmbeddedPostgres(root)
-        self.nats_url = self.nats.start()
-        self.database_url = self.postgres.start()
+        self.servers = EmbeddedServers(root)
+        self.nats, self.postgres = self.servers.nats, self.servers.postgres
+        self.nats_url, self.database_url = self.servers.nats_url, self.servers.database_url
         self.port = free_port()
         self.admin = secrets.token_urlsafe(24)
         self.env = {
@@ -204,8 +203,7 @@ class Services:
         self._sampling = False
         for kind in list(self.children):
             self.stop(kind)
-        self.nats.stop()
-        self.postgres.stop()
+        self.servers.stop()
 
 
 # --- the history ------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from services.runtime.embedded import EmbeddedServers, free_port
 from services.runtime.processes import ServiceProcess
 
 ADMIN_TOKEN = "test-admin-token"
@@ -42,19 +42,8 @@ def without_followups(contact: dict) -> dict:
     return {name: value for name, value in contact.items() if name != "open_followups"}
 
 
-class Servers:
-    """NATS and PostgreSQL, embedded, under one temporary directory."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.nats = EmbeddedNats(root)
-        self.postgres = EmbeddedPostgres(root)
-        self.nats_url = self.nats.start()
-        self.database_url = self.postgres.start()
-
-    def stop(self) -> None:
-        self.nats.stop()
-        self.postgres.stop()
+# NATS and PostgreSQL, embedded, under one temporary directory.
+Servers = EmbeddedServers
 
 
 class Service(ServiceProcess):

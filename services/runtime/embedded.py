@@ -206,3 +206,18 @@ class EmbeddedPostgres:
 
             with contextlib.suppress(Exception):
                 pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.root, user=server.system_user)
+
+
+class EmbeddedServers:
+    """NATS and PostgreSQL, both embedded under one directory: what the bench and the tests run on."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.nats = EmbeddedNats(root)
+        self.postgres = EmbeddedPostgres(root)
+        self.nats_url = self.nats.start()
+        self.database_url = self.postgres.start()
+
+    def stop(self) -> None:
+        self.nats.stop()
+        self.postgres.stop()
