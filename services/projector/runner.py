@@ -41,6 +41,53 @@ class Fenced(RuntimeError):
     """Another process moved this projector's position: start again from where it is."""
 
 
+class CommittedPosition:
+    """How far a log reader has got: one row of ``table`` (name, position, applied), moved in the
+    same transaction as the reader's effects, so that the position is exactly what is applied."""
+
+    def __init__(self, table: str, name: str) -> None:
+        self.table = table
+        self.name = name
+
+    async def load(self, pool: asyncpg.Pool) -> int:
+        position = await self.read(pool)
+        if position is None:
+            await pool.execute(f"INSERT INTO {self.table} (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name)
+            position = 0
+        return position
+
+    async def read(self, db: asyncpg.Pool | asyncpg.Connection) -> int | None:
+        return await db.fetchval(f"SELECT position FROM {self.table} WHERE name = $1", self.name)
+
+    async def lock(self, conn: asyncpg.Connection, expected: int) -> int:
+        """Lock the row for this transaction; fenced if another process moved it meanwhile."""
+        committed = await conn.fetchval(f"SELECT position FROM {self.table} WHERE name = $1 FOR UPDATE", self.name)
+        if committed != expected:
+            raise Fenced(f"position is {committed}, expected {expected}")
+        return committed
+
+    async def advance(self, conn: asyncpg.Connection, last: int, applied: int) -> None:
+        await conn.execute(
+            f"UPDATE {self.table} SET position = $2, applied = applied + $3, updated_at = now() WHERE name = $1",
+            self.name,
+            last,
+            applied,
+        )
+
+
+def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
+    """The log messages as events; those this code cannot decode become poison to park."""
+    batch: list[LoggedEvent] = []
+    poisons: list[Poison] = []
+    for msg in messages:
+        seq = msg.metadata.sequence.stream
+        try:
+            batch.append(decode_logged(seq, msg.subject, msg.headers, msg.data))
+        except Exception as err:  # a shape this code does not know
+            poisons.append(Poison(seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
+    return batch, poisons
+
+
 _FIRST_COPIES = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(workspace, source, id, seq)
@@ -87,6 +134,7 @@ class Projector:
         self.batch_max = batch_max
         self.wait = wait
         self.position = 0
+        self.committed = CommittedPosition("projector_positions", name)
         self.applied_total = 0
         self._stopping = asyncio.Event()
 
@@ -105,12 +153,7 @@ class Projector:
         self._stopping.set()
 
     async def _run_from_committed_position(self) -> None:
-        self.position = await self.pool.fetchval("SELECT position FROM projector_positions WHERE name = $1", self.name)
-        if self.position is None:
-            await self.pool.execute(
-                "INSERT INTO projector_positions (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name
-            )
-            self.position = 0
+        self.position = await self.committed.load(self.pool)
         log.info("projector.started", projector=self.name, position=self.position)
         sub = await read_log(self.js, self.position + 1)
         try:
@@ -126,14 +169,7 @@ class Projector:
         """Apply a batch in one transaction; if it fails, apply it again event by event, each in
         a savepoint, parking the ones that fail (poison) so the rest are not held up."""
         started = time.perf_counter()
-        batch: list[LoggedEvent] = []
-        poisons: list[Poison] = []
-        for msg in messages:
-            seq = msg.metadata.sequence.stream
-            try:
-                batch.append(decode_logged(seq, msg.subject, msg.headers, msg.data))
-            except Exception as err:  # a shape this code does not know
-                poisons.append(Poison(seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
+        batch, poisons = decode_messages(messages)
         last = messages[-1].metadata.sequence.stream
         try:
             applied = await self._commit(batch, last, poisons, one_by_one=False)
@@ -157,11 +193,7 @@ class Projector:
         poisons = list(poisons)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                committed = await conn.fetchval(
-                    "SELECT position FROM projector_positions WHERE name = $1 FOR UPDATE", self.name
-                )
-                if committed != self.position:
-                    raise Fenced(f"position is {committed}, expected {self.position}")
+                committed = await self.committed.lock(conn, self.position)
                 fresh = [logged for logged in batch if logged.seq > committed]
                 firsts = await first_copies(conn, fresh)
                 if not one_by_one:
@@ -178,11 +210,5 @@ class Projector:
                         except Exception as err:
                             poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                 await park(conn, self.name, [p for p in poisons if p.seq > committed])
-                await conn.execute(
-                    "UPDATE projector_positions SET position = $2, applied = applied + $3, updated_at = now()"
-                    " WHERE name = $1",
-                    self.name,
-                    last,
-                    len(fresh),
-                )
+                await self.committed.advance(conn, last, len(fresh))
         return len(firsts)

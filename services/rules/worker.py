@@ -44,10 +44,10 @@ from events.commands import (
     timer_fired_subject,
     timer_subject,
 )
-from events.log import LoggedEvent, decode_logged, workspace_of_subject
+from events.log import LoggedEvent
 from services.nats_io import last_log_seq, next_batch, read_log
 from services.projector.parking import Poison, park
-from services.projector.runner import Fenced, first_copies
+from services.projector.runner import CommittedPosition, Fenced, decode_messages, first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
 from services.store.db import RETRYABLE, with_retry
@@ -200,6 +200,7 @@ class RulesWorker:
         self.wait = wait
         self.goal_check_seconds = goal_check_seconds
         self.position = 0
+        self.committed = CommittedPosition("rules_positions", name)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -241,10 +242,7 @@ class RulesWorker:
                     await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _run_from_committed_position(self) -> None:
-        self.position = await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name)
-        if self.position is None:
-            await self.pool.execute("INSERT INTO rules_positions (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name)
-            self.position = 0
+        self.position = await self.committed.load(self.pool)
         log.info("rules.started", position=self.position)
         sub = await read_log(self.js, self.position + 1)
         checked = time.monotonic()
@@ -252,18 +250,12 @@ class RulesWorker:
             while not self._stopping.is_set():
                 messages = await next_batch(sub, self.batch_max, self.wait)
                 if messages:
-                    batch, poisons = [], []
-                    for m in messages:
-                        try:
-                            batch.append(decode_logged(m.metadata.sequence.stream, m.subject, m.headers, m.data))
-                        except Exception as err:  # a shape this code does not know: set it aside, go on
-                            poisons.append(Poison(m.metadata.sequence.stream, workspace_of_subject(m.subject),
-                                                  f"cannot decode: {err!r}"))
+                    batch, poisons = decode_messages(messages)
                     await self.apply_batch(batch, poisons, last=messages[-1].metadata.sequence.stream)
                 elif time.monotonic() - checked > 2.0:
                     # Idle: notice a position moved by someone else (`touchline rules reset`).
                     checked = time.monotonic()
-                    committed = await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name)
+                    committed = await self.committed.read(self.pool)
                     if committed != self.position:
                         raise Fenced(f"position is {committed}, expected {self.position}")
         finally:
@@ -276,11 +268,7 @@ class RulesWorker:
         effects = Effects()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                committed = await conn.fetchval(
-                    "SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name
-                )
-                if committed != self.position:
-                    raise Fenced(f"position is {committed}, expected {self.position}")
+                committed = await self.committed.lock(conn, self.position)
                 fresh = [logged for logged in batch if logged.seq > committed]
                 firsts = await first_copies(conn, fresh)
                 contacts = {(l.workspace, l.event.subject) for l in firsts if l.event.contact_event and l.event.subject}
@@ -300,12 +288,7 @@ class RulesWorker:
                 await save_state(conn, state)
                 await park(conn, PARKED_AS, [p for p in poisons if p.seq > committed])
                 await publish_effects(self.js, effects)
-                await conn.execute(
-                    "UPDATE rules_positions SET position = $2, applied = applied + $3, updated_at = now() WHERE name = $1",
-                    self.name,
-                    last,
-                    len(fresh),
-                )
+                await self.committed.advance(conn, last, len(fresh))
         self.position = last
         log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
                   position=last, ms=round((time.perf_counter() - started) * 1000, 1))
@@ -332,7 +315,7 @@ class RulesWorker:
         # Decide with everything logged up to the moment the timer fired.
         target = await last_log_seq(self.js)
         waited = time.monotonic()
-        while await self.pool.fetchval("SELECT position FROM rules_positions WHERE name = $1", self.name) < target:
+        while await self.committed.read(self.pool) < target:
             if time.monotonic() - waited > 10:
                 await msg.in_progress()
                 waited = time.monotonic()
