@@ -42,6 +42,19 @@ def wait_healthy(base: str, timeout: float = 90) -> None:
     raise TimeoutError("touchline up did not become healthy")
 
 
+def wait_refused(base: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"{base}/v1/health", timeout=1)
+        except httpx.ConnectError:
+            return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("the killed stack's API still answers")
+
+
 def cli(data_dir: Path, *args: str) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
     done = subprocess.run([sys.executable, "-m", "services.cli.main", *args, "--data-dir", str(data_dir)],
@@ -101,6 +114,9 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
         # kill -9 of `up` itself: its services die with it; what is left is recovered by the next start.
         up.kill()
         up.wait()
+        # Its API gets SIGTERM from the kernel and shuts down gracefully; a health check must
+        # not be answered by that old process.
+        wait_refused(base)
         up = start_up(data_dir, port, tmp_path / "up.log")
         wait_healthy(base)
         assert without_followups(httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth).json()) == without_followups(contact)
