@@ -51,6 +51,7 @@ import msgspec
 import psutil
 
 from services.runtime.processes import ServiceProcess
+from services.settings import Settings
 
 HTTP_BATCH = 500
 HTTP_CONNECTIONS = 4
@@ -131,6 +132,8 @@ class Services:
             "TOUCHLINE_HTTP": f"127.0.0.1:{self.port}",
             "TOUCHLINE_ADMIN_TOKEN": self.admin,
         }
+        self.api_workers = Settings.from_env().api_workers
+        self.listener = None
         self.children: dict[str, ServiceProcess] = {}
         self.peak_rss: dict[str, float] = {}
         self._sampling = True
@@ -138,6 +141,14 @@ class Services:
         self._sampler.start()
 
     def start(self, kind: str) -> None:
+        if kind == "api":  # as `up` runs it: several workers on one listening socket
+            from services.runtime.processes import api_workers
+            from services.runtime.serve import listen
+
+            self.listener = listen("127.0.0.1", self.port)
+            for index, worker in enumerate(api_workers(self.env, self.listener, self.api_workers, self.root)):
+                self.children[f"api-{index}"] = worker.start()
+            return
         self.children[kind] = ServiceProcess(kind, self.env, self.root / f"{kind}.log").start()
 
     def stop(self, kind: str) -> None:
@@ -203,6 +214,8 @@ class Services:
         self._sampling = False
         for kind in list(self.children):
             self.stop(kind)
+        if self.listener is not None:
+            self.listener.close()
         self.servers.stop()
 
 
@@ -722,6 +735,7 @@ async def _run(stack: Services, events: int, progress: Progress) -> dict:
         contacts=sum(ws.contacts for ws in workspaces),
         workspaces=len(workspaces),
         load_generator=generator,
+        api_workers=stack.api_workers,
         peak_rss_mb={kind: round(mb, 1) for kind, mb in sorted(stack.peak_rss.items())},
         details={"ingest_http": http, "ingest_nats": via_nats, "raw_publish": raw, "project": projected,
                  "rebuild": rebuilt, "queries": queries, "rules": rules, "generate_seconds": phases["generate"]},
@@ -757,7 +771,7 @@ def table(result: dict):
 
     out = Table(title=f"touchline bench: {result['events']:,} events, {result['contacts']:,} contacts,"
                       f" {result['workspaces']} workspaces", title_justify="left",
-                caption=f"queries from {result['load_generator']}; machine {result['machine']}", caption_justify="left")
+                caption=f"queries from {result['load_generator']}; {result.get('api_workers', 1)} API worker processes; machine {result['machine']}", caption_justify="left")
     out.add_column("figure")
     out.add_column("value", justify="right")
     out.add_column("target")

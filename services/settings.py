@@ -14,6 +14,9 @@ class Settings:
     database_url: str | None = None
     http: str = "127.0.0.1:8080"
     admin_token: str | None = None
+    # HTTP worker processes sharing the port (SO_REUSEPORT); Python serves one request at a time
+    # per process, so one per core lets the API use the machine. TOUCHLINE_API_WORKERS overrides.
+    api_workers: int = 0
 
     @classmethod
     def from_env(cls, **flags: object) -> "Settings":
@@ -24,6 +27,7 @@ class Settings:
             database_url=env.get("TOUCHLINE_DATABASE_URL") or None,
             http=env.get("TOUCHLINE_HTTP") or cls.http,
             admin_token=env.get("TOUCHLINE_ADMIN_TOKEN") or None,
+            api_workers=_positive_int(env.get("TOUCHLINE_API_WORKERS"), "TOUCHLINE_API_WORKERS") or default_api_workers(),
         )
         given = {name: value for name, value in flags.items() if value is not None}
         if "data_dir" in given:
@@ -53,3 +57,19 @@ class Settings:
             else:
                 env.pop(name, None)
         return env
+
+
+def default_api_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _positive_int(value: str | None, name: str) -> int | None:
+    if not value:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SystemExit(f"touchline: {name} must be a whole number of at least 1, got {value!r}")
+    return number

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import socket
 from dataclasses import dataclass
 
 import asyncpg
@@ -28,6 +29,9 @@ from services.store import readiness
 from services.store.db import create_pool, migrate
 
 log = structlog.get_logger()
+
+API_FD_ENV = "TOUCHLINE_API_FD"
+API_WORKER_ENV = "TOUCHLINE_API_WORKER"
 
 
 @dataclass
@@ -100,8 +104,41 @@ async def serve_projector(settings: Settings) -> None:
         await backends.close()
 
 
+def listen(host: str, port: int, patience: float = 0.0) -> socket.socket:
+    """The API's listening socket. `up` opens it once and hands it to every API worker process,
+    which all accept on it (the one with time to spare takes the next connection). A port still
+    held is tried again for ``patience`` seconds: a stack killed just before lets go of it soon."""
+    import time
+
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+            break
+        except OSError as err:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"touchline: cannot listen on {host}:{port}: {err.strerror or err}") from None
+            time.sleep(0.2)
+    sock.listen(2048)
+    return sock
+
+
+def inherited_listener() -> tuple[socket.socket | None, int]:
+    """The socket and worker number `up` handed down (TOUCHLINE_API_FD, TOUCHLINE_API_WORKER), if any."""
+    import os
+
+    fd = os.environ.get(API_FD_ENV)
+    worker = int(os.environ.get(API_WORKER_ENV, "0"))
+    return (socket.socket(fileno=int(fd)) if fd else None), worker
+
+
 async def serve_api(settings: Settings) -> None:
     logs.configure("api")
+    listener, worker = inherited_listener()
     opened: list[Backends] = []
 
     brokers: list[NatsBroker] = []
@@ -111,11 +148,12 @@ async def serve_api(settings: Settings) -> None:
         opened.append(backends)
         await prepare(backends)
         ingestor = Ingestor(backends.nc, backends.pool)
-        # The NATS way in runs beside the HTTP one, sharing its ingestor.
-        broker = NatsBroker(nats_servers(settings.nats_url), max_reconnect_attempts=-1, logger=None)
-        register_inbox(broker, ingestor, lambda ws: workspace_exists(backends.pool, ws))
-        await broker.start()
-        brokers.append(broker)
+        if worker == 0:
+            # The NATS way in runs beside the HTTP one, in the first worker, sharing its ingestor.
+            broker = NatsBroker(nats_servers(settings.nats_url), max_reconnect_attempts=-1, logger=None)
+            register_inbox(broker, ingestor, lambda ws: workspace_exists(backends.pool, ws))
+            await broker.start()
+            brokers.append(broker)
         return Services(
             pool=backends.pool,
             nc=backends.nc,
@@ -142,8 +180,9 @@ async def serve_api(settings: Settings) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs")
-    await server.serve()
+    listener = listener or listen(settings.http_host, settings.http_port)
+    log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
+    await server.serve(sockets=[listener])
 
 
 async def serve_rules(settings: Settings) -> None:

@@ -14,21 +14,13 @@ import structlog
 
 from services import logs
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
-from services.runtime.processes import ServiceProcess
-from services.runtime.serve import open_backends, prepare
+from services.runtime.processes import ServiceProcess, api_workers
+from services.runtime.serve import listen, open_backends, prepare
 from services.settings import Settings
 
 log = structlog.get_logger()
 
 SERVICE_KINDS = ("api", "projector", "rules", "dispatcher")
-
-
-class Child(ServiceProcess):
-    """A service `up` supervises: restarted when it dies, with back-off if it keeps dying young."""
-
-    def __init__(self, kind: str, settings: Settings) -> None:
-        super().__init__(kind, settings.child_environment())
-        self.failures = 0
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -49,6 +41,8 @@ def check_data_dir(data_dir: Path) -> None:
 def up(settings: Settings) -> None:
     logs.configure("up")
     check_data_dir(settings.data_dir)
+    # A port taken by something else fails now, in plain words, not later in a child.
+    listener = listen(settings.http_host, settings.http_port, patience=10.0)
     nats = EmbeddedNats(settings.data_dir) if not settings.nats_url else None
     postgres = EmbeddedPostgres(settings.data_dir) if not settings.database_url else None
     stop = {"now": False}
@@ -58,7 +52,7 @@ def up(settings: Settings) -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    children: list[Child] = []
+    children: list[ServiceProcess] = []
     try:
         if nats is not None:
             settings = _with(settings, nats_url=_start_embedded("NATS", nats.start, nats.root, "nats.log"))
@@ -67,17 +61,24 @@ def up(settings: Settings) -> None:
             settings = _with(settings, database_url=_start_embedded("PostgreSQL", postgres.start, postgres.root, "log"))
             log.info("postgres.embedded", data=str(postgres.root))
         asyncio.run(_prepare(settings))
-        children = [Child(kind, settings) for kind in SERVICE_KINDS]
+        env = settings.child_environment()
+        children = api_workers(env, listener, settings.api_workers) + [
+            ServiceProcess(kind, env) for kind in SERVICE_KINDS if kind != "api"
+        ]
+        failures = [0] * len(children)
         for child in children:
             child.start()
-        log.info("touchline.up", http=f"http://{settings.http}", docs=f"http://{settings.http}/docs")
+        log.info(
+            "touchline.up", http=f"http://{settings.http}", docs=f"http://{settings.http}/docs",
+            api_workers=settings.api_workers,
+        )
         while not stop["now"]:
             time.sleep(0.2)
-            for child in children:
+            for number, child in enumerate(children):
                 if child.exited() and not stop["now"]:
                     # Back off if it keeps dying young; a healthy run resets the count.
-                    child.failures = 0 if time.monotonic() - child.started_at > 60 else child.failures + 1
-                    delay = min(0.5 * 2**child.failures, 10)
+                    failures[number] = 0 if time.monotonic() - child.started_at > 60 else failures[number] + 1
+                    delay = min(0.5 * 2 ** failures[number], 10)
                     log.warning("service.restarting", service=child.kind, code=child.process.returncode, in_s=delay)
                     time.sleep(delay)
                     child.start()
@@ -89,6 +90,7 @@ def up(settings: Settings) -> None:
             nats.stop()
         if postgres is not None:
             postgres.stop()
+        listener.close()
         log.info("touchline.stopped")
 
 

@@ -20,10 +20,12 @@ pytestmark = pytest.mark.slow
 ADMIN = "up-admin"
 
 
-def start_up(data_dir: Path, port: int, log: Path) -> subprocess.Popen:
+def start_up(data_dir: Path, port: int, log: Path, **extra_env: str) -> subprocess.Popen:
     env = {**os.environ, "TOUCHLINE_ADMIN_TOKEN": ADMIN}
-    for name in ("TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_HTTP", "TOUCHLINE_DATA_DIR"):
+    for name in ("TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_HTTP", "TOUCHLINE_DATA_DIR",
+                 "TOUCHLINE_API_WORKERS"):
         env.pop(name, None)
+    env.update(extra_env)
     return subprocess.Popen(
         [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{port}"],
         env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
@@ -125,3 +127,48 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
             up.wait(60)
+
+
+def api_workers_of(up: subprocess.Popen) -> list[psutil.Process]:
+    return [child for child in psutil.Process(up.pid).children()
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE and "api" in child.cmdline()]
+
+
+def wait_for_workers(up: subprocess.Popen, count: int, timeout: float = 30) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    while (workers := api_workers_of(up)) and len(workers) != count and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(workers) == count, [w.cmdline() for w in workers]
+    return workers
+
+
+def test_up_serves_one_port_from_several_api_workers_and_replaces_a_dead_one(tmp_path):
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    up = start_up(data_dir, port, tmp_path / "up.log", TOUCHLINE_API_WORKERS="3")
+    try:
+        wait_healthy(base)
+        first, *others = wait_for_workers(up, 3)
+        first.kill()
+        # The others accept on the same socket: no new connection is refused meanwhile.
+        for _ in range(50):
+            assert httpx.get(f"{base}/v1/health", timeout=5).status_code in (200, 503)
+        wait_for_workers(up, 3)
+        assert first.pid not in [worker.pid for worker in api_workers_of(up)]
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
+def test_up_names_a_port_that_is_taken(tmp_path):
+    from services.runtime.serve import listen
+
+    holder = listen("127.0.0.1", free_port())
+    try:
+        with pytest.raises(SystemExit, match=rf"cannot listen on 127.0.0.1:{holder.getsockname()[1]}"):
+            listen("127.0.0.1", holder.getsockname()[1])
+    finally:
+        holder.close()

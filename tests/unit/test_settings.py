@@ -33,3 +33,18 @@ def test_a_cluster_url_names_several_seed_servers():
     assert nats_servers("nats://a:4222, nats://b:4222,nats://c:4222") == [
         "nats://a:4222", "nats://b:4222", "nats://c:4222"]
     assert nats_servers("nats://user:pw@a:4222") == ["nats://user:pw@a:4222"]
+
+
+def test_api_workers_default_to_the_cores_and_can_be_set(monkeypatch):
+    import os
+
+    import pytest
+
+    monkeypatch.delenv("TOUCHLINE_API_WORKERS", raising=False)
+    assert Settings.from_env().api_workers == max(1, min(os.cpu_count() or 1, 4))
+    monkeypatch.setenv("TOUCHLINE_API_WORKERS", "3")
+    assert Settings.from_env().api_workers == 3
+    for wrong in ("0", "two", "-1"):
+        monkeypatch.setenv("TOUCHLINE_API_WORKERS", wrong)
+        with pytest.raises(SystemExit, match="TOUCHLINE_API_WORKERS must be a whole number of at least 1"):
+            Settings.from_env()
