@@ -38,6 +38,7 @@ import random
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -744,8 +745,16 @@ async def _run(stack: Services, events: int, progress: Progress) -> dict:
     return result
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run(events: int, progress: Progress | None = None, keep: Path | None = None) -> dict:
     progress = progress or (lambda *_: None)
+    # A bench stopped with SIGTERM (kill, timeout) must still stop its embedded PostgreSQL, which
+    # runs in a session of its own and would otherwise outlive it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     root = Path(tempfile.mkdtemp(prefix="touchline-bench-"))
     stack = Services(root)
     try:
