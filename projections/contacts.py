@@ -218,7 +218,7 @@ class ContactsProjection:
     """Stores contact states: load the batch's contacts, fold, write back, in the caller's transaction."""
 
     name = "contacts"
-    tables = ("contacts",)
+    tables = ("contacts", "funnel_gaps")  # funnel_gaps: the funnel's counters (projections/funnel.py)
 
     async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
         keys = {(logged.workspace, logged.event.subject) for logged in batch if logged.event.contact_event}
@@ -232,6 +232,7 @@ class ContactsProjection:
             contacts,
         )
         states = {(row["workspace"], row["contact"]): decode_state(row["state"]) for row in rows}
+        reached_before = {key: dict(state.reached) for key, state in states.items()}
         for logged in batch:
             if logged.event.contact_event:
                 key = (logged.workspace, logged.event.subject)
@@ -251,3 +252,8 @@ class ContactsProjection:
             for column, value in zip(columns, values):
                 column.append(value)
         await conn.execute(_UPSERT, *columns)
+        from projections import funnel  # funnel imports this module
+
+        await funnel.store_stage_changes(
+            conn, ((ws, reached_before.get((ws, contact), {}), state.reached) for (ws, contact), state in states.items())
+        )

@@ -20,10 +20,11 @@ import msgspec
 from events import catalog as c
 from events.catalog import Envelope
 from events.log import LoggedEvent
+from projections.batching import prepared
 from projections import contacts as contact_model
 from projections import deals as deal_model
 from projections.deals import columns
-from projections.ladder import utc
+from projections.ladder import STAGE_RANK, utc
 from projections.numbers import ceil_div, exact_decimal, micros, ratio, scale_of, utc_midnight
 from projections.contacts import decimal_text
 
@@ -187,60 +188,63 @@ def reference(events: list[Envelope], as_of: dt.datetime) -> GoalsView:
     return GoalsView(as_of, answers)
 
 
-async def _actual(conn: asyncpg.Connection, workspace: str, g: Goal) -> Decimal:
-    start, end = g.bounds
-    if g.metric == "revenue":
-        row = await conn.fetchrow(
-            "SELECT (SELECT coalesce(sum(amount), 0) FROM deals WHERE workspace = $1 AND currency = $2"
-            "        AND won_at >= $3 AND won_at < $4)"
-            "     - (SELECT coalesce(sum(amount), 0) FROM refunds WHERE workspace = $1 AND currency = $2"
-            "        AND at >= $3 AND at < $4) AS actual",
-            workspace, g.currency, start, end,
-        )
-        return row["actual"]
-    if g.metric == "deals_won":
-        sql = "SELECT count(*) FROM deals WHERE workspace = $1 AND won_at >= $2 AND won_at < $3"
-        bounds: tuple = (start, end)
-    elif g.metric == "leads":
-        sql = "SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_lead >= $2 AND reached_lead < $3"
-        bounds = (start, end)
-    else:
-        sql = ("SELECT coalesce(sum(conversations), 0) FROM conversation_days"
-               " WHERE workspace = $1 AND day >= $2 AND day < $3")
-        bounds = (g.period_start, g.period_end)
-    return Decimal(await conn.fetchval(sql, workspace, *bounds))
+# Every goal with its actual and, for revenue goals, the all-time totals behind ``derived``, in
+# one statement: each CASE branch's subquery runs only for goals of its metric, each reads an
+# index on time (or the per-day conversation counts); contacts per stage come from the funnel's
+# counters (projections/funnel.py), or are counted in a snapshot that may predate them.
+_GOALS = """
+SELECT g.goal_id, g.metric, g.target, g.currency, g.period_start, g.period_end, g.set_at, g.source, g.id,
+    CASE g.metric
+        WHEN 'revenue' THEN
+            (SELECT coalesce(sum(amount), 0) FROM deals
+             WHERE workspace = $1 AND currency = g.currency AND won_at >= b.low AND won_at < b.high)
+          - (SELECT coalesce(sum(amount), 0) FROM refunds
+             WHERE workspace = $1 AND currency = g.currency AND at >= b.low AND at < b.high)
+        WHEN 'deals_won' THEN
+            (SELECT count(*) FROM deals WHERE workspace = $1 AND won_at >= b.low AND won_at < b.high)
+        WHEN 'leads' THEN
+            (SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_lead >= b.low AND reached_lead < b.high)
+        ELSE
+            (SELECT coalesce(sum(conversations), 0) FROM conversation_days
+             WHERE workspace = $1 AND day >= g.period_start AND day < g.period_end)
+    END AS actual,
+    w.won_sum, w.won_count,
+    CASE WHEN g.metric = 'revenue' THEN ({leads}) END AS leads,
+    CASE WHEN g.metric = 'revenue' THEN ({opportunities}) END AS opportunities,
+    CASE WHEN g.metric = 'revenue' THEN ({customers}) END AS customers
+FROM goals g
+CROSS JOIN LATERAL (SELECT g.period_start::timestamp AT TIME ZONE 'UTC' AS low,
+                           g.period_end::timestamp AT TIME ZONE 'UTC' AS high) AS b
+LEFT JOIN LATERAL (SELECT coalesce(sum(amount), 0) AS won_sum, count(*) AS won_count FROM deals
+                   WHERE g.metric = 'revenue' AND workspace = $1 AND currency = g.currency) AS w ON true
+WHERE g.workspace = $1
+ORDER BY g.goal_id COLLATE "C"
+"""
+
+_STORED_STAGE_COUNT = "SELECT coalesce(sum(contacts), 0)::bigint FROM funnel_gaps WHERE workspace = $1 AND stage = {rank}"
+_COUNTED_STAGE = "SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_{stage} IS NOT NULL"
 
 
-async def _stage_counts(conn: asyncpg.Connection, workspace: str) -> tuple[int, int, int]:
-    row = await conn.fetchrow(
-        "SELECT (SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_lead IS NOT NULL) AS leads,"
-        " (SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_opportunity IS NOT NULL) AS opportunities,"
-        " (SELECT count(*) FROM contacts WHERE workspace = $1 AND reached_customer IS NOT NULL) AS customers",
-        workspace,
-    )
-    return row["leads"], row["opportunities"], row["customers"]
+def _goals_sql(stage_count: str) -> str:
+    return _GOALS.format(**{
+        column: stage_count.format(stage=stage, rank=STAGE_RANK[stage])
+        for column, stage in (("leads", "lead"), ("opportunities", "opportunity"), ("customers", "customer"))
+    })
 
 
-async def query(conn: asyncpg.Connection, workspace: str, as_of: dt.datetime) -> GoalsView:
-    rows = await conn.fetch(
-        "SELECT goal_id, metric, target, currency, period_start, period_end, set_at, source, id"
-        " FROM goals WHERE workspace = $1 ORDER BY goal_id COLLATE \"C\"",
-        workspace,
-    )
-    stages: tuple[int, int, int] | None = None
+_GOALS_STORED, _GOALS_COUNTED = _goals_sql(_STORED_STAGE_COUNT), _goals_sql(_COUNTED_STAGE)
+_GOAL_FIELDS = Goal.__struct_fields__
+
+
+async def query(conn: asyncpg.Connection, workspace: str, as_of: dt.datetime, *, stored_counts: bool = True) -> GoalsView:
+    """``stored_counts=False`` for a snapshot schema, which may predate ``funnel_gaps``."""
     answers = []
-    for row in rows:
-        g = Goal(**dict(row))
+    for row in await conn.fetch(_GOALS_STORED if stored_counts else _GOALS_COUNTED, workspace):
+        g = Goal(*(row[name] for name in _GOAL_FIELDS))
         totals = None
         if g.metric == "revenue":
-            stages = stages or await _stage_counts(conn, workspace)
-            won = await conn.fetchrow(
-                "SELECT coalesce(sum(amount), 0) AS total, count(*) AS n FROM deals"
-                " WHERE workspace = $1 AND currency = $2",
-                workspace, g.currency,
-            )
-            totals = Totals(won["total"], won["n"], *stages)
-        answers.append(view(g, await _actual(conn, workspace, g), as_of, totals))
+            totals = Totals(row["won_sum"], row["won_count"], row["leads"], row["opportunities"], row["customers"])
+        answers.append(view(g, Decimal(row["actual"]), as_of, totals))
     return GoalsView(as_of, answers)
 
 
@@ -268,7 +272,8 @@ class GoalsProjection:
     name = "goals"
     tables = ("goals", "conversation_days")
 
-    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+    def prepare(self, batch: list[LoggedEvent]) -> tuple[dict[tuple[str, str], Goal], Counter[tuple[str, dt.date]]]:
+        """The latest goal.set of each goal in the batch, and conversations per (workspace, UTC day)."""
         goals: dict[tuple[str, str], Goal] = {}
         days: Counter[tuple[str, dt.date]] = Counter()
         for logged in batch:
@@ -280,6 +285,10 @@ class GoalsProjection:
                     goals[(logged.workspace, g.goal_id)] = g
             elif isinstance(event, c.ConversationHeld):
                 days[(logged.workspace, utc(event.time).date())] += 1
+        return goals, days
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+        goals, days = prepared(self, batch)
         if goals:
             rows = [(ws, g.goal_id, g.set_at, g.source, g.id, g.metric, g.target, g.currency, g.period_start,
                      g.period_end) for (ws, _), g in sorted(goals.items())]

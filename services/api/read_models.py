@@ -41,7 +41,7 @@ async def get_funnel(
     await read_access(request, ws, min_seq, wait_ms)
     start, end = parse_time("from", from_), parse_time("to", to)
     async with read_connection(request, snapshot) as conn:
-        answer = await funnel.query(conn, ws, start, end, campaign or None)
+        answer = await funnel.query(conn, ws, start, end, campaign or None, stored_gaps=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
 
 
@@ -71,7 +71,7 @@ async def get_goals(
     await read_access(request, ws, min_seq, wait_ms)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
     async with read_connection(request, snapshot) as conn:
-        answer = await goals.query(conn, ws, moment)
+        answer = await goals.query(conn, ws, moment, stored_counts=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
 
 
