@@ -29,6 +29,8 @@ commands or webhook deliveries. Duplicates are dropped read-only: an event is th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -51,6 +53,7 @@ LIVE_PROJECTOR = "main"
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
+BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
 
 
 @dataclass
@@ -115,10 +118,23 @@ def snapshot_schema(workspace: str, name: str) -> str:
 # --- reading the log --------------------------------------------------------------------
 
 
+def stream_seq(msg: Msg) -> int:
+    """The stream sequence of a JetStream message, from its reply subject: what
+    ``msg.metadata.sequence.stream`` gives, without building the whole Metadata (a tenth of
+    replay's time went there). ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` (9 tokens),
+    or with ``<domain>.<account hash>`` after ``$JS.ACK`` (11 or 12 tokens)."""
+    tokens = msg.reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
+def decode_messages(messages: list[Msg]) -> list[LoggedEvent]:
+    return [decode_logged(stream_seq(msg), msg.subject, msg.headers, msg.data) for msg in messages]
+
+
 class LogReader:
     """One workspace's log subject, read once, in order, in stretches up to given positions."""
 
-    def __init__(self, js: JetStreamContext, workspace: str, batch_max: int = 5000) -> None:
+    def __init__(self, js: JetStreamContext, workspace: str, batch_max: int = BATCH_MAX) -> None:
         self.js = js
         self.subject = log_subject(workspace)
         self.batch_max = batch_max
@@ -136,6 +152,18 @@ class LogReader:
         info = await self.js.stream_info(LOG_STREAM, subjects_filter=self.subject)
         return (info.state.subjects or {}).get(self.subject, 0)
 
+    async def _next(self, end: int, wait: float) -> list[Msg]:
+        """Up to ``batch_max`` messages: what has arrived, topped up until the batch is full or
+        reaches ``end`` (bigger batches: fewer, larger statements in the scratch schema)."""
+        messages = self.held or await next_batch(self.sub, self.batch_max, wait)
+        self.held = []
+        while messages and len(messages) < self.batch_max and stream_seq(messages[-1]) < end:
+            more = await next_batch(self.sub, self.batch_max - len(messages), 0.05)
+            if not more:
+                break
+            messages += more
+        return messages
+
     async def read_until(self, until: int, stall: float = 60.0) -> AsyncIterator[list[Msg]]:
         if until <= self.reached:
             return
@@ -147,20 +175,22 @@ class LogReader:
             self.sub = await read_log(self.js, self.reached + 1, self.subject)
         waited_since = time.monotonic()
         while True:
-            messages, self.held = self.held or await next_batch(self.sub, self.batch_max, 1.0), []
+            messages = await self._next(end, 1.0)
             if not messages:
                 if time.monotonic() - waited_since > stall:
                     raise TimeoutError(f"the log stopped delivering {self.subject} before seq {end}")
                 continue
             waited_since = time.monotonic()
-            take = [msg for msg in messages if msg.metadata.sequence.stream <= until]
-            self.held = messages[len(take):]
+            cut = len(messages)
+            while cut and stream_seq(messages[cut - 1]) > until:
+                cut -= 1
+            take, self.held = messages[:cut], messages[cut:]
             if take:
                 yield take
             if self.held:
                 self.reached = until
                 return
-            if take and take[-1].metadata.sequence.stream >= end:
+            if cut and stream_seq(messages[cut - 1]) >= end:
                 self.reached = end
                 return
 
@@ -172,39 +202,28 @@ class LogReader:
 
 # --- dedupe without writing ------------------------------------------------------------
 
-_INDEXED = """
-SELECT workspace, source, id, seq FROM public.event_index
-WHERE (workspace, source, id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-"""
 
+class FirstCopies:
+    """First copies, judged in memory while the log is read from its start, without writing.
 
-class ReadOnlyDedupe:
-    """First copies, judged from ``event_index`` without writing it.
-
-    ``event_index`` keeps the lowest sequence of every (workspace, source, id) for ever, so an
-    event is the first copy iff the index holds its own sequence. A key not indexed yet (the
-    ingest's index write can lag the log) falls back to the first copy this replay has seen.
+    ``event_index`` keeps for ever the lowest sequence of every (workspace, source, id) the log
+    holds (the projector lowers it when an earlier copy turns up), and a replay reads its
+    subjects from sequence 1 in order: so the first copy of a key this replay meets is exactly
+    the one ``event_index`` names, and every later one is a duplicate. No query per batch; the
+    keys are kept as 16-byte digests (BLAKE2b), about 70 bytes an event.
     """
 
     def __init__(self) -> None:
-        self.unindexed: dict[tuple[str, str, str], int] = {}
+        self.seen: set[bytes] = set()
 
-    async def first_copies(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
-        keys = list({(logged.workspace, *logged.key) for logged in batch})
-        if not keys:
-            return []
-        workspaces, sources, ids = zip(*keys)
-        index = {
-            (row["workspace"], row["source"], row["id"]): row["seq"]
-            for row in await conn.fetch(_INDEXED, workspaces, sources, ids)
-        }
-        firsts = []
+    def first_copies(self, batch: list[LoggedEvent]) -> list[LoggedEvent]:
+        seen, firsts = self.seen, []
         for logged in batch:
-            key = (logged.workspace, *logged.key)
-            first = index.get(key)
-            if first is None:
-                first = self.unindexed.setdefault(key, logged.seq)
-            if first == logged.seq:
+            digest = hashlib.blake2b(
+                f"{logged.workspace}\x00{logged.event.source}\x00{logged.event.id}".encode(), digest_size=16
+            ).digest()
+            if digest not in seen:
+                seen.add(digest)
                 firsts.append(logged)
         return firsts
 
@@ -213,7 +232,14 @@ class ReadOnlyDedupe:
 
 
 class Build:
-    """One workspace's read models built from its log into schema ``schema``, on one connection."""
+    """One workspace's read models built from its log into schema ``schema``, on one connection.
+
+    The scratch tables are private until a swap or a rename, so they are built the cheap way:
+    ``UNLOGGED`` when they are thrown away afterwards (rebuild, verify: a crash loses nothing
+    the log cannot give again), with only their unique indexes (which ``ON CONFLICT`` needs; the
+    others are built once at the end, and only for a snapshot that readers will query), in
+    batches of up to ``BATCH_MAX`` events, each committed without waiting for the WAL flush.
+    """
 
     def __init__(
         self,
@@ -225,7 +251,8 @@ class Build:
         projections: list | None = None,
         received_by: dt.datetime | None = None,
         progress: Progress | None = None,
-        batch_max: int = 5000,
+        batch_max: int = BATCH_MAX,
+        unlogged: bool = True,
     ) -> None:
         if projections is None:
             from projections.registry import all_projections
@@ -238,21 +265,40 @@ class Build:
         self.tables = read_model_tables(projections)
         self.received_by = received_by
         self.progress = progress
+        self.unlogged = unlogged
+        self.deferred_indexes: list[str] = []  # CREATE INDEX statements of the scratch schema
         self.reader = LogReader(js, workspace, batch_max)
-        self.dedupe = ReadOnlyDedupe()
+        self.dedupe = FirstCopies()
         self.stats = ReplayStats()
         self.expected = 0
         self.started = time.perf_counter()
 
     async def create(self) -> None:
-        await self.conn.execute(f"CREATE SCHEMA {ident(self.schema)}")
-        for table in self.tables:
-            await self.conn.execute(
-                f"CREATE TABLE {ident(self.schema)}.{ident(table)} (LIKE public.{ident(table)} INCLUDING ALL)"
-            )
-        await self.conn.execute(f"SET search_path = {ident(self.schema)}, public")
+        schema = ident(self.schema)
+        kind = "UNLOGGED TABLE" if self.unlogged else "TABLE"
+        await self.conn.execute(
+            f"CREATE SCHEMA {schema};"
+            + "".join(f"CREATE {kind} {schema}.{ident(t)} (LIKE public.{ident(t)} INCLUDING ALL);" for t in self.tables)
+        )
+        # Non-unique indexes only slow the load down: note them, drop them, build them at the end if needed.
+        secondary = await self.conn.fetch(
+            "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS definition"
+            " FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid"
+            " WHERE c.relnamespace = $1::regnamespace AND NOT i.indisunique ORDER BY 1",
+            self.schema,
+        )
+        if secondary:
+            await self.conn.execute("".join(f"DROP INDEX {row['name']};" for row in secondary))
+        self.deferred_indexes = [row["definition"] for row in secondary]
+        await self.conn.execute(f"SET search_path = {schema}, public")
         self.expected = await self.reader.count()
         self._report()
+
+    async def build_indexes(self) -> None:
+        """The secondary indexes of the live tables, built once after the load."""
+        for definition in self.deferred_indexes:
+            await self.conn.execute(definition)
+        self.deferred_indexes = []
 
     async def drop(self, *, keep: bool = False) -> None:
         await self.reader.close()
@@ -262,25 +308,45 @@ class Build:
 
     async def run_until(self, until: int, *, in_transaction: bool = False) -> None:
         """Apply the workspace's events up to log sequence ``until``; one transaction per batch
-        unless the caller already holds one."""
-        async for messages in self.reader.read_until(until):
-            batch = [
-                decode_logged(msg.metadata.sequence.stream, msg.subject, msg.headers, msg.data) for msg in messages
-            ]
-            if in_transaction:
-                await self._apply(batch)
-            else:
-                async with self.conn.transaction():
+        (whose commit need not wait for the disk: only scratch tables are written) unless the
+        caller already holds one. Pipelined: the next batch is read and decoded while
+        PostgreSQL applies this one."""
+        decoded: asyncio.Queue = asyncio.Queue(maxsize=2)
+
+        async def read() -> None:
+            try:
+                async for messages in self.reader.read_until(until):
+                    await decoded.put(decode_messages(messages))
+            except Exception as err:  # handed over, raised by the applying side
+                await decoded.put(err)
+                return
+            await decoded.put(None)
+
+        reading = asyncio.create_task(read())
+        try:
+            while (batch := await decoded.get()) is not None:
+                if isinstance(batch, Exception):
+                    raise batch
+                if in_transaction:
                     await self._apply(batch)
-            self.stats.read += len(batch)
-            self._report()
+                else:
+                    async with self.conn.transaction():
+                        await self.conn.execute("SET LOCAL synchronous_commit = off")
+                        await self._apply(batch)
+                self.stats.read += len(batch)
+                self._report()
+        finally:
+            if not reading.done():
+                reading.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reading
         self.stats.last_seq = max(self.stats.last_seq, self.reader.reached)
         self.stats.seconds = time.perf_counter() - self.started
 
     async def _apply(self, batch: list[LoggedEvent]) -> None:
+        firsts = self.dedupe.first_copies(batch)  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
-            batch = [logged for logged in batch if logged.received_at <= self.received_by]
-        firsts = await self.dedupe.first_copies(self.conn, batch)
+            firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
         for projection in self.projections:
             await projection.apply(self.conn, firsts)
         self.stats.applied += len(firsts)
@@ -333,7 +399,7 @@ async def _columns(conn: asyncpg.Connection, table: str) -> tuple[list[str], lis
 
 async def rebuild(
     pool: asyncpg.Pool, js: JetStreamContext, workspace: str, *, progress: Progress | None = None,
-    projections: list | None = None, batch_max: int = 5000,
+    projections: list | None = None, batch_max: int = BATCH_MAX,
 ) -> ReplayStats:
     """Rebuild the workspace's live read models from its log and swap them in atomically."""
     async with pool.acquire() as conn:
@@ -345,21 +411,137 @@ async def rebuild(
             await build.run_until(await live_position(conn))  # catch up before taking the lock
             async with conn.transaction():
                 position = await live_position(conn, lock=True)
+                await conn.execute("SET LOCAL work_mem = '256MB'")  # the swap's hash joins stay in memory
                 await build.run_until(position, in_transaction=True)
                 for table in build.tables:
-                    columns, _ = await _columns(conn, table)
-                    names = ", ".join(map(ident, columns))
-                    await conn.execute(f"DELETE FROM public.{ident(table)} WHERE workspace = $1", workspace)
-                    await conn.execute(
-                        f"INSERT INTO public.{ident(table)} ({names}) OVERRIDING SYSTEM VALUE"
-                        f" SELECT {names} FROM {ident(build.schema)}.{ident(table)} WHERE workspace = $1",
-                        workspace,
-                    )
+                    await swap_in(conn, table, build.schema, workspace)
             build.stats.last_seq = position
             build.finish_progress()
         finally:
             await build.drop()
     return build.stats
+
+
+def rebuild_many(
+    nats_url: str, database_url: str, workspaces: list[str], *, processes: int = 2,
+    progress: Progress | None = None,
+) -> ReplayStats:
+    """``rebuild`` of every workspace, by ``processes`` worker processes that take the next
+    workspace when done with one (each rebuild is independent and swaps under the projector's
+    row lock, so they may overlap; a process each puts both cores to work: a rebuild alone keeps
+    one Python thread busy while PostgreSQL waits, then the other way round)."""
+    import multiprocessing
+    import queue as queues
+
+    context = multiprocessing.get_context("spawn")
+    todo, out = context.Queue(), context.Queue()
+    for workspace in workspaces:
+        todo.put(workspace)
+    workers = [context.Process(target=_rebuild_worker, args=(nats_url, database_url, todo, out), daemon=True)
+               for _ in range(max(1, min(processes, len(workspaces))))]
+    started = time.perf_counter()
+    for worker in workers:
+        worker.start()
+    total, done, running, failure = ReplayStats(), {}, len(workers), None
+    try:
+        while running:
+            try:
+                kind, *rest = out.get(timeout=1.0)
+            except queues.Empty:
+                if not any(worker.is_alive() for worker in workers):
+                    raise RuntimeError("a rebuild process died without a word")
+                continue
+            if kind == "progress":
+                workspace, read = rest
+                done[workspace] = read
+            elif kind == "rebuilt":
+                workspace, read, applied = rest
+                done[workspace] = read
+                total.read += read
+                total.applied += applied
+            elif kind == "failed":
+                failure = failure or rest[0]
+            else:  # "exit"
+                running -= 1
+            if progress is not None:
+                progress(sum(done.values()), 0)
+    finally:
+        for worker in workers:
+            worker.join(timeout=30)
+    if failure is not None:
+        raise RuntimeError(f"rebuild failed: {failure}")
+    total.seconds = time.perf_counter() - started
+    return total
+
+
+def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
+    import queue as queues
+
+    import nats as nats_client
+
+    from services.nats_io import nats_servers
+    from services.store.db import create_pool
+
+    async def run() -> None:
+        pool = await create_pool(database_url, max_size=2)
+        nc = await nats_client.connect(nats_servers(nats_url), pending_size=256 * 1024 * 1024)
+        try:
+            js = nc.jetstream(timeout=30)
+            while True:
+                try:
+                    workspace = todo.get(timeout=1.0)
+                except queues.Empty:
+                    return
+                last = 0.0
+
+                def report(read: int, _expected: int, workspace: str = workspace) -> None:
+                    nonlocal last
+                    if time.monotonic() - last > 0.2:
+                        last = time.monotonic()
+                        out.put(("progress", workspace, read))
+
+                stats = await rebuild(pool, js, workspace, progress=report)
+                out.put(("rebuilt", workspace, stats.read, stats.applied))
+        finally:
+            await nc.close()
+            await pool.close()
+
+    try:
+        asyncio.run(run())
+    except BaseException as err:
+        out.put(("failed", f"{type(err).__name__}: {err}"))
+    finally:
+        out.put(("exit",))
+
+
+async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> None:
+    """Make the workspace's live rows of ``table`` exactly the rebuilt ones, writing only the rows
+    that differ (as REFRESH MATERIALIZED VIEW CONCURRENTLY does): a live row goes unless the rebuilt
+    table has a binary-identical one (``*=``), a rebuilt row comes in unless its key is still there.
+    A rebuild that finds the read models right rewrites nothing (no index writes, no bloat)."""
+    columns, key = await _columns(conn, table)
+    live, rebuilt = f"public.{ident(table)}", f"{ident(schema)}.{ident(table)}"
+    names = ", ".join(map(ident, columns))
+    if not key:  # no primary key: replace every row
+        await conn.execute(f"DELETE FROM {live} WHERE workspace = $1", workspace)
+        await conn.execute(
+            f"INSERT INTO {live} ({names}) OVERRIDING SYSTEM VALUE"
+            f" SELECT {names} FROM {rebuilt} WHERE workspace = $1",
+            workspace,
+        )
+        return
+    same_key = " AND ".join(f"r.{ident(c)} = l.{ident(c)}" for c in key)
+    await conn.execute(
+        f"DELETE FROM {live} AS l WHERE l.workspace = $1"
+        f" AND NOT EXISTS (SELECT FROM {rebuilt} AS r WHERE {same_key} AND r *= l)",
+        workspace,
+    )
+    await conn.execute(
+        f"INSERT INTO {live} ({names}) OVERRIDING SYSTEM VALUE"
+        f" SELECT {', '.join('r.' + ident(c) for c in columns)} FROM {rebuilt} AS r"
+        f" WHERE r.workspace = $1 AND NOT EXISTS (SELECT FROM {live} AS l WHERE {same_key})",
+        workspace,
+    )
 
 
 async def build_snapshot(
@@ -375,7 +557,8 @@ async def build_snapshot(
     final = snapshot_schema(workspace, name)
     async with pool.acquire() as conn:
         build = Build(conn, js, workspace, f"touchline_snapshot_{uuid.uuid4().hex[:12]}",
-                      projections=projections, progress=progress, received_by=until_time)
+                      projections=projections, progress=progress, received_by=until_time,
+                      unlogged=False)  # kept: it must survive a crash
         kept = False
         try:
             await build.create()
@@ -384,6 +567,7 @@ async def build_snapshot(
             else:
                 info = await js.stream_info(LOG_STREAM)
                 await build.run_until(info.state.last_seq)
+            await build.build_indexes()  # readers query it like the live tables
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7215004)")
                 await conn.execute(f"DROP SCHEMA IF EXISTS {ident(final)} CASCADE")
