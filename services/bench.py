@@ -354,16 +354,22 @@ async def ingest_nats(stack: Services, workspaces: list[Workspace], progress: Pr
             sent["events"] += len(bodies)
             progress("ingest over NATS (published)", sent["events"], total)
 
+    import asyncpg
+
+    db = await asyncpg.connect(stack.database_url)
+    base = await db.fetchval("SELECT position FROM inbox_positions WHERE name = 'main'")
     started = time.perf_counter()
     await asyncio.gather(*(producer() for _ in range(NATS_PRODUCERS)))
     acked = time.perf_counter() - started
-    while True:  # every event judged and in the log: the work queue is empty
-        left = (await js.stream_info(INBOX_STREAM)).state.messages
-        progress("ingest over NATS (stored in the log)", total - left, total)
-        if left == 0:
+    end = (await js.stream_info(INBOX_STREAM)).state.last_seq
+    while True:  # every event judged and in the log or the rejected list: the reader's committed position
+        position = await db.fetchval("SELECT position FROM inbox_positions WHERE name = 'main'")
+        progress("ingest over NATS (stored in the log)", position - base, end - base)
+        if position >= end:
             break
         await asyncio.sleep(0.02)
     seconds = time.perf_counter() - started
+    await db.close()
     await nc.close()
     return {"events": total, "seconds": seconds, "eps": total / seconds, "producer_ack_seconds": acked,
             "producers_atomic_batches": atomic}

@@ -1,79 +1,277 @@
 """The NATS way in (CONTRACT.md section 3): producers publish structured CloudEvents to
-``touchline.in.{ws}`` with JetStream; this subscriber judges each one and moves it into the log
+``touchline.in.{ws}`` with JetStream; the inbox reader judges each one and moves it into the log
 or the rejected list, through the same ingestor as HTTP.
 
-The inbox stream is a work queue: a message leaves it only when acked, and it is acked only
-after its event is durably in the log (or its rejection is stored). A crash before the ack
-redelivers it; the ingestor's permanent dedupe index makes that harmless.
+The inbox is a Limits stream (a producer's ack still means "fsynced in the inbox"). Like the
+projector, the reader keeps its position in PostgreSQL (``inbox_positions``) and reads with an
+ordered consumer from that position + 1: no acks, no redelivery. Each batch (up to 5,000 messages,
+every workspace in it judged together) is handled inside one transaction that first locks the
+position row ``FOR UPDATE`` and checks it is still what this process expects, then appends the
+accepted events to the log (fsynced), writes the rejected ones, and moves the position. So:
+
+* a crash before the commit re-reads the batch; the permanent ``event_index`` (and JetStream's
+  ``Nats-Msg-Id`` window) answer the events already logged as duplicates: nothing is doubled;
+* a second process running the reader (several API workers) waits on the row lock while the
+  first handles a batch, then finds the position moved and is fenced (it re-reads the position and
+  starts again from there) before it has logged anything: batches are never handled twice.
+
+Messages up to the committed position are purged from the stream every ``PURGE_EVERY`` messages
+and whenever the reader is idle. An inbox left by an older version as a WorkQueue stream (its
+retention cannot be changed in place) is retired at start: its subjects are moved aside so that
+producers get no ack (and retry) instead of storing there, what it still holds is drained through
+its old durable consumer, and it is recreated as a Limits stream, all under the position lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+import contextlib
+import time
+from typing import Awaitable, Callable
 
+import asyncpg
+import nats.errors
+import nats.js.errors
 import structlog
-from faststream import AckPolicy, Context
-from faststream.nats import ConsumerConfig, JStream, NatsBroker, PullSub
-from faststream.nats.message import NatsBatchMessage
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 
-from events.log import INBOX_STREAM, workspace_of_subject
+from events.log import INBOX_SUBJECTS, workspace_of_subject
 from events.validation import is_workspace_id
-from services.ingest import Ingestor, LogUnavailable, judge
+from services.ingest import Ingestor, Judged, LogUnavailable, judge
+from services.nats_io import INBOX_STREAM_CONFIG, next_batch
+from services.projector.runner import CommittedPosition, Fenced
+from services.store.db import RETRYABLE
 
 log = structlog.get_logger()
 
+# The durable consumer of the WorkQueue inbox of older versions; used only to drain it once.
 INBOX_CONSUMER = "touchline-inbox"
-# Retry a batch that could not be logged after this long; the log is most likely down.
+BATCH_MAX = 5000
+# Wait this long for a message before purging what is committed (idle).
+IDLE_SECONDS = 1.0
+PURGE_EVERY = 20_000
+# Start again from the committed position after this long when the log or PostgreSQL failed.
 RETRY_DELAY_SECONDS = 1.0
-# nats-py's fetch now and then leaves a delivered message unseen by the client (a pull request
-# that outlives the client's wait; nats.py #933, #986): it comes back only after ack_wait. A short
-# ack_wait bounds that delay; a batch that takes longer tells the server it is still at work.
-ACK_WAIT_SECONDS = 5.0
-IN_PROGRESS_EVERY_SECONDS = 2.0
+
+KnownWorkspace = Callable[[str], Awaitable[bool]]
 
 
-def _keep_raw(message: NatsBatchMessage) -> list[bytes]:
-    """Bodies are judged by the ingestor, not decoded by FastStream: invalid JSON must reach it."""
-    return [msg.data for msg in message.raw_message]
+class InboxReader:
+    def __init__(
+        self,
+        ingestor: Ingestor,
+        known_workspace: KnownWorkspace,
+        *,
+        name: str = "main",
+        batch_max: int = BATCH_MAX,
+        config: StreamConfig = INBOX_STREAM_CONFIG,
+    ) -> None:
+        self.config = config  # tests read a stream of their own
+        self.stream = config.name
+        self.subjects = config.subjects[0]
+        self.ingestor = ingestor
+        self.js = ingestor.js
+        self.pool = ingestor.pool
+        self.known_workspace = known_workspace
+        self.name = name
+        self.batch_max = batch_max
+        self.committed = CommittedPosition("inbox_positions", name)
+        self.position = 0
+        self.purged = 0
+        self.handled_total = 0
+        self._known: set[str] = set()
+        self._stopping = asyncio.Event()
 
+    def stop(self) -> None:
+        self._stopping.set()
 
-def register_inbox(broker: NatsBroker, ingestor: Ingestor, known_workspace) -> None:
-    """Attach the inbox subscriber to ``broker``; ``known_workspace(ws)`` says if a workspace exists."""
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self._retire_work_queue_inbox()
+                await self._run_from_committed_position()
+            except asyncio.CancelledError:
+                raise
+            except Fenced as err:
+                log.info("inbox.fenced", reader=self.name, reason=str(err))
+                await asyncio.sleep(0.2)
+            except (LogUnavailable, *RETRYABLE, OSError, asyncpg.InterfaceError, nats.errors.Error) as err:
+                log.warning("inbox.retry", reader=self.name, error=str(err) or repr(err))
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
+            except Exception as err:  # keep the way in alive whatever happens; start again
+                log.error("inbox.failed", reader=self.name, error=repr(err))
+                await asyncio.sleep(RETRY_DELAY_SECONDS)
 
-    @broker.subscriber(
-        "touchline.in.*",
-        stream=JStream(name=INBOX_STREAM, declare=False),
-        durable=INBOX_CONSUMER,
-        pull_sub=PullSub(batch_size=1000, timeout=0.05, batch=True),
-        config=ConsumerConfig(ack_wait=ACK_WAIT_SECONDS),
-        ack_policy=AckPolicy.MANUAL,
-        decoder=_keep_raw,
-        title="touchline.in.{ws}",
-        description="Producers publish one structured CloudEvent per message, with JetStream acks.",
-    )
-    async def on_inbox(bodies: list[bytes], message: NatsBatchMessage = Context("message")) -> None:
-        by_workspace: dict[str, list[bytes]] = defaultdict(list)
-        for msg in message.raw_message:
-            by_workspace[workspace_of_subject(msg.subject)].append(msg.data)
-        working = asyncio.create_task(_still_working(message))
+    async def _run_from_committed_position(self) -> None:
+        self.position = await self.committed.load(self.pool)
+        info = await self.js.stream_info(self.stream)
+        if info.state.last_seq < self.position:
+            await self._restart_position(info.state.last_seq)
+        self.purged = max(self.purged, info.state.first_seq - 1)
+        _skip_producer_headers(self.ingestor.nc)
+        sub = await self.js.subscribe(
+            self.subjects,
+            ordered_consumer=True,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1),
+            pending_msgs_limit=200_000,
+            pending_bytes_limit=512 * 1024 * 1024,
+            stream=self.stream,
+        )
+        log.info("inbox.started", reader=self.name, position=self.position)
         try:
-            for workspace, raws in by_workspace.items():
-                if is_workspace_id(workspace) and await known_workspace(workspace):
-                    await ingestor.ingest(workspace, [judge(raw) for raw in raws], via="nats")
-                else:
-                    reason = f"workspace: unknown workspace {workspace!r}"
-                    await ingestor.record_rejected(workspace[:64], [(raw, reason) for raw in raws], via="nats")
-        except LogUnavailable as err:
-            log.warning("inbox.retry", error=str(err), messages=len(message.raw_message))
-            await message.nack(delay=RETRY_DELAY_SECONDS)
-            return
+            while not self._stopping.is_set():
+                messages = await next_batch(sub, self.batch_max, IDLE_SECONDS)
+                if messages:
+                    await self.handle(messages)
+                if self.position - self.purged >= PURGE_EVERY or (not messages and self.position > self.purged):
+                    await self._purge()
         finally:
-            working.cancel()
-        await message.ack()
+            with contextlib.suppress(Exception):  # the connection may already be closing
+                await sub.unsubscribe()
+
+    async def _restart_position(self, last_seq: int) -> None:
+        """The inbox was recreated (its sequences start again): so does the position."""
+        log.warning("inbox.recreated", reader=self.name, position=self.position, inbox_last_seq=last_seq)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await self.committed.lock(conn, self.position)
+                await conn.execute("UPDATE inbox_positions SET position = 0 WHERE name = $1", self.name)
+        self.position = 0
+        self.purged = 0
+
+    async def handle(self, messages: list[Msg]) -> None:
+        """Move one batch into the log and the rejected list, and the position past it, once."""
+        started = time.perf_counter()
+        last = messages[-1].metadata.sequence.stream
+        judged, unknown = await self._judge(messages)
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                await self.committed.lock(conn, self.position)
+                await self._store(judged, unknown, db=conn)
+                await self.committed.advance(conn, last, len(messages))
+        self.position = last
+        self.handled_total += len(messages)
+        log.debug("inbox.batch", messages=len(messages), position=last,
+                  ms=round((time.perf_counter() - started) * 1000, 1))
+
+    async def _judge(self, messages: list[Msg]) -> tuple[list[tuple[str, Judged]], list[tuple[str, bytes, str]]]:
+        judged: list[tuple[str, Judged]] = []
+        unknown: list[tuple[str, bytes, str]] = []
+        verdicts: dict[str, bool] = {}
+        for msg in messages:
+            workspace = workspace_of_subject(msg.subject)
+            known = verdicts.get(workspace)
+            if known is None:
+                known = verdicts[workspace] = await self._is_known(workspace)
+            if known:
+                judged.append((workspace, judge(msg.data)))
+            else:
+                unknown.append((workspace[:64], msg.data, f"workspace: unknown workspace {workspace!r}"))
+        return judged, unknown
+
+    async def _is_known(self, workspace: str) -> bool:
+        if workspace in self._known:
+            return True
+        if not is_workspace_id(workspace):
+            return False
+        try:
+            known = await self.known_workspace(workspace)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            raise LogUnavailable(f"workspaces cannot be read: {err}") from err
+        if known:  # workspaces are never deleted
+            self._known.add(workspace)
+        return known
+
+    async def _store(
+        self, judged: list[tuple[str, Judged]], unknown: list[tuple[str, bytes, str]], db=None
+    ) -> None:
+        if judged:
+            await self.ingestor.ingest_many(judged, via="nats", db=db)
+        if unknown:
+            await self.ingestor.record_rejected_many(unknown, via="nats", db=db)
+
+    async def _purge(self) -> None:
+        try:
+            await self.js.purge_stream(self.stream, seq=self.position + 1)
+            self.purged = self.position
+        except (asyncio.TimeoutError, nats.errors.Error) as err:
+            log.warning("inbox.purge_failed", error=str(err) or repr(err))
+
+    async def _retire_work_queue_inbox(self) -> None:
+        """Turn an older version's WorkQueue inbox into today's Limits stream, losing nothing."""
+        if (await self.js.stream_info(self.stream)).config.retention != RetentionPolicy.WORK_QUEUE:
+            return
+        async with self.pool.acquire() as conn:
+            async with conn.transaction():
+                # Under the position lock: only one process retires it, the others then find a Limits stream.
+                await self.committed.load(self.pool)
+                await conn.execute("SELECT position FROM inbox_positions WHERE name = $1 FOR UPDATE", self.name)
+                info = await self.js.stream_info(self.stream)
+                if info.config.retention != RetentionPolicy.WORK_QUEUE:
+                    return
+                log.warning("inbox.retiring_work_queue", messages=info.state.messages)
+                try:
+                    await self.js.consumer_info(self.stream, INBOX_CONSUMER)
+                except nats.js.errors.NotFoundError:
+                    await self.js.add_consumer(
+                        self.stream,
+                        ConsumerConfig(durable_name=INBOX_CONSUMER, filter_subject=self.subjects,
+                                       ack_policy=AckPolicy.EXPLICIT, ack_wait=5.0),
+                    )
+                # No more intake: producers get no ack and retry until the Limits inbox exists.
+                info.config.subjects = [self.subjects.rsplit(".", 1)[0] + "-retired.*"]
+                await self.js.update_stream(info.config)
+                sub = await self.js.pull_subscribe_bind(INBOX_CONSUMER, self.stream)
+                while (await self.js.stream_info(self.stream)).state.messages:
+                    try:
+                        messages = await sub.fetch(1000, timeout=1.0)
+                    except nats.errors.TimeoutError:
+                        continue  # delivered earlier and not acked: back after ack_wait
+                    judged, unknown = await self._judge(messages)
+                    await self._store(judged, unknown)  # committed by the pool before the acks
+                    for msg in messages:
+                        await msg.ack()
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+                await self.js.delete_stream(self.stream)
+                await self.js.add_stream(self.config)
+                await conn.execute("UPDATE inbox_positions SET position = 0 WHERE name = $1", self.name)
+                log.warning("inbox.retired_work_queue")
 
 
-async def _still_working(message: NatsBatchMessage) -> None:
-    while True:
-        await asyncio.sleep(IN_PROGRESS_EVERY_SECONDS)
-        await message.in_progress()
+def _skip_producer_headers(nc) -> None:
+    """Do not parse the headers producers put on inbox messages: the reader never reads them, and
+    parsing them was an eighth of its time (py-spy). Status messages (flow control, heartbeats:
+    ``NATS/1.0 100 ...``, a space after the version) are still parsed, as the ordered consumer needs."""
+    if getattr(nc, "_touchline_inbox_headers_skipped", False):
+        return
+    process_msg = nc._process_msg
+
+    async def without_producer_headers(sid, subject, reply, data, headers):
+        if headers and subject.startswith(_INBOX_SUBJECT_PREFIX) and headers[_STATUS_AT : _STATUS_AT + 1] != b" ":
+            headers = None
+        return await process_msg(sid, subject, reply, data, headers)
+
+    nc._process_msg = without_producer_headers
+    nc._touchline_inbox_headers_skipped = True
+
+
+_INBOX_SUBJECT_PREFIX = INBOX_SUBJECTS.removesuffix("*").encode()  # the parser hands subjects over as bytes
+_STATUS_AT = len(b"NATS/1.0")
+
+_running: set[asyncio.Task] = set()
+
+
+def start_inbox(ingestor: Ingestor, known_workspace: KnownWorkspace) -> InboxReader:
+    """Start the inbox reader in the running loop; ``reader.stop()`` ends it."""
+    reader = InboxReader(ingestor, known_workspace)
+    task = asyncio.get_running_loop().create_task(reader.run())
+    _running.add(task)
+    task.add_done_callback(_running.discard)
+    return reader
+
+
+def register_inbox(broker, ingestor: Ingestor, known_workspace: KnownWorkspace) -> InboxReader:
+    """Kept for callers of the FastStream version: the reader no longer uses ``broker``."""
+    return start_inbox(ingestor, known_workspace)

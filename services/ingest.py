@@ -21,9 +21,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import LOG_STREAM, log_headers, log_subject
+from events.log import HEADER_MSG_ID, LOG_STREAM, log_headers, log_subject, message_id
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
-from services.atomic_publish import AtomicBatchError, publish_atomic
+from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 
 log = structlog.get_logger()
 
@@ -74,16 +74,23 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
 
 
 _LOOKUP = """
-SELECT source, id, seq FROM event_index
-WHERE workspace = $1 AND (source, id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+SELECT workspace, source, id, seq FROM event_index
+WHERE (workspace, source, id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
 """
 
 _INDEX = """
 INSERT INTO event_index AS known (workspace, source, id, seq)
-SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[])
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
 ON CONFLICT (workspace, source, id) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
-RETURNING source, id, seq
+RETURNING workspace, source, id, seq
 """
+
+_REJECT = """
+INSERT INTO rejected (workspace, via, reason, body)
+SELECT w, $1, r, b FROM unnest($2::text[], $3::text[], $4::bytea[]) AS t(w, r, b)
+"""
+
+Key = tuple[str, str, str]  # (workspace, source, id)
 
 
 class Ingestor:
@@ -94,25 +101,35 @@ class Ingestor:
         self.publish_timeout = publish_timeout
 
     async def ingest(self, workspace: str, judged: list[Judged], via: str) -> list[Result]:
+        return await self.ingest_many([(workspace, item) for item in judged], via)
+
+    async def ingest_many(
+        self, judged: list[tuple[str, Judged]], via: str, *, db: asyncpg.Connection | None = None
+    ) -> list[Result]:
+        """Judge events of any workspaces together: one index lookup, atomic batches of at most
+        MAX_ATOMIC_BATCH spanning workspaces, one index write. With ``db`` (the inbox's transaction)
+        the index and the rejections are read and written through it, so they commit with the
+        caller's position: rejections are then kept exactly once."""
         received_at = dt.datetime.now(dt.timezone.utc)
         results: list[Result | None] = [None] * len(judged)
-        fresh: dict[tuple[str, str], list[int]] = {}  # key -> positions in the request
-        for position, item in enumerate(judged):
+        fresh: dict[Key, list[int]] = {}  # key -> positions in the request
+        rejected: list[tuple[str, bytes, str]] = []
+        for position, (workspace, item) in enumerate(judged):
             if item.event is None:
                 source, event_id = _identity(item.raw)
                 results[position] = Result(source, event_id, "rejected", error=item.error)
+                rejected.append((workspace, item.raw, item.error or ""))
             else:
-                fresh.setdefault((item.event.source, item.event.id), []).append(position)
+                fresh.setdefault((workspace, item.event.source, item.event.id), []).append(position)
 
-        rejected = [(judged[i].raw, results[i].error) for i in range(len(judged)) if results[i] is not None]
         if rejected:
-            await self.record_rejected(workspace, rejected, via)
+            await self.record_rejected_many(rejected, via, db=db)
 
         if fresh:
-            known = await self._lookup(workspace, list(fresh))
+            known = await self._lookup(list(fresh), db)
             to_publish = [key for key in fresh if key not in known]
-            stored = await self._append(workspace, [judged[fresh[key][0]] for key in to_publish], received_at)
-            first_seq = await self._index(workspace, to_publish, stored)
+            stored = await self._append([judged[fresh[key][0]] for key in to_publish], received_at)
+            first_seq = await self._index(to_publish, stored, db)
             for key, positions in fresh.items():
                 if key in known:
                     outcomes = [("duplicate", known[key])] * len(positions)
@@ -121,43 +138,60 @@ class Ingestor:
                     outcomes = [("duplicate" if was_duplicate else "accepted", seq)]
                     outcomes += [("duplicate", seq)] * (len(positions) - 1)
                 for position, (status, seq) in zip(positions, outcomes):
-                    results[position] = Result(key[0], key[1], status, seq=seq)
+                    results[position] = Result(key[1], key[2], status, seq=seq)
         return results  # type: ignore[return-value]
 
-    async def _lookup(self, workspace: str, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        sources, ids = zip(*keys)
+    async def _lookup(self, keys: list[Key], db: asyncpg.Connection | None = None) -> dict[Key, int]:
+        workspaces, sources, ids = zip(*keys)
         try:
-            rows = await self.pool.fetch(_LOOKUP, workspace, sources, ids)
+            rows = await (db or self.pool).fetch(_LOOKUP, workspaces, sources, ids)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
-        return {(row["source"], row["id"]): row["seq"] for row in rows}
+        return {(row["workspace"], row["source"], row["id"]): row["seq"] for row in rows}
 
     async def _append(
-        self, workspace: str, events: list[Judged], received_at: dt.datetime
+        self, events: list[tuple[str, Judged]], received_at: dt.datetime
     ) -> list[tuple[int, bool]]:
         """Publish to the log; every (seq, duplicate-within-window) once durably acked.
 
-        One atomic batch per request (all stored or none, fsynced once); when JetStream refuses
-        it because an id is inside its dedupe window, or its outcome is unknown, publish one by
-        one with the same ``Nats-Msg-Id``s, which answers each with its first copy's sequence.
-        The log keeps each event's JSON as it came, so unknown fields and exact decimals survive.
+        Atomic batches of at most MAX_ATOMIC_BATCH (an HTTP request is one: all stored or none,
+        fsynced once), sent concurrently; when JetStream refuses one because an id is inside its
+        dedupe window, or its outcome is unknown, its events are published one by one with the
+        same ``Nats-Msg-Id``s, which answers each with its first copy's sequence. The log keeps
+        each event's JSON as it came, so unknown fields and exact decimals survive.
         """
         if not events:
             return []
-        subject = log_subject(workspace)
-        messages = [(subject, item.raw, log_headers(workspace, item.event, received_at)) for item in events]
+        messages = []
+        subjects: dict[str, tuple[str, dict[str, str]]] = {}  # per workspace: subject, headers
+        for workspace, item in events:
+            if workspace not in subjects:
+                subjects[workspace] = (log_subject(workspace), log_headers(workspace, item.event, received_at))
+            subject, headers = subjects[workspace]
+            # Only Nats-Msg-Id differs between a workspace's events (received_at is the batch's).
+            messages.append(
+                (subject, item.raw, {**headers, HEADER_MSG_ID: message_id(workspace, item.event.source, item.event.id)})
+            )
+        chunks = [messages[i : i + MAX_ATOMIC_BATCH] for i in range(0, len(messages), MAX_ATOMIC_BATCH)]
+        outcomes = await asyncio.gather(*(self._append_chunk(chunk) for chunk in chunks), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        return [ack for outcome in outcomes for ack in outcome]
+
+    async def _append_chunk(self, messages) -> list[tuple[int, bool]]:
         try:
             seqs = await publish_atomic(self.nc, messages, stream=LOG_STREAM, timeout=self.publish_timeout)
             return [(seq, False) for seq in seqs]
         except AtomicBatchError as err:
             if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
-                log.error("log.unavailable", workspace=workspace, error=str(err))
+                log.error("log.unavailable", error=str(err))
                 raise LogUnavailable(f"the log could not be written: {err}") from err
-            acks = await self._append_one_by_one(workspace, messages)
+            acks = await self._append_one_by_one(messages)
             # After an unknown outcome, a copy found in the window is most likely our own batch.
             return [(seq, dup and not err.maybe_committed) for seq, dup in acks]
 
-    async def _append_one_by_one(self, workspace: str, messages) -> list[tuple[int, bool]]:
+    async def _append_one_by_one(self, messages) -> list[tuple[int, bool]]:
         try:
             futures = [
                 await self.js.publish_async(
@@ -167,26 +201,29 @@ class Ingestor:
             ]
             acks = await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
-            log.error("log.unavailable", workspace=workspace, error=repr(err))
+            log.error("log.unavailable", error=repr(err))
             raise LogUnavailable(f"the log could not be written: {err!r}") from err
         return [(ack.seq, bool(ack.duplicate)) for ack in acks]
 
     async def _index(
-        self, workspace: str, keys: list[tuple[str, str]], stored: list[tuple[int, bool]]
-    ) -> dict[tuple[str, str], tuple[int, bool]]:
-        """Record the first copy's sequence for ever; a lower one already there wins."""
+        self, keys: list[Key], stored: list[tuple[int, bool]], db: asyncpg.Connection | None = None
+    ) -> dict[Key, tuple[int, bool]]:
+        """Record the first copy's sequence for ever; a lower one already there wins. Through ``db``
+        (a caller's transaction) a failure is raised, for the caller to roll back and redo."""
         outcome = {key: (seq, dup) for key, (seq, dup) in zip(keys, stored)}
         if not keys:
             return outcome
-        sources, ids = zip(*keys)
+        workspaces, sources, ids = zip(*keys)
         try:
-            rows = await self.pool.fetch(_INDEX, workspace, sources, ids, [seq for seq, _ in stored])
+            rows = await (db or self.pool).fetch(_INDEX, workspaces, sources, ids, [seq for seq, _ in stored])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+            if db is not None:
+                raise LogUnavailable(f"the dedupe index could not be written: {err}") from err
             # The events are durably in the log; the projector indexes them as it applies them.
-            log.warning("index.deferred", workspace=workspace, error=str(err))
+            log.warning("index.deferred", error=str(err))
             return outcome
         for row in rows:
-            key = (row["source"], row["id"])
+            key = (row["workspace"], row["source"], row["id"])
             seq, dup = outcome[key]
             if row["seq"] < seq:
                 outcome[key] = (row["seq"], True)
@@ -199,12 +236,17 @@ class Ingestor:
         [result] = await self.ingest(workspace, [Judged(_encode_internal(event), event=event)], via="internal")
         return result
 
-    async def record_rejected(self, workspace: str, items: list[tuple[bytes, str]], via: str) -> None:
+    async def record_rejected(
+        self, workspace: str, items: list[tuple[bytes, str]], via: str, *, db: asyncpg.Connection | None = None
+    ) -> None:
+        await self.record_rejected_many([(workspace, raw, reason) for raw, reason in items], via, db=db)
+
+    async def record_rejected_many(
+        self, items: list[tuple[str, bytes, str]], via: str, *, db: asyncpg.Connection | None = None
+    ) -> None:
         """Keep refused input (cut at 64 KiB) with its reason; if that fails, nothing is answered."""
+        workspaces, reasons, bodies = zip(*((ws, reason, raw[:MAX_EVENT_BYTES]) for ws, raw, reason in items))
         try:
-            await self.pool.executemany(
-                "INSERT INTO rejected (workspace, via, reason, body) VALUES ($1, $2, $3, $4)",
-                [(workspace, via, reason, raw[:MAX_EVENT_BYTES]) for raw, reason in items],
-            )
+            await (db or self.pool).execute(_REJECT, via, workspaces, reasons, bodies)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             raise LogUnavailable(f"the rejected list could not be written: {err}") from err
