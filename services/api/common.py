@@ -54,6 +54,18 @@ class Services:
     # Workspaces are never deleted, so one that was found once need not be looked up again.
     known_workspaces: set[str] = field(default_factory=set)
 
+    def __post_init__(self) -> None:
+        # The API keeps no session state on its connections (a snapshot's search_path is set for
+        # its transaction only), so a connection going back to the pool needs no reset query
+        # (asyncpg's default costs a round trip per request). asyncpg still rolls back an open
+        # transaction and drops listeners on release. Same as create_pool(reset=...).
+        if getattr(self.pool, "_reset", False) is None:
+            self.pool._reset = _nothing_to_reset
+
+
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    return None
+
 
 def services_of(request: Request) -> Services:
     return request.app.state.services
@@ -115,8 +127,7 @@ async def read_connection(request: Request, snapshot: str | None = None) -> Asyn
         if schema is None:
             raise ApiError(404, f"unknown snapshot {snapshot!r}")
         # Tables of the snapshot first; anything it does not hold (not a read model) from public.
-        await conn.execute("SELECT set_config('search_path', $1, false)", f'"{schema}", public')
-        try:
+        # For this transaction only: nothing of it outlives the request, even a cancelled one.
+        async with conn.transaction(readonly=True):
+            await conn.execute("SELECT set_config('search_path', $1, true)", f'"{schema}", public')
             yield conn
-        finally:
-            await conn.execute("RESET search_path")
