@@ -18,6 +18,7 @@ import msgspec
 from events import catalog as c
 from events.catalog import Envelope
 from events.log import LoggedEvent
+from projections.batching import prepared
 from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
 
 
@@ -130,6 +131,43 @@ def apply(state: ContactState, event: Envelope) -> ContactState:
     return state
 
 
+def _pick(current: Decision | None, other: Decision | None, *, latest: bool) -> Decision | None:
+    if current is None or other is None:
+        return current if other is None else other
+    return other if (other.key > current.key) == latest else current
+
+
+def merge(state: ContactState, other: ContactState) -> ContactState:
+    """Fold into ``state`` (in place; returns it) every event ``other`` summarises: the same state as
+    applying those events to ``state`` one by one, since every part is a sum, a minimum, a maximum
+    or an earliest/latest pick."""
+    for stage, moment in other.reached.items():
+        known = state.reached.get(stage)
+        if known is None or moment < known:
+            state.reached[stage] = moment
+    state.status = _pick(state.status, other.status, latest=True)
+    state.consent = _pick(state.consent, other.consent, latest=True)
+    state.first_campaign = _pick(state.first_campaign, other.first_campaign, latest=False)
+    state.marketing += other.marketing
+    state.sales += other.sales
+    for channel, n in other.by_channel.items():
+        state.by_channel[channel] = state.by_channel.get(channel, 0) + n
+    if other.first_touch_at is not None and (state.first_touch_at is None or other.first_touch_at < state.first_touch_at):
+        state.first_touch_at = other.first_touch_at
+    if other.last_touch_at is not None and (state.last_touch_at is None or other.last_touch_at > state.last_touch_at):
+        state.last_touch_at = other.last_touch_at
+    converted = state.reached.get("customer")
+    times = state.touch_times + other.touch_times
+    state.touch_times = times if converted is None else [t for t in times if t <= converted]
+    for deal_id, won in other.deals.items():
+        known_deal = state.deals.get(deal_id)
+        if known_deal is None or won.key < known_deal.key:
+            state.deals[deal_id] = won
+    for currency, refunded in other.refunds.items():
+        state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + refunded
+    return state
+
+
 def revenue(state: ContactState) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
     for deal in state.deals.values():
@@ -215,16 +253,30 @@ ON CONFLICT (workspace, contact) DO UPDATE SET
 
 
 class ContactsProjection:
-    """Stores contact states: load the batch's contacts, fold, write back, in the caller's transaction."""
+    """Stores contact states: fold the batch per contact (``prepare``, no I/O), then load the batch's
+    contacts, merge, write back, in the caller's transaction."""
 
     name = "contacts"
     tables = ("contacts", "funnel_gaps")  # funnel_gaps: the funnel's counters (projections/funnel.py)
 
+    def prepare(self, batch: list[LoggedEvent]) -> dict[tuple[str, str], ContactState]:
+        """Each contact's state from this batch's events alone."""
+        deltas: dict[tuple[str, str], ContactState] = {}
+        for logged in batch:
+            event = logged.event
+            if event.contact_event:
+                key = (logged.workspace, event.subject)
+                state = deltas.get(key)
+                if state is None:
+                    state = deltas[key] = ContactState()
+                apply(state, event)
+        return deltas
+
     async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
-        keys = {(logged.workspace, logged.event.subject) for logged in batch if logged.event.contact_event}
-        if not keys:
+        deltas: dict[tuple[str, str], ContactState] = prepared(self, batch)
+        if not deltas:
             return
-        workspaces, contacts = zip(*keys)
+        workspaces, contacts = zip(*deltas)
         rows = await conn.fetch(
             "SELECT workspace, contact, state FROM contacts"
             " WHERE (workspace, contact) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
@@ -232,13 +284,14 @@ class ContactsProjection:
             contacts,
         )
         states = {(row["workspace"], row["contact"]): decode_state(row["state"]) for row in rows}
-        reached_before = {key: dict(state.reached) for key, state in states.items()}
-        for logged in batch:
-            if logged.event.contact_event:
-                key = (logged.workspace, logged.event.subject)
-                apply(states.setdefault(key, ContactState()), logged.event)
         columns: list[list] = [[] for _ in range(13)]
-        for (workspace, contact), state in states.items():
+        reached: list[tuple[str, dict, dict]] = []  # (workspace, before, after): the funnel's counters
+        for (workspace, contact), delta in deltas.items():
+            known = states.get((workspace, contact))
+            reached_before = {} if known is None else dict(known.reached)
+            # A prepared delta is not changed: merging goes into the state read back.
+            state = delta if known is None else merge(known, delta)
+            reached.append((workspace, reached_before, state.reached))
             values = (
                 workspace,
                 contact,
@@ -254,6 +307,4 @@ class ContactsProjection:
         await conn.execute(_UPSERT, *columns)
         from projections import funnel  # funnel imports this module
 
-        await funnel.store_stage_changes(
-            conn, ((ws, reached_before.get((ws, contact), {}), state.reached) for (ws, contact), state in states.items())
-        )
+        await funnel.store_stage_changes(conn, reached)

@@ -16,6 +16,7 @@ import msgspec
 from events import catalog as c
 from events.catalog import Envelope
 from events.log import LoggedEvent
+from projections.batching import prepared
 from projections.ladder import utc
 
 
@@ -101,7 +102,8 @@ class DealsProjection:
     name = "deals"
     tables = ("deals", "refunds")
 
-    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+    def prepare(self, batch: list[LoggedEvent]) -> tuple[list[tuple], list[tuple]]:
+        """Rows for ``_UPSERT_DEALS`` (the earliest report of each deal in the batch) and ``_INSERT_REFUNDS``."""
         deals: dict[tuple[str, str], Deal] = {}
         refunds: list[tuple] = []
         for logged in batch:
@@ -111,9 +113,13 @@ class DealsProjection:
             elif isinstance(event, c.DealRefunded):
                 r = refund(event)
                 refunds.append((logged.workspace, r.source, r.id, r.deal_id, r.contact, r.at, r.amount, r.currency))
-        if deals:
-            rows = [(ws, d.deal_id, d.contact, d.won_at, d.source, d.id, d.amount, d.currency)
-                    for (ws, _), d in deals.items()]
+        rows = [(ws, d.deal_id, d.contact, d.won_at, d.source, d.id, d.amount, d.currency)
+                for (ws, _), d in deals.items()]
+        return rows, refunds
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+        rows, refunds = prepared(self, batch)
+        if rows:
             await conn.execute(_UPSERT_DEALS, *columns(rows, 8))
         if refunds:
             await conn.execute(_INSERT_REFUNDS, *columns(refunds, 8))

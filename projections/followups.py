@@ -19,6 +19,7 @@ import msgspec
 
 from events import catalog as c
 from events.log import LoggedEvent
+from projections.batching import prepared
 from projections.ladder import touch_kind, utc
 
 STATUSES = ("open", "overdue", "done", "dismissed")
@@ -139,10 +140,14 @@ class FollowupsProjection:
     name = "followups"
     tables = ("followups", "followup_sales", "alerts")
 
-    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+    def prepare(self, batch: list[LoggedEvent]) -> Summary:
         summary = Summary()
         for logged in batch:
             apply(summary, logged.workspace, logged.event)
+        return summary
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+        summary = prepared(self, batch)
         if summary.followups:
             await conn.execute(_UPSERT_FOLLOWUPS, *_columns(summary.followups, _FOLLOWUP_FIELDS))
         if summary.last_sales:

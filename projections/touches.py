@@ -15,6 +15,7 @@ import msgspec
 
 from events.catalog import Envelope
 from events.log import LoggedEvent
+from projections.batching import prepared
 from projections import contacts as contact_model
 from projections.deals import columns
 from projections.ladder import touch_channel, touch_kind, utc
@@ -108,12 +109,9 @@ async def query(conn: asyncpg.Connection, workspace: str) -> TouchesView:
 
 # --- storage ---------------------------------------------------------------------------
 
-_INSERT_TOUCHES = """
-INSERT INTO touch_events (workspace, source, id, contact, at, kind, channel, campaign_id)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],
-                     $8::text[])
-ON CONFLICT DO NOTHING
-"""
+# COPY, not INSERT … ON CONFLICT DO NOTHING: the projector hands each first copy over once (its
+# position moves in the same transaction), and COPY is about three times faster.
+_TOUCH_COLUMNS = ("workspace", "source", "id", "contact", "at", "kind", "channel", "campaign_id")
 
 _COUNT_CHANNELS = """
 INSERT INTO touch_channels AS known (workspace, channel, marketing, sales)
@@ -127,7 +125,8 @@ class TouchesProjection:
     name = "touches"
     tables = ("touch_events", "touch_channels")
 
-    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+    def prepare(self, batch: list[LoggedEvent]) -> tuple[list[tuple], list[list]]:
+        """The touch rows, and the per-channel counts as ``_COUNT_CHANNELS``' columns."""
         rows: list[tuple] = []
         counts: Counter[tuple[str, str, str]] = Counter()
         for logged in batch:
@@ -135,9 +134,13 @@ class TouchesProjection:
             if t is not None:
                 rows.append((logged.workspace, t.source, t.id, t.contact, t.at, t.kind, t.channel, t.campaign_id))
                 counts[(logged.workspace, t.channel, t.kind)] += 1
-        if not rows:
-            return
-        await conn.execute(_INSERT_TOUCHES, *columns(rows, 8))
         channels = {(ws, channel) for ws, channel, _ in counts}
         totals = [(ws, ch, counts[(ws, ch, "marketing")], counts[(ws, ch, "sales")]) for ws, ch in sorted(channels)]
-        await conn.execute(_COUNT_CHANNELS, *columns(totals, 4))
+        return rows, columns(totals, 4)
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None:
+        rows, totals = prepared(self, batch)
+        if not rows:
+            return
+        await conn.copy_records_to_table("touch_events", records=rows, columns=_TOUCH_COLUMNS)
+        await conn.execute(_COUNT_CHANNELS, *totals)

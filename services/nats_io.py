@@ -64,14 +64,11 @@ LOG_STREAM_CONFIG = StreamConfig(
     allow_atomic=True,
 )
 
-# A Limits stream, not a work queue: on a work queue with fsync every ack is a synced removal,
-# which held the drain near 1,000 messages/s. The inbox reader (services/inbox.py) reads it with an
-# ordered consumer from its position committed in PostgreSQL and purges what it has committed.
 INBOX_STREAM_CONFIG = StreamConfig(
     name=INBOX_STREAM,
     description="Touchline: CloudEvents published by producers, waiting to be judged",
     subjects=[INBOX_SUBJECTS],
-    retention=RetentionPolicy.LIMITS,
+    retention=RetentionPolicy.WORK_QUEUE,
     storage=StorageType.FILE,
     duplicate_window=120.0,
     # Producers may publish many events as one atomic batch (one fsync): far faster than one by one.
@@ -145,23 +142,12 @@ async def connect(url: str, name: str) -> Client:
     )
 
 
-# "stream configuration update can not change retention policy to/from workqueue"
-RETENTION_CHANGE_REFUSED = 10052
-
-
 async def ensure_streams(js: JetStreamContext, *configs: StreamConfig) -> None:
     for config in configs or DEFAULT_STREAMS:
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            try:
-                await js.update_stream(config)
-            except nats.js.errors.APIError as err:
-                if config.name != INBOX_STREAM or err.err_code != RETENTION_CHANGE_REFUSED:
-                    raise
-                # An inbox from before it became a Limits stream: the inbox reader drains it and
-                # recreates it under its position lock (services/inbox.py, retire_work_queue_inbox).
-                log.warning("inbox.work_queue_left_for_the_reader", stream=config.name)
+            await js.update_stream(config)
 
 
 async def last_log_seq(js: JetStreamContext) -> int:
@@ -179,6 +165,16 @@ async def read_log(js: JetStreamContext, start_seq: int, subject: str = LOG_SUBJ
         pending_bytes_limit=512 * 1024 * 1024,
         stream=LOG_STREAM,
     )
+
+
+def stream_sequence(msg: Msg) -> int:
+    """The message's stream sequence, from its reply subject ``$JS.ACK.<stream>.<consumer>.<delivered>.
+    <stream seq>.<consumer seq>.<time>.<pending>``; nats-py's ``msg.metadata`` builds a dataclass and
+    a datetime for it, a twentieth of the projector's time. Other reply forms go through nats-py."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5])
+    return msg.metadata.sequence.stream
 
 
 async def next_batch(sub, max_messages: int, wait: float) -> list[Msg]:

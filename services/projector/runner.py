@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Protocol
 
 import asyncpg
@@ -21,7 +22,8 @@ import structlog
 from nats.js import JetStreamContext
 
 from events.log import LoggedEvent, decode_logged, workspace_of_subject
-from services.nats_io import next_batch, read_log
+from projections.batching import PreparedBatch
+from services.nats_io import next_batch, read_log, stream_sequence
 from services.projector.parking import Poison, park
 from services.store.db import RETRYABLE
 
@@ -35,6 +37,9 @@ class Projection(Protocol):
     tables: tuple[str, ...]
 
     async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None: ...
+
+
+_SLICE = 500  # messages decoded between two yields to the event loop
 
 
 class Fenced(RuntimeError):
@@ -80,7 +85,7 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
     batch: list[LoggedEvent] = []
     poisons: list[Poison] = []
     for msg in messages:
-        seq = msg.metadata.sequence.stream
+        seq = stream_sequence(msg)
         try:
             batch.append(decode_logged(seq, msg.subject, msg.headers, msg.data))
         except Exception as err:  # a shape this code does not know
@@ -88,17 +93,35 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
     return batch, poisons
 
 
+# Look every key up first (one index probe each: a join would hash the whole index), and write
+# only the keys that are missing or whose indexed copy is later. The ingest API has usually
+# indexed the batch already: an upsert of every key would lock and rewrite those rows for nothing.
 _FIRST_COPIES = """
 WITH incoming AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS t(workspace, source, id, seq)
+), looked_up AS (
+    SELECT incoming.*, (SELECT e.seq FROM event_index e
+                        WHERE (e.workspace, e.source, e.id) = (incoming.workspace, incoming.source, incoming.id)) AS known_seq
+    FROM incoming
 ), indexed AS (
     INSERT INTO event_index AS known (workspace, source, id, seq)
-    SELECT * FROM incoming
+    SELECT workspace, source, id, seq FROM looked_up WHERE known_seq IS NULL OR known_seq > seq
     ON CONFLICT (workspace, source, id) DO UPDATE SET seq = excluded.seq WHERE excluded.seq < known.seq
 )
-SELECT incoming.seq FROM incoming JOIN event_index USING (workspace, source, id)
-WHERE event_index.seq < incoming.seq
+SELECT seq FROM looked_up WHERE known_seq < seq
 """
+
+
+_INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
+
+
+def index_keys(batch: list[LoggedEvent]) -> tuple[tuple, tuple, tuple, list[int]]:
+    """``_FIRST_COPIES``' arguments: each (workspace, source, id) of the batch with its lowest seq."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for logged in batch:
+        seen.setdefault((logged.workspace, *logged.key), logged.seq)
+    workspaces, sources, ids = zip(*seen) if seen else ((), (), ())
+    return workspaces, sources, ids, list(seen.values())
 
 
 async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
@@ -106,14 +129,24 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
 
     The SELECT sees the index as it was before this statement, so a copy indexed by the
     ingest API with its own sequence counts as first, and a lower one already there wins.
+    When every event is a first copy, the answer is ``batch`` itself (with what was prepared for it).
     """
-    seen: dict[tuple[str, str, str], int] = {}
-    for logged in batch:
-        seen.setdefault((logged.workspace, *logged.key), logged.seq)
-    workspaces, sources, ids = zip(*seen) if seen else ((), (), ())
-    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, workspaces, sources, ids, list(seen.values()))}
-    firsts = set(seen.values()) - earlier
+    keys = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
+    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, *keys)}
+    if not earlier and len(keys[3]) == len(batch):
+        return batch
+    firsts = set(keys[3]) - earlier
     return [logged for logged in batch if logged.seq in firsts]
+
+
+@dataclass
+class ReadyBatch:
+    """A batch read, decoded and prepared, waiting for its transaction."""
+
+    batch: PreparedBatch
+    poisons: list[Poison]
+    last: int  # the last log sequence read, decodable or not
+    messages: int
 
 
 class Projector:
@@ -156,21 +189,62 @@ class Projector:
         self.position = await self.committed.load(self.pool)
         log.info("projector.started", projector=self.name, position=self.position)
         sub = await read_log(self.js, self.position + 1)
+        # The next batch is read, decoded and prepared while the current one commits: the Python
+        # work then overlaps PostgreSQL's instead of waiting for it.
+        ready: asyncio.Queue[ReadyBatch] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read_ahead(sub, ready))
         try:
             while not self._stopping.is_set():
-                messages = await next_batch(sub, self.batch_max, self.wait)
-                if messages:
-                    await self.apply_messages(messages)
+                try:
+                    item = await asyncio.wait_for(ready.get(), self.wait)
+                except asyncio.TimeoutError:
+                    if reader.done():
+                        reader.result()  # the reader's error, if it failed
+                        raise RuntimeError("the log reader stopped")
+                    continue
+                await self.commit_ready(item)
         finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
             with contextlib.suppress(Exception):  # the connection may already be closing
                 await sub.unsubscribe()
 
+    async def _read_ahead(self, sub, ready: asyncio.Queue[ReadyBatch]) -> None:
+        while True:
+            messages = await next_batch(sub, self.batch_max, self.wait)
+            if messages:
+                await ready.put(await self.prepare_messages(messages))
+
+    async def prepare_messages(self, messages) -> ReadyBatch:
+        """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs
+        it. A slice at a time, yielding in between, so that the transaction in flight is answered."""
+        events: list[LoggedEvent] = []
+        poisons: list[Poison] = []
+        for start in range(0, len(messages), _SLICE):
+            decoded, bad = decode_messages(messages[start:start + _SLICE])
+            events += decoded
+            poisons += bad
+            await asyncio.sleep(0)
+        batch = PreparedBatch(events)
+        batch.prepared[_INDEX_KEYS] = index_keys(batch)
+        for projection in self.projections:
+            if hasattr(projection, "prepare"):
+                try:
+                    batch.prepared[projection.name] = projection.prepare(batch)
+                except Exception:  # apply meets it again in the transaction, and parks the culprit
+                    pass
+                await asyncio.sleep(0)
+        return ReadyBatch(batch, poisons, stream_sequence(messages[-1]), len(messages))
+
     async def apply_messages(self, messages) -> None:
+        await self.commit_ready(await self.prepare_messages(messages))
+
+    async def commit_ready(self, ready: ReadyBatch) -> None:
         """Apply a batch in one transaction; if it fails, apply it again event by event, each in
         a savepoint, parking the ones that fail (poison) so the rest are not held up."""
         started = time.perf_counter()
-        batch, poisons = decode_messages(messages)
-        last = messages[-1].metadata.sequence.stream
+        batch, poisons, last = ready.batch, ready.poisons, ready.last
         try:
             applied = await self._commit(batch, last, poisons, one_by_one=False)
         except (Fenced, *RETRYABLE):
@@ -183,7 +257,7 @@ class Projector:
         log.debug(
             "projector.batch",
             projector=self.name,
-            events=len(messages),
+            events=ready.messages,
             first_copies=applied,
             position=last,
             ms=round((time.perf_counter() - started) * 1000, 1),
@@ -195,7 +269,7 @@ class Projector:
             async with conn.transaction():
                 committed = await self.committed.lock(conn, self.position)
                 fresh = [logged for logged in batch if logged.seq > committed]
-                firsts = await first_copies(conn, fresh)
+                firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                 if not one_by_one:
                     for projection in self.projections:
                         await projection.apply(conn, firsts)

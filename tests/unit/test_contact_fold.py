@@ -9,7 +9,7 @@ import msgspec
 from hypothesis import given, settings, strategies as st
 
 from events.validation import parse_event
-from projections.contacts import ContactState, apply, decode_state, encode_state, fold, render
+from projections.contacts import ContactState, apply, decode_state, encode_state, fold, merge, render
 from tests.support import event
 
 _encode = msgspec.json.Encoder(decimal_format="string").encode
@@ -167,3 +167,20 @@ def test_fold_state_is_independent_of_batch_boundaries():
             stored = decode_state(encode_state(pieces.get(e.subject, ContactState())).decode())
             pieces[e.subject] = apply(stored, e)
     assert {c: render(c, s) for c, s in pieces.items()} == {c: render(c, s) for c, s in whole.items()}
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 10**6), size=st.integers(1, 40), cuts=st.lists(st.integers(0, 40), max_size=4),
+       shuffle_seed=st.integers(0, 10**6))
+def test_merging_the_folds_of_batches_gives_the_fold_of_all_of_them(seed, size, cuts, shuffle_seed):
+    """What the projector does: fold each batch alone, then merge it into the state stored before."""
+    events = history(seed, size)
+    random.Random(shuffle_seed).shuffle(events)
+    bounds = [0, *sorted(min(c, len(events)) for c in cuts), len(events)]
+    stored: dict[str, ContactState] = {}
+    for start, end in zip(bounds, bounds[1:]):
+        for contact, delta in fold(events[start:end]).items():
+            known = stored.get(contact)
+            merged = delta if known is None else merge(decode_state(encode_state(known).decode()), delta)
+            stored[contact] = decode_state(encode_state(merged).decode())
+    assert stored == fold(events)
