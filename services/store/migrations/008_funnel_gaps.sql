@@ -10,6 +10,11 @@ CREATE TABLE funnel_gaps (
     PRIMARY KEY (workspace, stage, bucket)
 );
 
+-- Contacts per stage (goals' derived numbers) now come from these counters: the two indexes
+-- that counted opportunities and customers only cost the projector writes.
+DROP INDEX IF EXISTS contacts_by_opportunity;
+DROP INDEX IF EXISTS contacts_by_customer;
+
 -- The exact gaps of the median's bucket, in order, for each stage.
 CREATE INDEX contacts_gap_interested ON contacts (workspace, (reached_interested - reached_aware))
     WHERE reached_interested IS NOT NULL;
