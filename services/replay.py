@@ -516,9 +516,12 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
 
 async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> None:
     """Make the workspace's live rows of ``table`` exactly the rebuilt ones, writing only the rows
-    that differ (as REFRESH MATERIALIZED VIEW CONCURRENTLY does): a live row goes unless the rebuilt
-    table has a binary-identical one (``*=``), a rebuilt row comes in unless its key is still there.
-    A rebuild that finds the read models right rewrites nothing (no index writes, no bloat)."""
+    that differ (as REFRESH MATERIALIZED VIEW CONCURRENTLY does): one join by primary key finds the
+    live rows without a binary-identical rebuilt one (``*=``) and the rebuilt rows without an
+    identical live one; only those are deleted and inserted. A rebuild that finds the read models
+    right rewrites nothing (no index writes, no bloat, a short hold of the projector's lock).
+    Row addresses (ctid) stay valid between the statements: the caller holds the live projector's
+    row lock, and only the projector writes read-model rows."""
     columns, key = await _columns(conn, table)
     live, rebuilt = f"public.{ident(table)}", f"{ident(schema)}.{ident(table)}"
     names = ", ".join(map(ident, columns))
@@ -530,18 +533,25 @@ async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: 
             workspace,
         )
         return
-    same_key = " AND ".join(f"r.{ident(c)} = l.{ident(c)}" for c in key)
-    await conn.execute(
-        f"DELETE FROM {live} AS l WHERE l.workspace = $1"
-        f" AND NOT EXISTS (SELECT FROM {rebuilt} AS r WHERE {same_key} AND r *= l)",
+    keys = ", ".join(f"t.{ident(c)}" for c in key)
+    side = "(SELECT t.ctid AS at, t AS whole, {keys} FROM {table} AS t WHERE t.workspace = $1)"
+    differing = await conn.fetch(
+        f"SELECT l.at AS gone, r.at AS came FROM {side.format(keys=keys, table=live)} AS l"
+        f" FULL JOIN {side.format(keys=keys, table=rebuilt)} AS r"
+        f" ON {' AND '.join(f'l.{ident(c)} = r.{ident(c)}' for c in key)}"
+        f" WHERE l.at IS NULL OR r.at IS NULL OR NOT (l.whole *= r.whole)",
         workspace,
     )
-    await conn.execute(
-        f"INSERT INTO {live} ({names}) OVERRIDING SYSTEM VALUE"
-        f" SELECT {', '.join('r.' + ident(c) for c in columns)} FROM {rebuilt} AS r"
-        f" WHERE r.workspace = $1 AND NOT EXISTS (SELECT FROM {live} AS l WHERE {same_key})",
-        workspace,
-    )
+    gone = [row["gone"] for row in differing if row["gone"] is not None]
+    came = [row["came"] for row in differing if row["came"] is not None]
+    if gone:
+        await conn.execute(f"DELETE FROM {live} WHERE ctid = ANY($1::tid[])", gone)
+    if came:
+        await conn.execute(
+            f"INSERT INTO {live} ({names}) OVERRIDING SYSTEM VALUE"
+            f" SELECT {names} FROM {rebuilt} WHERE ctid = ANY($1::tid[])",
+            came,
+        )
 
 
 async def build_snapshot(
