@@ -189,16 +189,28 @@ async def store_stage_changes(
         await conn.execute(_DROP_EMPTY_GAPS, workspaces, ranks, buckets)
 
 
-# The bucket(s) of each stage holding the middle one or two of its gaps, with the stage's count
-# and how many gaps lie in lower buckets.
-_MIDDLE_BUCKETS = """
-SELECT stage, bucket, total, upto - contacts AS below FROM (
-    SELECT stage, bucket, contacts,
-           sum(contacts) OVER (PARTITION BY stage ORDER BY bucket)::bigint AS upto,
-           sum(contacts) OVER (PARTITION BY stage)::bigint AS total
-    FROM funnel_gaps WHERE workspace = $1) AS counted
-WHERE contacts > 0 AND upto > (total - 1) / 2 AND upto - contacts <= total / 2
-ORDER BY stage, bucket"""
+# Each stage's counters in bucket order (one row a stage).
+_COUNTERS = """
+SELECT stage, array_agg(bucket ORDER BY bucket) AS buckets, array_agg(contacts ORDER BY bucket) AS counts
+FROM funnel_gaps WHERE workspace = $1 GROUP BY stage"""
+
+
+def middle_span(buckets: list[int], counts: list[int]) -> tuple[int, int, int, int]:
+    """(count, first bucket, last bucket, gaps below the first) for the bucket(s) holding the
+    middle one or two gaps, at 0-based positions (count - 1) // 2 and count // 2."""
+    n = sum(counts)
+    low, high = (n - 1) // 2, n // 2
+    first = last = below = None
+    seen = 0
+    for bucket, count in zip(buckets, counts):
+        if first is None and seen + count > low:
+            first, below = bucket, seen
+        if seen + count > high:
+            last = bucket
+            break
+        seen += count
+    assert first is not None and last is not None and below is not None
+    return n, first, last, below
 
 
 def _gap_sql(rank: int, first: int) -> str:
@@ -215,11 +227,10 @@ def _gap_sql(rank: int, first: int) -> str:
 async def _whole_workspace(conn: asyncpg.Connection, workspace: str) -> FunnelView:
     counts = [0] * len(STAGES)
     spans: dict[int, tuple[int, int, int]] = {}  # rank -> (first bucket, last bucket, gaps below the first)
-    for row in await conn.fetch(_MIDDLE_BUCKETS, workspace):
-        rank = row["stage"]
-        counts[rank] = row["total"]
-        first = spans.get(rank)
-        spans[rank] = (row["bucket"], row["bucket"], row["below"]) if first is None else (first[0], row["bucket"], first[2])
+    for row in await conn.fetch(_COUNTERS, workspace):
+        n, first_bucket, last_bucket, below = middle_span(row["buckets"], row["counts"])
+        counts[row["stage"]] = n
+        spans[row["stage"]] = (first_bucket, last_bucket, below)
     parts, args = [], [workspace]
     for rank in range(1, len(STAGES)):
         if rank not in spans:

@@ -37,3 +37,11 @@ def test_stage_keys_count_aware_once_and_each_higher_stage_by_its_gap():
     assert funnel.stage_keys({"aware": t}) == [(0, 0)]
     reached = {"aware": t, "interested": t + hour, "lead": t + hour}
     assert funnel.stage_keys(reached) == [(0, 0), (1, funnel.gap_bucket(3_600_000_000)), (2, 0)]
+
+
+def test_middle_span_finds_the_buckets_of_the_middle_one_or_two():
+    # counts 2, 1, 3 in buckets 5, 7, 9: positions 0-1 in 5, 2 in 7, 3-5 in 9
+    assert funnel.middle_span([5, 7, 9], [2, 1, 3]) == (6, 7, 9, 2)  # middle two: positions 2 and 3
+    assert funnel.middle_span([5, 7, 9], [2, 1, 2]) == (5, 7, 7, 2)  # middle one: position 2
+    assert funnel.middle_span([5, 7, 9], [3, 1, 2]) == (6, 5, 7, 0)  # positions 2 and 3
+    assert funnel.middle_span([4], [1]) == (1, 4, 4, 0)
