@@ -47,6 +47,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
+from projections.batching import PreparedBatch
 from services.nats_io import next_batch, read_log
 
 LIVE_PROJECTOR = "main"
@@ -54,6 +55,7 @@ SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
 BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
+_SLICE = 5_000  # messages decoded between two yields to the event loop
 
 
 @dataclass
@@ -316,7 +318,11 @@ class Build:
         async def read() -> None:
             try:
                 async for messages in self.reader.read_until(until):
-                    await decoded.put(decode_messages(messages))
+                    events: list[LoggedEvent] = []
+                    for start in range(0, len(messages), _SLICE):  # yielding: the transaction in flight is answered
+                        events += decode_messages(messages[start:start + _SLICE])
+                        await asyncio.sleep(0)
+                    await decoded.put((len(events), await self._prepare(events)))
             except Exception as err:  # handed over, raised by the applying side
                 await decoded.put(err)
                 return
@@ -324,16 +330,17 @@ class Build:
 
         reading = asyncio.create_task(read())
         try:
-            while (batch := await decoded.get()) is not None:
-                if isinstance(batch, Exception):
-                    raise batch
+            while (item := await decoded.get()) is not None:
+                if isinstance(item, Exception):
+                    raise item
+                read, firsts = item
                 if in_transaction:
-                    await self._apply(batch)
+                    await self._apply(firsts)
                 else:
                     async with self.conn.transaction():
                         await self.conn.execute("SET LOCAL synchronous_commit = off")
-                        await self._apply(batch)
-                self.stats.read += len(batch)
+                        await self._apply(firsts)
+                self.stats.read += read
                 self._report()
         finally:
             if not reading.done():
@@ -343,10 +350,20 @@ class Build:
         self.stats.last_seq = max(self.stats.last_seq, self.reader.reached)
         self.stats.seconds = time.perf_counter() - self.started
 
-    async def _apply(self, batch: list[LoggedEvent]) -> None:
+    async def _prepare(self, batch: list[LoggedEvent]) -> PreparedBatch:
+        """The batch's first copies with every projection's pure work done (``prepare``, no I/O),
+        while the previous batch is in PostgreSQL."""
         firsts = self.dedupe.first_copies(batch)  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
             firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
+        prepared = PreparedBatch(firsts)
+        for projection in self.projections:
+            if hasattr(projection, "prepare"):
+                prepared.prepared[projection.name] = projection.prepare(prepared)
+                await asyncio.sleep(0)
+        return prepared
+
+    async def _apply(self, firsts: PreparedBatch) -> None:
         for projection in self.projections:
             await projection.apply(self.conn, firsts)
         self.stats.applied += len(firsts)
