@@ -153,6 +153,7 @@ def replay(
     label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")
 
     async def run():
+        replaying.collect_less()
         async with backends(settings, workspace) as (pool, js):
             with progress_bar() as bar:
                 task = bar.add_task(f"{label} {workspace}", total=None)
