@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import AsyncContextManager, AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -76,7 +76,8 @@ def json_response(value: Any, status_code: int = 200) -> Response:
 
 
 async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
-    header = request.headers.get("authorization", "")
+    # From the raw ASGI headers (names are lower case there): no Headers object per request.
+    header = next((value for name, value in request.scope["headers"] if name == b"authorization"), b"").decode("latin-1")
     kind, _, token = header.partition(" ")
     if kind.lower() != "bearer" or not token.strip():
         raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
@@ -111,16 +112,19 @@ async def read_access(request: Request, workspace: str, min_seq: int | None, wai
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
 
 
-@contextlib.asynccontextmanager
-async def read_connection(request: Request, snapshot: str | None = None) -> AsyncIterator[asyncpg.Connection]:
-    """A connection for read-model queries. Queries use unqualified table names, so a
-    point-in-time snapshot (a schema built by `touchline replay --until`) can be read by
+def read_connection(request: Request, snapshot: str | None = None) -> AsyncContextManager[asyncpg.Connection]:
+    """A connection for read-model queries (``async with``). Queries use unqualified table names,
+    so a point-in-time snapshot (a schema built by `touchline replay --until`) can be read by
     putting its schema first on the search path."""
-    async with services_of(request).pool.acquire() as conn:
-        if snapshot is None:
-            yield conn
-            return
-        workspace = request.path_params.get("ws")
+    pool = services_of(request).pool
+    if snapshot is None:
+        return pool.acquire()  # the pool's own context manager: nothing else on the hot path
+    return _snapshot_connection(pool, request.path_params.get("ws"), snapshot)
+
+
+@contextlib.asynccontextmanager
+async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str) -> AsyncIterator[asyncpg.Connection]:
+    async with pool.acquire() as conn:
         schema = await conn.fetchval(
             "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, snapshot
         )
