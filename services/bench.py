@@ -9,7 +9,8 @@ services as real `touchline serve` processes, a realistic history (the sample bu
   fsynced in the log) has arrived. Events counted are those sent (accepted + duplicates).
 * ``ingest_nats_eps``: the other half published by producers to ``touchline.in.{ws}`` with
   JetStream acks; the clock stops when every event has been judged and stored in the log (the
-  inbox work queue is empty), which is stricter than the producers' acks.
+  inbox reader's committed position reaches the inbox's last message), which is stricter than
+  the producers' acks.
 * ``raw_publish_eps``: a bare nats-py JetStream ``publish_async`` loop (``Nats-Msg-Id``, window
   2000) to a scratch stream on the same server, for the ratio.
 * ``project_eps``: the projector is started only after all ingest, so it begins with the whole

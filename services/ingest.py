@@ -30,6 +30,8 @@ log = structlog.get_logger()
 # JetStream error codes after which publishing one by one is the way forward.
 DUPLICATE_IN_BATCH = 10201
 TOO_MANY_BATCHES = 10210
+# Times a batch refused for a duplicate id is looked up again before publishing one by one.
+DUPLICATE_RETRIES = 4
 
 
 _encode_internal = msgspec.json.Encoder(decimal_format="string").encode
@@ -128,7 +130,7 @@ class Ingestor:
         if fresh:
             known = await self._lookup(list(fresh), db)
             to_publish = [key for key in fresh if key not in known]
-            stored = await self._append([judged[fresh[key][0]] for key in to_publish], received_at)
+            stored = await self._append(to_publish, [judged[fresh[key][0]][1] for key in to_publish], received_at, db)
             first_seq = await self._index(to_publish, stored, db)
             for key, positions in fresh.items():
                 if key in known:
@@ -150,46 +152,68 @@ class Ingestor:
         return {(row["workspace"], row["source"], row["id"]): row["seq"] for row in rows}
 
     async def _append(
-        self, events: list[tuple[str, Judged]], received_at: dt.datetime
+        self, keys: list[Key], events: list[Judged], received_at: dt.datetime, db: asyncpg.Connection | None = None
     ) -> list[tuple[int, bool]]:
-        """Publish to the log; every (seq, duplicate-within-window) once durably acked.
+        """Publish to the log; every (seq, duplicate) once durably acked.
 
         Atomic batches of at most MAX_ATOMIC_BATCH (an HTTP request is one: all stored or none,
-        fsynced once), sent concurrently; when JetStream refuses one because an id is inside its
-        dedupe window, or its outcome is unknown, its events are published one by one with the
-        same ``Nats-Msg-Id``s, which answers each with its first copy's sequence. The log keeps
-        each event's JSON as it came, so unknown fields and exact decimals survive.
+        fsynced once), sent concurrently. The log keeps each event's JSON as it came, so unknown
+        fields and exact decimals survive.
         """
         if not events:
             return []
         messages = []
         subjects: dict[str, tuple[str, dict[str, str]]] = {}  # per workspace: subject, headers
-        for workspace, item in events:
+        for (workspace, source, event_id), item in zip(keys, events):
             if workspace not in subjects:
                 subjects[workspace] = (log_subject(workspace), log_headers(workspace, item.event, received_at))
             subject, headers = subjects[workspace]
             # Only Nats-Msg-Id differs between a workspace's events (received_at is the batch's).
-            messages.append(
-                (subject, item.raw, {**headers, HEADER_MSG_ID: message_id(workspace, item.event.source, item.event.id)})
-            )
-        chunks = [messages[i : i + MAX_ATOMIC_BATCH] for i in range(0, len(messages), MAX_ATOMIC_BATCH)]
-        outcomes = await asyncio.gather(*(self._append_chunk(chunk) for chunk in chunks), return_exceptions=True)
+            messages.append((subject, item.raw, {**headers, HEADER_MSG_ID: message_id(workspace, source, event_id)}))
+        step = MAX_ATOMIC_BATCH
+        outcomes = await asyncio.gather(
+            *(self._append_chunk(keys[i : i + step], messages[i : i + step], db) for i in range(0, len(keys), step)),
+            return_exceptions=True,
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         return [ack for outcome in outcomes for ack in outcome]
 
-    async def _append_chunk(self, messages) -> list[tuple[int, bool]]:
-        try:
-            seqs = await publish_atomic(self.nc, messages, stream=LOG_STREAM, timeout=self.publish_timeout)
-            return [(seq, False) for seq in seqs]
-        except AtomicBatchError as err:
-            if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
-                log.error("log.unavailable", error=str(err))
-                raise LogUnavailable(f"the log could not be written: {err}") from err
-            acks = await self._append_one_by_one(messages)
-            # After an unknown outcome, a copy found in the window is most likely our own batch.
-            return [(seq, dup and not err.maybe_committed) for seq, dup in acks]
+    async def _append_chunk(self, keys: list[Key], messages, db) -> list[tuple[int, bool]]:
+        """One atomic batch. JetStream refuses a whole batch when one of its ids is in its dedupe
+        window, without saying which: most likely a concurrent request stored it a moment ago, so
+        look the keys up again (after a short wait for that request's index write) and publish the
+        rest atomically again. After DUPLICATE_RETRIES such rounds, or when the outcome is unknown,
+        publish one by one with the same ``Nats-Msg-Id``s, which answers each with its first copy's
+        sequence (each message then fsynced alone: far slower)."""
+        outcome: dict[Key, tuple[int, bool]] = {}
+        pending = list(zip(keys, messages))
+        maybe_committed = False
+        for attempt in range(DUPLICATE_RETRIES + 1):
+            try:
+                seqs = await publish_atomic(
+                    self.nc, [message for _, message in pending], stream=LOG_STREAM, timeout=self.publish_timeout
+                )
+                outcome.update((key, (seq, False)) for (key, _), seq in zip(pending, seqs))
+                return [outcome[key] for key in keys]
+            except AtomicBatchError as err:
+                if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
+                    log.error("log.unavailable", error=str(err))
+                    raise LogUnavailable(f"the log could not be written: {err}") from err
+                maybe_committed = err.maybe_committed
+                if err.err_code != DUPLICATE_IN_BATCH or maybe_committed or attempt == DUPLICATE_RETRIES:
+                    break
+                await asyncio.sleep(0.01 * 2**attempt)
+                found = await self._lookup([key for key, _ in pending], db)
+                outcome.update((key, (seq, True)) for key, seq in found.items())
+                pending = [(key, message) for key, message in pending if key not in found]
+                if not pending:
+                    return [outcome[key] for key in keys]
+        acks = await self._append_one_by_one([message for _, message in pending])
+        # After an unknown outcome, a copy found in the window is most likely our own batch.
+        outcome.update((key, (seq, dup and not maybe_committed)) for (key, _), (seq, dup) in zip(pending, acks))
+        return [outcome[key] for key in keys]
 
     async def _append_one_by_one(self, messages) -> list[tuple[int, bool]]:
         try:

@@ -8,6 +8,7 @@ import json
 import uuid
 
 import nats
+import nats.js.errors
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 
 from events.log import LOG_STREAM, log_subject
@@ -52,6 +53,13 @@ async def logged_ids(js, workspace: str) -> list[str]:
     return ids
 
 
+async def retention(js, stream: str) -> RetentionPolicy | None:
+    try:
+        return (await js.stream_info(stream)).config.retention
+    except nats.js.errors.NotFoundError:  # between the old inbox's deletion and the new one
+        return None
+
+
 async def run_readers(servers, config: StreamConfig, workspace: str, payloads: list[bytes], readers: int,
                       *, fail_first_commit: bool = False, create: bool = True) -> dict:
     name = f"test-{config.name}"
@@ -87,7 +95,7 @@ async def run_readers(servers, config: StreamConfig, workspace: str, payloads: l
                 reader.committed.advance = fail_once
             tasks.append((reader, asyncio.create_task(reader.run())))
         async with asyncio.timeout(90):
-            while (await js.stream_info(config.name)).config.retention != RetentionPolicy.LIMITS:
+            while await retention(js, config.name) != RetentionPolicy.LIMITS:
                 await asyncio.sleep(0.05)
             last = min(last, (await js.stream_info(config.name)).state.last_seq)  # 0 once recreated
             while (await pool.fetchval("SELECT position FROM inbox_positions WHERE name = $1", name) or 0) < last:
