@@ -159,7 +159,9 @@ class InboxReader:
         judged: list[tuple[str, Judged]] = []
         unknown: list[tuple[str, bytes, str]] = []
         verdicts: dict[str, bool] = {}
-        for msg in messages:
+        for count, msg in enumerate(messages, start=1):
+            if count % 1000 == 0:  # let the HTTP requests of this process in between
+                await asyncio.sleep(0)
             workspace = workspace_of_subject(msg.subject)
             known = verdicts.get(workspace)
             if known is None:
