@@ -29,7 +29,8 @@ def test_bench_smoke_prints_one_json_object_with_every_figure() -> None:
     assert result["events"] == 3000
     assert result["contacts"] > 0
     assert result["load_generator"]
-    assert {"api", "projector", "nats-server"} <= set(result["peak_rss_mb"])
+    assert {"api-0", "projector", "nats-server"} <= set(result["peak_rss_mb"])
+    assert len([kind for kind in result["peak_rss_mb"] if kind.startswith("api-")]) == result["api_workers"]
     # Every event sent was stored and projected, and the rebuild read them all back.
     details = result["details"]
     assert details["ingest_http"]["events"] + details["ingest_nats"]["events"] == 3000
