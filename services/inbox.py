@@ -87,7 +87,8 @@ class InboxReader:
         self._stopping.set()
 
     async def run(self) -> None:
-        while not self._stopping.is_set():
+        # A closed connection is the service stopping (connect() reconnects for ever otherwise).
+        while not self._stopping.is_set() and not self.ingestor.nc.is_closed:
             try:
                 await self._retire_work_queue_inbox()
                 await self._run_from_committed_position()
