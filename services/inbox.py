@@ -273,8 +273,3 @@ def start_inbox(ingestor: Ingestor, known_workspace: KnownWorkspace) -> InboxRea
     _running.add(task)
     task.add_done_callback(_running.discard)
     return reader
-
-
-def register_inbox(broker, ingestor: Ingestor, known_workspace: KnownWorkspace) -> InboxReader:
-    """Kept for callers of the FastStream version: the reader no longer uses ``broker``."""
-    return start_inbox(ingestor, known_workspace)

@@ -232,14 +232,46 @@ def build(servers: str | list[str] = "nats://127.0.0.1:4222", dispatcher: Dispat
     return FastStream(
         broker,
         specification=AsyncAPI(
-            title="Touchline dispatcher",
+            title="Touchline (NATS side)",
             version="1.0.0",
-            description="The NATS side of Touchline's follow-ups: commands in, dead letters out.",
+            description="The NATS side of Touchline: events in, the log, follow-up commands, dead letters.",
         ),
     )
 
 
+def describe() -> FastStream:
+    """The whole NATS side for its AsyncAPI description: the dispatcher's channels, plus the way
+    in and the log, which the API's inbox reader and the projector read with ordered consumers
+    (not FastStream subscribers), so they are described here and never subscribed."""
+    application = build()
+    broker = application.broker
+
+    @broker.subscriber(
+        "touchline.in.{workspace}",
+        title="touchline.in.{workspace}:ingest",
+        description=(
+            "The NATS way in (CONTRACT.md section 3): producers publish one structured-mode CloudEvent"
+            " per message with JetStream acks (stream TOUCHLINE_INBOX, Limits retention; atomic batches"
+            " allowed). An ack means durably in the inbox; the API's inbox reader then judges each event"
+            " exactly once (position committed in PostgreSQL) into the log or the rejected list."
+        ),
+    )
+    async def ingest(body: dict) -> None:
+        raise RuntimeError("described only: the inbox is read by services/inbox.py")
+
+    broker.publisher(
+        "touchline.log.{workspace}",
+        title="touchline.log.{workspace}:append",
+        description=(
+            "The log (stream TOUCHLINE_LOG, fsynced, deny delete/purge): every accepted event, body as"
+            " received, headers Nats-Msg-Id, Touchline-Workspace, Touchline-Received-At,"
+            " Touchline-Catalog-Version. Its stream sequence is the seq of ingest answers and min_seq."
+        ),
+    )
+    return application
+
+
 # For `faststream docs gen services.dispatcher.app:app`: the description needs no server.
-app = build()
+app = describe()
 
 

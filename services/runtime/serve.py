@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 import uvicorn
-from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -19,9 +18,9 @@ from services import logs
 from services.api.app import create_app
 from services.api.common import Services
 from services.api.auth import TokenBook, workspace_exists
-from services.inbox import register_inbox
+from services.inbox import InboxReader, start_inbox
 from services.ingest import Ingestor
-from services.nats_io import connect, ensure_streams, nats_servers
+from services.nats_io import connect, ensure_streams
 from projections.registry import all_projections
 from services.projector.runner import Projector
 from services.settings import Settings
@@ -140,8 +139,7 @@ async def serve_api(settings: Settings) -> None:
     logs.configure("api")
     listener, worker = inherited_listener()
     opened: list[Backends] = []
-
-    brokers: list[NatsBroker] = []
+    readers: list[InboxReader] = []
 
     async def services() -> Services:
         backends = await open_backends(settings, "api")
@@ -149,11 +147,9 @@ async def serve_api(settings: Settings) -> None:
         await prepare(backends)
         ingestor = Ingestor(backends.nc, backends.pool)
         if worker == 0:
-            # The NATS way in runs beside the HTTP one, in the first worker, sharing its ingestor.
-            broker = NatsBroker(nats_servers(settings.nats_url), max_reconnect_attempts=-1, logger=None)
-            register_inbox(broker, ingestor, lambda ws: workspace_exists(backends.pool, ws))
-            await broker.start()
-            brokers.append(broker)
+            # The NATS way in runs beside the HTTP one, in the first worker, sharing its ingestor
+            # (a reader in every worker would be correct, fenced by its position row, but idle).
+            readers.append(start_inbox(ingestor, lambda ws: workspace_exists(backends.pool, ws)))
         return Services(
             pool=backends.pool,
             nc=backends.nc,
@@ -162,9 +158,8 @@ async def serve_api(settings: Settings) -> None:
         )
 
     async def shutdown() -> None:
-        for broker in brokers:
-            with contextlib.suppress(Exception):
-                await broker.stop()
+        for reader in readers:
+            reader.stop()
         for backends in opened:
             await backends.close()
 

@@ -415,4 +415,5 @@ def test_asyncapi_description_of_the_nats_side(stack):
                          text=True, check=True).stdout
     spec = json.loads(out)
     addresses = {channel["address"] for channel in spec["channels"].values()}
-    assert {"touchline.cmd.>", "touchline.deadletter.{workspace}"} <= addresses
+    assert {"touchline.cmd.>", "touchline.deadletter.{workspace}", "touchline.in.{workspace}",
+            "touchline.log.{workspace}"} <= addresses
