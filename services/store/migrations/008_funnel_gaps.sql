@@ -48,3 +48,8 @@ WHERE s.later IS NOT NULL
 GROUP BY 1, 2, 3;
 
 DROP FUNCTION pg_temp.gap_bucket(timestamptz, timestamptz);
+
+-- Counters are rewritten by every projector batch and by every rebuild's swap: let autovacuum
+-- visit the table as soon as a few thousand versions are dead, not at 20 % of it.
+ALTER TABLE funnel_gaps SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000,
+                             autovacuum_analyze_scale_factor = 0, autovacuum_analyze_threshold = 2000);
