@@ -192,6 +192,20 @@ ORDER BY at DESC, alert_id LIMIT $3
 """
 
 
+STATE_WITH_OPEN = f"""
+SELECT c.state, (
+    SELECT count(*) FROM followups f LEFT JOIN followup_sales s USING (workspace, contact)
+    WHERE f.workspace = $1 AND f.contact = $3 AND f.requested AND {_STATUS_SQL} IN ('open', 'overdue')
+) AS open_followups
+FROM contacts c WHERE c.workspace = $1 AND c.contact = $3
+"""
+
+
+async def state_with_open_count(conn: asyncpg.Connection, workspace: str, contact: str) -> asyncpg.Record | None:
+    """A contact's stored state and its open follow-ups in one round trip (the contact view's hot path)."""
+    return await conn.fetchrow(STATE_WITH_OPEN, workspace, dt.datetime.now(dt.timezone.utc), contact)
+
+
 async def open_counts(conn: asyncpg.Connection, workspace: str, contacts: list[str]) -> dict[str, int]:
     """Open plus overdue follow-ups per contact (the contact view's ``open_followups``)."""
     rows = await conn.fetch(COUNT_OPEN, workspace, dt.datetime.now(dt.timezone.utc), contacts)

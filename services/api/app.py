@@ -168,11 +168,10 @@ async def get_contact(
 ) -> contact_model.ContactView:
     await read_access(request, ws, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
-        row = await conn.fetchrow("SELECT state FROM contacts WHERE workspace = $1 AND contact = $2", ws, contact)
-        open_followups = await followup_model.open_counts(conn, ws, [contact]) if row is not None else {}
+        row = await followup_model.state_with_open_count(conn, ws, contact)
     if row is None:
         raise ApiError(404, f"unknown contact {contact!r}")
-    view = contact_model.render(contact, contact_model.decode_state(row["state"]), open_followups.get(contact, 0))
+    view = contact_model.render(contact, contact_model.decode_state(row["state"]), row["open_followups"])
     return json_response(view)  # type: ignore[return-value]
 
 
