@@ -15,7 +15,8 @@ services as real `touchline serve` processes, a realistic history (the sample bu
   2000) to a scratch stream on the same server, for the ratio.
 * ``project_eps``: the projector is started only after all ingest, so it begins with the whole
   history as lag; measured from its first committed batch to its position reaching the log's end.
-* ``rebuild_eps``: ``services.replay.rebuild`` of every workspace (events read per second).
+* ``rebuild_eps``: ``services.replay.rebuild`` of every workspace, by one process per core
+  (``replay.rebuild_many``, as that many `touchline replay` commands would; events read per second).
 * ``query_p99_ms`` / ``query_rps``: contact, funnel, touches and goals under 8 concurrent
   clients, from wrk when installed, else from 2 client processes of 4 connections each.
 * ``rule_p99_ms``: the rules worker and dispatcher are started at the end of the history (their

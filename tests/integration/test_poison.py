@@ -101,3 +101,41 @@ async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the
         await pool.close()
         await nc.close()
         stack.restart_projector(kill=False)
+
+
+class Unwritten:
+    """A read model that writes nothing: a second projector beside the live one, harmlessly."""
+
+    name = "unwritten"
+    tables = ("contacts",)
+
+    async def apply(self, conn, batch):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_an_idle_projector_analyzes_read_models_that_grew(stack):
+    """Until autovacuum's next visit (a minute), a freshly loaded workspace would be planned as empty."""
+    ws, auth = stack.new_workspace()
+    nc = await nats.connect(stack.servers.nats_url)
+    pool = await create_pool(stack.servers.database_url, max_size=2)
+    name = "analyze-test"
+    count = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'contacts'"
+    try:
+        await pool.execute("INSERT INTO projector_positions (name, position) VALUES ($1, $2)", name,
+                           await last_log_seq(nc.jetstream()))
+        before = await pool.fetchval(count)
+        last = stack.ingest(ws, auth, [event("marketing.engaged", f"c{n}", channel="ig", action="view") for n in range(5)])
+        projector = Projector(name, [Unwritten()], nc.jetstream(), pool, wait=0.1, analyze_after=5)
+        running = asyncio.create_task(projector.run())
+        deadline = time.monotonic() + 30
+        while (await pool.fetchval(count)) == before and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        projector.stop()
+        await asyncio.wait_for(running, 10)
+        assert projector.position >= last
+        assert await pool.fetchval(count) > before
+    finally:
+        await pool.execute("DELETE FROM projector_positions WHERE name = $1", name)
+        await pool.close()
+        await nc.close()
