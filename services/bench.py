@@ -136,7 +136,6 @@ class Services:
             "TOUCHLINE_ADMIN_TOKEN": self.admin,
         }
         self.api_workers = Settings.from_env().api_workers
-        self.listener = None
         self.children: dict[str, ServiceProcess] = {}
         self.peak_rss: dict[str, float] = {}
         self._sampling = True
@@ -144,12 +143,10 @@ class Services:
         self._sampler.start()
 
     def start(self, kind: str) -> None:
-        if kind == "api":  # as `up` runs it: several workers on one listening socket
+        if kind == "api":  # as `up` runs it: several workers on one port
             from services.runtime.processes import api_workers
-            from services.runtime.serve import listen
 
-            self.listener = listen("127.0.0.1", self.port)
-            for index, worker in enumerate(api_workers(self.env, self.listener, self.api_workers, self.root)):
+            for index, worker in enumerate(api_workers(self.env, self.api_workers, self.root)):
                 self.children[f"api-{index}"] = worker.start()
             return
         self.children[kind] = ServiceProcess(kind, self.env, self.root / f"{kind}.log").start()
@@ -217,8 +214,6 @@ class Services:
         self._sampling = False
         for kind in list(self.children):
             self.stop(kind)
-        if self.listener is not None:
-            self.listener.close()
         self.servers.stop()
 
 

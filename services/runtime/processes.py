@@ -5,7 +5,6 @@ Used by `touchline up`, the bench and the tests, so that all three run services 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,10 @@ from services.runtime.embedded import die_with_parent, stop_process
 
 
 class ServiceProcess:
-    def __init__(
-        self, kind: str, env: dict[str, str], log_path: Path | None = None, pass_fds: tuple[int, ...] = ()
-    ) -> None:
+    def __init__(self, kind: str, env: dict[str, str], log_path: Path | None = None) -> None:
         self.kind = kind
         self.env = env
         self.log_path = log_path
-        self.pass_fds = pass_fds
         self.process: subprocess.Popen | None = None
         self.started_at = 0.0
 
@@ -33,7 +29,6 @@ class ServiceProcess:
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
             preexec_fn=die_with_parent,
-            pass_fds=self.pass_fds,
         )
         self.started_at = time.monotonic()
         return self
@@ -54,20 +49,12 @@ class ServiceProcess:
             self.process.wait()
 
 
-def api_workers(
-    env: dict[str, str], listener: socket.socket, count: int, log_dir: Path | None = None
-) -> list[ServiceProcess]:
-    """``count`` API processes (not started) accepting on one listening socket; the first also
-    runs the NATS way in."""
-    from services.runtime.serve import API_FD_ENV, API_WORKER_ENV
+def api_workers(env: dict[str, str], count: int, log_dir: Path | None = None) -> list[ServiceProcess]:
+    """``count`` API processes (not started) listening on one port; the first also runs the NATS
+    way in."""
+    from services.runtime.serve import API_WORKER_ENV
 
-    listener.set_inheritable(True)
     return [
-        ServiceProcess(
-            "api",
-            {**env, API_FD_ENV: str(listener.fileno()), API_WORKER_ENV: str(index)},
-            log_dir / f"api-{index}.log" if log_dir else None,
-            pass_fds=(listener.fileno(),),
-        )
+        ServiceProcess("api", {**env, API_WORKER_ENV: str(index)}, log_dir / f"api-{index}.log" if log_dir else None)
         for index in range(count)
     ]

@@ -29,8 +29,7 @@ from services.store.db import create_pool, migrate
 
 log = structlog.get_logger()
 
-API_FD_ENV = "TOUCHLINE_API_FD"
-API_WORKER_ENV = "TOUCHLINE_API_WORKER"
+API_WORKER_ENV = "TOUCHLINE_API_WORKER"  # set by `up` (0, 1, …): this process is one of its API workers
 
 
 @dataclass
@@ -103,10 +102,12 @@ async def serve_projector(settings: Settings) -> None:
         await backends.close()
 
 
-def listen(host: str, port: int, patience: float = 0.0) -> socket.socket:
-    """The API's listening socket. `up` opens it once and hands it to every API worker process,
-    which all accept on it (the one with time to spare takes the next connection). A port still
-    held is tried again for ``patience`` seconds: a stack killed just before lets go of it soon."""
+def listen(host: str, port: int, patience: float = 0.0, *, share: bool = False) -> socket.socket:
+    """The API's listening socket. ``share``: one of `up`'s API workers, each with a socket of its
+    own on the same port (SO_REUSEPORT), so the kernel spreads new connections over the workers
+    evenly (one socket handed to all of them let the first awake worker take every connection of
+    a burst: the bench's four ingest connections all went to one worker, the other idle). A port
+    still held is tried again for ``patience`` seconds: a stack killed just before lets go soon."""
     import time
 
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
@@ -114,6 +115,8 @@ def listen(host: str, port: int, patience: float = 0.0) -> socket.socket:
     while True:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if share:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             sock.bind(address)
             break
@@ -126,18 +129,17 @@ def listen(host: str, port: int, patience: float = 0.0) -> socket.socket:
     return sock
 
 
-def inherited_listener() -> tuple[socket.socket | None, int]:
-    """The socket and worker number `up` handed down (TOUCHLINE_API_FD, TOUCHLINE_API_WORKER), if any."""
+def api_worker() -> int | None:
+    """Which of `up`'s API workers this process is, or None when it runs alone."""
     import os
 
-    fd = os.environ.get(API_FD_ENV)
-    worker = int(os.environ.get(API_WORKER_ENV, "0"))
-    return (socket.socket(fileno=int(fd)) if fd else None), worker
+    worker = os.environ.get(API_WORKER_ENV)
+    return int(worker) if worker else None
 
 
 async def serve_api(settings: Settings) -> None:
     logs.configure("api")
-    listener, worker = inherited_listener()
+    worker = api_worker()
     opened: list[Backends] = []
     readers: list[InboxReader] = []
 
@@ -146,7 +148,7 @@ async def serve_api(settings: Settings) -> None:
         opened.append(backends)
         await prepare(backends)
         ingestor = Ingestor(backends.nc, backends.pool)
-        if worker == 0:
+        if not worker:  # alone, or `up`'s first worker
             # The NATS way in runs beside the HTTP one, in the first worker, sharing its ingestor
             # (a reader in every worker would be correct, fenced by its position row, but idle).
             readers.append(start_inbox(ingestor, lambda ws: workspace_exists(backends.pool, ws)))
@@ -175,7 +177,7 @@ async def serve_api(settings: Settings) -> None:
         lifespan="on",
     )
     server = uvicorn.Server(config)
-    listener = listener or listen(settings.http_host, settings.http_port)
+    listener = listen(settings.http_host, settings.http_port, share=worker is not None)
     log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
     await server.serve(sockets=[listener])
 

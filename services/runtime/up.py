@@ -42,7 +42,8 @@ def up(settings: Settings) -> None:
     logs.configure("up")
     check_data_dir(settings.data_dir)
     # A port taken by something else fails now, in plain words, not later in a child.
-    listener = listen(settings.http_host, settings.http_port, patience=10.0)
+    # (SO_REUSEPORT would let it join another stack's workers on that port: probe without it.)
+    listen(settings.http_host, settings.http_port, patience=10.0).close()
     nats = EmbeddedNats(settings.data_dir) if not settings.nats_url else None
     postgres = EmbeddedPostgres(settings.data_dir) if not settings.database_url else None
     stop = {"now": False}
@@ -62,7 +63,7 @@ def up(settings: Settings) -> None:
             log.info("postgres.embedded", data=str(postgres.root))
         asyncio.run(_prepare(settings))
         env = settings.child_environment()
-        children = api_workers(env, listener, settings.api_workers) + [
+        children = api_workers(env, settings.api_workers) + [
             ServiceProcess(kind, env) for kind in SERVICE_KINDS if kind != "api"
         ]
         failures = [0] * len(children)
@@ -90,7 +91,6 @@ def up(settings: Settings) -> None:
             nats.stop()
         if postgres is not None:
             postgres.stop()
-        listener.close()
         log.info("touchline.stopped")
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -149,7 +151,18 @@ def test_up_serves_one_port_from_several_api_workers_and_replaces_a_dead_one(tmp
     up = start_up(data_dir, port, tmp_path / "up.log", TOUCHLINE_API_WORKERS="3")
     try:
         wait_healthy(base)
-        first, *others = wait_for_workers(up, 3)
+        workers = wait_for_workers(up, 3)
+        # A burst of keep-alive connections is spread over the workers, not taken by the first awake.
+        with contextlib.ExitStack() as held:
+            burst = [held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10)) for _ in range(24)]
+            for connection in burst:
+                connection.sendall(b"GET /v1/health HTTP/1.1\r\nHost: touchline\r\n\r\n")
+            for connection in burst:
+                assert connection.recv(65536).startswith(b"HTTP/1.1")
+            serving = {worker.pid: sum(1 for c in worker.net_connections("tcp") if c.laddr.port == port
+                                       and c.status == psutil.CONN_ESTABLISHED) for worker in workers}
+        assert all(serving.values()), serving
+        first = workers[0]
         first.kill()
         # The others accept on the same socket: no new connection is refused meanwhile.
         for _ in range(50):
