@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import hashlib
 import json
 import math
@@ -49,6 +48,7 @@ from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
 from projections.batching import PreparedBatch
+from services import gc_tuning
 from services.nats_io import next_batch, read_log
 
 LIVE_PROJECTOR = "main"
@@ -440,15 +440,6 @@ async def rebuild(
     return build.stats
 
 
-def collect_less() -> None:
-    """For a process that replays: a rebuild allocates millions of short-lived objects (messages,
-    events, rows), and with the default thresholds the cyclic collector ran every 700 allocations
-    (about a tenth of replay's Python CPU, as in the projector); what start-up loaded is frozen
-    out of its scans."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
 def rebuild_many(
     nats_url: str, database_url: str, workspaces: list[str], *, processes: int = 2,
     progress: Progress | None = None,
@@ -533,7 +524,7 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
             await nc.close()
             await pool.close()
 
-    collect_less()
+    gc_tuning.collect_less()
     try:
         asyncio.run(run())
     except BaseException as err:

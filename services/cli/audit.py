@@ -135,7 +135,7 @@ def replay(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Rebuild a workspace's read models from the log; --until builds a snapshot, --verify compares."""
-    from services import replay as replaying
+    from services import gc_tuning, replay as replaying
 
     if until is not None and until_seq is not None:
         raise typer.BadParameter("give --until or --until-seq, not both")
@@ -153,7 +153,7 @@ def replay(
     label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")
 
     async def run():
-        replaying.collect_less()
+        gc_tuning.collect_less()
         async with backends(settings, workspace) as (pool, js):
             with progress_bar() as bar:
                 task = bar.add_task(f"{label} {workspace}", total=None)
