@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolic
 from events.log import INBOX_SUBJECTS, workspace_of_subject
 from events.validation import is_workspace_id
 from services.ingest import Ingestor, Judged, LogUnavailable, judge
-from services.nats_io import INBOX_STREAM_CONFIG, next_batch
+from services.nats_io import INBOX_STREAM_CONFIG, next_batch, stream_sequence
 from services.projector.runner import CommittedPosition, Fenced
 from services.store.db import RETRYABLE
 
@@ -144,7 +144,7 @@ class InboxReader:
     async def handle(self, messages: list[Msg]) -> None:
         """Move one batch into the log and the rejected list, and the position past it, once."""
         started = time.perf_counter()
-        last = messages[-1].metadata.sequence.stream
+        last = stream_sequence(messages[-1])
         judged, unknown = await self._judge(messages)
         async with self.pool.acquire() as conn:
             async with conn.transaction():

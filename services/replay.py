@@ -49,7 +49,7 @@ from nats.js import JetStreamContext
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
-from services.nats_io import next_batch, read_log
+from services.nats_io import next_batch, read_log, stream_sequence
 
 LIVE_PROJECTOR = "main"
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
@@ -121,17 +121,8 @@ def snapshot_schema(workspace: str, name: str) -> str:
 # --- reading the log --------------------------------------------------------------------
 
 
-def stream_seq(msg: Msg) -> int:
-    """The stream sequence of a JetStream message, from its reply subject: what
-    ``msg.metadata.sequence.stream`` gives, without building the whole Metadata (a tenth of
-    replay's time went there). ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...`` (9 tokens),
-    or with ``<domain>.<account hash>`` after ``$JS.ACK`` (11 or 12 tokens)."""
-    tokens = msg.reply.split(".")
-    return int(tokens[5] if len(tokens) == 9 else tokens[7])
-
-
 def decode_messages(messages: list[Msg]) -> list[LoggedEvent]:
-    return [decode_logged(stream_seq(msg), msg.subject, msg.headers, msg.data) for msg in messages]
+    return [decode_logged(stream_sequence(msg), msg.subject, msg.headers, msg.data) for msg in messages]
 
 
 class LogReader:
@@ -160,7 +151,7 @@ class LogReader:
         reaches ``end`` (bigger batches: fewer, larger statements in the scratch schema)."""
         messages = self.held or await next_batch(self.sub, self.batch_max, wait)
         self.held = []
-        while messages and len(messages) < self.batch_max and stream_seq(messages[-1]) < end:
+        while messages and len(messages) < self.batch_max and stream_sequence(messages[-1]) < end:
             more = await next_batch(self.sub, self.batch_max - len(messages), 0.05)
             if not more:
                 break
@@ -185,7 +176,7 @@ class LogReader:
                 continue
             waited_since = time.monotonic()
             cut = len(messages)
-            while cut and stream_seq(messages[cut - 1]) > until:
+            while cut and stream_sequence(messages[cut - 1]) > until:
                 cut -= 1
             take, self.held = messages[:cut], messages[cut:]
             if take:
@@ -193,7 +184,7 @@ class LogReader:
             if self.held:
                 self.reached = until
                 return
-            if cut and stream_seq(messages[cut - 1]) >= end:
+            if cut and stream_sequence(messages[cut - 1]) >= end:
                 self.reached = end
                 return
 
