@@ -1,10 +1,11 @@
 """A batch's pure work done before its transaction.
 
 A projection splits ``apply(conn, batch)`` into ``prepare(batch)`` (no I/O: decode-level work,
-folds, the rows and column arrays to write) and the writes. The projector prepares the next
-batch while PostgreSQL is still committing the current one (services/projector/runner.py) and
-hands ``apply`` a :class:`PreparedBatch`; any other caller (replay, re-drive, a test) passes a
-plain list and ``apply`` prepares it itself. Either way the same code computes the rows.
+folds, the rows and column arrays to write) and the writes. The projector and replay prepare
+the next batch while PostgreSQL is still applying the current one (``prepare_batch`` in
+services/projector/runner.py) and hand ``apply`` a :class:`PreparedBatch`; any other caller
+(re-drive, a test) passes a plain list and ``apply`` prepares it itself. Either way the same code
+computes the rows.
 """
 
 from __future__ import annotations
@@ -28,9 +29,3 @@ def prepared(projection: Any, batch: list[LoggedEvent]) -> Any:
     if done is not None and projection.name in done:
         return done[projection.name]
     return projection.prepare(batch)
-
-
-def prepare_all(projections: list, batch: PreparedBatch) -> None:
-    for projection in projections:
-        if hasattr(projection, "prepare"):
-            batch.prepared[projection.name] = projection.prepare(batch)

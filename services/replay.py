@@ -50,6 +50,7 @@ from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import next_batch, read_log, stream_sequence
+from services.projector.runner import prepare_batch
 
 LIVE_PROJECTOR = "main"
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
@@ -348,12 +349,7 @@ class Build:
         firsts = self.dedupe.first_copies(batch)  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
             firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
-        prepared = PreparedBatch(firsts)
-        for projection in self.projections:
-            if hasattr(projection, "prepare"):
-                prepared.prepared[projection.name] = projection.prepare(prepared)
-                await asyncio.sleep(0)
-        return prepared
+        return await prepare_batch(self.projections, firsts)
 
     async def _apply(self, firsts: PreparedBatch) -> None:
         for projection in self.projections:

@@ -160,6 +160,22 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
     return [logged for logged in batch if logged.seq in firsts]
 
 
+async def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> PreparedBatch:
+    """``events`` with every projection's pure work done (``prepare``, no I/O), yielding to the
+    event loop between projections so that a transaction in flight is answered meanwhile. A
+    ``prepare`` that fails is left out: ``apply`` prepares again inside the transaction, where the
+    failure is handled (parked by the projector, raised by a replay)."""
+    batch = PreparedBatch(events)
+    for projection in projections:
+        if hasattr(projection, "prepare"):
+            try:
+                batch.prepared[projection.name] = projection.prepare(batch)
+            except Exception:
+                pass
+            await asyncio.sleep(0)
+    return batch
+
+
 @dataclass
 class ReadyBatch:
     """A batch read, decoded and prepared, waiting for its transaction."""
@@ -280,15 +296,8 @@ class Projector:
             events += decoded
             poisons += bad
             await asyncio.sleep(0)
-        batch = PreparedBatch(events)
+        batch = await prepare_batch(self.projections, events)
         batch.prepared[_INDEX_KEYS] = index_keys(batch)
-        for projection in self.projections:
-            if hasattr(projection, "prepare"):
-                try:
-                    batch.prepared[projection.name] = projection.prepare(batch)
-                except Exception:  # apply meets it again in the transaction, and parks the culprit
-                    pass
-                await asyncio.sleep(0)
         return ReadyBatch(batch, poisons, stream_sequence(messages[-1]), len(messages))
 
     async def apply_messages(self, messages) -> None:
