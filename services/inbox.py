@@ -37,7 +37,6 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
 
 from events.log import INBOX_SUBJECTS, workspace_of_subject
-from events.validation import is_workspace_id
 from services.ingest import Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, next_batch, stream_sequence
 from services.projector.runner import CommittedPosition, Fenced
@@ -80,7 +79,6 @@ class InboxReader:
         self.position = 0
         self.purged = 0
         self.handled_total = 0
-        self._known: set[str] = set()
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -174,17 +172,10 @@ class InboxReader:
         return judged, unknown
 
     async def _is_known(self, workspace: str) -> bool:
-        if workspace in self._known:
-            return True
-        if not is_workspace_id(workspace):
-            return False
         try:
-            known = await self.known_workspace(workspace)
+            return await self.known_workspace(workspace)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             raise LogUnavailable(f"workspaces cannot be read: {err}") from err
-        if known:  # workspaces are never deleted
-            self._known.add(workspace)
-        return known
 
     async def _store(
         self, judged: list[tuple[str, Judged]], unknown: list[tuple[str, bytes, str]], db=None

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from events.validation import is_workspace_id
+
 SCOPES = ("ingest", "read", "admin")
 ANY_WORKSPACE = "*"
 
@@ -76,3 +78,20 @@ async def create_token(pool: asyncpg.Pool, workspace: str, scopes: list[str]) ->
 
 async def workspace_exists(pool: asyncpg.Pool, workspace: str) -> bool:
     return bool(await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace))
+
+
+class KnownWorkspaces:
+    """Whether a workspace exists, for the HTTP routes and the inbox reader of one process.
+    Workspaces are never deleted, so one found once is not looked up again."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._known: set[str] = set()
+
+    async def __call__(self, workspace: str) -> bool:
+        if workspace in self._known:
+            return True
+        if not is_workspace_id(workspace) or not await workspace_exists(self.pool, workspace):
+            return False
+        self._known.add(workspace)
+        return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncContextManager, AsyncIterator
 from typing import Any
 
@@ -13,7 +13,6 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException
 from nats.aio.client import Client as NatsClient
 
-from events.validation import is_workspace_id
 from services.api import auth
 from services.ingest import Ingestor
 from services.store import readiness
@@ -51,10 +50,11 @@ class Services:
     nc: NatsClient
     ingestor: Ingestor
     tokens: auth.TokenBook
-    # Workspaces are never deleted, so one that was found once need not be looked up again.
-    known_workspaces: set[str] = field(default_factory=set)
+    workspaces: auth.KnownWorkspaces | None = None  # None: a cache of this Services' own
 
     def __post_init__(self) -> None:
+        if self.workspaces is None:
+            self.workspaces = auth.KnownWorkspaces(self.pool)
         # The API keeps no session state on its connections (a snapshot's search_path is set for
         # its transaction only), so a connection going back to the pool needs no reset query
         # (asyncpg's default costs a round trip per request). asyncpg still rolls back an open
@@ -94,12 +94,8 @@ async def authorize(request: Request, workspace: str | None, scope: str) -> auth
 
 
 async def require_workspace(request: Request, workspace: str) -> None:
-    services = services_of(request)
-    if workspace in services.known_workspaces:
-        return
-    if not is_workspace_id(workspace) or not await auth.workspace_exists(services.pool, workspace):
+    if not await services_of(request).workspaces(workspace):
         raise ApiError(404, f"unknown workspace {workspace!r}")
-    services.known_workspaces.add(workspace)
 
 
 async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:

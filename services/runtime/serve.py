@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 from services import logs
 from services.api.app import create_app
 from services.api.common import Services
-from services.api.auth import TokenBook, workspace_exists
+from services.api.auth import KnownWorkspaces, TokenBook
 from services.inbox import InboxReader, start_inbox
 from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
@@ -148,15 +148,17 @@ async def serve_api(settings: Settings) -> None:
         opened.append(backends)
         await prepare(backends)
         ingestor = Ingestor(backends.nc, backends.pool)
+        workspaces = KnownWorkspaces(backends.pool)
         if not worker:  # alone, or `up`'s first worker
             # The NATS way in runs beside the HTTP one, in the first worker, sharing its ingestor
             # (a reader in every worker would be correct, fenced by its position row, but idle).
-            readers.append(start_inbox(ingestor, lambda ws: workspace_exists(backends.pool, ws)))
+            readers.append(start_inbox(ingestor, workspaces))
         return Services(
             pool=backends.pool,
             nc=backends.nc,
             ingestor=ingestor,
             tokens=TokenBook(backends.pool, settings.admin_token),
+            workspaces=workspaces,
         )
 
     async def shutdown() -> None:
