@@ -135,7 +135,7 @@ class InboxReader:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await self.committed.lock(conn, self.position)
-                await conn.execute("UPDATE inbox_positions SET position = 0 WHERE name = $1", self.name)
+                await self.committed.rewind(conn)
         self.position = 0
         self.purged = 0
 
@@ -200,7 +200,7 @@ class InboxReader:
             async with conn.transaction():
                 # Under the position lock: only one process retires it, the others then find a Limits stream.
                 await self.committed.load(self.pool)
-                await conn.execute("SELECT position FROM inbox_positions WHERE name = $1 FOR UPDATE", self.name)
+                await self.committed.hold(conn)
                 info = await self.js.stream_info(self.stream)
                 if info.config.retention != RetentionPolicy.WORK_QUEUE:
                     return
@@ -230,7 +230,7 @@ class InboxReader:
                     await sub.unsubscribe()
                 await self.js.delete_stream(self.stream)
                 await self.js.add_stream(self.config)
-                await conn.execute("UPDATE inbox_positions SET position = 0 WHERE name = $1", self.name)
+                await self.committed.rewind(conn)
                 log.warning("inbox.retired_work_queue")
 
 

@@ -71,12 +71,20 @@ class CommittedPosition:
     async def read(self, db: asyncpg.Pool | asyncpg.Connection) -> int | None:
         return await db.fetchval(f"SELECT position FROM {self.table} WHERE name = $1", self.name)
 
+    async def hold(self, conn: asyncpg.Connection) -> int | None:
+        """Lock the row for this transaction, whatever it holds: the reader's batches wait meanwhile."""
+        return await conn.fetchval(f"SELECT position FROM {self.table} WHERE name = $1 FOR UPDATE", self.name)
+
     async def lock(self, conn: asyncpg.Connection, expected: int) -> int:
         """Lock the row for this transaction; fenced if another process moved it meanwhile."""
-        committed = await conn.fetchval(f"SELECT position FROM {self.table} WHERE name = $1 FOR UPDATE", self.name)
+        committed = await self.hold(conn)
         if committed != expected:
             raise Fenced(f"position is {committed}, expected {expected}")
         return committed
+
+    async def rewind(self, conn: asyncpg.Connection) -> None:
+        """Back to the start (the stream read was recreated); under ``hold`` or ``lock``."""
+        await conn.execute(f"UPDATE {self.table} SET position = 0, updated_at = now() WHERE name = $1", self.name)
 
     async def advance(self, conn: asyncpg.Connection, last: int, applied: int) -> None:
         await conn.execute(

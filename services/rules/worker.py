@@ -116,7 +116,7 @@ async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
     """
     async with pool.acquire() as conn:
         async with conn.transaction():
-            await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", name)
+            await CommittedPosition("rules_positions", name).hold(conn)
             await conn.execute("DELETE FROM rules_contacts")
             await conn.execute("DELETE FROM rules_workspaces")
             await conn.execute("UPDATE rules_positions SET position = 0, applied = 0, updated_at = now() WHERE name = $1", name)
@@ -322,7 +322,7 @@ class RulesWorker:
             await asyncio.sleep(0.05)
 
         async def work(conn: asyncpg.Connection) -> Effects:
-            await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name)
+            await self.committed.hold(conn)
             state = await load_state(conn, [(fire.workspace, fire.contact)], [])
             settings = await load_settings(conn, [fire.workspace])
             effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
@@ -342,7 +342,7 @@ class RulesWorker:
 
     async def check_goals(self, conn: asyncpg.Connection) -> Effects:
         """goal-at-risk for every running goal of every workspace, at least this often."""
-        await conn.execute("SELECT position FROM rules_positions WHERE name = $1 FOR UPDATE", self.name)
+        await self.committed.hold(conn)
         rows = await conn.fetch("SELECT workspace FROM rules_workspaces WHERE state ? 'goals'")
         state = await load_state(conn, [], [row["workspace"] for row in rows])
         settings = await load_settings(conn, state.workspaces)
