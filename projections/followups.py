@@ -177,11 +177,14 @@ WHERE ($3::text IS NULL OR status = $3) AND ($5::text IS NULL OR followup_id > $
 ORDER BY followup_id LIMIT $6
 """
 
-COUNT_OPEN = f"""
-SELECT f.contact, count(*) AS n
+# A contact's follow-ups that count as open (the contact view's ``open_followups``), $2 = now.
+_OPEN_OF_CONTACT = f"""
 FROM followups f LEFT JOIN followup_sales s USING (workspace, contact)
-WHERE f.workspace = $1 AND f.contact = ANY($3::text[]) AND f.requested
-  AND {_STATUS_SQL} IN ('open', 'overdue')
+WHERE f.workspace = $1 AND f.contact {{contact}} AND f.requested AND {_STATUS_SQL} IN ('open', 'overdue')
+"""
+
+COUNT_OPEN = f"""
+SELECT f.contact, count(*) AS n {_OPEN_OF_CONTACT.format(contact="= ANY($3::text[])")}
 GROUP BY f.contact
 """
 
@@ -193,10 +196,7 @@ ORDER BY at DESC, alert_id LIMIT $3
 
 
 STATE_WITH_OPEN = f"""
-SELECT c.state, (
-    SELECT count(*) FROM followups f LEFT JOIN followup_sales s USING (workspace, contact)
-    WHERE f.workspace = $1 AND f.contact = $3 AND f.requested AND {_STATUS_SQL} IN ('open', 'overdue')
-) AS open_followups
+SELECT c.state, (SELECT count(*) {_OPEN_OF_CONTACT.format(contact="= $3")}) AS open_followups
 FROM contacts c WHERE c.workspace = $1 AND c.contact = $3
 """
 
