@@ -353,14 +353,17 @@ async def ingest_nats(stack: Services, workspaces: list[Workspace], progress: Pr
 
     import asyncpg
 
+    from services.projector.runner import CommittedPosition
+
     db = await asyncpg.connect(stack.database_url)
-    base = await db.fetchval("SELECT position FROM inbox_positions WHERE name = 'main'")
+    inbox = CommittedPosition("inbox_positions", "main")
+    base = await inbox.read(db)
     started = time.perf_counter()
     await asyncio.gather(*(producer() for _ in range(NATS_PRODUCERS)))
     acked = time.perf_counter() - started
     end = (await js.stream_info(INBOX_STREAM)).state.last_seq
     while True:  # every event judged and in the log or the rejected list: the reader's committed position
-        position = await db.fetchval("SELECT position FROM inbox_positions WHERE name = 'main'")
+        position = await inbox.read(db)
         progress("ingest over NATS (stored in the log)", position - base, end - base)
         if position >= end:
             break
@@ -410,12 +413,15 @@ async def _log_last_seq(stack: Services) -> int:
 
 
 async def project(stack: Services, pool, progress: Progress) -> dict:
+    from services.projector.runner import CommittedPosition
+
+    projector = CommittedPosition("projector_positions", "main")
     last = await _log_last_seq(stack)
     spawned = time.perf_counter()
     stack.start("projector")
     first: tuple[float, int] | None = None
     while True:
-        position = await pool.fetchval("SELECT position FROM projector_positions WHERE name = 'main'") or 0
+        position = await projector.read(pool) or 0
         now = time.perf_counter()
         if position > 0 and first is None:
             first = (now, position)
