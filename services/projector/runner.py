@@ -43,9 +43,9 @@ class Projection(Protocol):
 
 _SLICE = 500  # messages decoded between two yields to the event loop
 # Read models that grew by this many events since their statistics were taken are analyzed when
-# the projector reaches the log's head: autovacuum looks only every minute, and until it does a freshly loaded
-# workspace is planned as if it were empty (the touches histogram, say, went through the whole
-# workspace's contacts instead of its partial index: 20 ms instead of 2).
+# the projector reaches the log's head: autovacuum looks only every minute, and until it does a
+# freshly loaded workspace is planned as if it were empty (the touches histogram, say, went
+# through the whole workspace's contacts instead of its partial index: 20 ms instead of 2).
 ANALYZE_AFTER_EVENTS = 20_000
 
 
