@@ -10,7 +10,9 @@ the time Touchline received it travel in headers.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
+from typing import Mapping
 
 import msgspec
 
@@ -71,7 +73,11 @@ class LoggedEvent(msgspec.Struct, frozen=True):
         return (self.event.source, self.event.id)
 
 
-def decode_logged(seq: int, subject: str, headers: dict[str, str] | None, body: bytes) -> LoggedEvent:
+# A batch's events share their arrival time: parse each distinct one once.
+_received_at = functools.lru_cache(maxsize=256)(dt.datetime.fromisoformat)
+
+
+def decode_logged(seq: int, subject: str, headers: Mapping[str, str] | None, body: bytes) -> LoggedEvent:
     """A logged event in today's catalog shape: an older one is upcast first (``raw`` is then
     the upcast JSON; the log itself is never rewritten)."""
     headers = headers or {}
@@ -80,7 +86,7 @@ def decode_logged(seq: int, subject: str, headers: dict[str, str] | None, body: 
     return LoggedEvent(
         seq=seq,
         workspace=workspace_of_subject(subject),
-        received_at=dt.datetime.fromisoformat(received) if received else dt.datetime.now(dt.timezone.utc),
+        received_at=_received_at(received) if received else dt.datetime.now(dt.timezone.utc),
         event=_decode(body),
         raw=body,
     )

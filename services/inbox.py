@@ -27,18 +27,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import asyncpg
 import nats.errors
 import nats.js.errors
 import structlog
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
-from events.log import INBOX_SUBJECTS, workspace_of_subject
+from events.log import workspace_of_subject
 from services.ingest import Ingestor, Judged, LogUnavailable, judge
-from services.nats_io import INBOX_STREAM_CONFIG, next_batch, stream_sequence
+from services.nats_io import INBOX_STREAM_CONFIG, read_log
+from services.stream_reader import StreamMessage
 from services.projector.runner import CommittedPosition, Fenced
 from services.store.db import RETRYABLE
 
@@ -108,26 +109,36 @@ class InboxReader:
         if info.state.last_seq < self.position:
             await self._restart_position(info.state.last_seq)
         self.purged = max(self.purged, info.state.first_seq - 1)
-        _skip_producer_headers(self.ingestor.nc)
-        sub = await self.js.subscribe(
-            self.subjects,
-            ordered_consumer=True,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.position + 1),
-            pending_msgs_limit=200_000,
-            pending_bytes_limit=512 * 1024 * 1024,
-            stream=self.stream,
-        )
+        sub = await read_log(self.js, self.position + 1, self.subjects, self.stream)
         log.info("inbox.started", reader=self.name, position=self.position)
+        # The next batch is read and judged while the current one is stored (the log's fsync, the
+        # index, the commit): the Python work then overlaps the waiting instead of adding to it.
+        ready: asyncio.Queue[JudgedBatch | None] = asyncio.Queue(maxsize=1)
+        reader = asyncio.create_task(self._read_ahead(sub, ready))
         try:
             while not self._stopping.is_set():
-                messages = await next_batch(sub, self.batch_max, IDLE_SECONDS)
-                if messages:
-                    await self.handle(messages)
-                if self.position - self.purged >= PURGE_EVERY or (not messages and self.position > self.purged):
+                try:
+                    batch = await asyncio.wait_for(ready.get(), IDLE_SECONDS + 1.0)
+                except asyncio.TimeoutError:
+                    batch = None
+                if reader.done():
+                    reader.result()  # the reader's error, if it failed
+                    raise RuntimeError("the inbox stopped being read")
+                if batch is not None:
+                    await self.store(batch)
+                if self.position - self.purged >= PURGE_EVERY or (batch is None and self.position > self.purged):
                     await self._purge()
         finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
             with contextlib.suppress(Exception):  # the connection may already be closing
                 await sub.unsubscribe()
+
+    async def _read_ahead(self, sub, ready: asyncio.Queue[JudgedBatch | None]) -> None:
+        while True:
+            messages = await sub.next_batch(self.batch_max, IDLE_SECONDS)
+            await ready.put(await self.judge_batch(messages) if messages else None)
 
     async def _restart_position(self, last_seq: int) -> None:
         """The inbox was recreated (its sequences start again): so does the position."""
@@ -139,37 +150,32 @@ class InboxReader:
         self.position = 0
         self.purged = 0
 
-    async def handle(self, messages: list[Msg]) -> None:
+    async def handle(self, messages: list[StreamMessage]) -> None:
         """Move one batch into the log and the rejected list, and the position past it, once."""
+        await self.store(await self.judge_batch(messages))
+
+    async def judge_batch(self, messages: list[StreamMessage]) -> JudgedBatch:
+        known = await self._known_workspaces(messages)
+        # Validation is pure: in a worker thread, so that this process's HTTP requests and the
+        # transaction in flight are served meanwhile.
+        judged, unknown = await asyncio.to_thread(_judge, messages, known)
+        return JudgedBatch(judged, unknown, messages[-1].seq, len(messages))
+
+    async def _known_workspaces(self, messages) -> dict[str, bool]:
+        return {workspace: await self._is_known(workspace)
+                for workspace in {workspace_of_subject(msg.subject) for msg in messages}}
+
+    async def store(self, batch: JudgedBatch) -> None:
         started = time.perf_counter()
-        last = stream_sequence(messages[-1])
-        judged, unknown = await self._judge(messages)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 await self.committed.lock(conn, self.position)
-                await self._store(judged, unknown, db=conn)
-                await self.committed.advance(conn, last, len(messages))
-        self.position = last
-        self.handled_total += len(messages)
-        log.debug("inbox.batch", messages=len(messages), position=last,
+                await self._store(batch.judged, batch.unknown, db=conn)
+                await self.committed.advance(conn, batch.last, batch.count)
+        self.position = batch.last
+        self.handled_total += batch.count
+        log.debug("inbox.batch", messages=batch.count, position=batch.last,
                   ms=round((time.perf_counter() - started) * 1000, 1))
-
-    async def _judge(self, messages: list[Msg]) -> tuple[list[tuple[str, Judged]], list[tuple[str, bytes, str]]]:
-        judged: list[tuple[str, Judged]] = []
-        unknown: list[tuple[str, bytes, str]] = []
-        verdicts: dict[str, bool] = {}
-        for count, msg in enumerate(messages, start=1):
-            if count % 1000 == 0:  # let the HTTP requests of this process in between
-                await asyncio.sleep(0)
-            workspace = workspace_of_subject(msg.subject)
-            known = verdicts.get(workspace)
-            if known is None:
-                known = verdicts[workspace] = await self._is_known(workspace)
-            if known:
-                judged.append((workspace, judge(msg.data)))
-            else:
-                unknown.append((workspace[:64], msg.data, f"workspace: unknown workspace {workspace!r}"))
-        return judged, unknown
 
     async def _is_known(self, workspace: str) -> bool:
         try:
@@ -222,7 +228,7 @@ class InboxReader:
                         messages = await sub.fetch(1000, timeout=1.0)
                     except nats.errors.TimeoutError:
                         continue  # delivered earlier and not acked: back after ack_wait
-                    judged, unknown = await self._judge(messages)
+                    judged, unknown = _judge(messages, await self._known_workspaces(messages))
                     await self._store(judged, unknown)  # committed by the pool before the acks
                     for msg in messages:
                         await msg.ack()
@@ -234,25 +240,27 @@ class InboxReader:
                 log.warning("inbox.retired_work_queue")
 
 
-def _skip_producer_headers(nc) -> None:
-    """Do not parse the headers producers put on inbox messages: the reader never reads them, and
-    parsing them was an eighth of its time (py-spy). Status messages (flow control, heartbeats:
-    ``NATS/1.0 100 ...``, a space after the version) are still parsed, as the ordered consumer needs."""
-    if getattr(nc, "_touchline_inbox_headers_skipped", False):
-        return
-    process_msg = nc._process_msg
+@dataclass
+class JudgedBatch:
+    """A batch of the inbox, judged, waiting for its transaction."""
 
-    async def without_producer_headers(sid, subject, reply, data, headers):
-        if headers and subject.startswith(_INBOX_SUBJECT_PREFIX) and headers[_STATUS_AT : _STATUS_AT + 1] != b" ":
-            headers = None
-        return await process_msg(sid, subject, reply, data, headers)
-
-    nc._process_msg = without_producer_headers
-    nc._touchline_inbox_headers_skipped = True
+    judged: list[tuple[str, Judged]]
+    unknown: list[tuple[str, bytes, str]]  # (workspace, body, reason): no such workspace
+    last: int  # the batch's last inbox sequence
+    count: int
 
 
-_INBOX_SUBJECT_PREFIX = INBOX_SUBJECTS.removesuffix("*").encode()  # the parser hands subjects over as bytes
-_STATUS_AT = len(b"NATS/1.0")
+def _judge(messages, known: dict[str, bool]) -> tuple[list[tuple[str, Judged]], list[tuple[str, bytes, str]]]:
+    judged: list[tuple[str, Judged]] = []
+    unknown: list[tuple[str, bytes, str]] = []
+    for msg in messages:
+        workspace = workspace_of_subject(msg.subject)
+        if known[workspace]:
+            judged.append((workspace, judge(msg.data)))
+        else:
+            unknown.append((workspace[:64], msg.data, f"workspace: unknown workspace {workspace!r}"))
+    return judged, unknown
+
 
 _running: set[asyncio.Task] = set()
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import nats
 import structlog
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from events.commands import (
     COMMANDS_STREAM,
@@ -20,6 +17,7 @@ from events.commands import (
     TIMERS_SUBJECTS,
 )
 from events.log import INBOX_STREAM, INBOX_SUBJECTS, LOG_STREAM, LOG_SUBJECTS
+from services.stream_reader import OrderedConsumer, TapClient
 
 log = structlog.get_logger()
 
@@ -133,8 +131,8 @@ async def connect(url: str, name: str) -> Client:
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
-    return await nats.connect(
-        nats_servers(url),
+    return await connect_client(
+        url,
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
@@ -143,6 +141,13 @@ async def connect(url: str, name: str) -> Client:
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+
+
+async def connect_client(url: str | list[str], **options) -> TapClient:
+    """``nats.connect`` with a client whose parser can feed an ``OrderedConsumer``."""
+    nc = TapClient()
+    await nc.connect(nats_servers(url), **options)
+    return nc
 
 
 # "stream configuration update can not change retention policy to/from workqueue"
@@ -169,46 +174,7 @@ async def last_log_seq(js: JetStreamContext) -> int:
     return info.state.last_seq
 
 
-async def read_log(js: JetStreamContext, start_seq: int, subject: str = LOG_SUBJECTS):
-    """An ordered consumer over the log from ``start_seq``: strictly in order, no acks, no redelivery."""
-    return await js.subscribe(
-        subject,
-        ordered_consumer=True,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(start_seq, 1)),
-        pending_msgs_limit=200_000,
-        pending_bytes_limit=512 * 1024 * 1024,
-        stream=LOG_STREAM,
-    )
-
-
-def stream_sequence(msg: Msg) -> int:
-    """The message's stream sequence, from its reply subject ``$JS.ACK.<stream>.<consumer>.<delivered>.
-    <stream seq>.<consumer seq>.<time>.<pending>``; nats-py's ``msg.metadata`` builds a dataclass and
-    a datetime for it, a twentieth of the projector's time. Other reply forms go through nats-py."""
-    tokens = msg.reply.split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5])
-    return msg.metadata.sequence.stream
-
-
-async def next_batch(sub, max_messages: int, wait: float) -> list[Msg]:
-    """Wait up to ``wait`` seconds for one message, then take what else is already here.
-
-    nats-py offers only one-at-a-time ``next_msg`` (a task per call); draining the queue
-    directly keeps the per-message cost near zero, and keeps flow control working.
-    """
-    try:
-        first = await sub.next_msg(timeout=wait)
-    except nats.errors.TimeoutError:
-        return []
-    batch = [first]
-    queue: asyncio.Queue = sub._pending_queue
-    while len(batch) < max_messages:
-        try:
-            msg = queue.get_nowait()
-        except asyncio.QueueEmpty:
-            break
-        sub._pending_size -= len(msg.data)
-        queue.task_done()
-        batch.append(msg)
-    return batch
+async def read_log(js: JetStreamContext, start_seq: int, subject: str = LOG_SUBJECTS,
+                   stream: str = LOG_STREAM) -> OrderedConsumer:
+    """An ordered consumer over ``stream`` from ``start_seq``: strictly in order, no acks, no redelivery."""
+    return await OrderedConsumer(js, stream, subject, start_seq).start()

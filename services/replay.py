@@ -43,13 +43,13 @@ from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
-from services.nats_io import next_batch, read_log, stream_sequence
+from services.nats_io import read_log
+from services.stream_reader import StreamMessage
 from services.projector.runner import prepare_batch
 
 LIVE_PROJECTOR = "main"
@@ -57,7 +57,6 @@ SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
 BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
-_SLICE = 5_000  # messages decoded between two yields to the event loop
 
 
 @dataclass
@@ -122,8 +121,8 @@ def snapshot_schema(workspace: str, name: str) -> str:
 # --- reading the log --------------------------------------------------------------------
 
 
-def decode_messages(messages: list[Msg]) -> list[LoggedEvent]:
-    return [decode_logged(stream_sequence(msg), msg.subject, msg.headers, msg.data) for msg in messages]
+def decode_messages(messages: list[StreamMessage]) -> list[LoggedEvent]:
+    return [decode_logged(msg.seq, msg.subject, msg.headers, msg.data) for msg in messages]
 
 
 class LogReader:
@@ -134,7 +133,7 @@ class LogReader:
         self.subject = log_subject(workspace)
         self.batch_max = batch_max
         self.sub = None
-        self.held: list[Msg] = []
+        self.held: list[StreamMessage] = []
         self.reached = 0  # every message of the subject with seq <= reached has been handed out
 
     async def last_on_subject(self) -> int:
@@ -147,19 +146,19 @@ class LogReader:
         info = await self.js.stream_info(LOG_STREAM, subjects_filter=self.subject)
         return (info.state.subjects or {}).get(self.subject, 0)
 
-    async def _next(self, end: int, wait: float) -> list[Msg]:
+    async def _next(self, end: int, wait: float) -> list[StreamMessage]:
         """Up to ``batch_max`` messages: what has arrived, topped up until the batch is full or
         reaches ``end`` (bigger batches: fewer, larger statements in the scratch schema)."""
-        messages = self.held or await next_batch(self.sub, self.batch_max, wait)
+        messages = self.held or await self.sub.next_batch(self.batch_max, wait)
         self.held = []
-        while messages and len(messages) < self.batch_max and stream_sequence(messages[-1]) < end:
-            more = await next_batch(self.sub, self.batch_max - len(messages), 0.05)
+        while messages and len(messages) < self.batch_max and messages[-1].seq < end:
+            more = await self.sub.next_batch(self.batch_max - len(messages), 0.05)
             if not more:
                 break
             messages += more
         return messages
 
-    async def read_until(self, until: int, stall: float = 60.0) -> AsyncIterator[list[Msg]]:
+    async def read_until(self, until: int, stall: float = 60.0) -> AsyncIterator[list[StreamMessage]]:
         if until <= self.reached:
             return
         end = min(until, await self.last_on_subject())
@@ -177,7 +176,7 @@ class LogReader:
                 continue
             waited_since = time.monotonic()
             cut = len(messages)
-            while cut and stream_sequence(messages[cut - 1]) > until:
+            while cut and messages[cut - 1].seq > until:
                 cut -= 1
             take, self.held = messages[:cut], messages[cut:]
             if take:
@@ -185,7 +184,7 @@ class LogReader:
             if self.held:
                 self.reached = until
                 return
-            if cut and stream_sequence(messages[cut - 1]) >= end:
+            if cut and messages[cut - 1].seq >= end:
                 self.reached = end
                 return
 
@@ -311,11 +310,8 @@ class Build:
         async def read() -> None:
             try:
                 async for messages in self.reader.read_until(until):
-                    events: list[LoggedEvent] = []
-                    for start in range(0, len(messages), _SLICE):  # yielding: the transaction in flight is answered
-                        events += decode_messages(messages[start:start + _SLICE])
-                        await asyncio.sleep(0)
-                    await decoded.put((len(events), await self._prepare(events)))
+                    # In a worker thread: the event loop keeps answering the transaction in flight.
+                    await decoded.put((len(messages), await asyncio.to_thread(self._prepare, messages)))
             except Exception as err:  # handed over, raised by the applying side
                 await decoded.put(err)
                 return
@@ -343,13 +339,13 @@ class Build:
         self.stats.last_seq = max(self.stats.last_seq, self.reader.reached)
         self.stats.seconds = time.perf_counter() - self.started
 
-    async def _prepare(self, batch: list[LoggedEvent]) -> PreparedBatch:
+    def _prepare(self, messages: list[StreamMessage]) -> PreparedBatch:
         """The batch's first copies with every projection's pure work done (``prepare``, no I/O),
         while the previous batch is in PostgreSQL."""
-        firsts = self.dedupe.first_copies(batch)  # before the time filter: a later copy stays a duplicate
+        firsts = self.dedupe.first_copies(decode_messages(messages))  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
             firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
-        return await prepare_batch(self.projections, firsts)
+        return prepare_batch(self.projections, firsts)
 
     async def _apply(self, firsts: PreparedBatch) -> None:
         for projection in self.projections:
@@ -482,14 +478,12 @@ def rebuild_many(
 def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
     import queue as queues
 
-    import nats as nats_client
-
-    from services.nats_io import nats_servers
+    from services.nats_io import connect_client
     from services.store.db import create_pool
 
     async def run() -> None:
         pool = await create_pool(database_url, max_size=2)
-        nc = await nats_client.connect(nats_servers(nats_url), pending_size=256 * 1024 * 1024)
+        nc = await connect_client(nats_url, pending_size=256 * 1024 * 1024)
         try:
             js = nc.jetstream(timeout=30)
             while True:
@@ -511,7 +505,7 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
             await nc.close()
             await pool.close()
 
-    gc_tuning.collect_less()
+    gc_tuning.tune_for_streaming()
     try:
         asyncio.run(run())
     except BaseException as err:

@@ -52,16 +52,15 @@ def nats_url(settings: Settings) -> str:
 @contextlib.asynccontextmanager
 async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
     """(pool, js) for a CLI command; exits 2 when ``workspace`` is given and unknown."""
-    import nats
-
     from services.cli.main import database
+    from services.nats_io import connect_client
 
     url = nats_url(settings)
     async with database(settings) as pool:
         if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
             err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
             raise typer.Exit(2)
-        nc = await nats.connect(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
+        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
         try:
             yield pool, nc.jetstream(timeout=30)
         finally:
@@ -153,7 +152,7 @@ def replay(
     label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")
 
     async def run():
-        gc_tuning.collect_less()
+        gc_tuning.tune_for_streaming()
         async with backends(settings, workspace) as (pool, js):
             with progress_bar() as bar:
                 task = bar.add_task(f"{label} {workspace}", total=None)

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from events.log import LoggedEvent, decode_logged, workspace_of_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
-from services.nats_io import next_batch, read_log, stream_sequence
+from services.nats_io import read_log
 from services.projector.parking import Poison, park
 from services.store.db import RETRYABLE
 
@@ -41,7 +41,6 @@ class Projection(Protocol):
     async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None: ...
 
 
-_SLICE = 500  # messages decoded between two yields to the event loop
 # Read models that grew by this many events since their statistics were taken are analyzed when
 # the projector reaches the log's head: autovacuum looks only every minute, and until it does a
 # freshly loaded workspace is planned as if it were empty (the touches histogram, say, went
@@ -100,11 +99,10 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
     batch: list[LoggedEvent] = []
     poisons: list[Poison] = []
     for msg in messages:
-        seq = stream_sequence(msg)
         try:
-            batch.append(decode_logged(seq, msg.subject, msg.headers, msg.data))
+            batch.append(decode_logged(msg.seq, msg.subject, msg.headers, msg.data))
         except Exception as err:  # a shape this code does not know
-            poisons.append(Poison(seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
+            poisons.append(Poison(msg.seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
     return batch, poisons
 
 
@@ -168,9 +166,9 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
     return [logged for logged in batch if logged.seq in firsts]
 
 
-async def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> PreparedBatch:
-    """``events`` with every projection's pure work done (``prepare``, no I/O), yielding to the
-    event loop between projections so that a transaction in flight is answered meanwhile. A
+def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> PreparedBatch:
+    """``events`` with every projection's pure work done (``prepare``: no I/O, so the projector and
+    replay run it in a worker thread while the event loop drives the transaction in flight). A
     ``prepare`` that fails is left out: ``apply`` prepares again inside the transaction, where the
     failure is handled (parked by the projector, raised by a replay)."""
     batch = PreparedBatch(events)
@@ -180,7 +178,6 @@ async def prepare_batch(projections: list[Projection], events: list[LoggedEvent]
                 batch.prepared[projection.name] = projection.prepare(batch)
             except Exception:
                 pass
-            await asyncio.sleep(0)
     return batch
 
 
@@ -221,7 +218,7 @@ class Projector:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        gc_tuning.collect_less()
+        gc_tuning.tune_for_streaming()
         while not self._stopping.is_set():
             try:
                 await self._run_from_committed_position()
@@ -290,26 +287,20 @@ class Projector:
 
     async def _read_ahead(self, sub, ready: asyncio.Queue[ReadyBatch]) -> None:
         while True:
-            messages = await next_batch(sub, self.batch_max, self.wait)
+            messages = await sub.next_batch(self.batch_max, self.wait)
             if messages:
-                await ready.put(await self.prepare_messages(messages))
+                # In a worker thread: the event loop keeps answering the transaction in flight.
+                await ready.put(await asyncio.to_thread(self.prepare_messages, messages))
 
-    async def prepare_messages(self, messages) -> ReadyBatch:
-        """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs
-        it. A slice at a time, yielding in between, so that the transaction in flight is answered."""
-        events: list[LoggedEvent] = []
-        poisons: list[Poison] = []
-        for start in range(0, len(messages), _SLICE):
-            decoded, bad = decode_messages(messages[start:start + _SLICE])
-            events += decoded
-            poisons += bad
-            await asyncio.sleep(0)
-        batch = await prepare_batch(self.projections, events)
+    def prepare_messages(self, messages) -> ReadyBatch:
+        """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs it."""
+        events, poisons = decode_messages(messages)
+        batch = prepare_batch(self.projections, events)
         batch.prepared[_INDEX_KEYS] = index_keys(batch)
-        return ReadyBatch(batch, poisons, stream_sequence(messages[-1]), len(messages))
+        return ReadyBatch(batch, poisons, messages[-1].seq, len(messages))
 
     async def apply_messages(self, messages) -> None:
-        await self.commit_ready(await self.prepare_messages(messages))
+        await self.commit_ready(self.prepare_messages(messages))
 
     async def commit_ready(self, ready: ReadyBatch) -> None:
         """Apply a batch in one transaction; if it fails, apply it again event by event, each in

@@ -45,7 +45,7 @@ from events.commands import (
     timer_subject,
 )
 from events.log import LoggedEvent
-from services.nats_io import last_log_seq, next_batch, read_log, stream_sequence
+from services.nats_io import last_log_seq, read_log
 from services.projector.parking import Poison, park
 from services.projector.runner import CommittedPosition, Fenced, decode_messages, first_copies
 from services.rules import logic
@@ -248,10 +248,10 @@ class RulesWorker:
         checked = time.monotonic()
         try:
             while not self._stopping.is_set():
-                messages = await next_batch(sub, self.batch_max, self.wait)
+                messages = await sub.next_batch(self.batch_max, self.wait)
                 if messages:
                     batch, poisons = decode_messages(messages)
-                    await self.apply_batch(batch, poisons, last=stream_sequence(messages[-1]))
+                    await self.apply_batch(batch, poisons, last=messages[-1].seq)
                 elif time.monotonic() - checked > 2.0:
                     # Idle: notice a position moved by someone else (`touchline rules reset`).
                     checked = time.monotonic()

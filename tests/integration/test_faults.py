@@ -15,6 +15,7 @@ import pytest
 from services.runtime.embedded import EmbeddedPostgres
 from tests.integration.test_contacts_projector import all_contacts
 from tests.support import Servers, Stack, event
+from services.nats_io import connect_client
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +157,7 @@ def test_an_inbox_batch_slower_than_ack_wait_is_stored_once(stack):
 
     async def stall_and_publish() -> None:
         blocker = await asyncpg.connect(stack.servers.database_url)
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         try:
             async with blocker.transaction():
                 await blocker.execute("LOCK TABLE event_index IN ACCESS EXCLUSIVE MODE")
@@ -177,7 +178,7 @@ def test_an_inbox_batch_slower_than_ack_wait_is_stored_once(stack):
 
     async def copies_in_log() -> int:
         """Messages in the log carrying this event's id (the rules may log a follow-up beside it)."""
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         sub = await nc.jetstream().subscribe(log_subject(ws), ordered_consumer=True, stream=LOG_STREAM)
         found = 0
         try:

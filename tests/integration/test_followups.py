@@ -21,11 +21,11 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import asyncpg
-import nats
 
 from events.commands import COMMANDS_STREAM, TIMERS_STREAM, followup_id
 from events.log import LOG_STREAM
 from tests.support import event
+from services.nats_io import connect_client
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -45,7 +45,7 @@ def wait_for(check, timeout: float = 90, what: str = "condition"):
 
 
 async def _pipeline_state(stack, ws: str) -> tuple[int, int, int]:
-    nc = await nats.connect(stack.servers.nats_url)
+    nc = await connect_client(stack.servers.nats_url)
     try:
         js = nc.jetstream()
         last = (await js.stream_info(LOG_STREAM)).state.last_seq
@@ -102,7 +102,7 @@ def by_contact(items: list[dict]) -> dict[str, list[str]]:
 
 async def _count_logged(stack, ws: str, type_: str) -> Counter:
     """How many times each id of ``type_`` is in the workspace's log (duplicates would show > 1)."""
-    nc = await nats.connect(stack.servers.nats_url)
+    nc = await connect_client(stack.servers.nats_url)
     counts: Counter = Counter()
     try:
         js = nc.jetstream()
@@ -259,7 +259,7 @@ def test_no_duplicates_after_killing_rules_worker_and_dispatchers_mid_stream(sta
 
 
 async def _timer_consumer_idle(stack) -> bool:
-    nc = await nats.connect(stack.servers.nats_url)
+    nc = await connect_client(stack.servers.nats_url)
     try:
         info = await nc.jetstream().consumer_info(TIMERS_STREAM, "rules-timers")
         return info.num_pending == 0 and info.num_ack_pending == 0

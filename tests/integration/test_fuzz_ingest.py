@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from events.log import INBOX_STREAM, LOG_STREAM, decode_logged, inbox_subject
 from events.validation import parse_event
 from tests.support import event
+from services.nats_io import connect_client
 
 # TOUCHLINE_FUZZ_EXAMPLES=1000 for a longer hunt; the suite keeps it short.
 FUZZ = settings(max_examples=int(os.environ.get("TOUCHLINE_FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck), derandomize=not os.environ.get("TOUCHLINE_FUZZ_EXAMPLES"))
@@ -147,7 +148,7 @@ def test_garbage_on_nats_is_judged_and_the_log_stays_valid(stack, fuzz_ws):
     subjects = [inbox_subject(ws)] + [f"touchline.in.{odd}" for odd in ("UPPER", "a_b", "é", "x" * 70, "-")]
 
     async def publish_all() -> None:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         js = nc.jetstream()
         for subject in subjects:
             for body in bodies:
@@ -161,7 +162,7 @@ def test_garbage_on_nats_is_judged_and_the_log_stays_valid(stack, fuzz_ws):
     asyncio.run(publish_all())
 
     async def inbox_left() -> int:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         info = await nc.jetstream().stream_info(INBOX_STREAM)
         await nc.close()
         return info.state.messages
@@ -180,7 +181,7 @@ def test_afterwards_every_logged_event_parses(stack):
     assert stack.api.process.poll() is None, "the API process died"
 
     async def check() -> int:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         js = nc.jetstream()
         last = (await js.stream_info(LOG_STREAM)).state.last_seq
         sub = await js.subscribe("touchline.log.>", ordered_consumer=True, stream=LOG_STREAM)

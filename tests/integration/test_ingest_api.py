@@ -6,10 +6,10 @@ import asyncio
 import json
 import time
 
-import nats
 
 from events.log import LOG_STREAM
 from tests.support import event
+from services.nats_io import connect_client
 
 
 def test_batch_gets_one_result_per_element(stack):
@@ -131,7 +131,7 @@ def test_duplicates_beyond_the_jetstream_window(stack):
     assert first["status"] == "accepted"
 
     async def shrink_window(seconds: float) -> None:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         js = nc.jetstream()
         config = (await js.stream_info(LOG_STREAM)).config
         config.duplicate_window = seconds

@@ -6,14 +6,14 @@ import asyncio
 import json
 import time
 
-import nats
 
 from events.log import inbox_subject
 from tests.support import event
+from services.nats_io import connect_client
 
 
 async def publish(url: str, subject: str, bodies: list, msg_ids: bool = False) -> list:
-    nc = await nats.connect(url)
+    nc = await connect_client(url)
     js = nc.jetstream()
     acks = []
     for n, body in enumerate(bodies):
@@ -57,7 +57,7 @@ def test_unknown_workspace_on_nats_is_rejected_not_lost(stack):
                         [event("sales.lead.qualified", "x")]))
     # Nothing reaches any workspace's read models; the inbox is drained, nothing left pending.
     async def pending() -> int:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         info = await nc.jetstream().stream_info("TOUCHLINE_INBOX")
         await nc.close()
         return info.state.messages

@@ -16,6 +16,7 @@ from services.inbox import INBOX_CONSUMER, InboxReader
 from services.ingest import Ingestor
 from services.store.db import create_pool
 from tests.support import event
+from services.nats_io import connect_client
 
 
 def scratch_inbox(retention: RetentionPolicy = RetentionPolicy.LIMITS) -> StreamConfig:
@@ -64,7 +65,7 @@ async def run_readers(servers, config: StreamConfig, workspace: str, payloads: l
                       *, fail_first_commit: bool = False, create: bool = True) -> dict:
     name = f"test-{config.name}"
     opened, tasks = [], []
-    admin = await nats.connect(servers.nats_url)
+    admin = await connect_client(servers.nats_url)
     js = admin.jetstream()
     pool = await create_pool(servers.database_url, max_size=4)
     try:
@@ -75,7 +76,7 @@ async def run_readers(servers, config: StreamConfig, workspace: str, payloads: l
             await js.publish(subject, body, stream=config.name)
         last = (await js.stream_info(config.name)).state.last_seq
         for _ in range(readers):
-            nc = await nats.connect(servers.nats_url)
+            nc = await connect_client(servers.nats_url)
             reader_pool = await create_pool(servers.database_url, max_size=4)
             opened.append((nc, reader_pool))
 
@@ -148,7 +149,7 @@ def test_a_work_queue_inbox_of_an_older_version_is_drained_then_recreated_as_lim
     payloads, valid, invalid = bodies(ws, 1200)
 
     async def old_inbox() -> None:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         js = nc.jetstream()
         old = StreamConfig(name=config.name, subjects=config.subjects, retention=RetentionPolicy.WORK_QUEUE,
                            storage=StorageType.FILE)

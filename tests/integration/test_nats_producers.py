@@ -18,6 +18,7 @@ from nats.js.errors import NoStreamResponseError
 from events.log import INBOX_STREAM, LOG_STREAM, inbox_subject, log_subject
 from tests.integration.test_nats_inbox import wait_for
 from tests.support import event
+from services.nats_io import connect_client
 
 
 def create_producer(servers, workspace: str) -> dict:
@@ -33,7 +34,7 @@ def create_producer(servers, workspace: str) -> dict:
 
 
 async def stream_counts(url: str) -> tuple[int, int]:
-    nc = await nats.connect(url)
+    nc = await connect_client(url)
     js = nc.jetstream()
     counts = ((await js.stream_info(INBOX_STREAM)).state.last_seq, (await js.stream_info(LOG_STREAM)).state.last_seq)
     await nc.close()
@@ -41,7 +42,7 @@ async def stream_counts(url: str) -> tuple[int, int]:
 
 
 async def log_messages(url: str, start: int) -> list:
-    nc = await nats.connect(url)
+    nc = await connect_client(url)
     js = nc.jetstream()
     last = (await js.stream_info(LOG_STREAM)).state.last_seq
     found = [(m.subject, m.data[:200]) for m in [await js.get_msg(LOG_STREAM, seq) for seq in range(start, last + 1)]]
@@ -67,7 +68,7 @@ def test_producer_publishes_only_to_its_own_workspace(stack):
         errors.append(err)
 
     async def producer() -> nats.NATS:
-        return await nats.connect(creds["url"], user=creds["user"], password=creds["password"],
+        return await connect_client(creds["url"], user=creds["user"], password=creds["password"],
                                   inbox_prefix=creds["inbox_prefix"], error_cb=on_error)
 
     async def publish_own() -> None:
@@ -116,7 +117,7 @@ def test_unauthenticated_and_wrong_password_are_refused(stack):
         async def quiet(_err: Exception) -> None:
             pass
 
-        await nats.connect(stack.servers.nats.url, allow_reconnect=False, max_reconnect_attempts=0,
+        await connect_client(stack.servers.nats.url, allow_reconnect=False, max_reconnect_attempts=0,
                            error_cb=quiet, **kwargs)
 
     for kwargs in ({}, {"user": creds["user"], "password": creds["password"] + "x"},
@@ -145,7 +146,7 @@ def test_reply_subjects_cannot_smuggle_acks_into_the_log(stack):
 
     async def smuggle() -> tuple[int, int]:
         _, log_before = await stream_counts(stack.servers.nats_url)
-        nc = await nats.connect(creds["url"], user=creds["user"], password=creds["password"],
+        nc = await connect_client(creds["url"], user=creds["user"], password=creds["password"],
                                 inbox_prefix=creds["inbox_prefix"])
         for reply in (log_subject(ws), log_subject(other), inbox_subject(other)):
             await nc.publish(inbox_subject(ws), b'{"not": "an event"}', reply=reply)

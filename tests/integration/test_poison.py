@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import nats
 import pytest
 
 from events.log import LOG_STREAM, log_subject
@@ -19,11 +18,12 @@ from services.projector.parking import redrive, waiting
 from services.projector.runner import Projector
 from services.store.db import create_pool
 from tests.support import event
+from services.nats_io import connect_client
 
 
 async def append_raw(url: str, workspace: str, body: bytes) -> int:
     """Write straight into the log, as a bug or an older/newer producer might have."""
-    nc = await nats.connect(url)
+    nc = await connect_client(url)
     ack = await nc.jetstream().publish(log_subject(workspace), body, stream=LOG_STREAM)
     await nc.close()
     return ack.seq
@@ -64,7 +64,7 @@ class BuggyContacts(ContactsProjection):
 @pytest.mark.asyncio
 async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the_fix(stack):
     ws, auth = stack.new_workspace()
-    nc = await nats.connect(stack.servers.nats_url)
+    nc = await connect_client(stack.servers.nats_url)
     js = nc.jetstream()
     pool = await create_pool(stack.servers.database_url, max_size=2)
     name = "poison-test"
@@ -117,7 +117,7 @@ class Unwritten:
 async def test_an_idle_projector_analyzes_read_models_that_grew(stack):
     """Until autovacuum's next visit (a minute), a freshly loaded workspace would be planned as empty."""
     ws, auth = stack.new_workspace()
-    nc = await nats.connect(stack.servers.nats_url)
+    nc = await connect_client(stack.servers.nats_url)
     pool = await create_pool(stack.servers.database_url, max_size=2)
     name = "analyze-test"
     count = "SELECT analyze_count FROM pg_stat_user_tables WHERE relname = 'contacts'"

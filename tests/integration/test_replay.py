@@ -11,13 +11,13 @@ import threading
 import time
 
 import asyncpg
-import nats
 import pytest
 
 from events.log import HEADER_CATALOG_VERSION, HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from projections import contacts as contact_model
 from tests.histories import first_copies, history
 from tests.support import ADMIN_TOKEN, event, without_followups
+from services.nats_io import connect_client
 
 READ_ENDPOINTS = ("contacts", "funnel", "touches", "goals", "attribution")
 
@@ -73,7 +73,7 @@ def sql(stack, query: str, *args):
 
 def stream_states(stack) -> dict[str, int]:
     async def run():
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         try:
             js = nc.jetstream()
             return {info.config.name: info.state.last_seq for info in await js.streams_info()}
@@ -310,7 +310,7 @@ def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_
     ]
 
     async def write_old_log() -> int:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         try:
             js = nc.jetstream()
             seq = 0

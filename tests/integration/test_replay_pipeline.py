@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import json
 
-import nats
 
 from events.log import HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from services import replay
 from tests.integration.test_replay import cli, live_history, settle, sql, wait_applied
 from tests.support import event
+from services.nats_io import connect_client
 
 
 def publish_to_log(stack, ws: str, copies: list[tuple[dict, str]]) -> int:
@@ -19,7 +19,7 @@ def publish_to_log(stack, ws: str, copies: list[tuple[dict, str]]) -> int:
     copies), each with its own Touchline-Received-At; returns the last sequence."""
 
     async def run() -> int:
-        nc = await nats.connect(stack.servers.nats_url)
+        nc = await connect_client(stack.servers.nats_url)
         try:
             js = nc.jetstream()
             seq = 0
