@@ -27,7 +27,9 @@ def entry_raw(seq: int, received_at: dt.datetime, envelope: str) -> msgspec.Raw:
     """The public form of one entry: the structured CloudEvent (envelope and data, numbers exactly
     as stored) with ``seq`` and ``received_at`` added beside its attributes."""
     head = b'{"seq":' + _encode(seq) + b',"received_at":' + _encode(received_at.astimezone(dt.timezone.utc))
-    body = envelope.strip().encode()
+    # Kept as it came (a json column): line breaks can only be whitespace between tokens (JSON
+    # strings hold them escaped), and one entry stays one line of a JSON-lines export.
+    body = envelope.strip().encode().replace(b"\r", b"").replace(b"\n", b"")
     return msgspec.Raw(head + (b"," + body[1:] if body != b"{}" else b"}"))
 
 
@@ -47,6 +49,9 @@ async def trail(conn: asyncpg.Connection, workspace: str, contact: str, after: i
 class ContactEventsProjection:
     name = "audit"
     tables = ("contact_events",)
+    # Rows keyed by the event and counters only: the projector may apply it before taking the
+    # position lock, while the batch before is still in its transaction (services/projector/runner.py).
+    before_lock = True
 
     def prepare(self, batch: list[LoggedEvent]) -> list[tuple]:
         return [

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
@@ -140,15 +140,21 @@ _encode_keys = msgspec.json.Encoder().encode
 _INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
 
 
-def index_keys(batch: list[LoggedEvent]) -> tuple[str, list[int]]:
+Key = tuple[str, str, str]  # (workspace, source, id)
+
+
+def index_keys(batch: list[LoggedEvent], earlier: frozenset[Key] = frozenset()) -> tuple[str, list[int], set[Key]]:
     """``_FIRST_COPIES``' argument (each (workspace, source, id) of the batch with its lowest seq,
-    as JSON), and those seqs."""
-    seen: dict[tuple[str, str, str], int] = {}
+    as JSON), those seqs, and every key of the batch. Keys in ``earlier`` (those of the batch
+    before, still in its transaction) are left out: their copies here are later ones, and looking
+    them up would wait for that transaction's index rows."""
+    seen: dict[Key, int] = {}
     for logged in batch:
         event = logged.event
         seen.setdefault((logged.workspace, event.source, event.id), logged.seq)
-    keys = _encode_keys([_IndexKey(*key, seq) for key, seq in seen.items()]).decode()
-    return keys, list(seen.values())
+    candidates = [(key, seq) for key, seq in seen.items() if key not in earlier] if earlier else list(seen.items())
+    keys = _encode_keys([_IndexKey(*key, seq) for key, seq in candidates]).decode()
+    return keys, [seq for _, seq in candidates], set(seen)
 
 
 async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
@@ -158,8 +164,8 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
     ingest API with its own sequence counts as first, and a lower one already there wins.
     When every event is a first copy, the answer is ``batch`` itself (with what was prepared for it).
     """
-    keys, seqs = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
-    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)}
+    keys, seqs, _ = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
+    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)} if seqs else set()
     if not earlier and len(seqs) == len(batch):
         return batch
     firsts = set(seqs) - earlier
@@ -189,6 +195,17 @@ class ReadyBatch:
     poisons: list[Poison]
     last: int  # the last log sequence read, decodable or not
     messages: int
+
+
+@dataclass
+class InFlight:
+    """A batch in its pipelined transaction."""
+
+    ready: ReadyBatch
+    expected: int  # the position the batch before leaves
+    locked: asyncio.Event = field(default_factory=asyncio.Event)  # set once it holds the position lock
+    task: asyncio.Task = field(init=False)
+    started: float = field(default_factory=time.perf_counter)
 
 
 class Projector:
@@ -236,23 +253,44 @@ class Projector:
         self.position = await self.committed.load(self.pool)
         log.info("projector.started", projector=self.name, position=self.position)
         sub = await read_log(self.js, self.position + 1)
-        # The next batch is read, decoded and prepared while the current one commits: the Python
-        # work then overlaps PostgreSQL's instead of waiting for it.
+        # A pipeline: the next batch is read, decoded and prepared while the current one is in
+        # PostgreSQL, and its transaction opens as soon as the current one holds the position lock,
+        # to do the work that does not need the current batch's writes (see ``_commit``).
         ready: asyncio.Queue[ReadyBatch] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(sub, ready))
+        in_flight: InFlight | None = None
+        expected = self.position
         try:
             while not self._stopping.is_set():
                 try:
                     item = await asyncio.wait_for(ready.get(), self.wait)
                 except asyncio.TimeoutError:
+                    if in_flight is not None:
+                        done, in_flight = in_flight, None
+                        if not await self._finish(done):
+                            await self._commit_alone(done)
+                            return
                     if reader.done():
                         reader.result()  # the reader's error, if it failed
                         raise RuntimeError("the log reader stopped")
                     continue
-                await self.commit_ready(item)
-                if item.messages < self.batch_max:  # at the log's head: a good moment
-                    self._analyze_if_grown()
+                if in_flight is not None:
+                    await in_flight.locked.wait()  # the batch before holds the position lock (or failed)
+                current = InFlight(item, expected)
+                current.task = asyncio.create_task(self._commit_pipelined(current))
+                expected = item.last
+                previous, in_flight = in_flight, current
+                if previous is not None and not await self._finish(previous):
+                    await self._abandon(current.task)
+                    in_flight = None
+                    await self._commit_alone(previous)
+                    return  # read again from the committed position
+            if in_flight is not None:
+                await self._finish(in_flight)
+                in_flight = None
         finally:
+            if in_flight is not None and not in_flight.task.done():
+                await self._abandon(in_flight.task)
             reader.cancel()
             if self._analyzing is not None:
                 self._analyzing.cancel()
@@ -286,18 +324,54 @@ class Projector:
                  ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _read_ahead(self, sub, ready: asyncio.Queue[ReadyBatch]) -> None:
+        previous: frozenset[Key] = frozenset()
         while True:
             messages = await sub.next_batch(self.batch_max, self.wait)
             if messages:
-                # In a worker thread: the event loop keeps answering the transaction in flight.
-                await ready.put(await asyncio.to_thread(self.prepare_messages, messages))
+                # In a worker thread: the event loop keeps answering the transactions in flight.
+                item = await asyncio.to_thread(self.prepare_messages, messages, previous)
+                previous = frozenset(item.batch.prepared[_INDEX_KEYS][2])
+                await ready.put(item)
 
-    def prepare_messages(self, messages) -> ReadyBatch:
-        """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs it."""
+    def prepare_messages(self, messages, previous_keys: frozenset[Key] = frozenset()) -> ReadyBatch:
+        """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs
+        it. ``previous_keys``: those of the batch before, whose copies here are not first copies."""
         events, poisons = decode_messages(messages)
         batch = prepare_batch(self.projections, events)
-        batch.prepared[_INDEX_KEYS] = index_keys(batch)
+        batch.prepared[_INDEX_KEYS] = index_keys(batch, previous_keys)
         return ReadyBatch(batch, poisons, messages[-1].seq, len(messages))
+
+    async def _commit_pipelined(self, batch: InFlight) -> int:
+        try:
+            return await self._commit(batch.ready.batch, batch.ready.last, batch.ready.poisons, one_by_one=False,
+                                      expected=batch.expected, locked=batch.locked)
+        finally:
+            batch.locked.set()
+
+    async def _finish(self, batch: InFlight) -> bool:
+        """Wait for a pipelined batch; False if it failed (then ``_commit_alone`` it)."""
+        try:
+            applied = await batch.task
+        except (Fenced, *RETRYABLE):
+            raise
+        except Exception as err:
+            log.warning("projector.batch_failed", projector=self.name, position=batch.ready.last, error=repr(err))
+            return False
+        self._committed(batch.ready, applied, batch.started)
+        return True
+
+    async def _commit_alone(self, batch: InFlight) -> None:
+        """A batch that failed in the pipeline, applied again event by event, each in a savepoint,
+        parking the ones that fail (poison); the batch read behind it was abandoned."""
+        ready = batch.ready
+        applied = await self._commit(ready.batch, ready.last, ready.poisons, one_by_one=True, expected=batch.expected)
+        self._committed(ready, applied, batch.started)
+
+    @staticmethod
+    async def _abandon(task: asyncio.Task) -> None:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
 
     async def apply_messages(self, messages) -> None:
         await self.commit_ready(self.prepare_messages(messages))
@@ -314,6 +388,10 @@ class Projector:
         except Exception as err:
             log.warning("projector.batch_failed", projector=self.name, position=last, error=repr(err))
             applied = await self._commit(batch, last, poisons, one_by_one=True)
+        self._committed(ready, applied, started)
+
+    def _committed(self, ready: ReadyBatch, applied: int, started: float) -> None:
+        last = ready.last
         self.position = last
         self.applied_total += applied
         self.applied_since_analyze += applied
@@ -325,12 +403,40 @@ class Projector:
             position=last,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        if ready.messages < self.batch_max:  # at the log's head: a good moment
+            self._analyze_if_grown()
 
-    async def _commit(self, batch: list[LoggedEvent], last: int, poisons: list[Poison], *, one_by_one: bool) -> int:
+    async def _commit(self, batch: list[LoggedEvent], last: int, poisons: list[Poison], *, one_by_one: bool,
+                      expected: int | None = None, locked: asyncio.Event | None = None) -> int:
+        """One transaction: the batch's first copies applied and the position moved past ``last``.
+
+        Pipelined (``locked`` given), the work that does not depend on the batch before comes first,
+        while that batch's transaction may still be open: the first-copy lookup (the keys the batch
+        before has are left out, see ``index_keys``) and the projections that only add rows keyed
+        by the event or add to counters (``before_lock``). Then the position lock, which waits for
+        the batch before to commit, and the rest (contacts, deals, goals, follow-ups), which read
+        what it wrote. Writers wait only for an earlier batch, never the other way round."""
         poisons = list(poisons)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                committed = await self.committed.lock(conn, self.position)
+                if locked is not None and not one_by_one:
+                    assert expected is not None
+                    fresh = [logged for logged in batch if logged.seq > expected]
+                    firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
+                    later = []
+                    for projection in self.projections:
+                        if getattr(projection, "before_lock", False):
+                            await projection.apply(conn, firsts)
+                        else:
+                            later.append(projection)
+                    committed = await self.committed.lock(conn, expected)
+                    locked.set()
+                    for projection in later:
+                        await projection.apply(conn, firsts)
+                    await park(conn, self.name, [p for p in poisons if p.seq > committed])
+                    await self.committed.advance(conn, last, len(fresh))
+                    return len(firsts)
+                committed = await self.committed.lock(conn, self.position if expected is None else expected)
                 fresh = [logged for logged in batch if logged.seq > committed]
                 firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                 if not one_by_one:

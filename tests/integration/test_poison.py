@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-import os
 import subprocess
 import sys
 import time
@@ -61,29 +61,44 @@ class BuggyContacts(ContactsProjection):
         await super().apply(conn, batch)
 
 
-@pytest.mark.asyncio
-async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the_fix(stack):
-    ws, auth = stack.new_workspace()
+@contextlib.asynccontextmanager
+async def projector_of_our_own(stack, name: str):
+    """(js, pool, log position): the live projector stopped, so that the rows a test's own projector
+    writes are its alone; restarted afterwards."""
     nc = await connect_client(stack.servers.nats_url)
     js = nc.jetstream()
-    pool = await create_pool(stack.servers.database_url, max_size=2)
-    name = "poison-test"
-    # Stop the live projector, so the contact rows below are written by the buggy one alone.
+    pool = await create_pool(stack.servers.database_url, max_size=4)
     stack.projector.stop()
     try:
         start = await last_log_seq(js)
         await pool.execute("INSERT INTO projector_positions (name, position) VALUES ($1, $2)", name, start)
+        yield js, pool, start
+    finally:
+        await pool.execute("DELETE FROM projector_positions WHERE name = $1", name)
+        await pool.close()
+        await nc.close()
+        stack.restart_projector(kill=False)
+
+
+async def project_until(projector: Projector, last: int) -> None:
+    running = asyncio.create_task(projector.run())
+    while projector.position < last:
+        await asyncio.sleep(0.05)
+    projector.stop()
+    await asyncio.wait_for(running, 10)
+
+
+@pytest.mark.asyncio
+async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the_fix(stack):
+    ws, auth = stack.new_workspace()
+    name = "poison-test"
+    async with projector_of_our_own(stack, name) as (js, pool, _):
         last = stack.ingest(ws, auth, [
             event("marketing.engaged", "ok-1", channel="ig", action="view"),
             event("marketing.engaged", "boom", channel="ig", action="view"),
             event("marketing.engaged", "ok-2", channel="ig", action="view"),
         ])
-        projector = Projector(name, [BuggyContacts()], js, pool, wait=0.1)
-        running = asyncio.create_task(projector.run())
-        while projector.position < last:
-            await asyncio.sleep(0.05)
-        projector.stop()
-        await asyncio.wait_for(running, 10)
+        await project_until(Projector(name, [BuggyContacts()], js, pool, wait=0.1), last)
 
         parked = await waiting(pool, name)
         assert [(row["seq"], row["workspace"]) for row in parked] == [(last - 1, ws)]
@@ -96,11 +111,34 @@ async def test_a_projection_bug_parks_one_event_and_redrive_applies_it_after_the
         assert await waiting(pool, name) == []
         contacts = {r["contact"] for r in await pool.fetch("SELECT contact FROM contacts WHERE workspace = $1", ws)}
         assert contacts == {"ok-1", "boom", "ok-2"}
-    finally:
-        await pool.execute("DELETE FROM projector_positions WHERE name = $1", name)
-        await pool.close()
-        await nc.close()
-        stack.restart_projector(kill=False)
+
+
+@pytest.mark.asyncio
+async def test_a_failing_batch_in_the_pipeline_is_applied_alone_and_the_rest_exactly_once(stack):
+    """Batches overlap (the next one's audit and touch rows are written before the position lock);
+    a batch that fails there is applied again event by event while the one behind it is dropped
+    and read again: every row once, the poison parked."""
+    from projections.audit import ContactEventsProjection
+    from projections.touches import TouchesProjection
+
+    ws, auth = stack.new_workspace()
+    name = "pipeline-test"
+    async with projector_of_our_own(stack, name) as (js, pool, start):
+        contacts = [f"c{n}" if n != 23 else "boom" for n in range(60)]
+        last = stack.ingest(ws, auth, [event("marketing.engaged", c, channel="ig", action="view") for c in contacts]
+                            + [event("marketing.engaged", "c5", channel="ig", action="view", id=f"again-{n}")
+                               for n in range(3)])
+        projections = [BuggyContacts(), ContactEventsProjection(), TouchesProjection()]
+        await project_until(Projector(name, projections, js, pool, wait=0.1, batch_max=10), last)
+
+        assert [row["seq"] for row in await waiting(pool, name)] == [start + 24]
+        stored = {r["contact"] for r in await pool.fetch("SELECT contact FROM contacts WHERE workspace = $1", ws)}
+        assert stored == set(contacts) - {"boom"}
+        audit = await pool.fetch("SELECT seq FROM contact_events WHERE workspace = $1 AND seq <= $2 ORDER BY seq", ws, last)
+        assert [r["seq"] for r in audit] == [seq for seq in range(start + 1, last + 1) if seq != start + 24]
+        touches = await pool.fetchval("SELECT count(*) FROM touch_events WHERE workspace = $1 AND source = '/test'", ws)
+        channel = await pool.fetchval("SELECT marketing FROM touch_channels WHERE workspace = $1", ws)
+        assert touches == channel == 62
 
 
 class Unwritten:

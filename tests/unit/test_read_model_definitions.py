@@ -340,3 +340,16 @@ def every_answer(events: list) -> bytes:
 def test_any_arrival_order_with_duplicates_gives_the_same_read_models(history, rng, duplicates):
     expected = every_answer(first_copies(history))
     assert every_answer(first_copies(arrivals(history, random.Random(rng.random()), duplicates))) == expected
+
+
+def test_an_audit_entry_is_one_line_whatever_the_producer_s_layout() -> None:
+    import datetime as dt
+    import json
+
+    from projections.audit import entry_raw
+
+    sent = '{\r\n  "id": "e1",\n  "data": {"note": "two\\nlines", "amount": 10.50}\n}\n'
+    line = bytes(entry_raw(7, dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc), sent))
+    assert b"\n" not in line and b"\r" not in line
+    assert json.loads(line) == {"seq": 7, "received_at": "2026-01-02T00:00:00Z", **json.loads(sent)}
+    assert b"10.50" in line  # numbers exactly as sent
