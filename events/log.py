@@ -24,7 +24,6 @@ LOG_SUBJECTS = "touchline.log.>"
 INBOX_STREAM = "TOUCHLINE_INBOX"
 INBOX_SUBJECTS = "touchline.in.*"
 
-HEADER_WORKSPACE = "Touchline-Workspace"
 HEADER_RECEIVED_AT = "Touchline-Received-At"
 HEADER_MSG_ID = "Nats-Msg-Id"
 # The catalog version that judged the event (events/upcasting.py); absent means version 1.
@@ -53,7 +52,6 @@ def message_id(workspace: str, source: str, event_id: str) -> str:
 def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> dict[str, str]:
     return {
         HEADER_MSG_ID: message_id(workspace, event.source, event.id),
-        HEADER_WORKSPACE: workspace,
         HEADER_RECEIVED_AT: received_at.isoformat(),
         HEADER_CATALOG_VERSION: str(CATALOG_VERSION),
     }

@@ -260,6 +260,21 @@ def generate(events: int, now: dt.datetime) -> list[Workspace]:
 # --- phases -----------------------------------------------------------------------------------
 
 
+def _workers_listening(stack: Services) -> bool:
+    """Every API worker has its socket on the port: connections opened before one of them listens
+    all land on the others, and the bench's few keep-alive connections then stay there."""
+    for kind, child in stack.children.items():
+        if not kind.startswith("api"):
+            continue
+        try:
+            sockets = psutil.Process(child.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        if not any(c.status == psutil.CONN_LISTEN and c.laddr.port == stack.port for c in sockets):
+            return False
+    return True
+
+
 async def _wait_api(stack: Services, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -267,7 +282,7 @@ async def _wait_api(stack: Services, timeout: float = 60) -> None:
             client = await RawHttp("127.0.0.1", stack.port).connect()
             status, _ = await client.request(_head("GET", "/v1/status", stack.admin))
             await client.close()
-            if status == 200:
+            if status == 200 and _workers_listening(stack):
                 return
         except OSError:
             pass

@@ -264,8 +264,8 @@ def describe() -> FastStream:
         title="touchline.log.{workspace}:append",
         description=(
             "The log (stream TOUCHLINE_LOG, fsynced, deny delete/purge): every accepted event, body as"
-            " received, headers Nats-Msg-Id, Touchline-Workspace, Touchline-Received-At,"
-            " Touchline-Catalog-Version. Its stream sequence is the seq of ingest answers and min_seq."
+            " received, headers Nats-Msg-Id, Touchline-Received-At, Touchline-Catalog-Version (the"
+            " workspace is the subject's last token). Its stream sequence is the seq of ingest answers and min_seq."
         ),
     )
     return application
