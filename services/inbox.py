@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
 import asyncpg
@@ -37,7 +37,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from events.log import workspace_of_subject
-from services.ingest import Ingestor, Judged, LogUnavailable, judge
+from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
 from services.stream_reader import StreamMessage
 from services.projector.runner import CommittedPosition, Fenced
@@ -111,10 +111,14 @@ class InboxReader:
         self.purged = max(self.purged, info.state.first_seq - 1)
         sub = await read_log(self.js, self.position + 1, self.subjects, self.stream)
         log.info("inbox.started", reader=self.name, position=self.position)
-        # The next batch is read and judged while the current one is stored (the log's fsync, the
-        # index, the commit): the Python work then overlaps the waiting instead of adding to it.
+        # A pipeline: the next batch is read and judged while the current one is stored, and its
+        # transaction opens as soon as the current one's events are in the log, to look up and
+        # append its own (the current batch's keys are known duplicates: their index rows may not
+        # be committed yet); then it waits for the position lock, i.e. for the current batch's
+        # commit, and writes its index rows and position. The log keeps the inbox's order.
         ready: asyncio.Queue[JudgedBatch | None] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(sub, ready))
+        in_flight: _InFlight | None = None
         try:
             while not self._stopping.is_set():
                 try:
@@ -125,10 +129,28 @@ class InboxReader:
                     reader.result()  # the reader's error, if it failed
                     raise RuntimeError("the inbox stopped being read")
                 if batch is not None:
-                    await self.store(batch)
+                    previous = in_flight
+                    if previous is not None:
+                        await previous.appended.wait()
+                    expected = previous.batch.last if previous is not None else self.position
+                    in_flight = _InFlight(batch, expected, previous)
+                    in_flight.task = asyncio.create_task(self._store_in_flight(in_flight))
+                    if previous is not None:
+                        await self._finish(previous)
+                        previous.previous = None  # done: let the chain of batches go
+                elif in_flight is not None:
+                    await self._finish(in_flight)
+                    in_flight = None
                 if self.position - self.purged >= PURGE_EVERY or (batch is None and self.position > self.purged):
                     await self._purge()
+            if in_flight is not None:
+                await self._finish(in_flight)
+                in_flight = None
         finally:
+            if in_flight is not None and not in_flight.task.done():
+                in_flight.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await in_flight.task
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
@@ -164,6 +186,42 @@ class InboxReader:
     async def _known_workspaces(self, messages) -> dict[str, bool]:
         return {workspace: await self._is_known(workspace)
                 for workspace in {workspace_of_subject(msg.subject) for msg in messages}}
+
+    async def _store_in_flight(self, flight: _InFlight) -> Appended | None:
+        batch = flight.batch
+        try:
+            async with self.pool.acquire() as conn:
+                async with conn.transaction():
+                    if flight.previous is None:  # not pipelined: the lock first, as a second reader must
+                        await self.committed.lock(conn, flight.expected)
+                    appended = await self._append(batch, conn, flight.previous)
+                    flight.appended_batch = appended
+                    flight.appended.set()
+                    if flight.previous is not None:
+                        await self.committed.lock(conn, flight.expected)
+                    if appended is not None:
+                        await self.ingestor.index_appended(appended, db=conn)
+                    await self.committed.advance(conn, batch.last, batch.count)
+            return appended
+        finally:
+            flight.appended.set()
+
+    async def _append(self, batch: JudgedBatch, conn, previous: _InFlight | None) -> Appended | None:
+        if batch.unknown:
+            await self.ingestor.record_rejected_many(batch.unknown, via="nats", db=conn)
+        if not batch.judged:
+            return None
+        earlier = previous.appended_batch.seqs() if previous is not None and previous.appended_batch else None
+        return await self.ingestor.append_many(batch.judged, via="nats", db=conn, earlier=earlier)
+
+    async def _finish(self, flight: _InFlight) -> None:
+        """Wait for a pipelined batch; its failure is raised (the batch behind it is then abandoned
+        and everything is read again from the committed position)."""
+        await flight.task
+        self.position = flight.batch.last
+        self.handled_total += flight.batch.count
+        log.debug("inbox.batch", messages=flight.batch.count, position=flight.batch.last,
+                  ms=round((time.perf_counter() - flight.started) * 1000, 1))
 
     async def store(self, batch: JudgedBatch) -> None:
         started = time.perf_counter()
@@ -238,6 +296,19 @@ class InboxReader:
                 await self.js.add_stream(self.config)
                 await self.committed.rewind(conn)
                 log.warning("inbox.retired_work_queue")
+
+
+@dataclass
+class _InFlight:
+    """A batch in its pipelined transaction."""
+
+    batch: JudgedBatch
+    expected: int  # the position the batch before leaves
+    previous: "_InFlight | None"
+    appended: asyncio.Event = field(default_factory=asyncio.Event)  # its events are in the log (or it failed)
+    appended_batch: Appended | None = None
+    task: asyncio.Task = field(init=False)
+    started: float = field(default_factory=time.perf_counter)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 import msgspec
@@ -95,6 +95,22 @@ SELECT w, $1, r, b FROM unnest($2::text[], $3::text[], $4::bytea[]) AS t(w, r, b
 Key = tuple[str, str, str]  # (workspace, source, id)
 
 
+@dataclass
+class Appended:
+    """A batch whose new events are in the log, its index write to come (``Ingestor.append_many``)."""
+
+    judged: list[tuple[str, Judged]]
+    results: list[Result | None]
+    fresh: dict[Key, list[int]] = field(default_factory=dict)  # key -> positions in the batch
+    known: dict[Key, int] = field(default_factory=dict)  # stored before: key -> first seq
+    to_publish: list[Key] = field(default_factory=list)
+    stored: list[tuple[int, bool]] = field(default_factory=list)  # (seq, duplicate) of to_publish
+
+    def seqs(self) -> dict[Key, int]:
+        """Every key of the batch with the seq of its first copy, as far as this batch knows."""
+        return {**self.known, **{key: seq for key, (seq, _) in zip(self.to_publish, self.stored)}}
+
+
 class Ingestor:
     def __init__(self, nc: NatsClient, pool: asyncpg.Pool, *, publish_timeout: float = 10.0) -> None:
         self.nc = nc
@@ -112,35 +128,54 @@ class Ingestor:
         MAX_ATOMIC_BATCH spanning workspaces, one index write. With ``db`` (the inbox's transaction)
         the index and the rejections are read and written through it, so they commit with the
         caller's position: rejections are then kept exactly once."""
+        return await self.index_appended(await self.append_many(judged, via, db=db), db=db)
+
+    async def append_many(
+        self, judged: list[tuple[str, Judged]], via: str, *, db: asyncpg.Connection | None = None,
+        earlier: dict[Key, int] | None = None,
+    ) -> Appended:
+        """``ingest_many`` up to the log append: rejections recorded, the index looked up, the new
+        events durably in the log; ``index_appended`` finishes. ``earlier``: the keys (and seqs) of a
+        batch appended just before whose index write may not be committed yet, so the lookup would
+        miss them: their copies here are duplicates."""
         received_at = dt.datetime.now(dt.timezone.utc)
-        results: list[Result | None] = [None] * len(judged)
-        fresh: dict[Key, list[int]] = {}  # key -> positions in the request
+        out = Appended(judged, [None] * len(judged))
         rejected: list[tuple[str, bytes, str]] = []
         for position, (workspace, item) in enumerate(judged):
             if item.event is None:
                 source, event_id = _identity(item.raw)
-                results[position] = Result(source, event_id, "rejected", error=item.error)
+                out.results[position] = Result(source, event_id, "rejected", error=item.error)
                 rejected.append((workspace, item.raw, item.error or ""))
             else:
-                fresh.setdefault((workspace, item.event.source, item.event.id), []).append(position)
+                out.fresh.setdefault((workspace, item.event.source, item.event.id), []).append(position)
 
         if rejected:
             await self.record_rejected_many(rejected, via, db=db)
 
-        if fresh:
-            known = await self._lookup(list(fresh), db)
-            to_publish = [key for key in fresh if key not in known]
-            stored = await self._append(to_publish, [judged[fresh[key][0]][1] for key in to_publish], received_at, db)
-            first_seq = await self._index(to_publish, stored, db)
-            for key, positions in fresh.items():
-                if key in known:
-                    outcomes = [("duplicate", known[key])] * len(positions)
-                else:
-                    seq, was_duplicate = first_seq[key]
-                    outcomes = [("duplicate" if was_duplicate else "accepted", seq)]
-                    outcomes += [("duplicate", seq)] * (len(positions) - 1)
-                for position, (status, seq) in zip(positions, outcomes):
-                    results[position] = Result(key[1], key[2], status, seq=seq)
+        if out.fresh:
+            earlier = earlier or {}
+            out.known = {key: earlier[key] for key in out.fresh if key in earlier}
+            unseen = [key for key in out.fresh if key not in out.known]
+            if unseen:
+                out.known.update(await self._lookup(unseen, db))
+            out.to_publish = [key for key in unseen if key not in out.known]
+            out.stored = await self._append(
+                out.to_publish, [judged[out.fresh[key][0]][1] for key in out.to_publish], received_at, db
+            )
+        return out
+
+    async def index_appended(self, appended: Appended, *, db: asyncpg.Connection | None = None) -> list[Result]:
+        first_seq = await self._index(appended.to_publish, appended.stored, db)
+        results = appended.results
+        for key, positions in appended.fresh.items():
+            if key in appended.known:
+                outcomes = [("duplicate", appended.known[key])] * len(positions)
+            else:
+                seq, was_duplicate = first_seq[key]
+                outcomes = [("duplicate" if was_duplicate else "accepted", seq)]
+                outcomes += [("duplicate", seq)] * (len(positions) - 1)
+            for position, (status, seq) in zip(positions, outcomes):
+                results[position] = Result(key[1], key[2], status, seq=seq)
         return results  # type: ignore[return-value]
 
     async def _lookup(self, keys: list[Key], db: asyncpg.Connection | None = None) -> dict[Key, int]:
