@@ -31,6 +31,7 @@ from services.api.common import (
     services_of,
     unavailable_response,
 )
+from services import gc_tuning
 from services.ingest import Judged, LogUnavailable, Result, judge
 from services.store import readiness
 from services.store.db import RETRYABLE
@@ -279,6 +280,7 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
 
     async def start(app: Litestar) -> None:
         app.state.services = await services_factory()
+        gc_tuning.collect_less()
 
     return Litestar(
         route_handlers=all_routes(),

@@ -136,11 +136,25 @@ def api_workers_of(up: subprocess.Popen) -> list[psutil.Process]:
             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE and "api" in child.cmdline()]
 
 
-def wait_for_workers(up: subprocess.Popen, count: int, timeout: float = 30) -> list[psutil.Process]:
+def wait_for_workers(up: subprocess.Popen, count: int, port: int | None = None, timeout: float = 30) -> list[psutil.Process]:
+    """``count`` API workers, each listening on ``port`` when given (a connection made before a
+    worker's socket exists goes to the others)."""
     deadline = time.monotonic() + timeout
-    while (workers := api_workers_of(up)) and len(workers) != count and time.monotonic() < deadline:
+
+    def ready(workers: list[psutil.Process]) -> bool:
+        if len(workers) != count:
+            return False
+        try:
+            return port is None or all(
+                any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in w.net_connections("tcp"))
+                for w in workers
+            )
+        except psutil.Error:
+            return False
+
+    while not ready(workers := api_workers_of(up)) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert len(workers) == count, [w.cmdline() for w in workers]
+    assert ready(workers), [w.cmdline() for w in workers]
     return workers
 
 
@@ -151,7 +165,7 @@ def test_up_serves_one_port_from_several_api_workers_and_replaces_a_dead_one(tmp
     up = start_up(data_dir, port, tmp_path / "up.log", TOUCHLINE_API_WORKERS="3")
     try:
         wait_healthy(base)
-        workers = wait_for_workers(up, 3)
+        workers = wait_for_workers(up, 3, port)
         # A burst of keep-alive connections is spread over the workers, not taken by the first awake.
         with contextlib.ExitStack() as held:
             burst = [held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10)) for _ in range(24)]
