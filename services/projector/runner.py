@@ -204,6 +204,7 @@ class InFlight:
 
     ready: ReadyBatch
     expected: int  # the position the batch before leaves
+    behind: bool  # another batch of ours is in its transaction: this one may work before the lock
     locked: asyncio.Event = field(default_factory=asyncio.Event)  # set once it holds the position lock
     task: asyncio.Task = field(init=False)
     started: float = field(default_factory=time.perf_counter)
@@ -277,7 +278,7 @@ class Projector:
                     continue
                 if in_flight is not None:
                     await in_flight.locked.wait()  # the batch before holds the position lock (or failed)
-                current = InFlight(item, expected)
+                current = InFlight(item, expected, behind=in_flight is not None)
                 current.task = asyncio.create_task(self._commit_pipelined(current))
                 expected = item.last
                 previous, in_flight = in_flight, current
@@ -349,8 +350,10 @@ class Projector:
 
     async def _commit_pipelined(self, batch: InFlight) -> int:
         try:
+            # The first batch takes the lock first: a second projector process is fenced before
+            # it has written anything. (``locked`` is then set only by the finally below.)
             return await self._commit(batch.ready.batch, batch.ready.last, batch.ready.poisons, one_by_one=False,
-                                      expected=batch.expected, locked=batch.locked)
+                                      expected=batch.expected, locked=batch.locked, early=batch.behind)
         finally:
             batch.locked.set()
 
@@ -413,20 +416,24 @@ class Projector:
             self._analyze_if_grown()
 
     async def _commit(self, batch: list[LoggedEvent], last: int, poisons: list[Poison], *, one_by_one: bool,
-                      expected: int | None = None, locked: asyncio.Event | None = None) -> int:
+                      expected: int | None = None, locked: asyncio.Event | None = None, early: bool = False) -> int:
         """One transaction: the batch's first copies applied and the position moved past ``last``.
 
-        Pipelined (``locked`` given), the work that does not depend on the batch before comes first,
-        while that batch's transaction may still be open: the first-copy lookup (the keys the batch
-        before has are left out, see ``index_keys``) and the projections that only add rows keyed
-        by the event or add to counters (``before_lock``). Then the position lock, which waits for
+        With ``early`` (pipelined behind another batch of ours), the work that does not depend on
+        the batch before comes first, while that batch's transaction may still be open: the
+        first-copy lookup (the keys the batch before has are left out, see ``index_keys``) and the
+        projections that only add rows keyed by the event or add to counters (``before_lock``).
+        Then the position lock, which waits for
         the batch before to commit, and the rest (contacts, deals, goals, follow-ups), which read
-        what it wrote. Writers wait only for an earlier batch, never the other way round."""
+        what it wrote; ``locked`` is set then, and the batch behind may start. Writers wait only for
+        an earlier batch, never the other way round: a batch that is not early signals nothing
+        before its commit, since its own appends and counters come after its lock (the batch behind
+        would take counter rows it still needs, and wait for its lock: a deadlock)."""
         poisons = list(poisons)
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                if locked is not None and not one_by_one:
-                    assert expected is not None
+                if early and not one_by_one:
+                    assert expected is not None and locked is not None
                     fresh = [logged for logged in batch if logged.seq > expected]
                     firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                     later = []
