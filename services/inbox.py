@@ -39,9 +39,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from events.log import workspace_of_subject
 from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
-from services.stream_reader import StreamMessage
 from services.projector.runner import CommittedPosition, Fenced
 from services.store.db import RETRYABLE
+from services.stream_reader import StreamMessage
 
 log = structlog.get_logger()
 
@@ -172,10 +172,6 @@ class InboxReader:
         self.position = 0
         self.purged = 0
 
-    async def handle(self, messages: list[StreamMessage]) -> None:
-        """Move one batch into the log and the rejected list, and the position past it, once."""
-        await self.store(await self.judge_batch(messages))
-
     async def judge_batch(self, messages: list[StreamMessage]) -> JudgedBatch:
         known = await self._known_workspaces(messages)
         # Validation is pure: in a worker thread, so that this process's HTTP requests and the
@@ -187,7 +183,8 @@ class InboxReader:
         return {workspace: await self._is_known(workspace)
                 for workspace in {workspace_of_subject(msg.subject) for msg in messages}}
 
-    async def _store_in_flight(self, flight: _InFlight) -> Appended | None:
+    async def _store_in_flight(self, flight: _InFlight) -> None:
+        """Move one batch into the log and the rejected list, and the position past it, once."""
         batch = flight.batch
         try:
             async with self.pool.acquire() as conn:
@@ -202,7 +199,6 @@ class InboxReader:
                     if appended is not None:
                         await self.ingestor.index_appended(appended, db=conn)
                     await self.committed.advance(conn, batch.last, batch.count)
-            return appended
         finally:
             flight.appended.set()
 
@@ -222,18 +218,6 @@ class InboxReader:
         self.handled_total += flight.batch.count
         log.debug("inbox.batch", messages=flight.batch.count, position=flight.batch.last,
                   ms=round((time.perf_counter() - flight.started) * 1000, 1))
-
-    async def store(self, batch: JudgedBatch) -> None:
-        started = time.perf_counter()
-        async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                await self.committed.lock(conn, self.position)
-                await self._store(batch.judged, batch.unknown, db=conn)
-                await self.committed.advance(conn, batch.last, batch.count)
-        self.position = batch.last
-        self.handled_total += batch.count
-        log.debug("inbox.batch", messages=batch.count, position=batch.last,
-                  ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _is_known(self, workspace: str) -> bool:
         try:

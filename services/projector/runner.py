@@ -382,23 +382,6 @@ class Projector:
         with contextlib.suppress(BaseException):
             await task
 
-    async def apply_messages(self, messages) -> None:
-        await self.commit_ready(self.prepare_messages(messages))
-
-    async def commit_ready(self, ready: ReadyBatch) -> None:
-        """Apply a batch in one transaction; if it fails, apply it again event by event, each in
-        a savepoint, parking the ones that fail (poison) so the rest are not held up."""
-        started = time.perf_counter()
-        batch, poisons, last = ready.batch, ready.poisons, ready.last
-        try:
-            applied = await self._commit(batch, last, poisons, one_by_one=False)
-        except (Fenced, *RETRYABLE):
-            raise
-        except Exception as err:
-            log.warning("projector.batch_failed", projector=self.name, position=last, error=repr(err))
-            applied = await self._commit(batch, last, poisons, one_by_one=True)
-        self._committed(ready, applied, started)
-
     def _committed(self, ready: ReadyBatch, applied: int, started: float) -> None:
         last = ready.last
         self.position = last
@@ -416,7 +399,7 @@ class Projector:
             self._analyze_if_grown()
 
     async def _commit(self, batch: list[LoggedEvent], last: int, poisons: list[Poison], *, one_by_one: bool,
-                      expected: int | None = None, locked: asyncio.Event | None = None, early: bool = False) -> int:
+                      expected: int, locked: asyncio.Event | None = None, early: bool = False) -> int:
         """One transaction: the batch's first copies applied and the position moved past ``last``.
 
         With ``early`` (pipelined behind another batch of ours), the work that does not depend on
@@ -433,7 +416,7 @@ class Projector:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
                 if early and not one_by_one:
-                    assert expected is not None and locked is not None
+                    assert locked is not None
                     fresh = [logged for logged in batch if logged.seq > expected]
                     firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                     later = []
@@ -449,7 +432,7 @@ class Projector:
                     await park(conn, self.name, [p for p in poisons if p.seq > committed])
                     await self.committed.advance(conn, last, len(fresh))
                     return len(firsts)
-                committed = await self.committed.lock(conn, self.position if expected is None else expected)
+                committed = await self.committed.lock(conn, expected)
                 fresh = [logged for logged in batch if logged.seq > committed]
                 firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                 if not one_by_one:
