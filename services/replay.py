@@ -479,6 +479,7 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
     import queue as queues
 
     from services.nats_io import connect_client
+    from services.runtime import loop
     from services.store.db import create_pool
 
     async def run() -> None:
@@ -507,7 +508,7 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
 
     gc_tuning.tune_for_streaming()
     try:
-        asyncio.run(run())
+        loop.run(run())
     except BaseException as err:
         out.put(("failed", f"{type(err).__name__}: {err}"))
     finally:

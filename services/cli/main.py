@@ -49,12 +49,13 @@ def up(
 @app.command()
 def serve(service: str = typer.Argument(..., help="api | projector | rules | dispatcher")) -> None:
     """Run one service alone, against TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL."""
+    from services.runtime import loop
     from services.runtime.serve import SERVICES
 
     if service not in SERVICES:
         raise typer.BadParameter(f"expected one of {', '.join(SERVICES)}", param_hint="SERVICE")
     try:
-        asyncio.run(SERVICES[service](Settings.from_env()))
+        loop.run(SERVICES[service](Settings.from_env()))
     except KeyboardInterrupt:
         pass
 

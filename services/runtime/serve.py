@@ -174,7 +174,7 @@ async def serve_api(settings: Settings) -> None:
         port=settings.http_port,
         log_level="warning",
         access_log=False,
-        loop="uvloop",
+        loop="none",  # served inside the process's own loop (services.runtime.loop: uvloop)
         http="httptools",
         lifespan="on",
     )
