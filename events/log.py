@@ -40,6 +40,7 @@ def inbox_subject(workspace: str) -> str:
     return f"touchline.in.{workspace}"
 
 
+@functools.lru_cache(maxsize=4096)  # once a workspace, not once an event
 def workspace_of_subject(subject: str) -> str:
     return subject.rsplit(".", 1)[-1]
 

@@ -27,27 +27,33 @@ def order_key(event: Envelope) -> OrderKey:
     return (event.time, event.source, event.id)
 
 
+# Looked up by the event's exact type, once an event per read model: every catalog type is a
+# direct subclass of Envelope that nothing subclasses, so this is isinstance, without its cost.
+_STAGE_OF_TYPE: dict[type, str] = {
+    c.LeadCaptured: "lead",
+    c.ConversationHeld: "lead",
+    c.LeadQualified: "qualified",
+    c.OfferMade: "opportunity",
+    c.DealWon: "customer",
+}
+_TOUCH_KIND_OF_TYPE: dict[type, TouchKind] = {
+    c.Engaged: "marketing",
+    c.LeadCaptured: "marketing",
+    c.OutreachSent: "sales",
+    c.ConversationHeld: "sales",
+    c.OfferMade: "sales",
+}
+
+
 def implied_stage(event: Envelope) -> str | None:
     """The stage an event implies, or None."""
-    if isinstance(event, c.Engaged):
+    if type(event) is c.Engaged:
         return "aware" if event.data.action in AWARE_ACTIONS else "interested"
-    if isinstance(event, (c.LeadCaptured, c.ConversationHeld)):
-        return "lead"
-    if isinstance(event, c.LeadQualified):
-        return "qualified"
-    if isinstance(event, c.OfferMade):
-        return "opportunity"
-    if isinstance(event, c.DealWon):
-        return "customer"
-    return None
+    return _STAGE_OF_TYPE.get(type(event))
 
 
 def touch_kind(event: Envelope) -> TouchKind | None:
-    if isinstance(event, (c.Engaged, c.LeadCaptured)):
-        return "marketing"
-    if isinstance(event, (c.OutreachSent, c.ConversationHeld, c.OfferMade)):
-        return "sales"
-    return None
+    return _TOUCH_KIND_OF_TYPE.get(type(event))
 
 
 def touch_channel(event: Envelope) -> str:
@@ -65,5 +71,9 @@ STATUS_OF: dict[type, str] = {
 }
 
 
+_UTC = dt.timezone.utc
+
+
 def utc(moment: dt.datetime) -> dt.datetime:
-    return moment.astimezone(dt.timezone.utc)
+    # msgspec decodes a zero offset ("Z", "+00:00") to timezone.utc itself: most times are already UTC.
+    return moment if moment.tzinfo is _UTC else moment.astimezone(_UTC)

@@ -192,6 +192,7 @@ class OrderedConsumer:
         self.last_seq = max(start_seq, 1) - 1  # the last stream sequence handed out
         self._parser: TapParser = nc._ps
         self._items: list[tuple[bytes, bytes, bytes | None, bytes]] = []
+        self._subjects: dict[bytes, str] = {}  # decoded once: a log has one subject a workspace
         self._ready = asyncio.Event()
         self._sub = None
         self._consumer: str | None = None
@@ -282,6 +283,9 @@ class OrderedConsumer:
         append = out.append
         expected = self._consumer_seq + 1
         taken = 0
+        subjects = self._subjects
+        if len(subjects) > 100_000:
+            subjects.clear()
         for subject, reply, hdr, payload in items:
             if len(out) >= max_messages:
                 break
@@ -300,7 +304,10 @@ class OrderedConsumer:
                 self._broken = True
                 break
             expected += 1
-            append(StreamMessage(stream_seq, subject.decode(), hdr, payload))
+            name = subjects.get(subject)
+            if name is None:
+                name = subjects[subject] = subject.decode()
+            append(StreamMessage(stream_seq, name, hdr, payload))
         self._consumer_seq = expected - 1
         if out:
             self.last_seq = out[-1].seq
