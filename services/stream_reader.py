@@ -52,6 +52,7 @@ class TapParser(Parser):
         size = len(buf)
         pos = 0
         taps = self.taps
+        view = memoryview(buf)  # one copy a field (a bytearray slice would copy twice)
         try:
             while pos < size:
                 end = buf.find(b"\r\n", pos)
@@ -59,45 +60,46 @@ class TapParser(Parser):
                     if size - pos > MAX_CONTROL_LINE_SIZE:
                         raise ProtocolError("nats: unknown protocol")
                     return
-                if buf.startswith(b"HMSG", pos) or buf.startswith(b"MSG", pos):
-                    args = buf[pos:end].split()
+                line = bytes(view[pos:end])
+                if line.startswith(b"HMSG") or line.startswith(b"MSG"):
+                    args = line.split()
                     try:
                         if args[0] == b"HMSG":
                             hdr_size, total = int(args[-2]), int(args[-1])
-                            reply = bytes(args[3]) if len(args) == 6 else b""
+                            reply = args[3] if len(args) == 6 else b""
                         else:
                             hdr_size, total = 0, int(args[-1])
-                            reply = bytes(args[3]) if len(args) == 5 else b""
+                            reply = args[3] if len(args) == 5 else b""
                         sid = int(args[2])
                     except (ValueError, IndexError):
                         raise ProtocolError("nats: malformed MSG") from None
                     start = end + 2
                     if size < start + total + 2:
                         return  # the rest of the frame is still on its way
-                    subject = bytes(args[1])
-                    hdr = bytes(buf[start : start + hdr_size]) if hdr_size else None
-                    payload = bytes(buf[start + hdr_size : start + total])
+                    subject = args[1]
+                    hdr = bytes(view[start : start + hdr_size]) if hdr_size else None
+                    payload = bytes(view[start + hdr_size : start + total])
                     pos = start + total + 2
                     tap = taps.get(sid)
                     if tap is not None:
                         tap(subject, reply, hdr, payload)
                         continue
                     await self.nc._process_msg(sid, subject, reply, payload, hdr)
-                elif buf.startswith(b"+OK", pos):
+                elif line.startswith(b"+OK"):
                     pos = end + 2
                     continue
-                elif buf.startswith(b"PING", pos):
+                elif line.startswith(b"PING"):
                     pos = end + 2
                     await self.nc._process_ping()
-                elif buf.startswith(b"PONG", pos):
+                elif line.startswith(b"PONG"):
                     pos = end + 2
                     await self.nc._process_pong()
-                elif buf.startswith(b"-ERR", pos):
-                    message = bytes(buf[pos + 4 : end]).strip().decode(errors="replace").lower()
+                elif line.startswith(b"-ERR"):
+                    message = line[4:].strip().decode(errors="replace").lower()
                     pos = end + 2
                     await self.nc._process_err(message)
-                elif buf.startswith(b"INFO", pos):
-                    info = json.loads(bytes(buf[pos + 4 : end]).decode())
+                elif line.startswith(b"INFO"):
+                    info = json.loads(line[4:].decode())
                     pos = end + 2
                     await self.nc._process_info(info)
                 else:
@@ -105,6 +107,7 @@ class TapParser(Parser):
                 if self.buf is not buf:  # reset (a reconnect) while nats-py had the frame
                     return
         finally:
+            view.release()  # before the buffer is resized
             del buf[:pos]
 
 
