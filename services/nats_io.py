@@ -21,35 +21,6 @@ from services.stream_reader import OrderedConsumer, TapClient
 
 log = structlog.get_logger()
 
-
-def _parse_header_lines(raw: bytes) -> dict[str, str]:
-    """nats-py's header parser with the same result, without a generator per header name.
-
-    Every logged event carries six to eight headers (ours and the atomic batch's); the projector, the
-    rules worker and replay parse them for every message: nats-py's version was a fifth of the
-    projector's time (py-spy, docs/performance.md). Same rules: ``Name: Value`` lines, names
-    ASCII without inner whitespace, values stripped and decoded with ``errors="replace"``.
-    """
-    out: dict[str, str] = {}
-    for line in raw.split(b"\r\n"):
-        name, sep, value = line.partition(b":")
-        if not sep:
-            continue
-        try:
-            key = name.strip().decode("ascii")
-        except UnicodeDecodeError:
-            continue
-        if key and key.split() != [key]:  # whitespace inside the name (str.isspace's kind)
-            continue
-        out[key] = value.strip().decode("utf-8", "replace")
-    return out
-
-
-# Kept for the test that compares the two.
-nats_py_parse_header_lines = getattr(Client, "_parse_header_lines", None)
-if nats_py_parse_header_lines is not None and nats_py_parse_header_lines is not _parse_header_lines:
-    Client._parse_header_lines = staticmethod(_parse_header_lines)
-
 LOG_STREAM_CONFIG = StreamConfig(
     name=LOG_STREAM,
     description="Touchline: every accepted event, immutable",

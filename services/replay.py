@@ -49,8 +49,8 @@ from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
-from services.stream_reader import StreamMessage
 from services.projector.runner import prepare_batch
+from services.stream_reader import StreamMessage
 
 LIVE_PROJECTOR = "main"
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")

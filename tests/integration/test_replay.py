@@ -11,7 +11,6 @@ import threading
 import time
 
 import asyncpg
-import pytest
 
 from events.log import HEADER_CATALOG_VERSION, HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from projections import contacts as contact_model
