@@ -558,7 +558,7 @@ def queries_python(stack: Services, workspaces: list[Workspace], seconds: float,
         for process in processes:
             process.join()
         results[kind] = {"p99_ms": _percentile(latencies, 99) * 1000, "p50_ms": _percentile(latencies, 50) * 1000,
-                         "rps": len(latencies) / seconds, "errors": errors}
+                         "max_ms": max(latencies) * 1000, "rps": len(latencies) / seconds, "errors": errors}
     return results
 
 
@@ -572,7 +572,7 @@ request = function()
   return wrk.format("GET", paths[i], {["Authorization"] = "Bearer " .. tokens[i]})
 end
 done = function(summary, latency, requests)
-  io.write(string.format("BENCH %%d %%d %%f %%f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(99), latency:percentile(50)))
+  io.write(string.format("BENCH %%d %%d %%f %%f %%f\\n", summary.requests, summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout, latency:percentile(99), latency:percentile(50), latency.max))
 end
 """
 
@@ -592,12 +592,15 @@ def queries_wrk(stack: Services, workspaces: list[Workspace], seconds: float, pr
             subprocess.run([wrk, "-t2", f"-c{QUERY_CLIENTS}", "-d1s", "-s", str(script), base], capture_output=True)
         done = subprocess.run([wrk, "-t2", f"-c{QUERY_CLIENTS}", f"-d{max(1, round(seconds))}s", "-s", str(script),
                                base], capture_output=True, text=True, check=True)
-        match = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+)", done.stdout)
+        match = re.search(r"BENCH (\d+) (\d+) ([\d.]+) ([\d.]+) ([\d.]+)", done.stdout)
         if not match:
             raise RuntimeError(f"unexpected wrk output: {done.stdout}")
-        errors, p99_us, p50_us = int(match[2]), float(match[3]), float(match[4])
+        errors, p99_us, p50_us, max_us = int(match[2]), float(match[3]), float(match[4]), float(match[5])
         rps = float(re.search(r"Requests/sec:\s*([\d.]+)", done.stdout)[1])
-        results[kind] = {"p99_ms": p99_us / 1000, "p50_ms": p50_us / 1000, "rps": rps, "errors": errors}
+        # wrk corrects its percentiles for coordinated omission: one stall of S ms on a connection
+        # adds S / (ms a request) samples, so a single stall can set the p99; max_ms shows it.
+        results[kind] = {"p99_ms": p99_us / 1000, "p50_ms": p50_us / 1000, "max_ms": max_us / 1000, "rps": rps,
+                         "errors": errors}
     return results
 
 
@@ -749,6 +752,7 @@ async def _run(stack: Services, events: int, progress: Progress) -> dict:
         rebuild_eps=round(rebuilt["eps"], 1),
         query_p99_ms={kind: round(q["p99_ms"], 2) for kind, q in queries.items()},
         query_rps={kind: round(q["rps"], 1) for kind, q in queries.items()},
+        query_max_ms={kind: round(q["max_ms"], 2) for kind, q in queries.items()},
         rule_p99_ms=None if rules["p99_ms"] is None else round(rules["p99_ms"], 1),
         contacts=sum(ws.contacts for ws in workspaces),
         workspaces=len(workspaces),
@@ -810,10 +814,10 @@ def table(result: dict):
         shown = "—" if value is None else (f"{value:,.1f} ms" if key.endswith("_ms") else f"{value:,.0f} ev/s")
         out.add_row(key, shown, f"{target} {mark(None if value is None or check is None else check(value))}")
     for kind in QUERY_PATHS:
-        p99, rps = result["query_p99_ms"][kind], result["query_rps"][kind]
+        p99, rps, longest = result["query_p99_ms"][kind], result["query_rps"][kind], result["query_max_ms"][kind]
         ok = p99 <= 5 and rps >= 3000 if kind == "contact" else p99 <= 20
         target = "p99 ≤ 5 ms at ≥ 3,000 req/s" if kind == "contact" else "p99 ≤ 20 ms"
-        out.add_row(f"query {kind}", f"p99 {p99:.2f} ms, {rps:,.0f} req/s", f"{target} {mark(ok)}")
+        out.add_row(f"query {kind}", f"p99 {p99:.2f} ms (max {longest:,.1f}), {rps:,.0f} req/s", f"{target} {mark(ok)}")
     for kind, mb in result["peak_rss_mb"].items():
         out.add_row(f"peak RSS {kind}", f"{mb:,.0f} MB", "")
     return out

@@ -22,9 +22,11 @@ def test_bench_smoke_prints_one_json_object_with_every_figure() -> None:
     result = json.loads(done.stdout)
     for key in FIGURES:
         assert isinstance(result[key], (int, float)) and result[key] > 0, key
-    for key in ("query_p99_ms", "query_rps"):
+    for key in ("query_p99_ms", "query_rps", "query_max_ms"):
         assert set(result[key]) == set(QUERIES)
         assert all(value > 0 for value in result[key].values()), result[key]
+    for kind in QUERIES:  # the longest answer, beside the p99 that one stall can set
+        assert result["query_max_ms"][kind] >= result["details"]["queries"][kind]["p50_ms"], kind
     assert result["rule_p99_ms"] is None or result["rule_p99_ms"] > 0
     assert result["events"] == 3000
     assert result["contacts"] > 0
