@@ -779,7 +779,9 @@ def run(events: int, progress: Progress | None = None, keep: Path | None = None)
     root = Path(tempfile.mkdtemp(prefix="touchline-bench-"))
     stack = Services(root)
     try:
-        return asyncio.run(_run(stack, events, progress))
+        from services.runtime import loop
+
+        return loop.run(_run(stack, events, progress))  # on uvloop, as the services: a lighter load generator
     finally:
         stack.close()
         if keep is None:
