@@ -263,16 +263,9 @@ def generate(events: int, now: dt.datetime) -> list[Workspace]:
 def _workers_listening(stack: Services) -> bool:
     """Every API worker has its socket on the port: connections opened before one of them listens
     all land on the others, and the bench's few keep-alive connections then stay there."""
-    for kind, child in stack.children.items():
-        if not kind.startswith("api"):
-            continue
-        try:
-            sockets = psutil.Process(child.pid).net_connections(kind="tcp")
-        except psutil.Error:
-            return False
-        if not any(c.status == psutil.CONN_LISTEN and c.laddr.port == stack.port for c in sockets):
-            return False
-    return True
+    from services.runtime.processes import listens_on
+
+    return all(listens_on(child.pid, stack.port) for kind, child in stack.children.items() if kind.startswith("api"))
 
 
 async def _wait_api(stack: Services, timeout: float = 60) -> None:

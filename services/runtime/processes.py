@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from services.runtime.embedded import die_with_parent, stop_process
 
 
@@ -58,3 +60,15 @@ def api_workers(env: dict[str, str], count: int, log_dir: Path | None = None) ->
         ServiceProcess("api", {**env, API_WORKER_ENV: str(index)}, log_dir / f"api-{index}.log" if log_dir else None)
         for index in range(count)
     ]
+
+
+def listens_on(pid: int | None, port: int) -> bool:
+    """Whether the process holds a listening TCP socket on ``port``. An API worker that does not
+    yet gets no connection: the kernel spreads them only over the sockets already open."""
+    if pid is None:
+        return False
+    try:
+        sockets = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in sockets)

@@ -16,6 +16,7 @@ import psutil
 import pytest
 
 from services.runtime.embedded import free_port
+from services.runtime.processes import listens_on
 from tests.support import event, without_followups
 
 pytestmark = pytest.mark.slow
@@ -142,15 +143,7 @@ def wait_for_workers(up: subprocess.Popen, count: int, port: int | None = None, 
     deadline = time.monotonic() + timeout
 
     def ready(workers: list[psutil.Process]) -> bool:
-        if len(workers) != count:
-            return False
-        try:
-            return port is None or all(
-                any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in w.net_connections("tcp"))
-                for w in workers
-            )
-        except psutil.Error:
-            return False
+        return len(workers) == count and (port is None or all(listens_on(w.pid, port) for w in workers))
 
     while not ready(workers := api_workers_of(up)) and time.monotonic() < deadline:
         time.sleep(0.1)
