@@ -429,25 +429,23 @@ class Projector:
                     locked.set()
                     for projection in later:
                         await projection.apply(conn, firsts)
-                    await park(conn, self.name, [p for p in poisons if p.seq > committed])
-                    await self.committed.advance(conn, last, len(fresh))
-                    return len(firsts)
-                committed = await self.committed.lock(conn, expected)
-                fresh = [logged for logged in batch if logged.seq > committed]
-                firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
-                if not one_by_one:
-                    for projection in self.projections:
-                        await projection.apply(conn, firsts)
                 else:
-                    for logged in firsts:
-                        try:
-                            async with conn.transaction():
-                                for projection in self.projections:
-                                    await projection.apply(conn, [logged])
-                        except RETRYABLE:
-                            raise
-                        except Exception as err:
-                            poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
+                    committed = await self.committed.lock(conn, expected)
+                    fresh = [logged for logged in batch if logged.seq > committed]
+                    firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
+                    if not one_by_one:
+                        for projection in self.projections:
+                            await projection.apply(conn, firsts)
+                    else:
+                        for logged in firsts:
+                            try:
+                                async with conn.transaction():
+                                    for projection in self.projections:
+                                        await projection.apply(conn, [logged])
+                            except RETRYABLE:
+                                raise
+                            except Exception as err:
+                                poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                 await park(conn, self.name, [p for p in poisons if p.seq > committed])
                 await self.committed.advance(conn, last, len(fresh))
         return len(firsts)
