@@ -22,7 +22,8 @@ schema first (their SQL uses unqualified table names). Three uses:
   keeps running and the comparison still sees the live tables at exactly P).
 
 Replay has no side effects: it writes nothing but its own schemas (and, for a rebuild, the
-workspace's read-model rows); it never writes ``event_index``, publishes nothing, and emits no
+workspace's read-model rows; and it drops the scratch schemas of replays that died before they
+could, see ``drop_abandoned_scratch``); it never writes ``event_index``, publishes nothing, and emits no
 commands or webhook deliveries. Duplicates are dropped read-only: an event is the first copy iff
 ``event_index`` holds its own sequence for its (workspace, source, id).
 """
@@ -43,6 +44,7 @@ from typing import Any, AsyncIterator, Callable
 
 import asyncpg
 import nats.js.errors
+import structlog
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
@@ -52,11 +54,17 @@ from services.nats_io import read_log
 from services.projector.runner import prepare_batch
 from services.stream_reader import StreamMessage
 
+log = structlog.get_logger()
+
 LIVE_PROJECTOR = "main"
 SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
 BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
+SCRATCH_PREFIXES = ("touchline_rebuild_", "touchline_verify_", "touchline_snapshot_")
+# Advisory lock class of a scratch schema's owner: held by the connection that builds it, for as
+# long as it does. PostgreSQL releases it when that connection ends, however its process died.
+SCRATCH_OWNER_LOCK = 7215005
 
 
 @dataclass
@@ -268,6 +276,9 @@ class Build:
         self.started = time.perf_counter()
 
     async def create(self) -> None:
+        # Owned before it exists, so that another replay's clean-up never takes it for abandoned.
+        await self.conn.execute("SELECT pg_advisory_lock($1, hashtext($2))", SCRATCH_OWNER_LOCK, self.schema)
+        await drop_abandoned_scratch(self.conn)
         schema = ident(self.schema)
         kind = "UNLOGGED TABLE" if self.unlogged else "TABLE"
         await self.conn.execute(
@@ -299,6 +310,7 @@ class Build:
         await self.conn.execute("RESET search_path")
         if not keep:
             await self.conn.execute(f"DROP SCHEMA IF EXISTS {ident(self.schema)} CASCADE")
+        await self.conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SCRATCH_OWNER_LOCK, self.schema)
 
     async def run_until(self, until: int, *, in_transaction: bool = False) -> None:
         """Apply the workspace's events up to log sequence ``until``; one transaction per batch
@@ -360,6 +372,26 @@ class Build:
     def finish_progress(self) -> None:
         if self.progress is not None:
             self.progress(self.stats.read, self.stats.read)
+
+
+async def drop_abandoned_scratch(conn: asyncpg.Connection) -> list[str]:
+    """Drop the scratch schemas whose replay is gone (its process was killed, or lost its
+    database connection, before it could drop them): those whose owner lock is free."""
+    names = await conn.fetch(
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE ANY ($1::text[]) ORDER BY 1",
+        [prefix.replace("_", "\\_") + "%" for prefix in SCRATCH_PREFIXES],
+    )
+    dropped = []
+    for (name,) in names:
+        if await conn.fetchval("SELECT pg_try_advisory_lock($1, hashtext($2))", SCRATCH_OWNER_LOCK, name):
+            try:
+                await conn.execute(f"DROP SCHEMA IF EXISTS {ident(name)} CASCADE")
+                dropped.append(name)
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1, hashtext($2))", SCRATCH_OWNER_LOCK, name)
+    if dropped:
+        log.info("replay.abandoned_scratch_dropped", schemas=dropped)
+    return dropped
 
 
 async def live_position(conn: asyncpg.Connection, *, lock: bool = False) -> int:

@@ -128,6 +128,57 @@ def test_rebuild_of_a_live_built_workspace_verifies_clean_and_keeps_every_answer
     assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
 
 
+# A replay that builds a scratch schema and is then killed with SIGKILL before it can drop it.
+_BUILD_AND_HANG = """
+import asyncio, sys
+from services import replay
+from services.nats_io import connect_client
+from services.runtime import loop
+from services.store.db import create_pool
+
+async def main(nats_url, database_url, workspace, schema):
+    nc = await connect_client(nats_url)
+    pool = await create_pool(database_url, max_size=1)
+    async with pool.acquire() as conn:
+        await replay.Build(conn, nc.jetstream(), workspace, schema).create()
+        print("built", flush=True)
+        await asyncio.sleep(3600)
+
+loop.run(main(*sys.argv[1:]))
+"""
+
+
+def test_a_killed_replays_scratch_schema_is_dropped_by_the_next_replay_and_a_running_ones_is_not(stack):
+    ws, _, _, _ = live_history(stack, seed=11, size=60)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", _BUILD_AND_HANG, stack.servers.nats_url, stack.servers.database_url, ws,
+         "touchline_rebuild_killed00001"],
+        env=stack.env, stdout=subprocess.PIPE, text=True,
+    )
+    running = subprocess.Popen(
+        [sys.executable, "-c", _BUILD_AND_HANG, stack.servers.nats_url, stack.servers.database_url, ws,
+         "touchline_verify_running0001"],
+        env=stack.env, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert killed.stdout.readline().strip() == "built"
+        assert running.stdout.readline().strip() == "built"
+        killed.kill()  # SIGKILL: nothing of it runs again
+        killed.wait(timeout=30)
+        scratch = "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%' ORDER BY 1"
+        assert [row[0] for row in sql(stack, scratch)] == ["touchline_rebuild_killed00001", "touchline_verify_running0001"]
+
+        rebuilt = cli(stack, "replay", "--workspace", ws)
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+        assert [row[0] for row in sql(stack, scratch)] == ["touchline_verify_running0001"]
+    finally:
+        for process in (killed, running):
+            process.kill()
+            process.wait(timeout=30)
+    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
+
+
 def test_verify_reports_a_corrupted_row_in_plain_words_and_rebuild_repairs_it(stack):
     ws, auth = stack.new_workspace()
     last = stack.ingest(ws, auth, [
