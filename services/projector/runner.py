@@ -144,29 +144,48 @@ _INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
 Key = tuple[str, str, str]  # (workspace, source, id)
 
 
-def index_keys(batch: list[LoggedEvent], earlier: frozenset[Key] = frozenset()) -> tuple[str, list[int], set[Key]]:
-    """``_FIRST_COPIES``' argument (each (workspace, source, id) of the batch with its lowest seq,
-    as JSON), those seqs, and every key of the batch. Keys in ``earlier`` (those of the batch
-    before, still in its transaction) are left out: their copies here are later ones, and looking
-    them up would wait for that transaction's index rows."""
+def index_keys(batch: list[LoggedEvent], earlier: frozenset[Key] = frozenset()) -> tuple[list[tuple[Key, int]], set[Key]]:
+    """Each (workspace, source, id) of the batch with its lowest seq (the candidates for a first
+    copy), and every key of the batch. Keys in ``earlier`` (those of the batch before, still in its
+    transaction) are left out: their copies here are later ones, and looking them up would wait for
+    that transaction's index rows."""
     seen: dict[Key, int] = {}
     for logged in batch:
         event = logged.event
         seen.setdefault((logged.workspace, event.source, event.id), logged.seq)
     candidates = [(key, seq) for key, seq in seen.items() if key not in earlier] if earlier else list(seen.items())
-    keys = _encode_keys([_IndexKey(*key, seq) for key, seq in candidates]).decode()
-    return keys, [seq for _, seq in candidates], set(seen)
+    return candidates, set(seen)
+
+
+# The sequences of a stretch of the log that event_index names: each is the first copy of its key.
+_NAMED = "SELECT seq FROM event_index WHERE seq BETWEEN $1 AND $2"
 
 
 async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
     """Drop every event whose (workspace, source, id) was stored before, however long ago.
 
-    The SELECT sees the index as it was before this statement, so a copy indexed by the
-    ingest API with its own sequence counts as first, and a lower one already there wins.
-    When every event is a first copy, the answer is ``batch`` itself (with what was prepared for it).
+    Usually the ingest side has indexed the whole batch already; then one range scan of
+    ``event_index`` by sequence proves it, and no key is looked up. That takes every event being a
+    candidate (no key twice in the batch, none in the batch before, whose lowering of an index row
+    may not be committed yet): an index row names the lowest sequence of its key that anyone has
+    indexed, and every lower copy in the log was met, and indexed, by this reader (the projector,
+    the rules worker) in a committed batch before this one.
+
+    Otherwise each candidate key is looked up. The SELECT sees the index as it was before this
+    statement, so a copy indexed by the ingest API with its own sequence counts as first, and a
+    lower one already there wins. When every event is a first copy, the answer is ``batch`` itself
+    (with what was prepared for it).
     """
-    keys, seqs, _ = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
-    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)} if seqs else set()
+    candidates, _ = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
+    if not candidates:  # an empty batch, or every key in the batch before
+        return [] if batch else batch
+    seqs = [seq for _, seq in candidates]
+    if len(candidates) == len(batch):
+        named = {row["seq"] for row in await conn.fetch(_NAMED, min(seqs), max(seqs))}
+        if named.issuperset(seqs):
+            return batch
+    keys = _encode_keys([_IndexKey(*key, seq) for key, seq in candidates]).decode()
+    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)}
     if not earlier and len(seqs) == len(batch):
         return batch
     firsts = set(seqs) - earlier
@@ -337,7 +356,7 @@ class Projector:
             if messages:
                 # In a worker thread: the event loop keeps answering the transactions in flight.
                 item = await asyncio.to_thread(self.prepare_messages, messages, previous)
-                previous = frozenset(item.batch.prepared[_INDEX_KEYS][2])
+                previous = frozenset(item.batch.prepared[_INDEX_KEYS][1])
                 await ready.put(item)
 
     def prepare_messages(self, messages, previous_keys: frozenset[Key] = frozenset()) -> ReadyBatch:
