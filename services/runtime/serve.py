@@ -23,6 +23,7 @@ from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
 from projections.registry import all_projections
 from services.projector.runner import Projector
+from services.runtime.http_server import CoalescingHttpToolsProtocol
 from services.settings import Settings
 from services.store import readiness
 from services.store.db import create_pool, migrate
@@ -175,7 +176,7 @@ async def serve_api(settings: Settings) -> None:
         log_level="warning",
         access_log=False,
         loop="none",  # served inside the process's own loop (services.runtime.loop: uvloop)
-        http="httptools",
+        http=CoalescingHttpToolsProtocol,
         lifespan="on",
     )
     server = uvicorn.Server(config)
