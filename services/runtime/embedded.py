@@ -59,6 +59,12 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 15.0) -> Non
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
+        kill_process(process)
+
+
+def kill_process(process: subprocess.Popen | None) -> None:
+    """SIGKILL (what a crash does), and wait for it to be gone."""
+    if process is not None and process.poll() is None:
         process.kill()
         process.wait()
 
@@ -159,9 +165,7 @@ class EmbeddedNats:
         stop_process(self.process)
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
 
 class EmbeddedPostgres:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from services.runtime.embedded import die_with_parent, stop_process
+from services.runtime.embedded import die_with_parent, kill_process, stop_process
 
 
 class ServiceProcess:
@@ -46,9 +46,7 @@ class ServiceProcess:
         stop_process(self.process, timeout)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
 
 def api_workers(env: dict[str, str], count: int, log_dir: Path | None = None) -> list[ServiceProcess]:
