@@ -61,7 +61,7 @@ SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
 BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
-SCRATCH_PREFIXES = ("touchline_rebuild_", "touchline_verify_", "touchline_snapshot_")
+SCRATCH_USES = ("rebuild", "verify", "snapshot")  # a scratch schema is named touchline_<use>_<random>
 # Advisory lock class of a scratch schema's owner: held by the connection that builds it, for as
 # long as it does. PostgreSQL releases it when that connection ends, however its process died.
 SCRATCH_OWNER_LOCK = 7215005
@@ -374,12 +374,18 @@ class Build:
             self.progress(self.stats.read, self.stats.read)
 
 
+def scratch_schema(use: str) -> str:
+    """A new scratch schema's name, of a form ``drop_abandoned_scratch`` recognises."""
+    assert use in SCRATCH_USES, use
+    return f"touchline_{use}_{uuid.uuid4().hex[:12]}"
+
+
 async def drop_abandoned_scratch(conn: asyncpg.Connection) -> list[str]:
     """Drop the scratch schemas whose replay is gone (its process was killed, or lost its
     database connection, before it could drop them): those whose owner lock is free."""
     names = await conn.fetch(
         "SELECT nspname FROM pg_namespace WHERE nspname LIKE ANY ($1::text[]) ORDER BY 1",
-        [prefix.replace("_", "\\_") + "%" for prefix in SCRATCH_PREFIXES],
+        [f"touchline\\_{use}\\_%" for use in SCRATCH_USES],
     )
     dropped = []
     for (name,) in names:
@@ -436,7 +442,7 @@ async def rebuild(
 ) -> ReplayStats:
     """Rebuild the workspace's live read models from its log and swap them in atomically."""
     async with pool.acquire() as conn:
-        build = Build(conn, js, workspace, f"touchline_rebuild_{uuid.uuid4().hex[:12]}",
+        build = Build(conn, js, workspace, scratch_schema("rebuild"),
                       projections=projections, progress=progress, batch_max=batch_max)
         try:
             await build.create()
@@ -599,7 +605,7 @@ async def build_snapshot(
         raise ValueError("give exactly one of until_seq and until_time")
     final = snapshot_schema(workspace, name)
     async with pool.acquire() as conn:
-        build = Build(conn, js, workspace, f"touchline_snapshot_{uuid.uuid4().hex[:12]}",
+        build = Build(conn, js, workspace, scratch_schema("snapshot"),
                       projections=projections, progress=progress, received_by=until_time,
                       unlogged=False)  # kept: it must survive a crash
         kept = False
@@ -654,7 +660,7 @@ async def verify(
 ) -> tuple[ReplayStats, list[Difference]]:
     """Rebuild into a scratch schema and compare every row with the live read models."""
     async with pool.acquire() as conn:
-        build = Build(conn, js, workspace, f"touchline_verify_{uuid.uuid4().hex[:12]}",
+        build = Build(conn, js, workspace, scratch_schema("verify"),
                       projections=projections, progress=progress)
         try:
             await build.create()
