@@ -18,6 +18,7 @@ import msgspec
 from events import catalog as c
 from events.catalog import Envelope
 from events.log import LoggedEvent
+from projections import followups
 from projections.batching import prepared
 from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
 
@@ -220,6 +221,14 @@ def render(contact: str, state: ContactState, open_followups: int = 0) -> Contac
         do_not_contact=state.consent is not None and state.consent.value == "out",
         open_followups=open_followups,
     )
+
+
+async def query(conn: asyncpg.Connection, workspace: str, contact: str) -> ContactView | None:
+    """One contact's view (None: no such contact), in one round trip."""
+    row = await followups.state_with_open_count(conn, workspace, contact)
+    if row is None:
+        return None
+    return render(contact, decode_state(row["state"]), row["open_followups"])
 
 
 def fold(events: list[Envelope]) -> dict[str, ContactState]:

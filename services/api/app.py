@@ -169,10 +169,9 @@ async def get_contact(
 ) -> contact_model.ContactView:
     await read_access(request, ws, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
-        row = await followup_model.state_with_open_count(conn, ws, contact)
-    if row is None:
+        view = await contact_model.query(conn, ws, contact)
+    if view is None:
         raise ApiError(404, f"unknown contact {contact!r}")
-    view = contact_model.render(contact, contact_model.decode_state(row["state"]), row["open_followups"])
     return json_response(view)  # type: ignore[return-value]
 
 

@@ -17,7 +17,7 @@ from services.api import auth
 from services.ingest import Ingestor
 from services.store import readiness
 
-_encode = msgspec.json.Encoder(decimal_format="string").encode
+encode_json = msgspec.json.Encoder(decimal_format="string").encode
 
 
 class ApiError(HTTPException):
@@ -31,7 +31,7 @@ class ApiError(HTTPException):
 def unavailable_response(_: Request, exc: Exception) -> Response:
     """A database or NATS outage is the server's passing trouble, not the client's: 503, retry."""
     return Response(
-        content=_encode({"error": f"temporarily unavailable: {type(exc).__name__}"}),
+        content=encode_json({"error": f"temporarily unavailable: {type(exc).__name__}"}),
         status_code=503,
         media_type="application/json",
         headers={"Retry-After": "1"},
@@ -41,7 +41,7 @@ def unavailable_response(_: Request, exc: Exception) -> Response:
 def error_response(_: Request, exc: HTTPException) -> Response:
     body: dict[str, Any] = {"error": exc.detail}
     body.update(getattr(exc, "fields", None) or {})
-    return Response(content=_encode(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+    return Response(content=encode_json(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 
 
 @dataclass
@@ -72,16 +72,23 @@ def services_of(request: Request) -> Services:
 
 
 def json_response(value: Any, status_code: int = 200) -> Response:
-    return Response(content=_encode(value), status_code=status_code, media_type="application/json")
+    return Response(content=encode_json(value), status_code=status_code, media_type="application/json")
+
+
+def bearer_token(scope: Any) -> str | None:
+    """The request's bearer token, from the raw ASGI headers (names are lower case there): no
+    Headers object per request."""
+    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"").decode("latin-1")
+    kind, _, token = header.partition(" ")
+    token = token.strip()
+    return token if kind.lower() == "bearer" and token else None
 
 
 async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
-    # From the raw ASGI headers (names are lower case there): no Headers object per request.
-    header = next((value for name, value in request.scope["headers"] if name == b"authorization"), b"").decode("latin-1")
-    kind, _, token = header.partition(" ")
-    if kind.lower() != "bearer" or not token.strip():
+    token = bearer_token(request.scope)
+    if token is None:
         raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    grant = await services_of(request).tokens.grant_for(token.strip())
+    grant = await services_of(request).tokens.grant_for(token)
     if grant is None:
         raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
     if workspace is None:

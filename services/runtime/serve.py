@@ -16,6 +16,7 @@ from nats.js import JetStreamContext
 
 from services import logs
 from services.api.app import create_app
+from services.api.fast_reads import FastReads
 from services.api.common import Services
 from services.api.auth import KnownWorkspaces, TokenBook
 from services.inbox import InboxReader, start_inbox
@@ -170,7 +171,7 @@ async def serve_api(settings: Settings) -> None:
 
     app = create_app(services, on_shutdown=[shutdown])
     config = uvicorn.Config(
-        app,
+        FastReads(app),
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",
