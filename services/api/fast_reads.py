@@ -1,44 +1,54 @@
-"""The contact view, the API's hottest read, answered beside the web framework.
+"""The hot read views, answered beside the web framework.
 
 A GET of one contact is a single indexed row. Answering it through Litestar (routing, parameter
 parsing, middleware, a Response object) cost a worker 130-150 µs of CPU a request, over a third
-of what the request cost it in all (docs/performance.md, sixth session). `FastReads` sits in front of the Litestar app and
-answers only the plain case in full: GET of a contact, no query string, a bearer token with the
-read scope on the workspace, a stored contact. Everything else goes to Litestar untouched, as
-it arrived: every other route, every query parameter, and every error, even one met here (the
-request is only a read, so asking again is harmless). So the OpenAPI docs, the parameter
-validation and the error answers stay in one place, and the view itself comes from the same
-`projections.contacts.query` the Litestar route calls.
+of what the request cost it in all (docs/performance.md, sixth session); the workspace views
+(funnel, touches, goals) pay the same. `FastReads` sits in front of the Litestar app and answers
+only the plain case in full: GET of one of those views with no query string (every filter at its
+default), a bearer token with the read scope on a known workspace, and for a contact, a stored
+one. Everything else goes to Litestar untouched, as it arrived: every other route, every query
+parameter, and every error, even one met here (the request is only a read, so asking again is
+harmless). So the OpenAPI docs, the parameter validation and the error answers stay in one place,
+and each view comes from the same `query` of its projection that the Litestar route calls.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from typing import Any, Awaitable, Callable
 
+import asyncpg
 from litestar import Litestar
 
-from projections import contacts
+from projections import contacts, funnel, goals, touches
 from services.api.common import Services, bearer_token, encode_json
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# The route's path with {ws:str} and {contact:str}: one segment each.
-CONTACT_PATH = re.compile(r"/v1/workspaces/([^/]+)/contacts/([^/]+)")
+# The routes' paths, {ws:str} and {contact:str} one segment each.
+PATH = re.compile(r"/v1/workspaces/([^/]+)/(?:contacts/([^/]+)|(funnel|touches|goals))")
+
+# Each workspace view with every parameter at the default its Litestar route gives it.
+WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] = {
+    "funnel": funnel.query,
+    "touches": touches.query,
+    "goals": lambda conn, ws: goals.query(conn, ws, dt.datetime.now(dt.timezone.utc)),
+}
 
 
 class FastReads:
-    """An ASGI app: the Litestar app, with the plain contact read answered first."""
+    """An ASGI app: the Litestar app, with the plain hot reads answered first."""
 
     def __init__(self, app: Litestar) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
-            match = CONTACT_PATH.fullmatch(scope["path"])
+            match = PATH.fullmatch(scope["path"])
             if match is not None:
-                body = await self._contact(scope, match[1], match[2])
+                body = await self._answer(scope, *match.groups())
                 if body is not None:
                     await send({"type": "http.response.start", "status": 200, "headers": [
                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
@@ -46,7 +56,7 @@ class FastReads:
                     return
         await self.app(scope, receive, send)
 
-    async def _contact(self, scope: dict[str, Any], ws: str, contact: str) -> bytes | None:
+    async def _answer(self, scope: dict[str, Any], ws: str, contact: str | None, view: str | None) -> bytes | None:
         """The view's JSON, or None for Litestar to answer whatever else this request deserves."""
         services: Services = self.app.state.services
         try:
@@ -54,11 +64,10 @@ class FastReads:
             if token is None:
                 return None
             grant = await services.tokens.grant_for(token)
-            # No workspace check: an unknown workspace holds no contact, so it is Litestar's to answer.
-            if grant is None or not grant.allows(ws, "read"):
+            if grant is None or not grant.allows(ws, "read") or not await services.workspaces(ws):
                 return None
             async with services.pool.acquire() as conn:
-                view = await contacts.query(conn, ws, contact)
+                answer = await (contacts.query(conn, ws, contact) if contact else WORKSPACE_VIEWS[view](conn, ws))
         except Exception:  # a database outage, say: Litestar's handlers answer it, in one format
             return None
-        return None if view is None else encode_json(view)
+        return None if answer is None else encode_json(answer)
