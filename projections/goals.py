@@ -99,7 +99,11 @@ class GoalsView(msgspec.Struct):
 
 def elapsed_fraction(g: Goal, as_of: dt.datetime) -> Fraction:
     start, end = g.bounds
-    return min(Fraction(1), max(Fraction(0), Fraction(micros(as_of - start), micros(end - start))))
+    if as_of <= start:
+        return Fraction(0)
+    if as_of >= end:
+        return Fraction(1)
+    return Fraction(micros(as_of - start), micros(end - start))
 
 
 def derived(target: Decimal, actual: Decimal, totals: Totals) -> Derived:
@@ -129,6 +133,7 @@ def derived(target: Decimal, actual: Decimal, totals: Totals) -> Derived:
 
 def view(g: Goal, actual: Decimal, as_of: dt.datetime, totals: Totals | None) -> GoalView:
     f = elapsed_fraction(g, as_of)
+    done = Fraction(actual)
     expected = Fraction(g.target) * f
     return GoalView(
         goal_id=g.goal_id,
@@ -140,8 +145,8 @@ def view(g: Goal, actual: Decimal, as_of: dt.datetime, totals: Totals | None) ->
         actual=decimal_text(actual),
         attainment=ratio(actual, g.target),  # type: ignore[arg-type]  # target > 0
         expected_by_now=decimal_text(exact_decimal(expected, scale_of(g.target))),
-        projected=None if f == 0 else decimal_text(exact_decimal(Fraction(actual) / f, scale_of(actual))),
-        on_track=Fraction(actual) >= expected,
+        projected=None if f == 0 else decimal_text(exact_decimal(done / f, scale_of(actual))),
+        on_track=done >= expected,
         derived=None if totals is None else derived(g.target, actual, totals),
     )
 

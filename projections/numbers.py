@@ -73,13 +73,15 @@ def scale_of(value: Decimal) -> int:
 def exact_decimal(value: Fraction | Decimal, min_scale: int = 0) -> Decimal:
     """A Fraction as a decimal: exact when it has at most 6 places (at least ``min_scale``
     of them), else rounded half-even to 6."""
-    value = Fraction(value)
+    numerator, denominator = value.as_integer_ratio()  # in lowest terms
     places = min_scale
-    while places < MAX_SCALE and (value * 10**places).denominator != 1:
+    # In lowest terms, n/d has k exact decimal places when d divides 10**k: no Fraction arithmetic
+    # (which cost the goals view most of its time).
+    while places < MAX_SCALE and 10**places % denominator:
         places += 1
     with localcontext() as context:
         context.prec = 80
-        quotient = Decimal(value.numerator) / Decimal(value.denominator)
+        quotient = Decimal(numerator) / Decimal(denominator)
         return quotient.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 
 
