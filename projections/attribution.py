@@ -212,8 +212,9 @@ def reference(events: list[Envelope], model: str = DEFAULT_MODEL, lookback_days:
 # Every credited touch of every conversion, per tally: 0, a lead conversion (keyed by contact)
 # credits campaign touches; 1 and 2, a won deal (keyed by deal_id) credits campaign touches and
 # sales touches by channel. For each (tally, conversion), its touches in the window come from
-# the index touch_events_attribution, already in the contract's order (at, source, id; "C"
-# collation: Python's order), so rank and count are taken per conversion without a sort.
+# the primary key of touch_events (workspace, contact, at, source, id; migration 014), already in
+# the contract's order (at, source, id; "C" collation: Python's order), so rank and count are
+# taken per conversion without a sort.
 _RANKED = """
 WITH conversions AS (
     SELECT 0 AS tally, contact AS conversion, contact, reached_lead AS at, NULL::numeric AS amount, NULL::text AS currency

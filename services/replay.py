@@ -423,9 +423,12 @@ async def _columns(conn: asyncpg.Connection, table: str) -> tuple[list[str], lis
     key = [
         row["attname"]
         for row in await conn.fetch(
+            # The key's own columns: indkey lists a key's INCLUDE columns after them, and those
+            # may be null (touch_events.campaign_id), which a join never matches.
             "SELECT a.attname FROM pg_index i JOIN pg_attribute a"
             " ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)"
             " WHERE i.indrelid = $1::regclass AND i.indisprimary"
+            " AND array_position(i.indkey::int2[], a.attnum) <= i.indnkeyatts"
             " ORDER BY array_position(i.indkey::int2[], a.attnum)",
             f"public.{ident(table)}",
         )
@@ -573,12 +576,13 @@ async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: 
         )
         return
     keys = ", ".join(f"t.{ident(c)}" for c in key)
-    side = "(SELECT t.ctid AS at, t AS whole, {keys} FROM {table} AS t WHERE t.workspace = $1)"
+    # row_ctid: a name no read-model column has (touch_events has a column "at").
+    side = "(SELECT t.ctid AS row_ctid, t AS whole, {keys} FROM {table} AS t WHERE t.workspace = $1)"
     differing = await conn.fetch(
-        f"SELECT l.at AS gone, r.at AS came FROM {side.format(keys=keys, table=live)} AS l"
+        f"SELECT l.row_ctid AS gone, r.row_ctid AS came FROM {side.format(keys=keys, table=live)} AS l"
         f" FULL JOIN {side.format(keys=keys, table=rebuilt)} AS r"
         f" ON {' AND '.join(f'l.{ident(c)} = r.{ident(c)}' for c in key)}"
-        f" WHERE l.at IS NULL OR r.at IS NULL OR NOT (l.whole *= r.whole)",
+        f" WHERE l.row_ctid IS NULL OR r.row_ctid IS NULL OR NOT (l.whole *= r.whole)",
         workspace,
     )
     gone = [row["gone"] for row in differing if row["gone"] is not None]
