@@ -16,8 +16,10 @@ or ``campaign`` is aggregated over the cohort from one covering index of ``conta
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_right
 from collections import Counter
 from fractions import Fraction
+from itertools import accumulate
 from typing import Iterable
 
 import asyncpg
@@ -198,19 +200,14 @@ FROM funnel_gaps WHERE workspace = $1 GROUP BY stage"""
 def middle_span(buckets: list[int], counts: list[int]) -> tuple[int, int, int, int]:
     """(count, first bucket, last bucket, gaps below the first) for the bucket(s) holding the
     middle one or two gaps, at 0-based positions (count - 1) // 2 and count // 2."""
-    n = sum(counts)
-    low, high = (n - 1) // 2, n // 2
-    first = last = below = None
-    seen = 0
-    for bucket, count in zip(buckets, counts):
-        if first is None and seen + count > low:
-            first, below = bucket, seen
-        if seen + count > high:
-            last = bucket
-            break
-        seen += count
-    assert first is not None and last is not None and below is not None
-    return n, first, last, below
+    # Running totals and two bisections (both in C): a funnel request does this for every stage,
+    # over a few hundred buckets each, and a Python loop over them cost ~20 µs a stage.
+    through = list(accumulate(counts))  # gaps in the buckets up to and including each
+    n = through[-1]
+    assert n > 0
+    first = bisect_right(through, (n - 1) // 2)
+    last = bisect_right(through, n // 2, first)
+    return n, buckets[first], buckets[last], through[first - 1] if first else 0
 
 
 def _gap_sql(rank: int, first: int) -> str:

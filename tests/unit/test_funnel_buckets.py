@@ -45,3 +45,12 @@ def test_middle_span_finds_the_buckets_of_the_middle_one_or_two():
     assert funnel.middle_span([5, 7, 9], [2, 1, 2]) == (5, 7, 7, 2)  # middle one: position 2
     assert funnel.middle_span([5, 7, 9], [3, 1, 2]) == (6, 5, 7, 0)  # positions 2 and 3
     assert funnel.middle_span([4], [1]) == (1, 4, 4, 0)
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=60))
+def test_middle_span_agrees_with_the_gaps_laid_out_one_by_one(counts):
+    buckets = [3 * i + 1 for i in range(len(counts))]
+    laid_out = [bucket for bucket, count in zip(buckets, counts) for _ in range(count)]
+    n = len(laid_out)
+    first, last = laid_out[(n - 1) // 2], laid_out[n // 2]
+    assert funnel.middle_span(buckets, counts) == (n, first, last, laid_out.index(first))
