@@ -14,6 +14,7 @@ and each view comes from the same `query` of its projection that the Litestar ro
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 from typing import Any, Awaitable, Callable
@@ -38,11 +39,73 @@ WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] 
 }
 
 
+class ReadLane:
+    """Connections taken from the pool once and handed from read to read.
+
+    asyncpg's pool spends about 60 µs of CPU on an acquire and release (the release runs as a task
+    of its own, shielded from cancellation): as much as the contact query itself
+    (docs/performance.md, item 31). The lane holds at most ``size`` connections, taken from the
+    pool as reads need them; at most that many reads go through it at once, the others wait for
+    one to finish. A connection a read failed on, or was cancelled in, may be broken or still
+    busy: it is closed and given back to the pool, and a later read takes a fresh one.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, size: int) -> None:
+        self.pool = pool
+        self.slots = asyncio.Semaphore(size)
+        self.idle: list[asyncpg.Connection] = []
+
+    def connection(self) -> _Lent:
+        """``async with lane.connection() as conn``."""
+        return _Lent(self)
+
+    async def close(self) -> None:
+        """Give the idle connections back, so that the pool can close (at shutdown, after the
+        last read)."""
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            await self.pool.release(conn)
+
+
+class _Lent:
+    __slots__ = ("lane", "conn")
+
+    def __init__(self, lane: ReadLane) -> None:
+        self.lane = lane
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        lane = self.lane
+        await lane.slots.acquire()
+        try:
+            self.conn = lane.idle.pop() if lane.idle else await lane.pool.acquire()
+        except BaseException:
+            lane.slots.release()
+            raise
+        return self.conn
+
+    async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
+        lane = self.lane
+        try:
+            if kind is None:
+                lane.idle.append(self.conn)
+            else:
+                self.conn.terminate()
+                await lane.pool.release(self.conn)
+        finally:
+            lane.slots.release()
+
+
 class FastReads:
     """An ASGI app: the Litestar app, with the plain hot reads answered first."""
 
-    def __init__(self, app: Litestar) -> None:
+    def __init__(self, app: Litestar, lane_size: int = 4) -> None:
         self.app = app
+        self.lane_size = lane_size
+        self.lane: ReadLane | None = None  # made at the first read: the pool opens at start-up
+
+    async def close(self) -> None:
+        if self.lane is not None:
+            await self.lane.close()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
@@ -66,7 +129,9 @@ class FastReads:
             grant = await services.tokens.grant_for(token)
             if grant is None or not grant.allows(ws, "read") or not await services.workspaces(ws):
                 return None
-            async with services.pool.acquire() as conn:
+            if self.lane is None:
+                self.lane = ReadLane(services.pool, self.lane_size)
+            async with self.lane.connection() as conn:
                 answer = await (contacts.query(conn, ws, contact) if contact else WORKSPACE_VIEWS[view](conn, ws))
         except Exception:  # a database outage, say: Litestar's handlers answer it, in one format
             return None

@@ -166,12 +166,13 @@ async def serve_api(settings: Settings) -> None:
     async def shutdown() -> None:
         for reader in readers:
             reader.stop()
+        await fast.close()  # its connections back in the pool, or the pool's close waits for them
         for backends in opened:
             await backends.close()
 
-    app = create_app(services, on_shutdown=[shutdown])
+    fast = FastReads(create_app(services, on_shutdown=[shutdown]))
     config = uvicorn.Config(
-        FastReads(app),
+        fast,
         host=settings.http_host,
         port=settings.http_port,
         log_level="warning",

@@ -3,6 +3,7 @@ exactly as the Litestar routes do, and hand every other request to Litestar unto
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -107,10 +108,20 @@ def test_the_plain_reads_are_answered_beside_litestar_and_everything_else_by_it(
             assert await call(fast, request) == []
             assert framework.reached == [request["path"]], request
 
-        await pool.close()  # the database gone: Litestar's handlers answer that too
+        # The lane's connections cut by the server (a restart, say): the read on one of them is
+        # Litestar's to answer; that connection is dropped, and the next read takes a fresh one.
+        assert fast.lane is not None and fast.lane.idle
+        lent = [conn.get_server_pid() for conn in fast.lane.idle]
+        await pool.execute("SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) AS pid", lent)
         framework.reached.clear()
         assert await call(fast, scope(contact, token)) == []
         assert framework.reached == [contact]
+        assert await call(fast, scope(contact, token)) != []
+        assert framework.reached == [contact]
+        assert all(conn.get_server_pid() not in lent for conn in fast.lane.idle)
+
+        await fast.close()  # its connections back in the pool, which then closes at once
+        await asyncio.wait_for(pool.close(), 10)
 
     loop.run(check())
     assert other_ws != ws
