@@ -14,7 +14,6 @@ and each view comes from the same `query` of its projection that the Litestar ro
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 from typing import Any, Awaitable, Callable
@@ -40,19 +39,20 @@ WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] 
 
 
 class ReadLane:
-    """Connections taken from the pool once and handed from read to read.
+    """Connections kept out of the pool between reads, handed from read to read.
 
     asyncpg's pool spends about 60 µs of CPU on an acquire and release (the release runs as a task
     of its own, shielded from cancellation): as much as the contact query itself
-    (docs/performance.md, item 31). The lane holds at most ``size`` connections, taken from the
-    pool as reads need them; at most that many reads go through it at once, the others wait for
-    one to finish. A connection a read failed on, or was cancelled in, may be broken or still
-    busy: it is closed and given back to the pool, and a later read takes a fresh one.
+    (docs/performance.md, item 31). A read takes an idle connection of the lane, or one from the
+    pool when there is none; afterwards the lane keeps it while it holds fewer than ``size`` idle,
+    and gives it back otherwise. So reads never wait for the lane, and the lane never keeps more
+    than ``size`` of the pool's connections from the other routes. A connection a read failed on,
+    or was cancelled in, may be broken or still busy: it is closed and given back to the pool.
     """
 
     def __init__(self, pool: asyncpg.Pool, size: int) -> None:
         self.pool = pool
-        self.slots = asyncio.Semaphore(size)
+        self.size = size
         self.idle: list[asyncpg.Connection] = []
 
     def connection(self) -> _Lent:
@@ -75,24 +75,17 @@ class _Lent:
 
     async def __aenter__(self) -> asyncpg.Connection:
         lane = self.lane
-        await lane.slots.acquire()
-        try:
-            self.conn = lane.idle.pop() if lane.idle else await lane.pool.acquire()
-        except BaseException:
-            lane.slots.release()
-            raise
+        self.conn = lane.idle.pop() if lane.idle else await lane.pool.acquire()
         return self.conn
 
     async def __aexit__(self, kind: type[BaseException] | None, *_: Any) -> None:
         lane = self.lane
-        try:
-            if kind is None:
-                lane.idle.append(self.conn)
-            else:
-                self.conn.terminate()
-                await lane.pool.release(self.conn)
-        finally:
-            lane.slots.release()
+        if kind is None and len(lane.idle) < lane.size:
+            lane.idle.append(self.conn)
+            return
+        if kind is not None:
+            self.conn.terminate()
+        await lane.pool.release(self.conn)
 
 
 class FastReads:
