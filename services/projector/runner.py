@@ -178,7 +178,7 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
     """
     candidates, _ = getattr(batch, "prepared", {}).get(_INDEX_KEYS) or index_keys(batch)
     if not candidates:  # an empty batch, or every key in the batch before
-        return [] if batch else batch
+        return []
     seqs = [seq for _, seq in candidates]
     if len(candidates) == len(batch):
         named = {row["seq"] for row in await conn.fetch(_NAMED, min(seqs), max(seqs))}
