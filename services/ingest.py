@@ -80,11 +80,17 @@ SELECT workspace, source, id, seq FROM event_index
 WHERE (workspace, source, id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
 """
 
+# Only the keys that were indexed already come back (a row the upsert updated has a non-zero
+# xmax, a row it inserted has none): they are the rare ones whose seq may not be ours, and
+# decoding a row each for the others cost asyncpg about 1 µs an event (docs/performance.md, item 32).
 _INDEX = """
-INSERT INTO event_index AS known (workspace, source, id, seq)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-ON CONFLICT (workspace, source, id) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
-RETURNING workspace, source, id, seq
+WITH written AS (
+    INSERT INTO event_index AS known (workspace, source, id, seq)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+    ON CONFLICT (workspace, source, id) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
+    RETURNING workspace, source, id, seq, xmax
+)
+SELECT workspace, source, id, seq FROM written WHERE xmax <> 0
 """
 
 _REJECT = """

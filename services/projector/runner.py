@@ -159,6 +159,9 @@ def index_keys(batch: list[LoggedEvent], earlier: frozenset[Key] = frozenset()) 
 
 # The sequences of a stretch of the log that event_index names: each is the first copy of its key.
 _NAMED = "SELECT seq FROM event_index WHERE seq BETWEEN $1 AND $2"
+# How many it names: enough when the batch holds every sequence of the stretch (the usual case:
+# readers take the whole log), and no row to decode for each event.
+_NAMED_COUNT = "SELECT count(*) FROM event_index WHERE seq BETWEEN $1 AND $2"
 
 
 async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> list[LoggedEvent]:
@@ -181,8 +184,11 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
         return []
     seqs = [seq for _, seq in candidates]
     if len(candidates) == len(batch):
-        named = {row["seq"] for row in await conn.fetch(_NAMED, min(seqs), max(seqs))}
-        if named.issuperset(seqs):
+        low, high = min(seqs), max(seqs)
+        if high - low + 1 == len(seqs):  # the whole stretch: all named iff as many named as events
+            if await conn.fetchval(_NAMED_COUNT, low, high) == len(seqs):
+                return batch
+        elif {row["seq"] for row in await conn.fetch(_NAMED, low, high)}.issuperset(seqs):
             return batch
     keys = _encode_keys([_IndexKey(*key, seq) for key, seq in candidates]).decode()
     earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)}
