@@ -241,8 +241,12 @@ _GOALS_STORED, _GOALS_COUNTED = _goals_sql(_STORED_STAGE_COUNT), _goals_sql(_COU
 _GOAL_FIELDS = Goal.__struct_fields__
 
 
-async def query(conn: asyncpg.Connection, workspace: str, as_of: dt.datetime, *, stored_counts: bool = True) -> GoalsView:
-    """``stored_counts=False`` for a snapshot schema, which may predate ``funnel_gaps``."""
+async def query(
+    conn: asyncpg.Connection, workspace: str, as_of: dt.datetime | None = None, *, stored_counts: bool = True
+) -> GoalsView:
+    """Each goal at ``as_of`` (default now). ``stored_counts=False`` for a snapshot schema, which may
+    predate ``funnel_gaps``."""
+    as_of = as_of or dt.datetime.now(dt.timezone.utc)
     answers = []
     for row in await conn.fetch(_GOALS_STORED if stored_counts else _GOALS_COUNTED, workspace):
         g = Goal(*(row[name] for name in _GOAL_FIELDS))

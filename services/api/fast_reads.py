@@ -14,7 +14,6 @@ and each view comes from the same `query` of its projection that the Litestar ro
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 from typing import Any, Awaitable, Callable
 
@@ -34,7 +33,7 @@ PATH = re.compile(r"/v1/workspaces/([^/]+)/(?:contacts/([^/]+)|(funnel|touches|g
 WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] = {
     "funnel": funnel.query,
     "touches": touches.query,
-    "goals": lambda conn, ws: goals.query(conn, ws, dt.datetime.now(dt.timezone.utc)),
+    "goals": goals.query,
 }
 
 

@@ -69,7 +69,7 @@ async def get_goals(
     snapshot: str | None = None,
 ) -> goals.GoalsView:
     await read_access(request, ws, min_seq, wait_ms)
-    moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
+    moment = parse_time("as_of", as_of)
     async with read_connection(request, snapshot) as conn:
         answer = await goals.query(conn, ws, moment, stored_counts=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
