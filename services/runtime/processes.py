@@ -30,6 +30,14 @@ class ServiceProcess:
             env=self.env,
             stdout=output,
             stderr=subprocess.STDOUT if output else None,
+            # A session of its own, as nats-server and every PostgreSQL backend have: with the
+            # kernel's autogroup scheduling (on by default) a session is one scheduling group, so
+            # services that shared their starter's session split one group's CPU share between
+            # them (and with whatever else that session ran, such as a rebuild), against a whole
+            # share for each PostgreSQL backend. Contact reads then stalled for up to a second
+            # after a rebuild (docs/performance.md, item 33). Ctrl-C reaches the starter alone,
+            # which stops its children (`up`, the bench and the tests all do).
+            start_new_session=True,
             preexec_fn=die_with_parent,
         )
         self.started_at = time.monotonic()
