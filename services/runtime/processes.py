@@ -34,7 +34,7 @@ class ServiceProcess:
             # kernel's autogroup scheduling (on by default) a session is one scheduling group, so
             # services that shared their starter's session split one group's CPU share between
             # them (and with whatever else that session ran, such as a rebuild), against a whole
-            # share for each PostgreSQL backend. Contact reads then stalled for up to a second
+            # share for each PostgreSQL backend. Contact reads then stalled for up to 1.4 s
             # after a rebuild (docs/performance.md, item 33). Ctrl-C reaches the starter alone,
             # which stops its children (`up`, the bench and the tests all do).
             start_new_session=True,
