@@ -28,12 +28,21 @@ RETRYABLE = (
 )
 
 
+# Every session of ours asks the kernel to start writing what it wrote after each 256 kB, as
+# PostgreSQL's own checkpointer and background writer do by default (its backends do not). A
+# catch-up or a load evicts hundreds of MB of dirty pages from shared buffers; left in the page
+# cache, the kernel wrote them out 30 s later in one burst, and reads served meanwhile stalled for
+# up to 34 ms (docs/performance.md, item 34).
+SESSION_SETTINGS = {"backend_flush_after": "256kB"}
+
+
 async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8, deadline: float = 60.0) -> asyncpg.Pool:
     """Connect with retries: a PostgreSQL in crash recovery refuses connections for a while."""
     started = time.monotonic()
     while True:
         try:
-            return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60)
+            return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60,
+                                             server_settings=SESSION_SETTINGS)
         except RETRYABLE + (asyncpg.exceptions.InvalidCatalogNameError,) as err:
             if time.monotonic() - started > deadline:
                 raise
