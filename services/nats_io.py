@@ -96,13 +96,18 @@ async def connect(url: str, name: str) -> Client:
     async def on_error(err: Exception) -> None:
         log.warning("nats.error", error=str(err))
 
+    nc: TapClient | None = None
+
     async def on_disconnect() -> None:
-        log.warning("nats.disconnected")
+        # nats-py calls this when the service closes its own connection too (every start of `up`
+        # and every stop): only a connection lost is worth a warning.
+        if nc is None or not nc.is_closed:
+            log.warning("nats.disconnected")
 
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
-    return await connect_client(
+    nc = await connect_client(
         url,
         name=name,
         max_reconnect_attempts=-1,
@@ -112,6 +117,7 @@ async def connect(url: str, name: str) -> Client:
         reconnected_cb=on_reconnect,
         pending_size=64 * 1024 * 1024,
     )
+    return nc
 
 
 async def connect_client(url: str | list[str], **options) -> TapClient:

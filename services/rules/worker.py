@@ -221,6 +221,8 @@ class RulesWorker:
         finally:
             for task in tasks:
                 task.cancel()
+            # Their subscriptions are gone before the connection drains (see ``_consume_timers``).
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- the log ---------------------------------------------------------------------
 
@@ -302,13 +304,20 @@ class RulesWorker:
             stream=TIMERS_STREAM,
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1, max_ack_pending=1000),
         )
-        while not self._stopping.is_set():
-            try:
-                messages = await sub.fetch(16, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            for msg in messages:
-                await self._fire(msg)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await sub.fetch(16, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                for msg in messages:
+                    await self._fire(msg)
+        finally:
+            # An idle fetch's expiry notice can arrive after the fetch gave up, and waits in the
+            # subscription's queue for ever: a drain of the connection would wait for it (3 s,
+            # then a CancelledError traceback at every stop after a minute or so of quiet).
+            with contextlib.suppress(Exception):  # the connection may be closed already
+                await sub.unsubscribe()
 
     async def _fire(self, msg) -> None:
         fire = decode_timer(msg.data)
