@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -31,6 +33,7 @@ from services.store.db import create_pool, migrate
 
 log = structlog.get_logger()
 
+STOP_WHILE_STARTING_GRACE = 2.0  # seconds an API worker asked to stop may still finish starting
 API_WORKER_ENV = "TOUCHLINE_API_WORKER"  # set by `up` (0, 1, …): this process is one of its API workers
 
 
@@ -133,8 +136,6 @@ def listen(host: str, port: int, patience: float = 0.0, *, share: bool = False) 
 
 def api_worker() -> int | None:
     """Which of `up`'s API workers this process is, or None when it runs alone."""
-    import os
-
     worker = os.environ.get(API_WORKER_ENV)
     return int(worker) if worker else None
 
@@ -184,13 +185,25 @@ async def serve_api(settings: Settings) -> None:
     server = uvicorn.Server(config)
     listener = listen(settings.http_host, settings.http_port, share=worker is not None)
     log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
-    await server.serve(sockets=[listener])
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
+    # uvicorn takes SIGINT and SIGTERM from the start but only notes them until its start-up is
+    # over, and start-up (the app's lifespan) waits for ever for a NATS that cannot be reached: the
+    # one of an `up` killed a moment before, say. Stopped then, the worker would never go, and
+    # its socket would keep taking connections on the port. Nothing is served or held before
+    # start-up ends, so after a short grace it leaves at once.
+    asked_at = None
+    while not serving.done():
+        await asyncio.wait([serving], timeout=0.2)
+        if server.should_exit and not server.started:
+            asked_at = asked_at or time.monotonic()
+            if time.monotonic() - asked_at > STOP_WHILE_STARTING_GRACE:
+                log.warning("api.stopped_while_starting")
+                os._exit(0)
+    await serving
 
 
 async def serve_rules(settings: Settings) -> None:
     """The rules worker (CONTRACT.md section 6): log in, commands and timers out."""
-    import os
-
     from services.rules.worker import RulesWorker
 
     logs.configure("rules")
