@@ -192,14 +192,14 @@ async def serve_api(settings: Settings) -> None:
     # its socket would keep taking connections on the port. Nothing is served or held before
     # start-up ends, so after a short grace it leaves at once.
     asked_at = None
-    while not serving.done():
+    while not serving.done() and not server.started:
         await asyncio.wait([serving], timeout=0.2)
         if server.should_exit and not server.started:
             asked_at = asked_at or time.monotonic()
             if time.monotonic() - asked_at > STOP_WHILE_STARTING_GRACE:
                 log.warning("api.stopped_while_starting")
                 os._exit(0)
-    await serving
+    await serving  # started: uvicorn's own graceful stop
 
 
 async def serve_rules(settings: Settings) -> None:
