@@ -265,17 +265,21 @@ class InboxReader:
                 info.config.subjects = [self.subjects.rsplit(".", 1)[0] + "-retired.*"]
                 await self.js.update_stream(info.config)
                 sub = await self.js.pull_subscribe_bind(INBOX_CONSUMER, self.stream)
-                while (await self.js.stream_info(self.stream)).state.messages:
-                    try:
-                        messages = await sub.fetch(1000, timeout=1.0)
-                    except nats.errors.TimeoutError:
-                        continue  # delivered earlier and not acked: back after ack_wait
-                    judged, unknown = _judge(messages, await self._known_workspaces(messages))
-                    await self._store(judged, unknown)  # committed by the pool before the acks
-                    for msg in messages:
-                        await msg.ack()
-                with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                try:
+                    while (await self.js.stream_info(self.stream)).state.messages:
+                        try:
+                            messages = await sub.fetch(1000, timeout=1.0)
+                        except nats.errors.TimeoutError:
+                            continue  # delivered earlier and not acked: back after ack_wait
+                        judged, unknown = _judge(messages, await self._known_workspaces(messages))
+                        await self._store(judged, unknown)  # committed by the pool before the acks
+                        for msg in messages:
+                            await msg.ack()
+                finally:
+                    # Also when stopped midway: a pull subscription left behind holds up the
+                    # connection's drain (as the rules worker's timer consumer did, 8cb4328).
+                    with contextlib.suppress(Exception):
+                        await sub.unsubscribe()
                 await self.js.delete_stream(self.stream)
                 await self.js.add_stream(self.config)
                 await self.committed.rewind(conn)
