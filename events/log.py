@@ -45,9 +45,22 @@ def workspace_of_subject(subject: str) -> str:
     return subject.rsplit(".", 1)[-1]
 
 
+def event_digest(workspace: str, source: str, event_id: str) -> bytes:
+    """The SHA-256 of an event's (workspace, source, id). Its hex is the event's ``Nats-Msg-Id``
+    (JetStream's short-term dedupe key); its first ``INDEX_KEY_BYTES`` are its key in
+    ``event_index`` (the permanent one), as SQL's ``event_key(workspace, source, id)`` computes."""
+    return hashlib.sha256(f"{workspace}\x00{source}\x00{event_id}".encode()).digest()
+
+
+INDEX_KEY_BYTES = 16
+
+
+def index_key(workspace: str, source: str, event_id: str) -> bytes:
+    return event_digest(workspace, source, event_id)[:INDEX_KEY_BYTES]
+
+
 def message_id(workspace: str, source: str, event_id: str) -> str:
-    """JetStream's short-term dedupe key; the permanent one is kept in PostgreSQL."""
-    return hashlib.sha256(f"{workspace}\x00{source}\x00{event_id}".encode()).hexdigest()
+    return event_digest(workspace, source, event_id).hex()
 
 
 def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> dict[str, str]:

@@ -21,7 +21,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import HEADER_MSG_ID, LOG_STREAM, log_headers, log_subject, message_id
+from events.log import HEADER_MSG_ID, INDEX_KEY_BYTES, LOG_STREAM, event_digest, log_headers, log_subject
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 
@@ -75,22 +75,20 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
     return (source if isinstance(source, str) else None, event_id if isinstance(event_id, str) else None)
 
 
-_LOOKUP = """
-SELECT workspace, source, id, seq FROM event_index
-WHERE (workspace, source, id) IN (SELECT * FROM unnest($1::text[], $2::text[], $3::text[]))
-"""
+# event_index is keyed by a digest of (workspace, source, id) (migration 015, ``events.log.index_key``).
+_LOOKUP = "SELECT key, seq FROM event_index WHERE key = ANY($1::bytea[])"
 
 # Only the keys that were indexed already come back (a row the upsert updated has a non-zero
 # xmax, a row it inserted has none): they are the rare ones whose seq may not be ours, and
 # decoding a row each for the others cost asyncpg about 1 µs an event (docs/performance.md, item 32).
 _INDEX = """
 WITH written AS (
-    INSERT INTO event_index AS known (workspace, source, id, seq)
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-    ON CONFLICT (workspace, source, id) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
-    RETURNING workspace, source, id, seq, xmax
+    INSERT INTO event_index AS known (key, seq)
+    SELECT * FROM unnest($1::bytea[], $2::bigint[])
+    ON CONFLICT (key) DO UPDATE SET seq = LEAST(known.seq, excluded.seq)
+    RETURNING key, seq, xmax
 )
-SELECT workspace, source, id, seq FROM written WHERE xmax <> 0
+SELECT key, seq FROM written WHERE xmax <> 0
 """
 
 _REJECT = """
@@ -99,6 +97,18 @@ SELECT w, $1, r, b FROM unnest($2::text[], $3::text[], $4::bytea[]) AS t(w, r, b
 """
 
 Key = tuple[str, str, str]  # (workspace, source, id)
+
+
+class Digests(dict[Key, bytes]):
+    """Each key's ``event_digest``, hashed once: the log's ``Nats-Msg-Id`` is its hex, the index's
+    key its first bytes."""
+
+    def __missing__(self, key: Key) -> bytes:
+        digest = self[key] = event_digest(*key)
+        return digest
+
+    def index_keys(self, keys: list[Key]) -> dict[bytes, Key]:
+        return {self[key][:INDEX_KEY_BYTES]: key for key in keys}
 
 
 @dataclass
@@ -111,6 +121,7 @@ class Appended:
     known: dict[Key, int] = field(default_factory=dict)  # stored before: key -> first seq
     to_publish: list[Key] = field(default_factory=list)
     stored: list[tuple[int, bool]] = field(default_factory=list)  # (seq, duplicate) of to_publish
+    digests: Digests = field(default_factory=Digests)
 
     def seqs(self) -> dict[Key, int]:
         """Every key of the batch with the seq of its first copy, as far as this batch knows."""
@@ -163,15 +174,16 @@ class Ingestor:
             out.known = {key: earlier[key] for key in out.fresh if key in earlier}
             unseen = [key for key in out.fresh if key not in out.known]
             if unseen:
-                out.known.update(await self._lookup(unseen, db))
+                out.known.update(await self._lookup(unseen, out.digests, db))
             out.to_publish = [key for key in unseen if key not in out.known]
             out.stored = await self._append(
-                out.to_publish, [judged[out.fresh[key][0]][1] for key in out.to_publish], received_at, db
+                out.to_publish, [judged[out.fresh[key][0]][1] for key in out.to_publish], received_at,
+                out.digests, db,
             )
         return out
 
     async def index_appended(self, appended: Appended, *, db: asyncpg.Connection | None = None) -> list[Result]:
-        first_seq = await self._index(appended.to_publish, appended.stored, db)
+        first_seq = await self._index(appended.to_publish, appended.stored, appended.digests, db)
         results = appended.results
         for key, positions in appended.fresh.items():
             if key in appended.known:
@@ -184,16 +196,17 @@ class Ingestor:
                 results[position] = Result(key[1], key[2], status, seq=seq)
         return results  # type: ignore[return-value]
 
-    async def _lookup(self, keys: list[Key], db: asyncpg.Connection | None = None) -> dict[Key, int]:
-        workspaces, sources, ids = zip(*keys)
+    async def _lookup(self, keys: list[Key], digests: Digests, db: asyncpg.Connection | None = None) -> dict[Key, int]:
+        by_index_key = digests.index_keys(keys)
         try:
-            rows = await (db or self.pool).fetch(_LOOKUP, workspaces, sources, ids)
+            rows = await (db or self.pool).fetch(_LOOKUP, list(by_index_key))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
-        return {(row["workspace"], row["source"], row["id"]): row["seq"] for row in rows}
+        return {by_index_key[key]: seq for key, seq in rows}
 
     async def _append(
-        self, keys: list[Key], events: list[Judged], received_at: dt.datetime, db: asyncpg.Connection | None = None
+        self, keys: list[Key], events: list[Judged], received_at: dt.datetime, digests: Digests,
+        db: asyncpg.Connection | None = None,
     ) -> list[tuple[int, bool]]:
         """Publish to the log; every (seq, duplicate) once durably acked.
 
@@ -210,10 +223,11 @@ class Ingestor:
                 subjects[workspace] = (log_subject(workspace), log_headers(workspace, item.event, received_at))
             subject, headers = subjects[workspace]
             # Only Nats-Msg-Id differs between a workspace's events (received_at is the batch's).
-            messages.append((subject, item.raw, {**headers, HEADER_MSG_ID: message_id(workspace, source, event_id)}))
+            messages.append((subject, item.raw, {**headers, HEADER_MSG_ID: digests[workspace, source, event_id].hex()}))
         step = MAX_ATOMIC_BATCH
         outcomes = await asyncio.gather(
-            *(self._append_chunk(keys[i : i + step], messages[i : i + step], db) for i in range(0, len(keys), step)),
+            *(self._append_chunk(keys[i : i + step], messages[i : i + step], digests, db)
+              for i in range(0, len(keys), step)),
             return_exceptions=True,
         )
         for outcome in outcomes:
@@ -221,7 +235,7 @@ class Ingestor:
                 raise outcome
         return [ack for outcome in outcomes for ack in outcome]
 
-    async def _append_chunk(self, keys: list[Key], messages, db) -> list[tuple[int, bool]]:
+    async def _append_chunk(self, keys: list[Key], messages, digests: Digests, db) -> list[tuple[int, bool]]:
         """One atomic batch. JetStream refuses a whole batch when one of its ids is in its dedupe
         window, without saying which: most likely a concurrent request stored it a moment ago, so
         look the keys up again (after a short wait for that request's index write) and publish the
@@ -246,7 +260,7 @@ class Ingestor:
                 if err.err_code != DUPLICATE_IN_BATCH or maybe_committed or attempt == DUPLICATE_RETRIES:
                     break
                 await asyncio.sleep(0.01 * 2**attempt)
-                found = await self._lookup([key for key, _ in pending], db)
+                found = await self._lookup([key for key, _ in pending], digests, db)
                 outcome.update((key, (seq, True)) for key, seq in found.items())
                 pending = [(key, message) for key, message in pending if key not in found]
                 if not pending:
@@ -271,27 +285,26 @@ class Ingestor:
         return [(ack.seq, bool(ack.duplicate)) for ack in acks]
 
     async def _index(
-        self, keys: list[Key], stored: list[tuple[int, bool]], db: asyncpg.Connection | None = None
+        self, keys: list[Key], stored: list[tuple[int, bool]], digests: Digests, db: asyncpg.Connection | None = None
     ) -> dict[Key, tuple[int, bool]]:
         """Record the first copy's sequence for ever; a lower one already there wins. Through ``db``
         (a caller's transaction) a failure is raised, for the caller to roll back and redo."""
         outcome = {key: (seq, dup) for key, (seq, dup) in zip(keys, stored)}
         if not keys:
             return outcome
-        workspaces, sources, ids = zip(*keys)
+        by_index_key = digests.index_keys(keys)
         try:
-            rows = await (db or self.pool).fetch(_INDEX, workspaces, sources, ids, [seq for seq, _ in stored])
+            rows = await (db or self.pool).fetch(_INDEX, list(by_index_key), [seq for seq, _ in stored])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             if db is not None:
                 raise LogUnavailable(f"the dedupe index could not be written: {err}") from err
             # The events are durably in the log; the projector indexes them as it applies them.
             log.warning("index.deferred", error=str(err))
             return outcome
-        for row in rows:
-            key = (row["workspace"], row["source"], row["id"])
-            seq, dup = outcome[key]
-            if row["seq"] < seq:
-                outcome[key] = (row["seq"], True)
+        for index_key, first_seq in rows:
+            key = by_index_key[index_key]
+            if first_seq < outcome[key][0]:
+                outcome[key] = (first_seq, True)
         return outcome
 
     async def append_internal(self, workspace: str, event: Envelope) -> Result:

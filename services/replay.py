@@ -47,7 +47,7 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LOG_STREAM, LoggedEvent, decode_logged, log_subject
+from events.log import LOG_STREAM, LoggedEvent, decode_logged, index_key, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
@@ -212,7 +212,7 @@ class FirstCopies:
     holds (the projector lowers it when an earlier copy turns up), and a replay reads its
     subjects from sequence 1 in order: so the first copy of a key this replay meets is exactly
     the one ``event_index`` names, and every later one is a duplicate. No query per batch; the
-    keys are kept as 16-byte digests (BLAKE2b), about 70 bytes an event.
+    keys are kept as ``event_index`` keeps them (16 bytes), about 70 bytes an event.
     """
 
     def __init__(self) -> None:
@@ -221,9 +221,7 @@ class FirstCopies:
     def first_copies(self, batch: list[LoggedEvent]) -> list[LoggedEvent]:
         seen, firsts = self.seen, []
         for logged in batch:
-            digest = hashlib.blake2b(
-                f"{logged.workspace}\x00{logged.event.source}\x00{logged.event.id}".encode(), digest_size=16
-            ).digest()
+            digest = index_key(logged.workspace, logged.event.source, logged.event.id)
             if digest not in seen:
                 seen.add(digest)
                 firsts.append(logged)

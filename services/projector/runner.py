@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import asyncpg
-import msgspec
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LoggedEvent, decode_logged, workspace_of_subject
+from events.log import LoggedEvent, decode_logged, index_key, workspace_of_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
@@ -110,32 +109,20 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
 # Look every key up first (one index probe each: a join would hash the whole index), and write
 # only the keys that are missing or whose indexed copy is later. The ingest API has usually
 # indexed the batch already: an upsert of every key would lock and rewrite those rows for nothing.
-# The keys travel as one JSON document: binding three text arrays and a bigint array of 5,000
-# elements cost asyncpg and PostgreSQL more than the lookups themselves.
+# event_index is keyed by a digest of (workspace, source, id) (migration 015, ``index_key``).
 _FIRST_COPIES = """
 WITH incoming AS (
-    SELECT * FROM json_to_recordset($1::json) AS t(workspace text, source text, id text, seq bigint)
+    SELECT * FROM unnest($1::bytea[], $2::bigint[]) AS t(key, seq)
 ), looked_up AS (
-    SELECT incoming.*, (SELECT e.seq FROM event_index e
-                        WHERE (e.workspace, e.source, e.id) = (incoming.workspace, incoming.source, incoming.id)) AS known_seq
+    SELECT incoming.*, (SELECT e.seq FROM event_index e WHERE e.key = incoming.key) AS known_seq
     FROM incoming
 ), indexed AS (
-    INSERT INTO event_index AS known (workspace, source, id, seq)
-    SELECT workspace, source, id, seq FROM looked_up WHERE known_seq IS NULL OR known_seq > seq
-    ON CONFLICT (workspace, source, id) DO UPDATE SET seq = excluded.seq WHERE excluded.seq < known.seq
+    INSERT INTO event_index AS known (key, seq)
+    SELECT key, seq FROM looked_up WHERE known_seq IS NULL OR known_seq > seq
+    ON CONFLICT (key) DO UPDATE SET seq = excluded.seq WHERE excluded.seq < known.seq
 )
 SELECT seq FROM looked_up WHERE known_seq < seq
 """
-
-
-class _IndexKey(msgspec.Struct):
-    workspace: str
-    source: str
-    id: str
-    seq: int
-
-
-_encode_keys = msgspec.json.Encoder().encode
 
 
 _INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
@@ -190,8 +177,8 @@ async def first_copies(conn: asyncpg.Connection, batch: list[LoggedEvent]) -> li
                 return batch
         elif {row["seq"] for row in await conn.fetch(_NAMED, low, high)}.issuperset(seqs):
             return batch
-    keys = _encode_keys([_IndexKey(*key, seq) for key, seq in candidates]).decode()
-    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys)}
+    keys = [index_key(*key) for key, _ in candidates]
+    earlier = {row["seq"] for row in await conn.fetch(_FIRST_COPIES, keys, seqs)}
     if not earlier and len(seqs) == len(batch):
         return batch
     firsts = set(seqs) - earlier

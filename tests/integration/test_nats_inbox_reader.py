@@ -104,11 +104,13 @@ async def run_readers(servers, config: StreamConfig, workspace: str, payloads: l
             while (await js.stream_info(config.name)).state.messages:  # purged once idle
                 await asyncio.sleep(0.1)
         info = await js.stream_info(config.name)
+        logged = await logged_ids(js, workspace)
         return {
-            "logged": await logged_ids(js, workspace),
+            "logged": logged,
             "rejected": await pool.fetchval("SELECT count(*) FROM rejected WHERE workspace = $1", workspace),
             "indexed": await pool.fetchval(
-                "SELECT count(*) FROM event_index WHERE workspace = $1 AND source = '/test'", workspace),
+                "SELECT count(*) FROM event_index WHERE key IN"
+                " (SELECT event_key($1, '/test', id) FROM unnest($2::text[]) AS id)", workspace, list(set(logged))),
             "retention": info.config.retention,
             "subjects": info.config.subjects,
             "js": js,

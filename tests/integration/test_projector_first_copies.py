@@ -55,7 +55,7 @@ async def _project_a_log_with_late_indexed_copies(stack, ws: str, name: str) -> 
             if seq != first_of[key] or body["source"] != "/retry":
                 indexed[key] = seq
         await pool.executemany(
-            "INSERT INTO event_index (workspace, source, id, seq) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO event_index (key, seq) VALUES (event_key($1, $2, $3), $4)",
             [(ws, source, event_id, seq) for (source, event_id), seq in indexed.items()],
         )
 
@@ -68,6 +68,6 @@ async def _project_a_log_with_late_indexed_copies(stack, ws: str, name: str) -> 
             "touches": [row["id"] for row in await pool.fetch(
                 "SELECT id FROM touch_events WHERE workspace = $1 AND contact = 'dup' ORDER BY id", ws)],
             "marketing touches": await pool.fetchval("SELECT marketing FROM touch_channels WHERE workspace = $1", ws),
-            "index": {(row["source"], row["id"]): row["seq"] for row in await pool.fetch(
-                "SELECT source, id, seq FROM event_index WHERE workspace = $1", ws)},
+            "index": {key: await pool.fetchval("SELECT seq FROM event_index WHERE key = event_key($1, $2, $3)", ws, *key)
+                      for key in first_of},
         }
