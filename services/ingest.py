@@ -107,8 +107,8 @@ class Digests(dict[Key, bytes]):
         digest = self[key] = event_digest(*key)
         return digest
 
-    def index_keys(self, keys: list[Key]) -> dict[bytes, Key]:
-        return {self[key][:INDEX_KEY_BYTES]: key for key in keys}
+    def index_keys(self, keys: list[Key]) -> list[bytes]:
+        return [self[key][:INDEX_KEY_BYTES] for key in keys]
 
 
 @dataclass
@@ -197,12 +197,15 @@ class Ingestor:
         return results  # type: ignore[return-value]
 
     async def _lookup(self, keys: list[Key], digests: Digests, db: asyncpg.Connection | None = None) -> dict[Key, int]:
-        by_index_key = digests.index_keys(keys)
+        index_keys = digests.index_keys(keys)
         try:
-            rows = await (db or self.pool).fetch(_LOOKUP, list(by_index_key))
+            rows = await (db or self.pool).fetch(_LOOKUP, index_keys)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
-        return {by_index_key[key]: seq for key, seq in rows}
+        if not rows:  # the usual answer: none of them stored before
+            return {}
+        key_of = dict(zip(index_keys, keys))
+        return {key_of[index_key]: seq for index_key, seq in rows}
 
     async def _append(
         self, keys: list[Key], events: list[Judged], received_at: dt.datetime, digests: Digests,
@@ -292,17 +295,18 @@ class Ingestor:
         outcome = {key: (seq, dup) for key, (seq, dup) in zip(keys, stored)}
         if not keys:
             return outcome
-        by_index_key = digests.index_keys(keys)
+        index_keys = digests.index_keys(keys)
         try:
-            rows = await (db or self.pool).fetch(_INDEX, list(by_index_key), [seq for seq, _ in stored])
+            rows = await (db or self.pool).fetch(_INDEX, index_keys, [seq for seq, _ in stored])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
             if db is not None:
                 raise LogUnavailable(f"the dedupe index could not be written: {err}") from err
             # The events are durably in the log; the projector indexes them as it applies them.
             log.warning("index.deferred", error=str(err))
             return outcome
+        key_of = dict(zip(index_keys, keys)) if rows else {}
         for index_key, first_seq in rows:
-            key = by_index_key[index_key]
+            key = key_of[index_key]
             if first_seq < outcome[key][0]:
                 outcome[key] = (first_seq, True)
         return outcome
