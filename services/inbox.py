@@ -197,7 +197,7 @@ class InboxReader:
                     if flight.previous is not None:
                         await self.committed.lock(conn, flight.expected)
                     if appended is not None:
-                        await self.ingestor.index_appended(appended, db=conn)
+                        await self.ingestor.write_index(appended, db=conn)  # producers got their acks already
                     await self.committed.advance(conn, batch.last, batch.count)
         finally:
             flight.appended.set()

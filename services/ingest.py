@@ -152,9 +152,9 @@ class Ingestor:
         earlier: dict[Key, int] | None = None,
     ) -> Appended:
         """``ingest_many`` up to the log append: rejections recorded, the index looked up, the new
-        events durably in the log; ``index_appended`` finishes. ``earlier``: the keys (and seqs) of a
-        batch appended just before whose index write may not be committed yet, so the lookup would
-        miss them: their copies here are duplicates."""
+        events durably in the log; ``index_appended`` (or ``write_index``) finishes. ``earlier``:
+        the keys (and seqs) of a batch appended just before whose index write may not be committed
+        yet, so the lookup would miss them: their copies here are duplicates."""
         received_at = dt.datetime.now(dt.timezone.utc)
         out = Appended(judged, [None] * len(judged))
         rejected: list[tuple[str, bytes, str]] = []
@@ -183,7 +183,8 @@ class Ingestor:
         return out
 
     async def index_appended(self, appended: Appended, *, db: asyncpg.Connection | None = None) -> list[Result]:
-        first_seq = await self._index(appended.to_publish, appended.stored, appended.digests, db)
+        """Write the batch's index rows, and answer each event."""
+        first_seq = await self.write_index(appended, db=db)
         results = appended.results
         for key, positions in appended.fresh.items():
             if key in appended.known:
@@ -195,6 +196,12 @@ class Ingestor:
             for position, (status, seq) in zip(positions, outcomes):
                 results[position] = Result(key[1], key[2], status, seq=seq)
         return results  # type: ignore[return-value]
+
+    async def write_index(
+        self, appended: Appended, *, db: asyncpg.Connection | None = None
+    ) -> dict[Key, tuple[int, bool]]:
+        """Write the batch's index rows, for a caller that answers no one (the NATS inbox)."""
+        return await self._index(appended.to_publish, appended.stored, appended.digests, db)
 
     async def _lookup(self, keys: list[Key], digests: Digests, db: asyncpg.Connection | None = None) -> dict[Key, int]:
         index_keys = digests.index_keys(keys)

@@ -68,6 +68,8 @@ async def _project_a_log_with_late_indexed_copies(stack, ws: str, name: str) -> 
             "touches": [row["id"] for row in await pool.fetch(
                 "SELECT id FROM touch_events WHERE workspace = $1 AND contact = 'dup' ORDER BY id", ws)],
             "marketing touches": await pool.fetchval("SELECT marketing FROM touch_channels WHERE workspace = $1", ws),
-            "index": {key: await pool.fetchval("SELECT seq FROM event_index WHERE key = event_key($1, $2, $3)", ws, *key)
-                      for key in first_of},
+            "index": {
+                key: await pool.fetchval("SELECT seq FROM event_index WHERE key = event_key($1, $2, $3)", ws, *key)
+                for key in first_of
+            },
         }
