@@ -12,21 +12,14 @@ from dataclasses import dataclass
 
 import asyncpg
 import structlog
-import uvicorn
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from services import logs
-from services.api.app import create_app
-from services.api.fast_reads import FastReads
-from services.api.common import Services
-from services.api.auth import KnownWorkspaces, TokenBook
-from services.inbox import InboxReader, start_inbox
 from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
 from projections.registry import all_projections
 from services.projector.runner import Projector
-from services.runtime.http_server import CoalescingHttpToolsProtocol
 from services.settings import Settings
 from services.store import readiness
 from services.store.db import create_pool, migrate
@@ -141,6 +134,17 @@ def api_worker() -> int | None:
 
 
 async def serve_api(settings: Settings) -> None:
+    # Imported here: the other services run from this module too, and the HTTP side (Litestar,
+    # uvicorn) would add a quarter of a second to each one's start.
+    import uvicorn
+
+    from services.api.app import create_app
+    from services.api.auth import KnownWorkspaces, TokenBook
+    from services.api.common import Services
+    from services.api.fast_reads import FastReads
+    from services.inbox import InboxReader, start_inbox
+    from services.runtime.http_server import CoalescingHttpToolsProtocol
+
     logs.configure("api")
     worker = api_worker()
     opened: list[Backends] = []
