@@ -1,0 +1,36 @@
+"""`touchline demo`, the README's five-minute tour, against a running Touchline: it loads the sample
+business over HTTP and prints its reports; run again, it stores nothing new."""
+
+from __future__ import annotations
+
+import re
+
+from tests.integration.test_replay import cli
+
+REPORTS = (
+    "Funnel (every contact, by first awareness)",
+    "Touches by channel",
+    "Goals, as of",
+    "What the revenue goals still take",
+    "Campaigns (position attribution",
+)
+
+
+def loaded(output: str) -> tuple[int, int, int]:
+    """(accepted, duplicates, log seq) from the demo's summary line."""
+    found = re.search(r"(\d+) events accepted, (\d+) duplicates .*?log at seq (\d+)", output, re.S)
+    assert found, output
+    return int(found[1]), int(found[2]), int(found[3])
+
+
+def test_demo_loads_the_sample_business_once_and_prints_every_report(stack):
+    first = cli(stack, "demo", "--contacts", "80", "--days", "30")
+    assert first.returncode == 0, first.stderr
+    accepted, duplicates, last = loaded(first.stdout)
+    assert accepted > 0 and duplicates > 0  # the sample resends about one event in fifty
+    for title in REPORTS:
+        assert title in first.stdout, title
+
+    again = cli(stack, "demo", "--contacts", "80", "--days", "30")
+    assert again.returncode == 0, again.stderr
+    assert loaded(again.stdout) == (0, accepted + duplicates, last)  # every event known, by its first seq
