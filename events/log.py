@@ -55,8 +55,13 @@ def event_digest(workspace: str, source: str, event_id: str) -> bytes:
 INDEX_KEY_BYTES = 16
 
 
+def index_key_of(digest: bytes) -> bytes:
+    """An event's key in ``event_index``, from its ``event_digest``."""
+    return digest[:INDEX_KEY_BYTES]
+
+
 def index_key(workspace: str, source: str, event_id: str) -> bytes:
-    return event_digest(workspace, source, event_id)[:INDEX_KEY_BYTES]
+    return index_key_of(event_digest(workspace, source, event_id))
 
 
 def message_id(workspace: str, source: str, event_id: str) -> str:

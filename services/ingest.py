@@ -21,7 +21,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import HEADER_MSG_ID, INDEX_KEY_BYTES, LOG_STREAM, event_digest, log_headers, log_subject
+from events.log import HEADER_MSG_ID, LOG_STREAM, event_digest, index_key_of, log_headers, log_subject
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 
@@ -108,7 +108,7 @@ class Digests(dict[Key, bytes]):
         return digest
 
     def index_keys(self, keys: list[Key]) -> list[bytes]:
-        return [self[key][:INDEX_KEY_BYTES] for key in keys]
+        return [index_key_of(self[key]) for key in keys]
 
 
 @dataclass
