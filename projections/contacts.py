@@ -20,6 +20,7 @@ from events.catalog import Envelope
 from events.log import LoggedEvent
 from projections import followups
 from projections.batching import prepared
+from projections.deals import add_won
 from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
 
 
@@ -122,10 +123,8 @@ def apply(state: ContactState, event: Envelope) -> ContactState:
     if isinstance(event, (c.OptedOut, c.OptedIn)):
         state.consent = _decide(state.consent, event, "out" if isinstance(event, c.OptedOut) else "in", latest=True)
     if isinstance(event, c.DealWon):
-        won = WonDeal(moment, event.source, event.id, event.data.amount, event.data.currency)
-        known = state.deals.get(event.data.deal_id)
-        if known is None or won.key < known.key:
-            state.deals[event.data.deal_id] = won
+        add_won(state.deals, event.data.deal_id, WonDeal(moment, event.source, event.id, event.data.amount,
+                                                         event.data.currency))
     if isinstance(event, c.DealRefunded):
         currency = event.data.currency
         state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + event.data.amount
@@ -161,9 +160,7 @@ def merge(state: ContactState, other: ContactState) -> ContactState:
     times = state.touch_times + other.touch_times
     state.touch_times = times if converted is None else [t for t in times if t <= converted]
     for deal_id, won in other.deals.items():
-        known_deal = state.deals.get(deal_id)
-        if known_deal is None or won.key < known_deal.key:
-            state.deals[deal_id] = won
+        add_won(state.deals, deal_id, won)
     for currency, refunded in other.refunds.items():
         state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + refunded
     return state

@@ -54,8 +54,9 @@ def refund(event: Envelope) -> Refund:
                   event.data.currency)
 
 
-def add_won(deals: dict, key, deal: Deal) -> None:
-    """Keep the earliest report of each deal."""
+def add_won(deals: dict, key, deal) -> None:
+    """Keep the earliest report of each deal: ``deal`` is any report with an order ``key``
+    (a ``Deal`` here, a contact state's ``WonDeal``)."""
     known = deals.get(key)
     if known is None or deal.key < known.key:
         deals[key] = deal
