@@ -68,12 +68,13 @@ def message_id(workspace: str, source: str, event_id: str) -> str:
     return event_digest(workspace, source, event_id).hex()
 
 
+def arrival_headers(received_at: dt.datetime) -> dict[str, str]:
+    """The log headers every event received at ``received_at`` shares (all but ``Nats-Msg-Id``)."""
+    return {HEADER_RECEIVED_AT: received_at.isoformat(), HEADER_CATALOG_VERSION: str(CATALOG_VERSION)}
+
+
 def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> dict[str, str]:
-    return {
-        HEADER_MSG_ID: message_id(workspace, event.source, event.id),
-        HEADER_RECEIVED_AT: received_at.isoformat(),
-        HEADER_CATALOG_VERSION: str(CATALOG_VERSION),
-    }
+    return {HEADER_MSG_ID: message_id(workspace, event.source, event.id), **arrival_headers(received_at)}
 
 
 class LoggedEvent(msgspec.Struct, frozen=True):

@@ -21,7 +21,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import HEADER_MSG_ID, LOG_STREAM, event_digest, index_key_of, log_headers, log_subject
+from events.log import HEADER_MSG_ID, LOG_STREAM, arrival_headers, event_digest, index_key_of, log_subject
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 
@@ -226,14 +226,11 @@ class Ingestor:
         """
         if not events:
             return []
-        messages = []
-        subjects: dict[str, tuple[str, dict[str, str]]] = {}  # per workspace: subject, headers
-        for (workspace, source, event_id), item in zip(keys, events):
-            if workspace not in subjects:
-                subjects[workspace] = (log_subject(workspace), log_headers(workspace, item.event, received_at))
-            subject, headers = subjects[workspace]
-            # Only Nats-Msg-Id differs between a workspace's events (received_at is the batch's).
-            messages.append((subject, item.raw, {**headers, HEADER_MSG_ID: digests[workspace, source, event_id].hex()}))
+        shared = arrival_headers(received_at)  # only Nats-Msg-Id differs between the batch's events
+        messages = [
+            (log_subject(workspace), item.raw, {HEADER_MSG_ID: digests[workspace, source, event_id].hex(), **shared})
+            for (workspace, source, event_id), item in zip(keys, events)
+        ]
         step = MAX_ATOMIC_BATCH
         outcomes = await asyncio.gather(
             *(self._append_chunk(keys[i : i + step], messages[i : i + step], digests, db)
