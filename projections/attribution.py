@@ -70,8 +70,11 @@ def decay_numerators(ages: list[int]) -> list[int]:
     """``time_decay`` shares, in units of 10^-15, of touches ``ages`` microseconds old.
 
     2^(-age / 7 days) is irrational: computed in double precision, normalised, then fixed at
-    15 decimal places, so that sums of credits stay exact and order-free."""
-    raw = [2.0 ** (-age / HALF_LIFE_MICROS) for age in ages]
+    15 decimal places, so that sums of credits stay exact and order-free. Ages are counted from
+    the youngest touch, which the normalising cancels: touches all older than ~20 years would
+    otherwise each weigh 0.0 in a double, and their shares divide by zero."""
+    youngest = min(ages)
+    raw = [2.0 ** (-(age - youngest) / HALF_LIFE_MICROS) for age in ages]
     total = math.fsum(raw)
     return [round(w / total * DECAY_UNIT) for w in raw]
 

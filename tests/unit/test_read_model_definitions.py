@@ -280,6 +280,15 @@ def test_time_decay_halves_each_week_and_sums_to_one():
     assert abs(sum(got) - 1) <= Fraction(2, 10**15)
 
 
+
+def test_time_decay_shares_touches_decades_before_the_conversion():
+    """Touches 1,301 and 1,300 weeks old weigh 2^-1301 and 2^-1300: 0.0 as doubles. Shares: 1/3, 2/3."""
+    T = when(at(15))
+    old = [(T - dt.timedelta(weeks=1300 + weeks), "/s", f"t{weeks}", "c") for weeks in (1, 0)]
+    got = attribution.weights("time_decay", T, old)
+    assert abs(float(got[0]) - 1 / 3) < 1e-15 and abs(float(got[1]) - 2 / 3) < 1e-15
+
+
 ATTRIBUTION_HISTORY = [
     engaged("a", at(1), campaign="spring"),                       # 30 days before the deal: at the window's edge
     engaged("a", at(20), "like", campaign="summer"),
