@@ -18,9 +18,24 @@ Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
 AwareTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 
+# An amount is kept exact everywhere (CONTRACT.md section 3): in the log as sent, and in every
+# read model and sum of them, which projections/numbers.py computes with enough digits for these.
+AMOUNT_INTEGER_DIGITS = 30
+AMOUNT_DECIMAL_PLACES = 30
+
+
 def _require_amount(field: str, value: Decimal | None) -> None:
     if value is not None and (not value.is_finite() or value < 0):
-        raise ValueError(f"{field}: expected a non-negative decimal, got {str(value)!r}")
+        raise ValueError(f"{field}: expected a non-negative decimal, got {str(value)[:60]!r}")
+    _require_digits(field, value)
+
+
+def _require_digits(field: str, value: Decimal | None) -> None:
+    if value is not None and (value.adjusted() >= AMOUNT_INTEGER_DIGITS or value.as_tuple().exponent < -AMOUNT_DECIMAL_PLACES):
+        raise ValueError(
+            f"{field}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
+            f" {AMOUNT_DECIMAL_PLACES} after, got {str(value)[:60]!r}"
+        )
 
 
 class Data(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -143,7 +158,8 @@ class GoalSetData(Data):
 
     def __post_init__(self) -> None:
         if not self.target.is_finite() or self.target <= 0:
-            raise ValueError(f"target: expected a decimal greater than 0, got {str(self.target)!r}")
+            raise ValueError(f"target: expected a decimal greater than 0, got {str(self.target)[:60]!r}")
+        _require_digits("target", self.target)
         if self.period_end <= self.period_start:
             raise ValueError("period_end: must be after period_start")
         if self.metric == "revenue" and self.currency is None:
@@ -185,7 +201,10 @@ class Envelope(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=Tru
     source: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
     time: AwareTime
     subject: Text | None = None
-    datacontenttype: Literal["application/json"] | None = None
+    # application/json, with any parameters ("; charset=utf-8"), in any case, as media types are.
+    datacontenttype: Annotated[str, msgspec.Meta(pattern=r"^(?i:application/json)[ \t]*(?:;.*)?$")] | None = None
+    # Structured mode's other way to carry data, base64 text: refused (data is a JSON object).
+    data_base64: None = None
 
     # Class-level facts about the type, set by the subclasses below.
     contact_event = True

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import functools
 import re
+import urllib.parse
 
 import msgspec
 
-from events.catalog import TYPES_BY_NAME, AnyEvent, Envelope
+from events.catalog import TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
@@ -72,7 +76,84 @@ def parse_event(raw: bytes) -> Envelope:
     if event.internal:
         raise InvalidEvent(f"type: {event.__struct_config__.tag} is written by Touchline, never accepted from outside")
     check_subject(event)
+    _check_source(event.source)
+    _check_calendar(event)
+    if type(event) in _DECIMAL_FIELDS:
+        _check_decimal_texts(raw, _DECIMAL_FIELDS[type(event)])
     return event
+
+
+# RFC 3986: the characters of a URI-reference, its parts (appendix B), a scheme, an authority.
+_URI_CHARACTERS = re.compile(r"(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=]|%[0-9A-Fa-f]{2})+")
+_URI_PARTS = re.compile(r"(?:([^:/?#]+):)?(?://([^/?#]*))?([^?#]*)(?:\?([^#]*))?(?:#(.*))?", re.S)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+_AUTHORITY = re.compile(r"(?:[^@\[\]]*@)?(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=]+\]|[^@\[\]:]*)(?::[0-9]*)?")
+
+
+@functools.lru_cache(maxsize=4096)  # a producer names itself the same way in every event
+def is_uri_reference(text: str) -> bool:
+    if not _URI_CHARACTERS.fullmatch(text):
+        return False
+    parts = _URI_PARTS.fullmatch(text)
+    assert parts is not None  # every part of appendix B's expression is optional
+    scheme, authority, path, query, fragment = parts.groups()
+    return (
+        (scheme is None or bool(_SCHEME.fullmatch(scheme)))
+        and (authority is None or bool(_AUTHORITY.fullmatch(authority)))
+        and not any("[" in part or "]" in part for part in (path, query or "", fragment or ""))
+        and "#" not in (fragment or "")
+    )
+
+
+def _check_source(source: str) -> None:
+    if not is_uri_reference(source):
+        raise InvalidEvent(
+            f"source: expected a URI-reference (RFC 3986: no spaces, other characters percent-encoded),"
+            f" got {source[:100]!r}"
+        )
+
+
+# Event times and goal periods are kept within years Touchline can count from: a follow-up due a
+# week after, an attribution window 100 years back, must stay inside the calendar.
+EARLIEST = dt.datetime(1000, 1, 1, tzinfo=dt.timezone.utc)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.timezone.utc)  # excluded
+
+
+def _check_calendar(event: Envelope) -> None:
+    # The year alone settles it but at the edges, where the offset can move the time across.
+    if not 1000 < event.time.year < 8999 and not EARLIEST <= event.time < LATEST:
+        raise InvalidEvent(f"time: expected a time in the years 1000 to 8999, got {event.time.isoformat()}")
+    if isinstance(event, GoalSet):
+        for name in ("period_start", "period_end"):
+            day = getattr(event.data, name)
+            if not EARLIEST.date() <= day < LATEST.date():
+                raise InvalidEvent(f"data.{name}: expected a date in the years 1000 to 8999, got {day.isoformat()}")
+
+
+# A decimal sent as a string is written as a JSON number would be: "12.50", "1e3", not " 5 ",
+# "+5", "1_000" or other digits, which Python's Decimal would also read.
+_DECIMAL_FIELDS: dict[type, tuple[str, ...]] = {
+    cls: tuple(name for name in ("amount", "cost", "target") if name in data.__struct_fields__)
+    for cls in TYPES_BY_NAME.values()
+    if (data := cls.__annotations__.get("data")) is not None and isinstance(data, type)
+    and any(name in data.__struct_fields__ for name in ("amount", "cost", "target"))
+}
+_DECIMAL_TEXT = re.compile(rb'"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"')
+
+
+class _RawData(msgspec.Struct):
+    data: dict[str, msgspec.Raw]
+
+
+_decode_raw_data = msgspec.json.Decoder(_RawData).decode
+
+
+def _check_decimal_texts(raw: bytes, fields: tuple[str, ...]) -> None:
+    data = _decode_raw_data(raw).data
+    for name in fields:
+        text = bytes(data.get(name, b""))
+        if text[:1] == b'"' and not _DECIMAL_TEXT.fullmatch(text):
+            raise InvalidEvent(f"data.{name}: expected a non-negative decimal, got {text[:100].decode()}")
 
 
 def check_subject(event: Envelope) -> None:
@@ -105,6 +186,10 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
             return f"type: expected a string, got {type(kind).__name__}"
         if kind not in TYPES_BY_NAME:
             return f"type: unknown event type {kind[:200]!r}"
+    if message.startswith("data_base64:"):
+        return "data_base64: not accepted: an event's data is a JSON object, sent as data"
+    if message.startswith("datacontenttype:"):
+        return f"datacontenttype: expected application/json, got {msgspec.json.encode(probe.get('datacontenttype')).decode()[:100]}"
     if message.startswith("expected `object`") or message.startswith("expected object"):
         return "event: expected a JSON object"
     return message
@@ -117,31 +202,41 @@ def _lookup(document: object, path: str) -> object:
 
 
 BINARY_HEADERS = ("specversion", "id", "source", "type", "time")
+# Attributes binary mode carries otherwise: datacontenttype is the Content-Type, data the body.
+_NOT_HEADERS = frozenset(("datacontenttype", "data", "data_base64"))
 
 
-def binary_to_structured(headers: dict[str, str], body: bytes) -> bytes:
-    """Binary content mode: ``ce-*`` headers carry the attributes, the body is ``data``.
+def binary_to_structured(headers: dict[str, str], body: bytes) -> tuple[bytes, str | None]:
+    """Binary content mode: every ``ce-*`` header is an attribute, its value percent-decoded (the
+    CloudEvents HTTP binding), and the body is ``data``.
 
-    Returns the equivalent structured-mode JSON, which is what the log keeps.
-    """
-    attributes: dict[str, object] = {}
-    for name in (*BINARY_HEADERS, "subject"):
-        value = headers.get(f"ce-{name}")
-        if value is not None:
-            attributes[name] = value
-    for name in BINARY_HEADERS:
-        if name not in attributes:
-            raise InvalidEvent(f"ce-{name}: required header missing")
-    if len(body) > MAX_EVENT_BYTES:
-        raise InvalidEvent(f"event: larger than {MAX_EVENT_BYTES} bytes")
-    try:
-        attributes["data"] = msgspec.json.decode(body) if body.strip() else {}
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise InvalidEvent("data: the body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidEvent("data: nested too deeply") from None
-    attributes["datacontenttype"] = "application/json"
-    return _encode(attributes)
+    Returns the equivalent structured-mode JSON, which is what the log keeps (or, for an event
+    refused here, the rejected list: a body that is not JSON is kept as ``data_base64``), and the
+    reason it is refused, if it is. Errors name the header at fault (``ce-time``)."""
+    document: dict[str, object] = {}
+    error = None
+    for name, value in headers.items():
+        if name.startswith("ce-") and name[3:] not in _NOT_HEADERS:
+            try:
+                document[name[3:]] = urllib.parse.unquote(value, errors="strict")
+            except UnicodeDecodeError:
+                document[name[3:]] = value
+                error = error or f"{name}: not valid percent-encoded UTF-8"
+    error = error or next((f"ce-{name}: required header missing" for name in BINARY_HEADERS if name not in document), None)
+    document["datacontenttype"] = "application/json"
+    if body.strip():
+        try:
+            document["data"] = msgspec.json.decode(body)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+            document["data_base64"] = base64.b64encode(body).decode()
+            error = error or ("data: nested too deeply" if isinstance(err, RecursionError) else "data: the body is not valid JSON")
+    return _encode(document), error
+
+
+def header_error(message: str) -> str:
+    """An error about an attribute, as binary mode names it: the header that carried it."""
+    name = message.split(":", 1)[0]
+    return f"ce-{message}" if name in BINARY_HEADERS or name == "subject" else message
 
 
 def encode_event(event: Envelope) -> bytes:

@@ -29,7 +29,7 @@ from events.catalog import Envelope
 from projections import contacts as contact_model
 from projections import deals as deal_model
 from projections.contacts import decimal_text
-from projections.numbers import exact_decimal, micros, scale_of
+from projections.numbers import PRECISION, exact_decimal, micros, scale_of
 from projections.touches import all_touches
 
 Model = Literal["first", "last", "linear", "position", "time_decay"]
@@ -167,7 +167,7 @@ class _Tally:
 def view(model: str, lookback_days: int, conversions: Iterable[Conversion]) -> AttributionView:
     campaigns, channels = _Tally(), _Tally()
     with localcontext() as context:
-        context.prec = 60  # amount x integer numerators, summed: exact
+        context.prec = PRECISION  # amount x integer numerators, summed: exact
         for conversion in conversions:
             campaigns.credit(model, conversion, conversion.campaign_touches)
             if conversion.deal:
@@ -285,7 +285,7 @@ async def query(conn: asyncpg.Connection, workspace: str, model: str, lookback_d
     rows = await conn.fetch(_STATEMENTS[model], workspace, float(lookback_days * 86_400))
     campaigns, channels = _Tally(), _Tally()
     with localcontext() as context:
-        context.prec = 60  # amount x integer numerators, summed: exact
+        context.prec = PRECISION  # amount x integer numerators, summed: exact
         for row in rows:
             tally = channels if row["tally"] == 2 else campaigns
             currency = row["currency"]

@@ -22,6 +22,7 @@ from projections import followups
 from projections.batching import prepared
 from projections.deals import add_won
 from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
+from projections.numbers import EXACT
 
 
 class Decision(msgspec.Struct, array_like=True):
@@ -127,7 +128,7 @@ def apply(state: ContactState, event: Envelope) -> ContactState:
                                                          event.data.currency))
     if isinstance(event, c.DealRefunded):
         currency = event.data.currency
-        state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + event.data.amount
+        state.refunds[currency] = EXACT.add(state.refunds.get(currency, Decimal(0)), event.data.amount)
     return state
 
 
@@ -162,16 +163,16 @@ def merge(state: ContactState, other: ContactState) -> ContactState:
     for deal_id, won in other.deals.items():
         add_won(state.deals, deal_id, won)
     for currency, refunded in other.refunds.items():
-        state.refunds[currency] = state.refunds.get(currency, Decimal(0)) + refunded
+        state.refunds[currency] = EXACT.add(state.refunds.get(currency, Decimal(0)), refunded)
     return state
 
 
 def revenue(state: ContactState) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
     for deal in state.deals.values():
-        totals[deal.currency] = totals.get(deal.currency, Decimal(0)) + deal.amount
+        totals[deal.currency] = EXACT.add(totals.get(deal.currency, Decimal(0)), deal.amount)
     for currency, refunded in state.refunds.items():
-        totals[currency] = totals.get(currency, Decimal(0)) - refunded
+        totals[currency] = EXACT.subtract(totals.get(currency, Decimal(0)), refunded)
     return dict(sorted(totals.items()))
 
 

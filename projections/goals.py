@@ -25,7 +25,7 @@ from projections import contacts as contact_model
 from projections import deals as deal_model
 from projections.deals import columns
 from projections.ladder import STAGE_RANK, utc
-from projections.numbers import ceil_div, exact_decimal, micros, ratio, scale_of, utc_midnight
+from projections.numbers import EXACT, ceil_div, exact_decimal, exact_sum, micros, ratio, scale_of, utc_midnight
 from projections.contacts import decimal_text
 
 
@@ -174,10 +174,10 @@ def reference(events: list[Envelope], as_of: dt.datetime) -> GoalsView:
         if g.metric == "revenue":
             won = [d.amount for d in deals.values() if d.currency == g.currency and within(d.won_at)]
             back = [r.amount for r in refunds if r.currency == g.currency and within(r.at)]
-            actual = sum(won, Decimal(0)) - sum(back, Decimal(0))
+            actual = EXACT.subtract(exact_sum(won), exact_sum(back))
             in_currency = [d.amount for d in deals.values() if d.currency == g.currency]
             totals = Totals(
-                won_sum=sum(in_currency, Decimal(0)),
+                won_sum=exact_sum(in_currency),
                 won_count=len(in_currency),
                 leads=sum(1 for s in states if "lead" in s.reached),
                 opportunities=sum(1 for s in states if "opportunity" in s.reached),

@@ -14,12 +14,23 @@ the rules for rendering are written down in docs/read-models.md:
 from __future__ import annotations
 
 import datetime as dt
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+import functools
+from decimal import ROUND_HALF_EVEN, Context, Decimal, DivisionByZero, Inexact, InvalidOperation, Overflow, localcontext
 from fractions import Fraction
 from typing import Iterable
 
 MAX_SCALE = 6
 MICROS_PER_HOUR = 3_600_000_000
+
+# Accepted amounts have at most 30 digits before the point and 30 after (events/catalog.py). Their
+# sums, and their products by attribution's integer shares, fit in this many digits, where
+# Python's default context rounds at 28. EXACT raises rather than round.
+PRECISION = 100
+EXACT = Context(prec=PRECISION, traps=[InvalidOperation, DivisionByZero, Overflow, Inexact])
+
+
+def exact_sum(amounts: Iterable[Decimal]) -> Decimal:
+    return functools.reduce(EXACT.add, amounts, Decimal(0))
 
 
 def median(values: Iterable[Fraction | int]) -> Fraction | None:
@@ -80,7 +91,7 @@ def exact_decimal(value: Fraction | Decimal, min_scale: int = 0) -> Decimal:
     while places < MAX_SCALE and 10**places % denominator:
         places += 1
     with localcontext() as context:
-        context.prec = 80
+        context.prec = PRECISION
         quotient = Decimal(numerator) / Decimal(denominator)
         return quotient.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_EVEN)
 

@@ -85,6 +85,20 @@ def test_deals_are_won_once_and_refunds_subtract_per_currency():
     )["revenue"] == {"EUR": "100"}
 
 
+def test_revenue_is_exact_for_every_accepted_amount():
+    """Amounts of up to 30 digits before the point and 30 after, summed past Python's 28 digits."""
+    big, tiny = "9" * 30 + "." + "9" * 30, "0." + "0" * 29 + "1"
+    got = view(
+        event("sales.deal.won", "c", at(3), deal_id="d1", amount=big, currency="EUR"),
+        event("sales.deal.won", "c", at(4), deal_id="d2", amount=tiny, currency="EUR"),
+        event("sales.deal.won", "c", at(5), deal_id="d3", amount="12345678901234567890.123456789012345678",
+              currency="USD"),
+        event("sales.deal.refunded", "c", at(6), deal_id="d3", amount=tiny, currency="USD"),
+    )
+    assert got["revenue"] == {"EUR": "1" + "0" * 30 + "." + "0" * 30,
+                              "USD": "12345678901234567890.123456789012345677999999999999"}
+
+
 def test_do_not_contact_follows_the_latest_consent_event():
     out, back = event("contact.opted_out", "c", at(3)), event("contact.opted_in", "c", at(4))
     assert view(out)["do_not_contact"] is True

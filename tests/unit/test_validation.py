@@ -7,7 +7,7 @@ import json
 import pytest
 
 from events.catalog import TYPES_BY_NAME
-from events.validation import InvalidEvent, binary_to_structured, is_workspace_id, parse_event
+from events.validation import InvalidEvent, binary_to_structured, header_error, is_workspace_id, parse_event
 from tests.support import event
 
 VALID = [
@@ -94,7 +94,41 @@ INVALID = [
     (_with(GOAL, data__period_end="2026-09-01"), "data.period_end: must be after period_start"),
     (_with(GOAL, data__metric="vibes"), "data.metric:"),
     (_with(VALID[1], data__value="12"), "data.value:"),
+    # What the read models could not hold exactly, or at all, is refused here, not parked later.
+    (_with(WON, data__amount="1e1000000"), "data.amount: expected at most 30 digits before the decimal point and 30 after"),
+    (_with(WON, data__amount="1e-1000000"), "data.amount: expected at most 30 digits before the decimal point"),
+    (_with(WON, data__amount="1" + "0" * 30), "data.amount: expected at most 30 digits"),
+    (_with(WON, data__amount="0." + "0" * 30 + "1"), "data.amount: expected at most 30 digits"),
+    (_with(GOAL, data__target="1e40"), "data.target: expected at most 30 digits"),
+    (_with(VALID[0], data__cost="1e-31"), "data.cost: expected at most 30 digits"),
+    (_with(WON, time="0001-01-01T00:00:00+01:00"), "time: expected a time in the years 1000 to 8999"),
+    (_with(WON, time="9999-12-31T23:59:59-01:00"), "time: expected a time in the years 1000 to 8999"),
+    (_with(WON, time="0999-12-31T23:59:59Z"), "time: expected a time in the years 1000 to 8999"),
+    (_with(GOAL, data__period_end="9999-01-01"), "data.period_end: expected a date in the years 1000 to 8999"),
+    # Decimal strings are written as JSON numbers are.
+    (_with(WON, data__amount=" 5 "), 'data.amount: expected a non-negative decimal, got " 5 "'),
+    (_with(WON, data__amount="+5"), 'data.amount: expected a non-negative decimal, got "+5"'),
+    (_with(WON, data__amount="1_000"), 'data.amount: expected a non-negative decimal, got "1_000"'),
+    (_with(WON, data__amount="\u0663"), "data.amount: expected a non-negative decimal"),
+    (_with(WON, data__amount=".5"), 'data.amount: expected a non-negative decimal, got ".5"'),
+    (_with(WON, source="my shop %zz <>"), "source: expected a URI-reference"),
+    (_with(WON, source="http://[::1"), "source: expected a URI-reference"),
+    (_with(WON, source="/café"), "source: expected a URI-reference"),
+    (_with(WON, datacontenttype="application/jsonx"), 'datacontenttype: expected application/json, got "application/jsonx"'),
+    (_with(WON, data_base64="e30="), "data_base64: not accepted"),
 ]
+
+
+@pytest.mark.parametrize("changes", [
+    {"data__amount": "1" * 30 + "." + "1" * 30},
+    {"data__amount": "12.50"}, {"data__amount": "1e3"}, {"data__amount": "0"}, {"data__amount": 1e29},
+    {"time": "1000-01-01T00:00:00Z"}, {"time": "8999-12-31T23:59:59.999999Z"},
+    {"source": "https://shop.example.com/orders?store=7#x"}, {"source": "urn:uuid:6e8bc430-9c3a-11d9-9669"},
+    {"source": "/caf%C3%A9"}, {"source": "http://[::1]:8080/hook"},
+    {"datacontenttype": "application/json; charset=utf-8"}, {"datacontenttype": "Application/JSON"},
+], ids=str)
+def test_edges_that_are_accepted(changes):
+    parse_event(json.dumps(_with(WON, **changes)).encode())
 
 
 @pytest.mark.parametrize("body,message", INVALID, ids=lambda v: v if isinstance(v, str) else None)
@@ -115,16 +149,40 @@ def test_oversized_event_is_rejected():
         parse_event(json.dumps(_with(VALID[7], data__reason="x" * 70_000)).encode())
 
 
+BINARY = {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/crm", "ce-type": "touchline.sales.conversation.held",
+          "ce-time": "2026-01-01T10:00:00+02:00", "ce-subject": "ana"}
+
+
 def test_binary_mode_becomes_structured():
-    raw = binary_to_structured(
-        {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/crm", "ce-type": "touchline.sales.conversation.held",
-         "ce-time": "2026-01-01T10:00:00+02:00", "ce-subject": "ana"},
-        b'{"channel": "phone"}',
-    )
+    raw, error = binary_to_structured(BINARY, b'{"channel": "phone"}')
     parsed = parse_event(raw)
-    assert parsed.subject == "ana" and parsed.data.channel == "phone"
-    with pytest.raises(InvalidEvent, match="ce-time"):
-        binary_to_structured({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/", "ce-type": "t"}, b"{}")
+    assert error is None and parsed.subject == "ana" and parsed.data.channel == "phone"
+    _, error = binary_to_structured({"ce-specversion": "1.0", "ce-id": "1", "ce-source": "/", "ce-type": "t"}, b"{}")
+    assert error == "ce-time: required header missing"
+
+
+def test_binary_mode_headers_are_percent_decoded_and_extensions_kept():
+    raw, error = binary_to_structured({**BINARY, "ce-subject": "J%C3%BCrgen", "ce-traceparent": "00-ab%20cd"},
+                                      b'{"channel": "phone"}')
+    assert error is None
+    assert json.loads(raw)["traceparent"] == "00-ab cd" and parse_event(raw).subject == "J\u00fcrgen"
+    _, error = binary_to_structured({**BINARY, "ce-subject": "%ff"}, b"{}")
+    assert error == "ce-subject: not valid percent-encoded UTF-8"
+
+
+def test_binary_mode_without_data_and_with_a_body_that_is_not_json():
+    raw, error = binary_to_structured({**BINARY, "ce-type": "touchline.sales.lead.qualified"}, b"")
+    assert error is None and parse_event(raw).data is not None
+    raw, error = binary_to_structured(BINARY, b"{nope")
+    assert error == "data: the body is not valid JSON"
+    kept = json.loads(raw)
+    assert (kept["id"], kept["source"], kept["data_base64"]) == ("1", "/crm", "e25vcGU=")
+
+
+def test_binary_mode_errors_name_the_header():
+    assert header_error("subject: required for this event type") == "ce-subject: required for this event type"
+    assert header_error("time: expected a time in the years 1000 to 8999").startswith("ce-time:")
+    assert header_error("data.channel: required field missing") == "data.channel: required field missing"
 
 
 @pytest.mark.parametrize("workspace,ok", [("acme", True), ("a-1", True), ("a" * 64, True), ("", False),
