@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -46,7 +47,14 @@ class Result(msgspec.Struct, omit_defaults=True):
 
 
 class LogUnavailable(RuntimeError):
-    """The log could not be written; the caller answers 503 and may retry the whole request."""
+    """The log could not be written, and nothing was stored; the caller answers 503 and may retry
+    the whole request."""
+
+
+class OutcomeUnknown(LogUnavailable):
+    """The log took a batch's commit but never confirmed it, for longer than the ingestor waits:
+    the events may or may not be stored. Retrying the whole request is safe (a stored event is
+    answered ``duplicate`` with its seq); the HTTP API answers 504."""
 
 
 @dataclass
@@ -129,11 +137,16 @@ class Appended:
 
 
 class Ingestor:
-    def __init__(self, nc: NatsClient, pool: asyncpg.Pool, *, publish_timeout: float = 10.0) -> None:
+    def __init__(
+        self, nc: NatsClient, pool: asyncpg.Pool, *, publish_timeout: float = 10.0, confirm_seconds: float = 60.0
+    ) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.pool = pool
         self.publish_timeout = publish_timeout
+        # How long to keep asking the log about a commit it never answered (OutcomeUnknown after):
+        # well inside JetStream's 2-minute dedupe window, which the asking relies on.
+        self.confirm_seconds = confirm_seconds
 
     async def ingest(self, workspace: str, judged: list[Judged], via: str) -> list[Result]:
         return await self.ingest_many([(workspace, item) for item in judged], via)
@@ -272,10 +285,28 @@ class Ingestor:
                 pending = [(key, message) for key, message in pending if key not in found]
                 if not pending:
                     return [outcome[key] for key in keys]
-        acks = await self._append_one_by_one([message for _, message in pending])
+        messages = [message for _, message in pending]
+        acks = await (self._confirm(messages) if maybe_committed else self._append_one_by_one(messages))
         # After an unknown outcome, a copy found in the window is most likely our own batch.
         outcome.update((key, (seq, dup and not maybe_committed)) for (key, _), (seq, dup) in zip(pending, acks))
         return [outcome[key] for key in keys]
+
+    async def _confirm(self, messages) -> list[tuple[int, bool]]:
+        """The fate of a batch whose commit went unanswered: publish its messages one by one with the
+        same ``Nats-Msg-Id``s until the log answers (each is then stored, or the duplicate of its
+        stored copy), for up to ``confirm_seconds``. Answering 503 meanwhile would be wrong: the
+        log may hold the batch, and a 503 says nothing was stored."""
+        give_up = time.monotonic() + self.confirm_seconds
+        while True:
+            try:
+                return await self._append_one_by_one(messages)
+            except LogUnavailable as err:
+                if time.monotonic() >= give_up:
+                    raise OutcomeUnknown(
+                        f"the log did not confirm the write within {self.confirm_seconds:g}s: the events may"
+                        f" have been stored; retrying the same request is safe ({err})"
+                    ) from err
+                await asyncio.sleep(min(1.0, max(0.0, give_up - time.monotonic())))
 
     async def _append_one_by_one(self, messages) -> list[tuple[int, bool]]:
         try:

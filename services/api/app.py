@@ -13,8 +13,8 @@ from events.validation import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     MAX_EVENT_BYTES,
-    InvalidEvent,
     binary_to_structured,
+    header_error,
     is_workspace_id,
 )
 from projections import contacts as contact_model
@@ -32,7 +32,7 @@ from services.api.common import (
     unavailable_response,
 )
 from services import gc_tuning
-from services.ingest import Judged, LogUnavailable, Result, judge
+from services.ingest import Judged, LogUnavailable, OutcomeUnknown, Result, judge
 from services.store import readiness
 from services.store.db import RETRYABLE
 
@@ -91,64 +91,103 @@ class IngestAnswer(msgspec.Struct):
     last_seq: int | None
 
 
+class Refused(ApiError):
+    """A request refused whole (400, 413, 415): its body (the first 64 KiB) is kept in the rejected
+    list like any refused event's, with the answer's error as the reason."""
+
+    def __init__(self, status_code: int, error: str, kept: bytes) -> None:
+        super().__init__(status_code, error)
+        self.kept = kept[:MAX_EVENT_BYTES]
+
+
 def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> list[Judged]:
     kind = content_type.split(";", 1)[0].strip().lower()
     if kind == "application/cloudevents+json":
         if len(body) > MAX_EVENT_BYTES:
-            raise ApiError(413, f"an event is at most {MAX_EVENT_BYTES} bytes")
-        _require_json(body)
+            raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", body)
+        _require_json(body, body)
         return [judge(body)]
     if kind == "application/cloudevents-batch+json":
         try:
             elements = _decode_batch(body)
         except msgspec.ValidationError:
-            raise ApiError(400, "a batch must be a JSON array of events") from None
+            raise Refused(400, "a batch must be a JSON array of events", body) from None
         except msgspec.DecodeError as err:
-            raise ApiError(400, f"the body is not JSON: {err}") from None
+            raise Refused(400, f"the body is not JSON: {err}", body) from None
         except RecursionError:
-            raise ApiError(400, "the body is nested too deeply") from None
+            raise Refused(400, "the body is nested too deeply", body) from None
         if len(elements) > MAX_BATCH_EVENTS:
-            raise ApiError(413, f"a batch is at most {MAX_BATCH_EVENTS} events")
+            raise Refused(413, f"a batch is at most {MAX_BATCH_EVENTS} events", body)
         return [judge(bytes(element)) for element in elements]
     if kind == "application/json" and any(name.startswith("ce-") for name in headers):
+        structured, error = binary_to_structured(headers, body)
         if len(body) > MAX_EVENT_BYTES:
-            raise ApiError(413, f"an event is at most {MAX_EVENT_BYTES} bytes")
-        _require_json(body)
-        try:
-            return [judge(binary_to_structured(headers, body))]
-        except InvalidEvent as err:
-            return [Judged(body, error=str(err))]
-    raise ApiError(
+            raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", structured)
+        if body.strip():  # no body: an event without data
+            _require_json(body, structured)
+        item = Judged(structured, error=error) if error else judge(structured)
+        if item.error:
+            item.error = header_error(item.error)
+        return [item]
+    raise Refused(
         415,
         "send application/cloudevents+json, application/cloudevents-batch+json,"
         " or application/json with ce-* headers",
+        body,
     )
 
 
-def _require_json(body: bytes) -> None:
+def _require_json(body: bytes, kept: bytes) -> None:
     try:
         msgspec.json.decode(body)
     except msgspec.DecodeError as err:
-        raise ApiError(400, f"the body is not JSON: {err}") from None
+        raise Refused(400, f"the body is not JSON: {err}", kept) from None
     except UnicodeDecodeError as err:
-        raise ApiError(400, f"the body is not JSON: invalid UTF-8 at byte {err.start}") from None
+        raise Refused(400, f"the body is not JSON: invalid UTF-8 at byte {err.start}", kept) from None
     except RecursionError:
-        raise ApiError(400, "the body is nested too deeply") from None
+        raise Refused(400, "the body is nested too deeply", kept) from None
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, up to MAX_BATCH_BYTES; past that, Refused with its start kept. A body announced
+    larger is refused before any of it is read (a client may announce a gigabyte and send nothing)."""
+    announced = request.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > MAX_BATCH_BYTES:
+        raise Refused(413, f"a request is at most {MAX_BATCH_BYTES} bytes; this one announced {announced}"
+                           " (its body was not read)", b"")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BATCH_BYTES:
+            raise Refused(413, f"a request is at most {MAX_BATCH_BYTES} bytes", b"".join(chunks))
+    return b"".join(chunks)
 
 
 @post(
     "/v1/workspaces/{ws:str}/events",
     summary="Ingest one CloudEvent or a batch; answered once accepted events are durably logged",
-    request_max_body_size=MAX_BATCH_BYTES,
+    # Read and limited by _read_body, which keeps the start of a refused body.
+    request_max_body_size=2**40,
 )
 async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     await authorize(request, ws, "ingest")
     await require_workspace(request, ws)
-    body = await request.body()
+    ingestor = services_of(request).ingestor
     headers = {name.lower(): value for name, value in request.headers.items()}
-    judged = _split_request(headers.get("content-type", ""), headers, body)
     try:
-        results = await services_of(request).ingestor.ingest(ws, judged, via="http")
+        judged = _split_request(headers.get("content-type", ""), headers, await _read_body(request))
+    except Refused as refused:
+        try:
+            await ingestor.record_rejected(ws, [(refused.kept, str(refused.detail))], via="http")
+        except LogUnavailable as err:
+            raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
+        raise
+    try:
+        results = await ingestor.ingest(ws, judged, via="http")
+    except OutcomeUnknown as err:
+        raise ApiError(504, str(err), headers={"Retry-After": "1"}) from None
     except LogUnavailable as err:
         raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
     seqs = [result.seq for result in results if result.seq is not None]

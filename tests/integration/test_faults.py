@@ -3,6 +3,11 @@ what was not is retried by the client without duplicates, and services recover b
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -12,10 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from services.ingest import Ingestor, OutcomeUnknown, judge
 from services.runtime.embedded import EmbeddedPostgres
+from services.store.db import create_pool, migrate
 from tests.integration.test_contacts_projector import all_contacts
 from tests.support import Servers, Stack, event
-from services.nats_io import connect_client
+from services.nats_io import connect_client, ensure_streams
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +117,65 @@ def test_services_ride_out_a_nats_outage(private_stack):
     contact = stack.get(f"/v1/workspaces/{ws}/contacts/o2", auth, min_seq=answer["last_seq"], wait_ms=30000)
     assert contact.status_code == 200
     assert stack.api.process.poll() is None and stack.projector.process.poll() is None
+
+
+@contextlib.contextmanager
+def stalled(process, seconds: float):
+    """The process frozen (SIGSTOP) now and thawed ``seconds`` later: its sockets stay open and
+    take what is sent, as a stalled server's do."""
+    os.kill(process.pid, signal.SIGSTOP)
+    thaw = threading.Timer(seconds, os.kill, (process.pid, signal.SIGCONT))
+    thaw.start()
+    try:
+        yield
+    finally:
+        thaw.join()
+
+
+def test_a_commit_the_log_never_answered_is_confirmed_not_refused(private_stack):
+    """nats-server stalls after taking a one-event request's commit, past the API's publish timeout
+    (10 s). The log may hold the event, so a 503 ("nothing was stored") would be wrong: the API keeps
+    asking, and answers accepted once the log answers."""
+    stack = private_stack
+    ws, auth = stack.new_workspace()
+    one = [event("sales.lead.qualified", "stall", id="stall-1")]
+    with stalled(stack.servers.nats.process, 12):
+        answer = stack.send(ws, auth, one)
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["results"]
+    assert result["status"] == "accepted"
+    again = stack.send(ws, auth, one).json()["results"][0]
+    assert (again["status"], again["seq"]) == ("duplicate", result["seq"])
+    trail = stack.get(f"/v1/workspaces/{ws}/contacts/stall/events", auth, min_seq=result["seq"], wait_ms=30000)
+    assert [entry["seq"] for entry in trail.json()["events"]] == [result["seq"]]
+
+
+def test_a_commit_unconfirmed_for_too_long_is_reported_as_unknown(tmp_path):
+    """Past ``confirm_seconds`` the ingestor says the outcome is unknown (the API's 504), not that
+    the log is unavailable (503): the stalled server did store the event, and the retry finds it."""
+    servers = Servers(tmp_path)
+    raw = json.dumps(event("sales.lead.qualified", "unknown", id="unknown-1")).encode()
+
+    async def run() -> tuple[BaseException | None, list]:
+        nc = await connect_client(servers.nats_url)
+        pool = await create_pool(servers.database_url, max_size=2)
+        try:
+            await ensure_streams(nc.jetstream())
+            await migrate(pool)
+            ingestor = Ingestor(nc, pool, publish_timeout=1, confirm_seconds=2)
+            with stalled(servers.nats.process, 5):
+                first = await asyncio.gather(ingestor.ingest("acme", [judge(raw)], via="http"), return_exceptions=True)
+            return first[0], await ingestor.ingest("acme", [judge(raw)], via="http")
+        finally:
+            await pool.close()
+            await nc.close()
+
+    try:
+        refused, retried = asyncio.run(run())
+    finally:
+        servers.stop()
+    assert isinstance(refused, OutcomeUnknown), refused
+    assert [(r.status, r.seq) for r in retried] == [("duplicate", 1)]
 
 
 def test_an_unusable_data_dir_is_a_clear_error_not_a_hang(tmp_path):

@@ -88,6 +88,71 @@ def test_request_level_errors(stack):
     assert stack.http.post(url, content=big_batch, headers=batch).status_code == 413
 
 
+def test_refused_requests_are_kept_in_the_rejected_list(stack):
+    """A request refused whole (400, 413, 415) loses nothing either: its body, cut at 64 KiB, and
+    the answer's error are kept, as every refused event's are."""
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    batch = {**auth, "Content-Type": "application/cloudevents-batch+json"}
+    single = {**auth, "Content-Type": "application/cloudevents+json"}
+    binary = {**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "b1", "ce-source": "/crm",
+              "ce-type": "touchline.sales.conversation.held", "ce-time": "2026-11-02T09:00:00Z", "ce-subject": "ana"}
+    huge_batch = json.dumps([event("sales.lead.qualified", "c", padding="y" * 60_000) for _ in range(80)])
+    sent = [
+        (batch, b"{nope R1", 400),
+        (single, b'{"a": "\xff R2"}', 400),
+        ({**auth, "Content-Type": "text/plain"}, b"hello R3", 415),
+        (single, json.dumps(event("sales.lead.disqualified", "c", reason="R4" * 35_000)).encode(), 413),
+        (binary, b"{not json R5", 400),
+        (batch, huge_batch.encode(), 413),
+        (batch, iter([b"[R7" + b" " * 65_533] * 70), 413),  # chunked: no Content-Length to go by
+    ]
+    answers = []
+    for headers, body, status in sent:
+        answer = stack.http.post(url, content=body, headers=headers)
+        assert answer.status_code == status, answer.text
+        answers.append(answer.json()["error"])
+    listed = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][::-1]
+    assert [item["reason"] for item in listed] == answers
+    assert [item["via"] for item in listed] == ["http"] * len(sent)
+    for marker, item in zip(("R1", "R2", "R3", "R4"), listed):
+        assert marker in item["body"]
+    assert len(listed[3]["body"]) == 65_536
+    # Announced (Content-Length) over 4 MiB: refused before a byte of it is read.
+    assert listed[5]["body"] == "" and "its body was not read" in listed[5]["reason"]
+    assert listed[6]["body"].startswith("[R7") and len(listed[6]["body"]) == 65_536
+    # Binary mode is kept as its structured equivalent: a body that is not JSON as data_base64.
+    kept = json.loads(listed[4]["body"])
+    assert (kept["source"], kept["id"], kept["data_base64"]) == ("/crm", "b1", "e25vdCBqc29uIFI1")
+
+
+def test_binary_mode_identity_headers_and_data(stack):
+    """Binary mode takes every attribute from its ce- headers (percent-decoded), never from the body."""
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    headers = {**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "h1",
+               "ce-source": "/crm", "ce-type": "touchline.sales.conversation.held", "ce-subject": "J%C3%BCrgen"}
+    no_time = stack.http.post(url, content=json.dumps({"id": "DATA-ID", "source": "/data", "channel": "x"}),
+                              headers=headers)
+    assert no_time.json()["results"] == [
+        {"source": "/crm", "id": "h1", "status": "rejected", "error": "ce-time: required header missing"}]
+    no_subject = {name: value for name, value in headers.items() if name != "ce-subject"}
+    answer = stack.http.post(url, content='{"channel": "phone"}', headers={**no_subject, "ce-time": "2026-11-02T09:00:00Z"})
+    assert answer.json()["results"][0]["error"].startswith("ce-subject: required")
+    accepted = stack.http.post(url, content='{"channel": "phone"}',
+                               headers={**headers, "ce-time": "2026-11-02T09:00:00Z", "ce-traceparent": "00-1"})
+    assert accepted.json()["results"][0]["status"] == "accepted", accepted.text
+    qualified = stack.http.post(url, content=b"", headers={**headers, "ce-id": "h2", "ce-time": "2026-11-02T10:00:00Z",
+                                                           "ce-type": "touchline.sales.lead.qualified"})
+    assert qualified.json()["results"][0]["status"] == "accepted", qualified.text
+    seq = qualified.json()["last_seq"]
+    trail = stack.get(f"/v1/workspaces/{ws}/contacts/J%C3%BCrgen/events", auth, min_seq=seq)
+    assert trail.status_code == 200, trail.text
+    [first, second] = trail.json()["events"]
+    assert first["traceparent"] == "00-1" and first["subject"] == "J\u00fcrgen"
+    assert second["type"] == "touchline.sales.lead.qualified"
+
+
 def test_tokens_scopes_and_isolation(stack):
     ws_a, auth_a = stack.new_workspace()
     ws_b, auth_b = stack.new_workspace()
