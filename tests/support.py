@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -12,8 +13,10 @@ from typing import Any
 
 import httpx
 
+from services.nats_io import connect, ensure_streams
 from services.runtime.embedded import EmbeddedServers, free_port
 from services.runtime.processes import ServiceProcess
+from services.store.db import create_pool, migrate
 
 ADMIN_TOKEN = "test-admin-token"
 _ids = itertools.count(1)
@@ -44,6 +47,22 @@ def without_followups(contact: dict) -> dict:
 
 # NATS and PostgreSQL, embedded, under one temporary directory.
 Servers = EmbeddedServers
+
+
+@contextlib.asynccontextmanager
+async def connected(servers: Servers, name: str):
+    """A NATS connection with the streams made and a pool on the migrated database, for a service
+    object run inside the test (``RulesWorker(nc.jetstream(), pool)``); closed after."""
+    nc = await connect(servers.nats_url, name)
+    pool = await create_pool(servers.database_url, max_size=2)
+    try:
+        await ensure_streams(nc.jetstream())
+        await migrate(pool)
+        yield nc, pool
+    finally:
+        await pool.close()
+        if not nc.is_closed:
+            await nc.close()
 
 
 class Service(ServiceProcess):

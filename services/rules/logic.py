@@ -7,8 +7,9 @@ The worker stores the state and its log position in one transaction; everything 
 function of (state, event, now, settings), so it is tested table-driven without servers.
 
 Unlike the read models, the rules decide "with what they have applied so far" (log order): a
-follow-up they emitted counts as open from that moment; "first deal.won of a deal" is the first in
-log order.
+follow-up they emitted counts as open from that moment; post-sale fires on the first deal.won of a
+deal in log order. The goal facts follow each deal's earliest report (by time, source, id) among
+those applied, as the deals read model does: a report that is earlier in time moves the deal.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from events.commands import (
     timer_id,
 )
 from events.log import LoggedEvent
+from projections.deals import Deal, add_won, won_deal
 from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
 
 FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
@@ -90,6 +92,7 @@ class ContactRules(msgspec.Struct, omit_defaults=True):
     marketing_since_sales: int = 0
     # Open follow-ups: id -> trigger time (a sales touch at or after it closes the follow-up).
     open: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
+    # Deals this contact has a deal.won of (log order): post-sale fires on the first.
     won_deals: list[str] = msgspec.field(default_factory=list)
     lead_at: dt.datetime | None = None
     stages: list[str] = msgspec.field(default_factory=list)
@@ -132,6 +135,7 @@ class MetricStats(msgspec.Struct, array_like=True):
 
 class WorkspaceRules(msgspec.Struct, omit_defaults=True):
     days: dict[dt.date, DayFacts] = msgspec.field(default_factory=dict)
+    # Per currency, over each deal's earliest applied report: avg_deal in a goal's reason.
     won_sum: dict[str, Decimal] = msgspec.field(default_factory=dict)
     won_count: dict[str, int] = msgspec.field(default_factory=dict)
     stage_counts: dict[str, int] = msgspec.field(default_factory=dict)
@@ -145,10 +149,15 @@ class WorkspaceRules(msgspec.Struct, omit_defaults=True):
 
 @dataclass
 class RulesState:
-    """The part of the decision state a batch touches, keyed by (workspace, contact) and workspace."""
+    """The part of the decision state a batch touches, keyed by (workspace, contact), workspace and
+    (workspace, deal_id)."""
 
     contacts: dict[tuple[str, str], ContactRules] = field(default_factory=dict)
     workspaces: dict[str, WorkspaceRules] = field(default_factory=dict)
+    # Each deal's earliest applied deal.won, the one the goal facts count. Deal ids are one
+    # namespace per workspace, as in the deals read model. Stored apart from the workspace state
+    # (``rules_deals``) so that a batch loads only the deals it reports.
+    deals: dict[tuple[str, str], Deal] = field(default_factory=dict)
 
     def contact(self, workspace: str, contact: str) -> ContactRules:
         return self.contacts.setdefault((workspace, contact), ContactRules())
@@ -359,22 +368,19 @@ def decide(
 
     if isinstance(event, (c.DealWon, c.DealLost)):
         _note_activity(contact, event, t)
-    if isinstance(event, c.DealWon) and event.data.deal_id not in contact.won_deals:
-        contact.won_deals.append(event.data.deal_id)
-        day = _day(ws, t)
-        currency = event.data.currency
-        day.revenue[currency] = day.revenue.get(currency, Decimal(0)) + event.data.amount
-        day.deals_won += 1
-        ws.won_sum[currency] = ws.won_sum.get(currency, Decimal(0)) + event.data.amount
-        ws.won_count[currency] = ws.won_count.get(currency, 0) + 1
-        changed_metrics.update(("revenue", "deals_won"))
-        if settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
-            reason = (
-                f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {currency}):"
-                " check in within 7 days that all is well, and ask for a review or a referral"
-            )
-            effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
-                                              due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id, now=now))
+    if isinstance(event, c.DealWon):
+        if _count_won(state, ws_id, ws, contact, event):
+            changed_metrics.update(("revenue", "deals_won"))
+        if event.data.deal_id not in contact.won_deals:
+            contact.won_deals.append(event.data.deal_id)
+            if settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
+                reason = (
+                    f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {event.data.currency}):"
+                    " check in within 7 days that all is well, and ask for a review or a referral"
+                )
+                effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
+                                                  due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id,
+                                                  now=now))
     if isinstance(event, c.DealRefunded):
         day = _day(ws, t)
         day.revenue[event.data.currency] = day.revenue.get(event.data.currency, Decimal(0)) - event.data.amount
@@ -385,6 +391,41 @@ def decide(
         if affected:
             effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
     return effects
+
+
+def _count_won(state: RulesState, ws_id: str, ws: WorkspaceRules, contact: ContactRules, event: c.Envelope) -> bool:
+    """Keep the goal facts on the deal's earliest applied report; True if they changed.
+
+    A report earlier (by time, source, id) than the one counted moves the deal: its old day and
+    currency lose it, the new ones gain it. A deal the contact has won with no stored report was
+    counted by a rules state from before reports were kept (``rules_deals``): its first report in
+    log order stays counted (``touchline rules reset`` recounts it).
+    """
+    key = (ws_id, event.data.deal_id)
+    known = state.deals.get(key)
+    if known is None and event.data.deal_id in contact.won_deals:
+        return False
+    add_won(state.deals, key, won_deal(event))
+    kept = state.deals[key]
+    if kept is known:
+        return False
+    if known is not None:
+        _add_won_facts(ws, known, -1)
+    _add_won_facts(ws, kept, 1)
+    return True
+
+
+def _add_won_facts(ws: WorkspaceRules, deal: Deal, sign: int) -> None:
+    """Add (sign 1) or take back (sign -1) a won deal's part of the goal facts."""
+    amount = deal.amount if sign > 0 else -deal.amount
+    currency = deal.currency
+    day = _day(ws, deal.won_at)
+    day.revenue[currency] = day.revenue.get(currency, Decimal(0)) + amount
+    day.deals_won += sign
+    ws.won_sum[currency] = ws.won_sum.get(currency, Decimal(0)) + amount
+    ws.won_count[currency] = ws.won_count.get(currency, 0) + sign
+    if not ws.won_count[currency]:
+        del ws.won_sum[currency], ws.won_count[currency]
 
 
 def _note_activity(contact: ContactRules, event: c.Envelope, t: dt.datetime) -> None:
@@ -577,3 +618,4 @@ def goal_reason(ws: WorkspaceRules, gid: str, goal: Goal, actual: Decimal, proje
 encode_state = msgspec.json.Encoder(decimal_format="string").encode
 decode_contact = msgspec.json.Decoder(ContactRules).decode
 decode_workspace = msgspec.json.Decoder(WorkspaceRules).decode
+decode_deal = msgspec.json.Decoder(Deal).decode

@@ -32,6 +32,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from events.catalog import DealWon
 from events.commands import (
     COMMANDS_STREAM,
     TIMERS_FIRED,
@@ -64,42 +65,56 @@ def utcnow() -> dt.datetime:
 # --- state in PostgreSQL -------------------------------------------------------------------
 
 
-async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str]], workspaces: Iterable[str]) -> RulesState:
+async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str]], workspaces: Iterable[str],
+                     deals: Iterable[tuple[str, str]] = ()) -> RulesState:
+    """The stored decision state of these (workspace, contact)s, workspaces and (workspace, deal_id)s."""
     state = RulesState()
-    contacts, workspaces = list(contacts), list(workspaces)
-    if contacts:
-        ws_ids, contact_ids = zip(*contacts)
-        rows = await conn.fetch(
-            "SELECT workspace, contact, state FROM rules_contacts"
-            " WHERE (workspace, contact) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-            ws_ids,
-            contact_ids,
-        )
-        for row in rows:
-            state.contacts[(row["workspace"], row["contact"])] = logic.decode_contact(row["state"])
+    state.contacts = await _load_keyed(conn, "rules_contacts", "contact", contacts, logic.decode_contact)
+    workspaces = list(workspaces)
     if workspaces:
         for row in await conn.fetch("SELECT workspace, state FROM rules_workspaces WHERE workspace = ANY($1)", workspaces):
             state.workspaces[row["workspace"]] = logic.decode_workspace(row["state"])
+    state.deals = await _load_keyed(conn, "rules_deals", "deal_id", deals, logic.decode_deal)
     return state
 
 
 async def save_state(conn: asyncpg.Connection, state: RulesState) -> None:
-    if state.contacts:
-        ws_ids, contact_ids = zip(*state.contacts)
-        await conn.execute(
-            "INSERT INTO rules_contacts (workspace, contact, state)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])"
-            " ON CONFLICT (workspace, contact) DO UPDATE SET state = excluded.state",
-            ws_ids,
-            contact_ids,
-            [logic.encode_state(value).decode() for value in state.contacts.values()],
-        )
+    await _save_keyed(conn, "rules_contacts", "contact", state.contacts)
     if state.workspaces:
         await conn.execute(
             "INSERT INTO rules_workspaces (workspace, state) SELECT * FROM unnest($1::text[], $2::jsonb[])"
             " ON CONFLICT (workspace) DO UPDATE SET state = excluded.state",
             list(state.workspaces),
             [logic.encode_state(value).decode() for value in state.workspaces.values()],
+        )
+    await _save_keyed(conn, "rules_deals", "deal_id", state.deals)
+
+
+async def _load_keyed(conn: asyncpg.Connection, table: str, column: str, keys: Iterable[tuple[str, str]],
+                      decode) -> dict:
+    """Rows of a state table keyed by (workspace, ``column``), decoded."""
+    keys = list(keys)
+    if not keys:
+        return {}
+    ws_ids, ids = zip(*keys)
+    rows = await conn.fetch(
+        f"SELECT workspace, {column} AS key, state FROM {table}"
+        f" WHERE (workspace, {column}) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+        ws_ids,
+        ids,
+    )
+    return {(row["workspace"], row["key"]): decode(row["state"]) for row in rows}
+
+
+async def _save_keyed(conn: asyncpg.Connection, table: str, column: str, states: dict) -> None:
+    if states:
+        ws_ids, ids = zip(*states)
+        await conn.execute(
+            f"INSERT INTO {table} (workspace, {column}, state) SELECT * FROM unnest($1::text[], $2::text[], $3::jsonb[])"
+            f" ON CONFLICT (workspace, {column}) DO UPDATE SET state = excluded.state",
+            ws_ids,
+            ids,
+            [logic.encode_state(value).decode() for value in states.values()],
         )
 
 
@@ -119,6 +134,7 @@ async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
             await CommittedPosition("rules_positions", name).hold(conn)
             await conn.execute("DELETE FROM rules_contacts")
             await conn.execute("DELETE FROM rules_workspaces")
+            await conn.execute("DELETE FROM rules_deals")
             await conn.execute("UPDATE rules_positions SET position = 0, applied = 0, updated_at = now() WHERE name = $1", name)
 
 
@@ -275,7 +291,8 @@ class RulesWorker:
                 firsts = await first_copies(conn, fresh)
                 contacts = {(l.workspace, l.event.subject) for l in firsts if l.event.contact_event and l.event.subject}
                 workspaces = {l.workspace for l in firsts}
-                state = await load_state(conn, contacts, workspaces)
+                deals = {(l.workspace, l.event.data.deal_id) for l in firsts if isinstance(l.event, DealWon)}
+                state = await load_state(conn, contacts, workspaces, deals)
                 settings = await load_settings(conn, workspaces)
                 now = utcnow()
                 for logged in firsts:

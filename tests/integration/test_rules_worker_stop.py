@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from services.nats_io import connect, ensure_streams
 from services.rules.worker import RulesWorker
-from services.store.db import create_pool, migrate
+from tests.support import connected
 
 
 def test_a_stopped_rules_worker_holds_no_subscription(servers):
@@ -21,13 +20,8 @@ def test_a_stopped_rules_worker_holds_no_subscription(servers):
         return sum(1 for sub in nc._subs.values() if sub._cb is None)
 
     async def run() -> tuple[int, int]:
-        nc = await connect(servers.nats_url, "test-rules-stop")
-        pool = await create_pool(servers.database_url, max_size=2)
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js)
-            await migrate(pool)
-            worker = RulesWorker(js, pool, name="test-rules-stop")
+        async with connected(servers, "test-rules-stop") as (nc, pool):
+            worker = RulesWorker(nc.jetstream(), pool, name="test-rules-stop")
             task = asyncio.create_task(worker.run())
             await asyncio.sleep(2.5)  # the timer consumer has been fetching, idle, for a while
             running = queued(nc)
@@ -36,10 +30,6 @@ def test_a_stopped_rules_worker_holds_no_subscription(servers):
             left = queued(nc)
             await asyncio.wait_for(nc.drain(), 2)
             return running, left
-        finally:
-            await pool.close()
-            if not nc.is_closed:
-                await nc.close()
 
     running, left = asyncio.run(run())
     assert running >= 2  # the log reader and the timer consumer

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import random
 from decimal import Decimal
 
 import msgspec
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from events.commands import RaiseAlert, RequestFollowup, followup_id
 from events.log import LoggedEvent
 from events.validation import parse_event
 from events import catalog as c
+from projections import deals, goals
 from services.rules import logic
 from services.rules.logic import RulesState, Settings, decide, decide_timer
+from tests.histories import arrivals, first_copies, histories
 
 WS = "acme"
 T0 = dt.datetime(2026, 11, 1, 10, 0, tzinfo=dt.timezone.utc)
@@ -290,3 +294,84 @@ def test_state_round_trips_through_json():
         assert logic.decode_contact(logic.encode_state(contact)) == contact
     for ws in state.workspaces.values():
         assert logic.decode_workspace(logic.encode_state(ws)) == ws
+    won, _ = run([ev("sales.deal.won", deal_id="d1", amount="12.50", currency="EUR")])
+    for deal in won.deals.values():
+        assert logic.decode_deal(logic.encode_state(deal)) == deal
+
+
+# --- goal facts follow each deal's earliest report (CONTRACT.md section 5, "Deals") ----------
+
+def day(month: int, day: int) -> dt.datetime:
+    return dt.datetime(2026, month, day, tzinfo=dt.timezone.utc)
+
+
+def _won(id: str, at: dt.datetime, amount: str, subject: str = "dana") -> LoggedEvent:
+    """A report of deal dX, source /r1."""
+    return ev("sales.deal.won", subject, at, id=id, source="/r1", deal_id="dX", amount=amount, currency="EUR")
+
+
+def test_an_earlier_report_of_a_won_deal_that_arrives_later_is_the_one_the_goal_counts():
+    # The acceptance audit's case: the later-in-time report arrives first, then the earlier one.
+    history = [_won("a", day(11, 5), "10"), _won("b", day(11, 2), "1000"), _goal(target="1000")]
+    state, effects = run(history)
+    ws = state.workspace(WS)
+    assert logic.goal_actual(ws, ws.goals["g1"]) == Decimal(1000)  # as /goals: won at 2026-11-02, 1000 EUR
+    assert ws.won_sum == {"EUR": Decimal(1000)} and ws.won_count == {"EUR": 1}
+    assert ws.days[day(11, 5).date()].revenue["EUR"] == 0 and ws.days[day(11, 5).date()].deals_won == 0
+    # post-sale fired on the first report in log order only; no goal-at-risk (projected 1538 >= 800).
+    assert rules(effects) == ["post-sale"]
+    assert effects.commands[0].caused_by_id == "a"
+    # A later-in-time report, applied after, changes nothing.
+    _, more = run([_won("c", day(11, 3), "5")], state=state)
+    assert more.commands == [] and logic.goal_actual(ws, ws.goals["g1"]) == Decimal(1000)
+
+
+def test_an_earlier_report_that_takes_the_deal_out_of_the_period_raises_goal_at_risk():
+    state, effects = run([_won("a", day(11, 5), "1000"), _goal(target="1000")])
+    assert rules(effects) == ["post-sale"]  # 1000 by 65 % of November: on track
+    # The same deal reported won on 28 October, before the period: the goal loses it.
+    _, later = run([_won("b", day(10, 28), "1000")], state=state)
+    [alert] = later.commands
+    assert alert.rule == "goal-at-risk" and alert.caused_by_id == "b"
+    assert "is at risk: 0 EUR of 1000 EUR" in alert.reason
+    ws = state.workspace(WS)
+    assert ws.won_count == {"EUR": 1} and ws.days[dt.date(2026, 10, 28)].deals_won == 1
+
+
+def test_a_deal_id_is_one_deal_across_contacts_in_the_goal_facts_as_in_the_deals_read_model():
+    state, effects = run([_won("a", day(11, 5), "10", subject="ann"), _won("b", day(11, 2), "30", subject="ben")])
+    ws = state.workspace(WS)
+    assert ws.won_sum == {"EUR": Decimal(30)} and ws.won_count == {"EUR": 1}
+    assert state.deals[(WS, "dX")].contact == "ben"
+    assert rules(effects) == ["post-sale", "post-sale"]  # post-sale is per contact, as before
+
+
+def test_a_deal_won_under_a_rules_state_without_stored_reports_keeps_its_first_report():
+    # Rules states stored before ``rules_deals`` existed: the contact knows the deal, no report is
+    # kept, so an earlier report cannot be moved to; it must not be counted a second time either.
+    state, _ = run([_won("a", day(11, 5), "10")])
+    state.deals.clear()
+    _, effects = run([_won("b", day(11, 2), "1000")], state=state)
+    ws = state.workspace(WS)
+    assert effects.commands == [] and ws.won_sum == {"EUR": Decimal(10)} and ws.won_count == {"EUR": 1}
+
+
+@settings(max_examples=80, deadline=None)
+@given(histories, st.randoms(use_true_random=False))
+def test_goal_facts_after_any_arrival_order_equal_the_goals_read_model(history, rng):
+    events = first_copies(arrivals(history, random.Random(rng.random()), 0))
+    state = RulesState()
+    for n, event in enumerate(events):
+        raw = msgspec.json.encode(event)
+        decide(state, LoggedEvent(n + 1, WS, NOW, event, raw), now=NOW,
+               settings=Settings(frozenset({"goal-at-risk"})))
+    ws = state.workspace(WS)
+    expected = {view.goal_id: Decimal(view.actual) for view in goals.reference(events, NOW).goals}
+    assert {gid: logic.goal_actual(ws, goal) for gid, goal in ws.goals.items()} == expected
+    won, _ = deals.fold(events)
+    totals: dict[str, tuple[Decimal, int]] = {}
+    for deal in won.values():
+        total, count = totals.get(deal.currency, (Decimal(0), 0))
+        totals[deal.currency] = (total + deal.amount, count + 1)
+    assert {cur: (ws.won_sum[cur], n) for cur, n in ws.won_count.items()} == totals
+    assert {key[1]: deal for key, deal in state.deals.items()} == won
