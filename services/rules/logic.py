@@ -34,6 +34,7 @@ from events.commands import (
 from events.log import LoggedEvent
 from projections.deals import Deal, add_won, won_deal
 from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
+from projections.numbers import EXACT
 
 FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
 ALERT_RULES = ("metric-anomaly", "goal-at-risk")
@@ -383,7 +384,7 @@ def decide(
                                                   now=now))
     if isinstance(event, c.DealRefunded):
         day = _day(ws, t)
-        day.revenue[event.data.currency] = day.revenue.get(event.data.currency, Decimal(0)) - event.data.amount
+        day.revenue[event.data.currency] = EXACT.subtract(day.revenue.get(event.data.currency, Decimal(0)), event.data.amount)
         changed_metrics.add("revenue")
 
     if changed_metrics and settings.enabled("goal-at-risk"):
@@ -417,12 +418,12 @@ def _count_won(state: RulesState, ws_id: str, ws: WorkspaceRules, contact: Conta
 
 def _add_won_facts(ws: WorkspaceRules, deal: Deal, sign: int) -> None:
     """Add (sign 1) or take back (sign -1) a won deal's part of the goal facts."""
-    amount = deal.amount if sign > 0 else -deal.amount
+    amount = deal.amount if sign > 0 else deal.amount.copy_negate()
     currency = deal.currency
     day = _day(ws, deal.won_at)
-    day.revenue[currency] = day.revenue.get(currency, Decimal(0)) + amount
+    day.revenue[currency] = EXACT.add(day.revenue.get(currency, Decimal(0)), amount)
     day.deals_won += sign
-    ws.won_sum[currency] = ws.won_sum.get(currency, Decimal(0)) + amount
+    ws.won_sum[currency] = EXACT.add(ws.won_sum.get(currency, Decimal(0)), amount)
     ws.won_count[currency] = ws.won_count.get(currency, 0) + sign
     if not ws.won_count[currency]:
         del ws.won_sum[currency], ws.won_count[currency]
@@ -541,7 +542,7 @@ def goal_actual(ws: WorkspaceRules, goal: Goal) -> Decimal:
     for day, facts in ws.days.items():
         if goal.period_start <= day < goal.period_end:
             if goal.metric == "revenue":
-                total += facts.revenue.get(goal.currency or "", Decimal(0))
+                total = EXACT.add(total, facts.revenue.get(goal.currency or "", Decimal(0)))
             else:
                 total += getattr(facts, goal.metric)
     return total
