@@ -18,24 +18,9 @@ Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
 AwareTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 
-# An amount is kept exact everywhere (CONTRACT.md section 3): in the log as sent, and in every
-# read model and sum of them, which projections/numbers.py computes with enough digits for these.
-AMOUNT_INTEGER_DIGITS = 30
-AMOUNT_DECIMAL_PLACES = 30
-
-
 def _require_amount(field: str, value: Decimal | None) -> None:
     if value is not None and (not value.is_finite() or value < 0):
         raise ValueError(f"{field}: expected a non-negative decimal, got {str(value)[:60]!r}")
-    _require_digits(field, value)
-
-
-def _require_digits(field: str, value: Decimal | None) -> None:
-    if value is not None and (value.adjusted() >= AMOUNT_INTEGER_DIGITS or value.as_tuple().exponent < -AMOUNT_DECIMAL_PLACES):
-        raise ValueError(
-            f"{field}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
-            f" {AMOUNT_DECIMAL_PLACES} after, got {str(value)[:60]!r}"
-        )
 
 
 class Data(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -159,7 +144,6 @@ class GoalSetData(Data):
     def __post_init__(self) -> None:
         if not self.target.is_finite() or self.target <= 0:
             raise ValueError(f"target: expected a decimal greater than 0, got {str(self.target)[:60]!r}")
-        _require_digits("target", self.target)
         if self.period_end <= self.period_start:
             raise ValueError("period_end: must be after period_start")
         if self.metric == "revenue" and self.currency is None:

@@ -79,7 +79,7 @@ def parse_event(raw: bytes) -> Envelope:
     _check_source(event.source)
     _check_calendar(event)
     if type(event) in _DECIMAL_FIELDS:
-        _check_decimal_texts(raw, _DECIMAL_FIELDS[type(event)])
+        _check_decimals(event, raw, _DECIMAL_FIELDS[type(event)])
     return event
 
 
@@ -130,15 +130,22 @@ def _check_calendar(event: Envelope) -> None:
                 raise InvalidEvent(f"data.{name}: expected a date in the years 1000 to 8999, got {day.isoformat()}")
 
 
-# A decimal sent as a string is written as a JSON number would be: "12.50", "1e3", not " 5 ",
-# "+5", "1_000" or other digits, which Python's Decimal would also read.
+# Amounts (and costs, targets) are kept exact everywhere (CONTRACT.md section 3): in the log as
+# sent, and in every read model and sum of them, which projections/numbers.py computes with enough
+# digits for amounts within these bounds. PostgreSQL's numeric, and Python's decimal arithmetic,
+# could not hold some amounts beyond them (1e1000000), and the projector would park the event.
+AMOUNT_INTEGER_DIGITS = 30
+AMOUNT_DECIMAL_PLACES = 30
+
 _DECIMAL_FIELDS: dict[type, tuple[str, ...]] = {
     cls: tuple(name for name in ("amount", "cost", "target") if name in data.__struct_fields__)
     for cls in TYPES_BY_NAME.values()
     if (data := cls.__annotations__.get("data")) is not None and isinstance(data, type)
     and any(name in data.__struct_fields__ for name in ("amount", "cost", "target"))
 }
-_DECIMAL_TEXT = re.compile(rb'"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?"')
+# A decimal as a JSON number, or as a string written as a JSON number would be: "12.50", "1e3",
+# not " 5 ", "+5", "1_000", ".5" or other scripts' digits, which Python's Decimal would also read.
+_DECIMAL_TEXT = re.compile(rb'(?P<quote>"?)-?(?:0|[1-9][0-9]*)(?:\.(?P<fraction>[0-9]+))?(?:[eE](?P<exponent>[+-]?[0-9]+))?(?P=quote)')
 
 
 class _RawData(msgspec.Struct):
@@ -148,12 +155,21 @@ class _RawData(msgspec.Struct):
 _decode_raw_data = msgspec.json.Decoder(_RawData).decode
 
 
-def _check_decimal_texts(raw: bytes, fields: tuple[str, ...]) -> None:
-    data = _decode_raw_data(raw).data
+def _check_decimals(event: Envelope, raw: bytes, fields: tuple[str, ...]) -> None:
+    texts = _decode_raw_data(raw).data
     for name in fields:
-        text = bytes(data.get(name, b""))
-        if text[:1] == b'"' and not _DECIMAL_TEXT.fullmatch(text):
+        if name not in texts:
+            continue
+        text = bytes(texts[name])
+        written = _DECIMAL_TEXT.fullmatch(text)
+        if written is None:
             raise InvalidEvent(f"data.{name}: expected a non-negative decimal, got {text[:100].decode()}")
+        places = len(written["fraction"] or b"") - int(written["exponent"] or 0)
+        if places > AMOUNT_DECIMAL_PLACES or getattr(event.data, name).adjusted() >= AMOUNT_INTEGER_DIGITS:
+            raise InvalidEvent(
+                f"data.{name}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
+                f" {AMOUNT_DECIMAL_PLACES} after, got {text[:60].decode()}"
+            )
 
 
 def check_subject(event: Envelope) -> None:

@@ -22,7 +22,7 @@ from typing import Iterable
 MAX_SCALE = 6
 MICROS_PER_HOUR = 3_600_000_000
 
-# Accepted amounts have at most 30 digits before the point and 30 after (events/catalog.py). Their
+# Accepted amounts have at most 30 digits before the point and 30 after (events/validation.py). Their
 # sums, and their products by attribution's integer shares, fit in this many digits, where
 # Python's default context rounds at 28. EXACT raises rather than round.
 PRECISION = 100
