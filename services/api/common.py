@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from dataclasses import dataclass
 from typing import AsyncContextManager, AsyncIterator
 from typing import Any
@@ -98,6 +99,23 @@ async def authorize(request: Request, workspace: str | None, scope: str) -> auth
     if not grant.allows(workspace, scope):
         raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
     return grant
+
+
+def parse_time(name: str, text: str | None) -> dt.datetime | None:
+    """A query parameter's time: RFC 3339, or a date (its UTC midnight); without an offset, UTC.
+    None when absent. The one parser of every read's time parameter (funnel ``from``/``to``,
+    goals' and follow-ups' ``as_of``)."""
+    if text is None or text == "":
+        return None
+    # A "+" in an unencoded query string arrives as a space.
+    text = text.strip().replace(" ", "+")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
 
 
 async def require_workspace(request: Request, workspace: str) -> None:
