@@ -19,12 +19,14 @@ from events.validation import (
 )
 from projections import contacts as contact_model
 from projections import followups as followup_model
+from projections.ladder import STAGES, STATUSES
 from services.api import auth
 from services.api.common import (
     ApiError,
     authorize,
     error_response,
     json_response,
+    one_of,
     read_access,
     read_connection,
     require_workspace,
@@ -193,6 +195,8 @@ async def list_contacts(
     snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws, min_seq, wait_ms)
+    one_of("stage", stage, STAGES)
+    one_of("status", status, STATUSES)
     if not 1 <= limit <= 1000:
         raise ApiError(400, "limit: expected 1 to 1000")
     async with read_connection(request, snapshot) as conn:

@@ -118,6 +118,12 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     return moment.astimezone(dt.timezone.utc)
 
 
+def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    """A query parameter that takes one of a few values (or is absent): else a 400 naming it."""
+    if value is not None and value not in allowed:
+        raise ApiError(400, f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
 async def require_workspace(request: Request, workspace: str) -> None:
     if not await services_of(request).workspaces(workspace):
         raise ApiError(404, f"unknown workspace {workspace!r}")

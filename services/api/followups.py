@@ -13,6 +13,7 @@ from services.api.common import (
     ApiError,
     authorize,
     json_response,
+    one_of,
     parse_time,
     read_access,
     read_connection,
@@ -62,8 +63,7 @@ async def list_followups(
     snapshot: str | None = None,
 ) -> list[FollowupView]:
     await read_access(request, ws, min_seq, wait_ms)
-    if status is not None and status not in model.STATUSES:
-        raise ApiError(400, f"status: expected one of {', '.join(model.STATUSES)}, got {status!r}")
+    one_of("status", status, model.STATUSES)
     if not 1 <= limit <= 10000:
         raise ApiError(400, "limit: expected 1 to 10000")
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)

@@ -8,7 +8,7 @@ from litestar import Request, get
 from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
-from services.api.common import ApiError, json_response, parse_time, read_access, read_connection
+from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection
 
 
 @get("/v1/workspaces/{ws:str}/funnel", summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours")
@@ -70,8 +70,7 @@ async def get_attribution(
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
     await read_access(request, ws, min_seq, wait_ms)
-    if model not in attribution.MODELS:
-        raise ApiError(400, f"model: expected one of {', '.join(attribution.MODELS)}, got {model!r}")
+    one_of("model", model, attribution.MODELS)
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
     async with read_connection(request, snapshot) as conn:

@@ -88,6 +88,21 @@ def test_contact_list_pages_and_filters(stack):
     assert [c["contact"] for c in won] == ["p3"]
 
 
+def test_contact_list_refuses_an_unknown_stage_or_status(stack):
+    ws, auth = stack.new_workspace()
+    for name, value, allowed in (
+        ("stage", "bogus", "aware, interested, lead, qualified, opportunity, customer"),
+        ("stage", "Customer", "aware, interested, lead, qualified, opportunity, customer"),
+        ("status", "closed", "open, won, lost, disqualified"),
+        ("status", "overdue", "open, won, lost, disqualified"),  # a follow-up's status, not a contact's
+    ):
+        answer = stack.get(f"/v1/workspaces/{ws}/contacts", auth, **{name: value})
+        assert answer.status_code == 400, (name, value, answer.text)
+        assert answer.json()["error"] == f"{name}: expected one of {allowed}, got {value!r}"
+    for name, value in (("stage", "customer"), ("status", "disqualified")):
+        assert stack.get(f"/v1/workspaces/{ws}/contacts", auth, **{name: value}).json() == {"contacts": [], "next": None}
+
+
 def test_concurrent_retries_of_one_request_store_it_once(stack):
     ws, auth = stack.new_workspace()
     batch = [event("marketing.engaged", f"r{n}", channel="ig", action="open") for n in range(200)]
