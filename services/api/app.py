@@ -23,7 +23,9 @@ from projections.ladder import STAGES, STATUSES
 from services.api import auth
 from services.api.common import (
     ApiError,
+    ContactSegment,
     authorize,
+    contact_of,
     error_response,
     json_response,
     one_of,
@@ -164,12 +166,13 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
 async def get_contact(
     request: Request,
     ws: str,
-    contact: str,
+    contact: ContactSegment,
     min_seq: int | None = None,
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> contact_model.ContactView:
     await read_access(request, ws, min_seq, wait_ms)
+    contact = contact_of(request, contact)
     async with read_connection(request, snapshot) as conn:
         view = await contact_model.query(conn, ws, contact)
     if view is None:
