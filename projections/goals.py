@@ -139,7 +139,7 @@ def view(g: Goal, actual: Decimal, as_of: dt.datetime, totals: Totals | None) ->
         goal_id=g.goal_id,
         metric=g.metric,
         target=decimal_text(g.target),
-        currency=g.currency,
+        currency=g.currency if g.metric == "revenue" else None,  # sent with another metric, it means nothing
         period_start=g.period_start,
         period_end=g.period_end,
         actual=decimal_text(actual),

@@ -69,6 +69,8 @@ STATUS_OF: dict[type, str] = {
     c.DealLost: "lost",
     c.LeadDisqualified: "disqualified",
 }
+# Every status a contact can have ("open" also with none of those events).
+STATUSES: tuple[str, ...] = ("open", "won", "lost", "disqualified")
 
 
 _UTC = dt.timezone.utc

@@ -53,6 +53,7 @@ from typing import Any, Callable
 import msgspec
 import psutil
 
+from services.api.contact_paths import segment
 from services.runtime.processes import ServiceProcess
 from services.settings import Settings
 
@@ -481,7 +482,7 @@ def _query_targets(kind: str, workspaces: list[Workspace], rng: random.Random) -
         for _ in range(2000):
             ws = rng.choice(workspaces)
             contact = f"c{rng.randrange(max(1, ws.contacts)):06d}"
-            targets.append((QUERY_PATHS["contact"].format(ws=ws.id, contact=contact), ws.token))
+            targets.append((QUERY_PATHS["contact"].format(ws=ws.id, contact=segment(contact)), ws.token))
         return targets
     return [(QUERY_PATHS[kind].format(ws=ws.id), ws.token) for ws in workspaces]
 

@@ -19,12 +19,16 @@ from events.validation import (
 )
 from projections import contacts as contact_model
 from projections import followups as followup_model
+from projections.ladder import STAGES, STATUSES
 from services.api import auth
 from services.api.common import (
     ApiError,
+    ContactSegment,
     authorize,
+    contact_of,
     error_response,
     json_response,
+    one_of,
     read_access,
     read_connection,
     require_workspace,
@@ -201,12 +205,13 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
 async def get_contact(
     request: Request,
     ws: str,
-    contact: str,
+    contact: ContactSegment,
     min_seq: int | None = None,
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> contact_model.ContactView:
     await read_access(request, ws, min_seq, wait_ms)
+    contact = contact_of(request, contact)
     async with read_connection(request, snapshot) as conn:
         view = await contact_model.query(conn, ws, contact)
     if view is None:
@@ -232,6 +237,8 @@ async def list_contacts(
     snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws, min_seq, wait_ms)
+    one_of("stage", stage, STAGES)
+    one_of("status", status, STATUSES)
     if not 1 <= limit <= 1000:
         raise ApiError(400, "limit: expected 1 to 1000")
     async with read_connection(request, snapshot) as conn:

@@ -6,7 +6,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
-from services.api.common import ApiError, json_response, read_access, read_connection
+from services.api.common import ApiError, ContactSegment, contact_of, json_response, read_access, read_connection
 
 
 class AuditTrail(msgspec.Struct):
@@ -22,7 +22,7 @@ class AuditTrail(msgspec.Struct):
 async def contact_events(
     request: Request,
     ws: str,
-    contact: str,
+    contact: ContactSegment,
     after: int | None = None,
     limit: int = 1000,
     min_seq: int | None = None,
@@ -30,6 +30,7 @@ async def contact_events(
     snapshot: str | None = None,
 ) -> Response:
     await read_access(request, ws, min_seq, wait_ms)
+    contact = contact_of(request, contact)
     if not 1 <= limit <= 10000:
         raise ApiError(400, "limit: expected 1 to 10000")
     async with read_connection(request, snapshot) as conn:

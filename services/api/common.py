@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from dataclasses import dataclass
-from typing import AsyncContextManager, AsyncIterator
+from typing import Annotated, AsyncContextManager, AsyncIterator
 from typing import Any
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException
+from litestar.params import Parameter
 from nats.aio.client import Client as NatsClient
 
-from services.api import auth
+from services.api import auth, contact_paths
 from services.ingest import Ingestor
 from services.store import readiness
 
@@ -98,6 +100,49 @@ async def authorize(request: Request, workspace: str | None, scope: str) -> auth
     if not grant.allows(workspace, scope):
         raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
     return grant
+
+
+# The {contact} path parameter of the contact routes, as the OpenAPI document describes it.
+ContactSegment = Annotated[str, Parameter(
+    description="The contact id as one path segment, percent-encoded (UTF-8): `/` as %2F, `%` as %25,"
+                " a space as %20, and the ids `.` and `..` as %2E and %2E%2E",
+)]
+
+
+def parse_time(name: str, text: str | None) -> dt.datetime | None:
+    """A query parameter's time: RFC 3339, or a date (its UTC midnight); without an offset, UTC.
+    None when absent. The one parser of every read's time parameter (funnel ``from``/``to``,
+    goals' and follow-ups' ``as_of``)."""
+    if text is None or text == "":
+        return None
+    # A "+" in an unencoded query string arrives as a space.
+    text = text.strip().replace(" ", "+")
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.timezone.utc)
+    return moment.astimezone(dt.timezone.utc)
+
+
+def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
+    """A query parameter that takes one of a few values (or is absent): else a 400 naming it."""
+    if value is not None and value not in allowed:
+        raise ApiError(400, f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+
+
+def contact_of(request: Request, routed: str) -> str:
+    """The contact a contact route addresses: its path segment as sent, percent-decoded once
+    (services/api/contact_paths.py). ``routed``, Litestar's path parameter, is that segment still
+    encoded; it is the answer only for a path contact_paths does not read but Litestar routed all
+    the same (one under a ``root_path``, say), where it is the server's decoding."""
+    found = contact_paths.parse(request.scope)
+    if found is None:
+        return routed
+    if found.contact is None:
+        raise ApiError(400, "contact: the path segment is not percent-encoded UTF-8")
+    return found.contact
 
 
 async def require_workspace(request: Request, workspace: str) -> None:

@@ -6,10 +6,15 @@ of what the request cost it in all (docs/performance.md, sixth session); the wor
 (funnel, touches, goals) pay the same. `FastReads` sits in front of the Litestar app and answers
 only the plain case in full: GET of one of those views with no query string (every filter at its
 default), a bearer token with the read scope on a known workspace, and for a contact, a stored
-one. Everything else goes to Litestar untouched, as it arrived: every other route, every query
-parameter, and every error, even one met here (the request is only a read, so asking again is
-harmless). So the OpenAPI docs, the parameter validation and the error answers stay in one place,
-and each view comes from the same `query` of its projection that the Litestar route calls.
+one. Everything else goes to Litestar untouched, as it arrived (but for the form of a contact's
+path, below): every other route, every query parameter, and every error, even one met here (the
+request is only a read, so asking again is harmless). So the OpenAPI docs, the parameter
+validation and the error answers stay in one place, and each view comes from the same `query` of
+its projection that the Litestar route calls.
+
+It also resolves every contact path (services/api/contact_paths.py) before anything else: the
+contact comes from the raw path's segment, decoded once, and Litestar is handed that segment still
+encoded, so that an id holding `/` (sent as `%2F`) reaches the contact routes.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import asyncpg
 from litestar import Litestar
 
 from projections import contacts, funnel, goals, touches
+from services.api import contact_paths
 from services.api.common import Services, bearer_token, encode_json
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
-# The routes' paths, {ws:str} and {contact:str} one segment each.
-PATH = re.compile(r"/v1/workspaces/([^/]+)/(?:contacts/([^/]+)|(funnel|touches|goals))")
+# The workspace views' paths, {ws:str} one segment (contacts: contact_paths.parse).
+PATH = re.compile(r"/v1/workspaces/([^/]+)/(funnel|touches|goals)")
 
 # Each workspace view with every parameter at the default its Litestar route gives it.
 WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] = {
@@ -100,16 +106,29 @@ class FastReads:
             await self.lane.close()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and not scope["query_string"]:
-            match = PATH.fullmatch(scope["path"])
-            if match is not None:
-                body = await self._answer(scope, *match.groups())
+        if scope["type"] == "http":
+            view = self._route(scope)
+            if view is not None and scope["method"] == "GET" and not scope["query_string"]:
+                body = await self._answer(scope, *view)
                 if body is not None:
                     await send({"type": "http.response.start", "status": 200, "headers": [
                         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
                     await send({"type": "http.response.body", "body": body})
                     return
         await self.app(scope, receive, send)
+
+    @staticmethod
+    def _route(scope: dict[str, Any]) -> tuple[str, str | None, str | None] | None:
+        """The hot view the path names, as (workspace, contact, view), or None. A contact path is
+        put in the form Litestar routes (``contact_paths.ContactPath.routed``) whatever it asks."""
+        contact = contact_paths.parse(scope)
+        if contact is not None:
+            scope["path"] = contact.routed
+            if contact.events or contact.contact is None:
+                return None
+            return contact.workspace, contact.contact, None
+        match = PATH.fullmatch(scope["path"])
+        return None if match is None else (match[1], None, match[2])
 
     async def _answer(self, scope: dict[str, Any], ws: str, contact: str | None, view: str | None) -> bytes | None:
         """The view's JSON, or None for Litestar to answer whatever else this request deserves."""

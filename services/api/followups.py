@@ -13,6 +13,8 @@ from services.api.common import (
     ApiError,
     authorize,
     json_response,
+    one_of,
+    parse_time,
     read_access,
     read_connection,
     require_workspace,
@@ -47,18 +49,6 @@ class AlertView(msgspec.Struct, omit_defaults=True):
     goal_id: str | None = None
 
 
-def _as_of(value: str | None) -> dt.datetime:
-    if value is None:
-        return dt.datetime.now(dt.timezone.utc)
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ApiError(400, f"as_of: expected an RFC 3339 time, got {value!r}") from None
-    if moment.tzinfo is None:
-        raise ApiError(400, "as_of: the time needs an offset (e.g. Z)")
-    return moment
-
-
 @get("/v1/workspaces/{ws:str}/followups", summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed")
 async def list_followups(
     request: Request,
@@ -73,12 +63,12 @@ async def list_followups(
     snapshot: str | None = None,
 ) -> list[FollowupView]:
     await read_access(request, ws, min_seq, wait_ms)
-    if status is not None and status not in model.STATUSES:
-        raise ApiError(400, f"status: expected one of {', '.join(model.STATUSES)}, got {status!r}")
+    one_of("status", status, model.STATUSES)
     if not 1 <= limit <= 10000:
         raise ApiError(400, "limit: expected 1 to 10000")
+    moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
     async with read_connection(request, snapshot) as conn:
-        rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, _as_of(as_of), status, contact, after, limit)
+        rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, moment, status, contact, after, limit)
     return json_response([  # type: ignore[return-value]
         FollowupView(r["followup_id"], r["contact"], r["rule"], r["reason"], r["due_at"], r["status"],
                      CausedBy(r["caused_by_source"], r["caused_by_id"]))

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from litestar import Request, get
 from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
-from services.api.common import ApiError, json_response, read_access, read_connection
-
-
-def parse_time(name: str, text: str | None) -> dt.datetime | None:
-    """An RFC 3339 time (or a date, meaning its UTC midnight); without an offset, UTC."""
-    if text is None or text == "":
-        return None
-    # A "+" in an unencoded query string arrives as a space.
-    text = text.strip().replace(" ", "+")
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection
 
 
 @get("/v1/workspaces/{ws:str}/funnel", summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours")
@@ -63,7 +47,7 @@ async def get_touches(
 async def get_goals(
     request: Request,
     ws: str,
-    as_of: Annotated[str | None, Parameter(description="RFC 3339; default now")] = None,
+    as_of: Annotated[str | None, Parameter(description="RFC 3339, or a date (its UTC midnight); default now")] = None,
     min_seq: int | None = None,
     wait_ms: int = 5000,
     snapshot: str | None = None,
@@ -86,8 +70,7 @@ async def get_attribution(
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
     await read_access(request, ws, min_seq, wait_ms)
-    if model not in attribution.MODELS:
-        raise ApiError(400, f"model: expected one of {', '.join(attribution.MODELS)}, got {model!r}")
+    one_of("model", model, attribution.MODELS)
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
     async with read_connection(request, snapshot) as conn:

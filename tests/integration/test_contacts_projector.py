@@ -11,6 +11,7 @@ import msgspec
 
 from events.validation import parse_event
 from projections.contacts import fold, render
+from services.api.contact_paths import segment
 from tests.support import event, without_followups
 
 _encode = msgspec.json.Encoder(decimal_format="string").encode
@@ -86,6 +87,64 @@ def test_contact_list_pages_and_filters(stack):
     assert [c["contact"] for c in customers] == ["p3"]
     won = stack.get(f"/v1/workspaces/{ws}/contacts", auth, status="won").json()["contacts"]
     assert [c["contact"] for c in won] == ["p3"]
+
+
+def test_contact_list_refuses_an_unknown_stage_or_status(stack):
+    ws, auth = stack.new_workspace()
+    for name, value, allowed in (
+        ("stage", "bogus", "aware, interested, lead, qualified, opportunity, customer"),
+        ("stage", "Customer", "aware, interested, lead, qualified, opportunity, customer"),
+        ("status", "closed", "open, won, lost, disqualified"),
+        ("status", "overdue", "open, won, lost, disqualified"),  # a follow-up's status, not a contact's
+    ):
+        answer = stack.get(f"/v1/workspaces/{ws}/contacts", auth, **{name: value})
+        assert answer.status_code == 400, (name, value, answer.text)
+        assert answer.json()["error"] == f"{name}: expected one of {allowed}, got {value!r}"
+    for name, value in (("stage", "customer"), ("status", "disqualified")):
+        assert stack.get(f"/v1/workspaces/{ws}/contacts", auth, **{name: value}).json() == {"contacts": [], "next": None}
+
+
+# Contact ids (any 1-128 characters, CONTRACT.md section 3) that a URL path would mangle unencoded.
+TRICKY_IDS = ["x/y", "a/b", "a%2Fb", "a%252Fb", "x", "x/events", "events", "/lead", "trail/", "with space",
+              "café ☕", ".", "..", "100%", "q?#&=+;", "/" * 128]
+
+
+def test_any_contact_id_is_read_through_its_percent_encoded_segment(stack):
+    ws, auth = stack.new_workspace()
+    # Contact n has n + 1 touches: no answer can be another contact's.
+    last = stack.ingest(ws, auth, [
+        event("marketing.engaged", contact, channel=f"ch{n}", action="view")
+        for n, contact in enumerate(TRICKY_IDS) for _ in range(n + 1)
+    ])
+    base = f"/v1/workspaces/{ws}/contacts"
+    for n, contact in enumerate(TRICKY_IDS):
+        path = f"{base}/{segment(contact)}"
+        # With min_seq through Litestar; without a query string, the hot path beside it.
+        for params in ({"min_seq": last}, {}):
+            view = stack.get(path, auth, **params)
+            assert view.status_code == 200, (contact, params, view.text)
+            assert view.json()["contact"] == contact and view.json()["touches"]["total"] == n + 1, contact
+        trail = stack.get(f"{path}/events", auth, min_seq=last)
+        assert trail.status_code == 200, (contact, trail.text)
+        assert trail.json()["contact"] == contact
+        trail_events = trail.json()["events"]  # a rules worker's follow-up for the contact may be in it too
+        assert {e["subject"] for e in trail_events} == {contact}
+        assert sum(e["type"] == "touchline.marketing.engaged" for e in trail_events) == n + 1
+
+    # The audit trail of `x` is not the contact `x/events`, and the reverse.
+    assert stack.get(f"{base}/x/events", auth).json()["contact"] == "x"
+    assert stack.get(f"{base}/x%2Fevents", auth).json()["contact"] == "x/events"
+    # Decoded once: `a%252Fb` is the contact `a%2Fb`, never `a/b`.
+    assert stack.get(f"{base}/a%252Fb", auth).json()["touches"]["total"] == TRICKY_IDS.index("a%2Fb") + 1
+    # An unencoded `/` splits the id; a segment that is not UTF-8 names no contact.
+    assert stack.get(f"{base}/a/b", auth).status_code == 404
+    bad = stack.get(f"{base}/%FF", auth)
+    assert bad.status_code == 400 and bad.json()["error"].startswith("contact:")
+    assert stack.get(f"{base}/nobody%2Fhere", auth).status_code == 404
+    assert stack.get(f"{base}/nobody%2Fhere/events", auth).status_code == 404
+    # The list's `after` is a query value like any other.
+    page = stack.get(base, auth, after="x/events", limit=1000).json()["contacts"]
+    assert [c["contact"] for c in page] == sorted(c for c in TRICKY_IDS if c > "x/events")
 
 
 def test_concurrent_retries_of_one_request_store_it_once(stack):

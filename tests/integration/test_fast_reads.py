@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from services.api.auth import KnownWorkspaces, TokenBook
 from services.api.common import Services
@@ -57,6 +58,7 @@ def test_the_plain_reads_are_answered_beside_litestar_and_everything_else_by_it(
     last = stack.ingest(ws, auth, [
         event("marketing.engaged", "dana", "2026-10-01T10:00:00Z", channel="instagram", action="comment", campaign_id="c1"),
         event("sales.deal.won", "dana", "2026-10-03T10:00:00Z", deal_id="d1", amount="120.50", currency="EUR"),
+        event("marketing.engaged", "shop/42", "2026-10-01T10:00:00Z", channel="web", action="view"),
         # A past period: its pacing no longer changes with the moment it is read.
         event("goal.set", time="2026-10-01T00:00:00Z", goal_id="october", metric="revenue", target="1000", currency="EUR",
               period_start="2026-10-01", period_end="2026-11-01"),
@@ -107,6 +109,16 @@ def test_the_plain_reads_are_answered_beside_litestar_and_everything_else_by_it(
             framework.reached.clear()
             assert await call(fast, request) == []
             assert framework.reached == [request["path"]], request
+
+        # A contact id holding `/`: the hot path reads it from the raw path's segment, decoded once;
+        # what goes on to Litestar keeps that segment encoded, so that it routes as one segment.
+        slashed = f"/v1/workspaces/{ws}/contacts/shop%2F42"
+        start, body = await call(fast, {**scope(unquote(slashed), token), "raw_path": slashed.encode()})
+        assert start["status"] == 200 and json.loads(body["body"])["contact"] == "shop/42"
+        for raw in (f"{slashed}/events", f"/v1/workspaces/{ws}/contacts/shop%252F42"):
+            framework.reached.clear()
+            assert await call(fast, {**scope(unquote(raw), token), "raw_path": raw.encode()}) == []
+            assert framework.reached == [raw]
 
         # The lane's connections cut by the server (a restart, say): the read on one of them is
         # Litestar's to answer; that connection is dropped, and the next read takes a fresh one.

@@ -189,6 +189,12 @@ def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):
     settle(stack, ws, auth)
     assert [item["status"] for item in followups(stack, ws, auth)] == ["overdue"] * 3
     assert len(followups(stack, ws, auth, status="open", as_of=iso(t + dt.timedelta(hours=1)))) == 3
+    # A date as_of is its UTC midnight, as goals' as_of is; a time without an offset is UTC.
+    due = t + dt.timedelta(hours=24)
+    day_before, days_after = (due - dt.timedelta(days=1)).date(), (due + dt.timedelta(days=2)).date()
+    assert len(followups(stack, ws, auth, status="open", as_of=day_before.isoformat())) == 3
+    assert len(followups(stack, ws, auth, status="overdue", as_of=days_after.isoformat())) == 3
+    assert len(followups(stack, ws, auth, status="overdue", as_of=f"{days_after.isoformat()}T00:00:00")) == 3
     contact = stack.get(f"/v1/workspaces/{ws}/contacts/ana", auth).json()
     assert contact["open_followups"] == 1
 
@@ -205,6 +211,17 @@ def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):
     assert stack.get(f"/v1/workspaces/{ws}/contacts/ana", auth, min_seq=last).json()["open_followups"] == 0
     assert stack.get(f"/v1/workspaces/{ws}/contacts/cy", auth, min_seq=last).json()["open_followups"] == 1
     assert stack.get(f"/v1/workspaces/{ws}/followups", auth, status="nope").status_code == 400
+
+
+def test_followups_as_of_takes_what_goals_as_of_takes(stack):
+    ws, auth = stack.new_workspace()
+    for as_of in ("2026-08-03", "2026-08-03T10:00:00", "2026-08-03T10:00:00Z", "2026-08-03T12:00:00+02:00"):
+        for view in ("followups", "goals"):
+            answer = stack.get(f"/v1/workspaces/{ws}/{view}", auth, as_of=as_of)
+            assert answer.status_code == 200, (view, as_of, answer.text)
+    for view in ("followups", "goals"):
+        bad = stack.get(f"/v1/workspaces/{ws}/{view}", auth, as_of="next tuesday")
+        assert bad.status_code == 400 and bad.json()["error"].startswith("as_of:"), (view, bad.text)
 
 
 def test_rules_can_be_turned_off_per_workspace(stack):

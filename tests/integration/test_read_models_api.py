@@ -12,6 +12,7 @@ import pytest
 
 from projections import attribution, funnel, goals, touches
 from tests.histories import arrivals, first_copies, history
+from tests.integration.test_replay import cli
 from tests.support import event
 
 _encode = msgspec.json.Encoder(decimal_format="string").encode
@@ -119,6 +120,36 @@ def test_late_reports_across_batches(stack):
     assert q4["derived"]["avg_deal"] == "250.50" and q4["derived"]["deals_needed"] == 3
     credit = read(stack, ws, auth, "attribution", last, model="last")
     assert credit["campaigns"] == [{"campaign_id": "fall", "leads": 1.0, "deals": 1.0, "revenue": {"EUR": "250.50"}}]
+
+
+def test_currency_and_derived_are_null_for_goals_other_than_revenue(stack):
+    ws, auth = stack.new_workspace()
+    period = {"period_start": "2026-11-01", "period_end": "2026-12-01"}
+    sent = [
+        event("sales.deal.won", "ana", "2026-11-02T10:00:00Z", deal_id="d1", amount="250.50", currency="EUR"),
+        event("goal.set", None, "2026-11-01T00:00:00Z", goal_id="a-revenue", metric="revenue", target="1000",
+              currency="EUR", **period),
+        # A currency sent with another metric is accepted, and means nothing there.
+        event("goal.set", None, "2026-11-01T00:00:00Z", goal_id="b-deals", metric="deals_won", target="4",
+              currency="EUR", **period),
+        event("goal.set", None, "2026-11-01T00:00:00Z", goal_id="c-leads", metric="leads", target="9", **period),
+    ]
+    last = stack.ingest(ws, auth, sent)
+    stored = read(stack, ws, auth, "goals", last, as_of="2026-11-16T00:00:00Z")
+    expected = as_json(goals.reference(first_copies(sent), when("2026-11-16T00:00:00+00:00")))
+    assert stored == expected
+    # A date is its UTC midnight.
+    assert read(stack, ws, auth, "goals", last, as_of="2026-11-16") == expected
+    plain = stack.get(f"/v1/workspaces/{ws}/goals", auth).json()["goals"]  # the hot path beside Litestar
+    for answer in (stored["goals"], plain):
+        assert [(g["goal_id"], g["currency"]) for g in answer] == [("a-revenue", "EUR"), ("b-deals", None),
+                                                                  ("c-leads", None)]
+        assert answer[0]["derived"]["avg_deal"] == "250.50"
+        assert [g["derived"] for g in answer[1:]] == [None, None]  # present, and null
+    assert answer[1]["actual"] == "1"
+    # The stored goal keeps what the log says: a rebuild beside the live read models matches it.
+    verified = cli(stack, "replay", "--workspace", ws, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_read_errors(stack):
