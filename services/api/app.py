@@ -172,6 +172,14 @@ async def _read_body(request: Request) -> bytes:
 @post(
     "/v1/workspaces/{ws:str}/events",
     summary="Ingest one CloudEvent or a batch; answered once accepted events are durably logged",
+    description=(
+        "200 with one result per event (accepted, duplicate or rejected, with the field at fault);"
+        " 400 a body that is not JSON or a batch that is not an array; 413 over 64 KiB an event, 1000 events"
+        " or 4 MiB a request; 415 another content type; 401/403 token. A request refused whole keeps its"
+        " body in the rejected list. 503: the log could not be written, nothing was stored. 504: the log"
+        " took the write but did not confirm it within 60 s; it may be stored. Retrying the same request"
+        " is always safe."
+    ),
     # Read and limited by _read_body, which keeps the start of a refused body.
     request_max_body_size=2**40,
 )
