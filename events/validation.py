@@ -234,10 +234,12 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> tuple[bytes, s
     for name, value in headers.items():
         if name.startswith("ce-") and name[3:] not in _NOT_HEADERS:
             try:
+                # The server hands header bytes over as Latin-1: raw UTF-8 is taken as UTF-8 too.
+                value = value.encode("latin-1").decode()
                 document[name[3:]] = urllib.parse.unquote(value, errors="strict")
-            except UnicodeDecodeError:
+            except UnicodeError:
                 document[name[3:]] = value
-                error = error or f"{name}: not valid percent-encoded UTF-8"
+                error = error or f"{name}: not UTF-8 (percent-encode other characters, as %C3%BC)"
     error = error or next((f"ce-{name}: required header missing" for name in BINARY_HEADERS if name not in document), None)
     document["datacontenttype"] = "application/json"
     if body.strip():

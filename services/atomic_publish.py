@@ -128,6 +128,10 @@ async def publish_atomic(
     count = len(subject_and_payloads)
     if not 0 < count <= MAX_ATOMIC_BATCH:
         raise AtomicBatchError(f"an atomic batch holds 1..{MAX_ATOMIC_BATCH} messages, not {count}")
+    if not nc.is_connected:
+        # While reconnecting, nats-py would keep the messages and send them on the next connection,
+        # long after the caller was told the batch failed: refused here, nothing is stored.
+        raise AtomicBatchError("not connected to NATS")
     # At most 64 characters; a uuid is unique without coordinating with other publishers.
     batch_id = uuid.uuid4().hex
 

@@ -299,24 +299,25 @@ class Ingestor:
         give_up = time.monotonic() + self.confirm_seconds
         while True:
             try:
-                return await self._append_one_by_one(messages)
+                if not self.nc.is_connected:  # asked on the next connection, not queued for it
+                    raise LogUnavailable("not connected to NATS")
+                return await self._append_one_by_one(messages, min(self.publish_timeout, give_up - time.monotonic()))
             except LogUnavailable as err:
                 if time.monotonic() >= give_up:
                     raise OutcomeUnknown(
                         f"the log did not confirm the write within {self.confirm_seconds:g}s: the events may"
                         f" have been stored; retrying the same request is safe ({err})"
                     ) from err
-                await asyncio.sleep(min(1.0, max(0.0, give_up - time.monotonic())))
+                await asyncio.sleep(min(0.2, max(0.0, give_up - time.monotonic())))
 
-    async def _append_one_by_one(self, messages) -> list[tuple[int, bool]]:
+    async def _append_one_by_one(self, messages, timeout: float | None = None) -> list[tuple[int, bool]]:
+        timeout = self.publish_timeout if timeout is None else max(0.1, timeout)
         try:
             futures = [
-                await self.js.publish_async(
-                    subject, payload, stream=LOG_STREAM, headers=headers, wait_stall=self.publish_timeout
-                )
+                await self.js.publish_async(subject, payload, stream=LOG_STREAM, headers=headers, wait_stall=timeout)
                 for subject, payload, headers in messages
             ]
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
+            acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.error("log.unavailable", error=repr(err))
             raise LogUnavailable(f"the log could not be written: {err!r}") from err

@@ -146,8 +146,14 @@ def _require_json(body: bytes, kept: bytes) -> None:
         msgspec.json.decode(body)
     except msgspec.DecodeError as err:
         raise Refused(400, f"the body is not JSON: {err}", kept) from None
-    except UnicodeDecodeError as err:
-        raise Refused(400, f"the body is not JSON: invalid UTF-8 at byte {err.start}", kept) from None
+    except UnicodeDecodeError:
+        # msgspec's offset is within the string it was reading; the body's own is more use.
+        try:
+            body.decode()
+            where = ""
+        except UnicodeDecodeError as err:
+            where = f" at byte {err.start}"
+        raise Refused(400, f"the body is not JSON: invalid UTF-8{where}", kept) from None
     except RecursionError:
         raise Refused(400, "the body is nested too deeply", kept) from None
 
@@ -177,7 +183,7 @@ async def _read_body(request: Request) -> bytes:
         " 400 a body that is not JSON or a batch that is not an array; 413 over 64 KiB an event, 1000 events"
         " or 4 MiB a request; 415 another content type; 401/403 token. A request refused whole keeps its"
         " body in the rejected list. 503: the log could not be written, nothing was stored. 504: the log"
-        " took the write but did not confirm it within 60 s; it may be stored. Retrying the same request"
+        " took the write but did not confirm it within 70 s; it may be stored. Retrying the same request"
         " is always safe."
     ),
     # Read and limited by _read_body, which keeps the start of a refused body.
@@ -245,6 +251,7 @@ async def list_contacts(
     snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws, min_seq, wait_ms)
+    stage, status = stage or None, status or None  # ?stage=&status= (empty): no filter
     one_of("stage", stage, STAGES)
     one_of("status", status, STATUSES)
     if not 1 <= limit <= 1000:

@@ -87,6 +87,9 @@ def test_contact_list_pages_and_filters(stack):
     assert [c["contact"] for c in customers] == ["p3"]
     won = stack.get(f"/v1/workspaces/{ws}/contacts", auth, status="won").json()["contacts"]
     assert [c["contact"] for c in won] == ["p3"]
+    # The contract's own spelling, ?stage=&status=&after=: empty means no filter.
+    unfiltered = stack.get(f"/v1/workspaces/{ws}/contacts", auth, stage="", status="", after="").json()["contacts"]
+    assert [c["contact"] for c in unfiltered] == ["p0", "p1", "p2", "p3", "p4"]
 
 
 def test_contact_list_refuses_an_unknown_stage_or_status(stack):
