@@ -7,7 +7,7 @@ import datetime as dt
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 
 from events.validation import (
     MAX_BATCH_BYTES,
@@ -20,7 +20,7 @@ from events.validation import (
 from projections import contacts as contact_model
 from projections import followups as followup_model
 from projections.ladder import STAGES, STATUSES
-from services.api import auth
+from services.api import auth, docs
 from services.api.common import (
     ApiError,
     ContactSegment,
@@ -46,7 +46,11 @@ _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 # --- health, workspaces, tokens ---------------------------------------------------------
 
 
-@get("/v1/health", summary="200 once every service is ready")
+@get(
+    "/v1/health",
+    summary="200 once every service is ready",
+    responses={503: ResponseSpec(None, description="Some service is not ready: the same report, `ready` false.")},
+)
 async def health(request: Request) -> Response:
     report = await readiness.report(services_of(request).pool, services_of(request).nc)
     return json_response(report, 200 if report["ready"] else 503)
@@ -66,7 +70,13 @@ class TokenOut(msgspec.Struct):
     scopes: list[str]
 
 
-@post("/v1/workspaces", summary="Create a workspace (operator admin token)")
+@post(
+    "/v1/workspaces",
+    summary="Create a workspace (operator admin token)",
+    status_code=201,
+    security=docs.BEARER,
+    responses=docs.errors(400, 401, 403, 409, 503, said=docs.OPERATOR_SAID),
+)
 async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
     await authorize(request, None, "admin")
     if not is_workspace_id(data.id):
@@ -76,7 +86,13 @@ async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
     return json_response({"id": data.id}, 201)
 
 
-@post("/v1/workspaces/{ws:str}/tokens", summary="Create a token; it is shown once")
+@post(
+    "/v1/workspaces/{ws:str}/tokens",
+    summary="Create a token; it is shown once",
+    status_code=201,
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+)
 async def create_token(request: Request, ws: str, data: TokenIn) -> Response:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)
@@ -179,13 +195,16 @@ async def _read_body(request: Request) -> bytes:
     "/v1/workspaces/{ws:str}/events",
     summary="Ingest one CloudEvent or a batch; answered once accepted events are durably logged",
     description=(
-        "200 with one result per event (accepted, duplicate or rejected, with the field at fault);"
-        " 400 a body that is not JSON or a batch that is not an array; 413 over 64 KiB an event, 1000 events"
-        " or 4 MiB a request; 415 another content type; 401/403 token. A request refused whole keeps its"
-        " body in the rejected list. 503: the log could not be written, nothing was stored. 504: the log"
-        " took the write but did not confirm it within 70 s; it may be stored. Retrying the same request"
-        " is always safe."
+        "200 with one result per event (accepted, duplicate or rejected, with the field at fault), even when"
+        " some are rejected. A request refused whole (400, 413, 415) keeps its body in the rejected list."
+        " 504: the log took the write but did not confirm it within 70 s; it may be stored. Retrying the"
+        " same request is always safe."
     ),
+    status_code=200,
+    security=docs.BEARER,
+    responses=docs.INGEST_ERRORS,
+    # The body is read by the handler (_read_body), not by Litestar: its schema is documentation only.
+    operation_class=docs.IngestOperation,
     # Read and limited by _read_body, which keeps the start of a refused body.
     request_max_body_size=2**40,
 )
@@ -215,7 +234,12 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
 # --- reading ----------------------------------------------------------------------------
 
 
-@get("/v1/workspaces/{ws:str}/contacts/{contact:str}", summary="One contact's funnel stage, touches and deals")
+@get(
+    "/v1/workspaces/{ws:str}/contacts/{contact:str}",
+    summary="One contact's funnel stage, touches and deals",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def get_contact(
     request: Request,
     ws: str,
@@ -238,7 +262,12 @@ class ContactPage(msgspec.Struct):
     next: str | None
 
 
-@get("/v1/workspaces/{ws:str}/contacts", summary="A page of contacts, ordered by contact id")
+@get(
+    "/v1/workspaces/{ws:str}/contacts",
+    summary="A page of contacts, ordered by contact id",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def list_contacts(
     request: Request,
     ws: str,
@@ -288,7 +317,12 @@ class RejectedPage(msgspec.Struct):
     next: int | None
 
 
-@get("/v1/workspaces/{ws:str}/rejected", summary="Rejected input, newest first, with raw body and reason")
+@get(
+    "/v1/workspaces/{ws:str}/rejected",
+    summary="Rejected input, newest first, with raw body and reason",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def list_rejected(
     request: Request,
     ws: str,
@@ -313,7 +347,12 @@ async def list_rejected(
     return json_response(RejectedPage(items, items[-1].id if len(rows) > limit else None))  # type: ignore[return-value]
 
 
-@get("/v1/status", summary="Each projector's applied sequence, lag and recent rate; the log's last sequence (admin)")
+@get(
+    "/v1/status",
+    summary="Each projector's applied sequence, lag and recent rate; the log's last sequence (admin)",
+    security=docs.BEARER,
+    responses=docs.OPERATOR_ERRORS,
+)
 async def status(request: Request) -> Response:
     await authorize(request, None, "admin")
     from services.status import status_report
@@ -342,13 +381,15 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         app.state.services = await services_factory()
         gc_tuning.collect_less()
 
-    return Litestar(
+    app = Litestar(
         route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
         exception_handlers={HTTPException: error_response, **{kind: unavailable_response for kind in RETRYABLE}},
         request_max_body_size=MAX_BATCH_BYTES,
-        openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs"),
+        openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs", components=docs.COMPONENTS),
         debug=False,
     )
+    docs.add_event_schemas(app.openapi_schema)
+    return app
 

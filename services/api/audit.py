@@ -6,6 +6,7 @@ import msgspec
 from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
+from services.api import docs
 from services.api.common import ApiError, ContactSegment, contact_of, json_response, read_access, read_connection
 
 
@@ -18,6 +19,8 @@ class AuditTrail(msgspec.Struct):
 @get(
     "/v1/workspaces/{ws:str}/contacts/{contact:str}/events",
     summary="The contact's audit trail: every accepted event about it, with seq and received_at, in log order",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
 )
 async def contact_events(
     request: Request,

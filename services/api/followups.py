@@ -9,6 +9,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 
 from projections import followups as model
+from services.api import docs
 from services.api.common import (
     ApiError,
     authorize,
@@ -49,7 +50,12 @@ class AlertView(msgspec.Struct, omit_defaults=True):
     goal_id: str | None = None
 
 
-@get("/v1/workspaces/{ws:str}/followups", summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed")
+@get(
+    "/v1/workspaces/{ws:str}/followups",
+    summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def list_followups(
     request: Request,
     ws: str,
@@ -76,7 +82,12 @@ async def list_followups(
     ])
 
 
-@get("/v1/workspaces/{ws:str}/alerts", summary="Alerts for the seller (metric anomalies, goals at risk), newest first")
+@get(
+    "/v1/workspaces/{ws:str}/alerts",
+    summary="Alerts for the seller (metric anomalies, goals at risk), newest first",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def list_alerts(
     request: Request,
     ws: str,
@@ -117,7 +128,13 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     secret: str | None = None
 
 
-@post("/v1/workspaces/{ws:str}/webhooks", summary="Register the workspace's outbound webhook; answers its signing secret once")
+@post(
+    "/v1/workspaces/{ws:str}/webhooks",
+    summary="Register the workspace's outbound webhook; answers its signing secret once",
+    status_code=201,
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+)
 async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)
@@ -136,7 +153,12 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response
                                     secret=hook.secret), 201)
 
 
-@get("/v1/workspaces/{ws:str}/webhooks", summary="The workspace's outbound webhook (without its secret)")
+@get(
+    "/v1/workspaces/{ws:str}/webhooks",
+    summary="The workspace's outbound webhook (without its secret)",
+    security=docs.BEARER,
+    responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no webhook configured."}),
+)
 async def get_webhook(request: Request, ws: str) -> Response:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)
@@ -146,7 +168,13 @@ async def get_webhook(request: Request, ws: str) -> Response:
     return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds))
 
 
-@delete("/v1/workspaces/{ws:str}/webhooks", summary="Stop delivering to the workspace's webhook", status_code=204)
+@delete(
+    "/v1/workspaces/{ws:str}/webhooks",
+    summary="Stop delivering to the workspace's webhook",
+    status_code=204,
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+)
 async def delete_webhook(request: Request, ws: str) -> None:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)
@@ -160,14 +188,24 @@ class RuleSettings(msgspec.Struct):
     disabled: list[str]
 
 
-@get("/v1/workspaces/{ws:str}/rules", summary="The workspace's rule settings")
+@get(
+    "/v1/workspaces/{ws:str}/rules",
+    summary="The workspace's rule settings",
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+)
 async def get_rules(request: Request, ws: str) -> Response:
     await read_access(request, ws, None, 0)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
     return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})
 
 
-@put("/v1/workspaces/{ws:str}/rules", summary="Turn rules off (or on again) for the workspace")
+@put(
+    "/v1/workspaces/{ws:str}/rules",
+    summary="Turn rules off (or on again) for the workspace",
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+)
 async def put_rules(request: Request, ws: str, data: RuleSettings) -> Response:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)

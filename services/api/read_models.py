@@ -8,10 +8,16 @@ from litestar import Request, get
 from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
+from services.api import docs
 from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection
 
 
-@get("/v1/workspaces/{ws:str}/funnel", summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours")
+@get(
+    "/v1/workspaces/{ws:str}/funnel",
+    summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def get_funnel(
     request: Request,
     ws: str,
@@ -29,7 +35,12 @@ async def get_funnel(
     return json_response(answer)  # type: ignore[return-value]
 
 
-@get("/v1/workspaces/{ws:str}/touches", summary="Touches before conversion and touches per channel")
+@get(
+    "/v1/workspaces/{ws:str}/touches",
+    summary="Touches before conversion and touches per channel",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def get_touches(
     request: Request,
     ws: str,
@@ -43,7 +54,12 @@ async def get_touches(
     return json_response(answer)  # type: ignore[return-value]
 
 
-@get("/v1/workspaces/{ws:str}/goals", summary="Each goal's actual, attainment and pacing at as_of; the reverse funnel of revenue goals")
+@get(
+    "/v1/workspaces/{ws:str}/goals",
+    summary="Each goal's actual, attainment and pacing at as_of; the reverse funnel of revenue goals",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def get_goals(
     request: Request,
     ws: str,
@@ -59,7 +75,12 @@ async def get_goals(
     return json_response(answer)  # type: ignore[return-value]
 
 
-@get("/v1/workspaces/{ws:str}/attribution", summary="Leads, deals and revenue credited to campaigns and sales channels")
+@get(
+    "/v1/workspaces/{ws:str}/attribution",
+    summary="Leads, deals and revenue credited to campaigns and sales channels",
+    security=docs.BEARER,
+    responses=docs.READ_ERRORS,
+)
 async def get_attribution(
     request: Request,
     ws: str,

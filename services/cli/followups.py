@@ -82,16 +82,31 @@ def rules_reset(data_dir: Optional[Path] = DataDir) -> None:
 
 def asyncapi(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing"),
+    data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """The AsyncAPI description of the NATS side (the same as `faststream docs gen services.dispatcher.app:app`)."""
-    from services.dispatcher.app import app as faststream_app
+    """The AsyncAPI description of the NATS side, with the NATS address producers reach:
+    TOUCHLINE_NATS_URL, else the embedded server of a `touchline up` on the data dir, else an
+    example address (`faststream docs gen services.dispatcher.app:app` always gives the example)."""
+    from services.dispatcher.app import describe
 
+    faststream_app = describe(advertised_nats_url(Settings.from_env(data_dir=data_dir)))
     text = json.dumps(faststream_app.schema.to_specification().to_jsonable(), indent=2)
     if out is None:
         print(text)
     else:
         out.write_text(text)
         console.print(f"wrote {out}")
+
+
+def advertised_nats_url(settings: Settings) -> str | None:
+    """The NATS address for producers, without credentials: TOUCHLINE_NATS_URL, else the one a
+    `touchline up` on the data dir wrote for its embedded server; None when neither is known."""
+    from services.runtime.nats_auth import without_credentials
+
+    if settings.nats_url:
+        return without_credentials(settings.nats_url)
+    written = settings.data_dir / "nats" / "address"
+    return written.read_text().strip() if written.exists() else None
 
 
 def register(app: typer.Typer) -> None:

@@ -10,14 +10,15 @@ dead-letter stream with its error, then acked. Nothing is ever ``term()``-ed uns
 It is a FastStream NATS subscriber: one durable pull consumer (``dispatcher``) on the WorkQueue
 stream, shared by every dispatcher process, with manual acks (FastStream's default policy would
 ``term()`` the command on any exception, deleting it from a WorkQueue stream). FastStream also
-gives the AsyncAPI description of the NATS side: ``faststream docs gen services.dispatcher.app:app``
-or ``touchline asyncapi``.
+gives the AsyncAPI description of the NATS side: ``touchline asyncapi`` (with the configured NATS
+address) or ``faststream docs gen services.dispatcher.app:app`` (with an example address).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Annotated, Any
 
 import asyncpg
 import httpx
@@ -27,8 +28,10 @@ from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.specification import AsyncAPI
 from nats.js.api import ConsumerConfig
+from pydantic import Field, WithJsonSchema
 
 from events import catalog as c
+from events.schema import EXTERNAL_TYPES, inline_event_schema
 from events.commands import (
     COMMANDS_STREAM,
     COMMANDS_SUBJECTS,
@@ -204,9 +207,15 @@ async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMe
     return "done"
 
 
-def build(servers: str | list[str] = "nats://127.0.0.1:4222", dispatcher: Dispatcher | None = None) -> FastStream:
-    """The FastStream application: the broker, the command subscriber and the dead-letter publisher."""
-    broker = NatsBroker(nats_servers(servers), max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None)
+EXAMPLE_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | None = None, *,
+          server_description: str | None = None) -> FastStream:
+    """The FastStream application: the broker, the command subscriber and the dead-letter publisher.
+    ``server_description``: what the AsyncAPI description says of the server."""
+    broker = NatsBroker(nats_servers(servers), max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
+                        description=server_description)
     deadletter.register_publisher(broker)
 
     @broker.subscriber(
@@ -239,11 +248,38 @@ def build(servers: str | list[str] = "nats://127.0.0.1:4222", dispatcher: Dispat
     )
 
 
-def describe() -> FastStream:
+def event_payload(title: str, description: str, types: tuple[type[c.Envelope], ...]) -> Any:
+    """A message type for FastStream's AsyncAPI description: the catalog's JSON Schema of one event
+    of ``types`` (events/schema.py). FastStream takes payload schemas from pydantic, which takes
+    this one as it is but looks every ``$ref`` up among its own definitions: so it has none."""
+    return Annotated[dict, WithJsonSchema({**inline_event_schema(types), "description": description}),
+                     Field(title=title)]
+
+
+InboxEvent = event_payload(
+    "CloudEvent",
+    "One event in CloudEvents 1.0 structured mode (JSON), of a type of the catalog (its `type`).",
+    EXTERNAL_TYPES,
+)
+LoggedEvent = event_payload(
+    "LoggedEvent",
+    "An accepted event as received (structured mode), or one the dispatcher wrote.",
+    c.ALL_TYPES,
+)
+
+
+def describe(nats_url: str | None = None) -> FastStream:
     """The whole NATS side for its AsyncAPI description: the dispatcher's channels, plus the way
     in and the log, which the API's inbox reader and the projector read with ordered consumers
-    (not FastStream subscribers), so they are described here and never subscribed."""
-    application = build()
+    (not FastStream subscribers), so they are described here and never subscribed. The server is
+    ``nats_url`` (without credentials), else an example address, said to be one."""
+    if nats_url:
+        application = build(nats_url)
+    else:
+        application = build(server_description=(
+            "An example address: the description was made without a NATS URL (TOUCHLINE_NATS_URL, or the"
+            " embedded server of a running `touchline up`)."
+        ))
     broker = application.broker
 
     @broker.subscriber(
@@ -256,7 +292,7 @@ def describe() -> FastStream:
             " exactly once (position committed in PostgreSQL) into the log or the rejected list."
         ),
     )
-    async def ingest(body: dict) -> None:
+    async def ingest(body: InboxEvent) -> None:
         raise RuntimeError("described only: the inbox is read by services/inbox.py")
 
     broker.publisher(
@@ -267,6 +303,7 @@ def describe() -> FastStream:
             " received, headers Nats-Msg-Id, Touchline-Received-At, Touchline-Catalog-Version (the"
             " workspace is the subject's last token). Its stream sequence is the seq of ingest answers and min_seq."
         ),
+        schema=LoggedEvent,
     )
     return application
 

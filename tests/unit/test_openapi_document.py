@@ -1,0 +1,121 @@
+"""The OpenAPI document served at /docs says what the server does: the success statuses, the
+`{"error": ...}` body, the bearer token, and the ingest body from the catalog."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import jsonschema
+import pytest
+from litestar.testing import TestClient
+from openapi_spec_validator import validate
+
+from events.catalog import ALL_TYPES
+from services.api.app import create_app
+from tests.unit.test_validation import VALID, WON, _with
+
+EXTERNAL = {cls.__struct_config__.tag for cls in ALL_TYPES if not cls.internal}
+INTERNAL = {cls.__struct_config__.tag for cls in ALL_TYPES if cls.internal}
+INGEST = "/v1/workspaces/{ws}/events"
+
+
+@pytest.fixture(scope="module")
+def openapi() -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Litestar's deprecation notes about parameter styles
+        app = create_app(lambda: None)
+    # Served as /docs serves it (the app is not started: the route needs no services).
+    answer = TestClient(app).get("/docs/openapi.json")
+    assert answer.status_code == 200
+    return answer.json()
+
+
+def operations(document: dict):
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            if method in ("get", "post", "put", "delete", "patch"):
+                yield method, path, operation
+
+
+def test_the_openapi_document_is_valid_and_docs_render(openapi):
+    validate(openapi)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert TestClient(create_app(lambda: None)).get("/docs").status_code == 200
+
+
+def test_success_statuses_are_those_the_routes_answer(openapi):
+    success = {(method, path): sorted(code for code in op["responses"] if code < "300")
+               for method, path, op in operations(openapi)}
+    assert success[("post", INGEST)] == ["200"]
+    assert success[("post", "/v1/workspaces")] == ["201"]
+    assert success[("post", "/v1/workspaces/{ws}/tokens")] == ["201"]
+    assert success[("post", "/v1/workspaces/{ws}/webhooks")] == ["201"]
+    assert success[("put", "/v1/workspaces/{ws}/rules")] == ["200"]
+    assert success[("delete", "/v1/workspaces/{ws}/webhooks")] == ["204"]
+
+
+def test_errors_are_documented_as_the_server_answers_them(openapi):
+    error_body = openapi["components"]["schemas"]["ErrorBody"]
+    assert error_body["required"] == ["error"] and set(error_body["properties"]) == {"error", "applied_seq"}
+    for method, path, op in operations(openapi):
+        for code, response in op["responses"].items():
+            if code >= "400" and path != "/v1/health":  # health's 503 is its report
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+    assert "status_code" not in json.dumps(openapi["paths"])
+    answers = {(method, path): set(op["responses"]) for method, path, op in operations(openapi)}
+    assert answers[("post", INGEST)] == {"200", "400", "401", "403", "404", "413", "415", "503", "504"}
+    assert answers[("get", "/v1/workspaces/{ws}/funnel")] == {"200", "400", "401", "403", "404", "503"}
+    assert {"401", "403", "409"} <= answers[("post", "/v1/workspaces")]
+    stale = openapi["paths"]["/v1/workspaces/{ws}/contacts/{contact}"]["get"]["responses"]["503"]
+    assert "applied_seq" in stale["description"] and "Retry-After" in stale["description"]
+
+
+def test_every_route_but_health_needs_the_bearer_token(openapi):
+    scheme = openapi["components"]["securitySchemes"]["bearer"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    for method, path, op in operations(openapi):
+        expected = None if path == "/v1/health" else [{"bearer": []}]
+        assert op.get("security") == expected, (method, path)
+
+
+def _event_validator(openapi: dict, ref: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator({"$ref": ref, "components": openapi["components"]})
+
+
+def test_the_ingest_body_is_the_catalog(openapi):
+    body = openapi["paths"][INGEST]["post"]["requestBody"]["content"]
+    one = body["application/cloudevents+json"]["schema"]
+    assert one == {"$ref": "#/components/schemas/CloudEvent"}
+    assert body["application/cloudevents-batch+json"]["schema"]["items"] == one
+    assert "application/json" in body  # binary mode
+    cloud_event = openapi["components"]["schemas"]["CloudEvent"]
+    assert set(cloud_event["discriminator"]["mapping"]) == EXTERNAL
+    offered = {openapi["components"]["schemas"][alt["$ref"].rsplit("/", 1)[1]]["properties"]["type"]["enum"][0]
+               for alt in cloud_event["anyOf"]}
+    assert offered == EXTERNAL
+    assert not any(tag in json.dumps(openapi) for tag in INTERNAL)
+    # The catalog's own details: required data fields, enums, amounts as numbers or numeric strings.
+    schemas = openapi["components"]["schemas"]
+    assert schemas["DealWonData"]["required"] == ["deal_id", "amount", "currency"]
+    assert {"type": "number", "minimum": 0} in schemas["DealWonData"]["properties"]["amount"]["anyOf"]
+    assert set(schemas["EngagedData"]["properties"]["action"]["enum"]) == {
+        "view", "open", "visit", "like", "comment", "share", "click", "reply"}
+    assert "subject" in schemas["SalesDealWon"]["required"]
+
+
+def test_the_ingest_body_schema_agrees_with_validation(openapi):
+    one = _event_validator(openapi, "#/components/schemas/CloudEvent")
+    batch = openapi["paths"][INGEST]["post"]["requestBody"]["content"]["application/cloudevents-batch+json"]
+    for body in VALID:
+        one.validate(body)
+    jsonschema.Draft202012Validator({**batch["schema"], "components": openapi["components"]}).validate(VALID)
+    # What validation refuses (tests/unit/test_validation.py, INVALID) and a JSON Schema can say.
+    for changes in ({"data__amount": "ten"}, {"data__amount": -1}, {"data__amount": "NaN"}, {"data__amount": "+5"},
+                    {"data__currency": "eur"}, {"data__deal_id": ...}, {"subject": ...}, {"specversion": "0.3"},
+                    {"id": ""}, {"source": ...}, {"type": "touchline.sales.deal.stolen"}, {"type": ...},
+                    {"type": "touchline.followup.requested"}, {"datacontenttype": "text/xml"}):
+        assert not one.is_valid(_with(WON, **changes)), changes
+    assert one.is_valid(_with(WON, datacontenttype="Application/JSON; charset=utf-8"))
