@@ -15,6 +15,7 @@ test: $(STAMP)
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "installing Touchline into $(VENV) (first run or pyproject.toml changed: about a minute)..."
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -1,18 +1,17 @@
 """`touchline replay`, `touchline audit`, `touchline status` and `touchline snapshot` (audit side of CONTRACT.md).
 
 They talk to NATS and PostgreSQL directly: TOUCHLINE_NATS_URL / TOUCHLINE_DATABASE_URL, else
-the embedded servers of a `touchline up` running on the same data dir.
+the embedded servers of the `touchline up` of the data dir (services/cli/attach.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,54 +27,13 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from services.cli.attach import DataDir, backends, with_database
 from services.settings import Settings
 
 console = Console()
 err_console = Console(stderr=True)
 
-DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
 Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
-
-
-def nats_url(settings: Settings) -> str:
-    if settings.nats_url:
-        return settings.nats_url
-    written = settings.data_dir / "nats" / "url"
-    if written.exists():
-        return written.read_text().strip()
-    err_console.print(
-        f"[red]no NATS: set TOUCHLINE_NATS_URL, or run `touchline up` on data dir {settings.data_dir}[/red]"
-    )
-    raise typer.Exit(2)
-
-
-@contextlib.asynccontextmanager
-async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
-    """(pool, js) for a CLI command; exits 2 when ``workspace`` is given and unknown."""
-    from services.cli.main import database
-    from services.nats_io import connect_client
-
-    url = nats_url(settings)
-    async with database(settings) as pool:
-        if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
-            err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
-            raise typer.Exit(2)
-        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
-        try:
-            yield pool, nc.jetstream(timeout=30)
-        finally:
-            await nc.drain()
-
-
-def with_database(data_dir: Optional[Path], work):
-    """Run ``await work(pool)`` against the configured (or embedded) PostgreSQL."""
-    from services.cli.main import database
-
-    async def run():
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            return await work(pool)
-
-    return asyncio.run(run())
 
 
 class RateColumn(ProgressColumn):
@@ -227,7 +185,7 @@ def audit(
 
 
 def status(
-    as_json: bool = typer.Option(False, "--json"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Each projector's applied sequence, lag behind the log and recent rate."""

@@ -1,9 +1,12 @@
 """`touchline demo`: load the sample business into workspace `demo` of a running Touchline and
 print its funnel, touches, goals and campaign attribution.
 
-The workspace and a token are made directly in PostgreSQL (that of the running `touchline up`
-under the data dir, or TOUCHLINE_DATABASE_URL); the events go in over HTTP (TOUCHLINE_HTTP),
-like any integration's. Running it again reuses the workspace; the events are duplicates.
+It talks to a running `touchline up` (or `serve api`): the events go in over HTTP (``--http``,
+TOUCHLINE_HTTP), like any integration's; the workspace and a token are made directly in that
+Touchline's PostgreSQL (under the data dir, or TOUCHLINE_DATABASE_URL: services/cli/attach.py).
+Both must be the same Touchline: with no API answering, nothing is made; a token the API does not
+know means the data dir is another one's, and it says so. Running it again reuses the workspace;
+the events are duplicates.
 """
 
 from __future__ import annotations
@@ -21,16 +24,14 @@ from rich.console import Console
 from rich.table import Table
 
 from services import sample
+from services.cli.attach import DataDir, Http, database, refuse
 from services.settings import Settings
 
 console = Console()
-err_console = Console(stderr=True)
-DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
 
 
 async def _workspace_token(settings: Settings, workspace: str) -> str:
     from services.api import auth
-    from services.cli.main import database
 
     async with database(settings) as pool:
         await auth.create_workspace(pool, workspace)  # False when it exists: reuse it
@@ -150,22 +151,32 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         data_dir: Optional[Path] = DataDir,
+        http_address: Optional[str] = Http,
         contacts: int = typer.Option(300, "--contacts", help="How many contacts the sample business has"),
         days: int = typer.Option(90, "--days", help="Over how many days, up to now"),
         seed: int = typer.Option(7, "--seed"),
     ) -> None:
         """Load a sample business into workspace `demo` of a running Touchline; print funnel, touches and goals."""
-        settings = Settings.from_env(data_dir=data_dir)
+        settings = Settings.from_env(data_dir=data_dir, http=http_address)
         workspace = sample.WORKSPACE
+        base = f"http://{settings.http}"
+        try:
+            httpx.get(f"{base}/v1/health", timeout=10)  # any answer: 503 while it starts is fine
+        except httpx.HTTPError:
+            refuse(f"no Touchline API at {base}: start it with `touchline up` (or `make run`),"
+                   " or give its HOST:PORT with --http or TOUCHLINE_HTTP")
         token = asyncio.run(_workspace_token(settings, workspace))
         events = list(sample.events(contacts, days, seed))
-        base = f"http://{settings.http}"
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
             try:
                 last, counts = _load(http, workspace, events)
-            except httpx.ConnectError:
-                err_console.print(f"[red]no Touchline at {base}: start it with `touchline up` (or `make run`)[/red]")
-                raise typer.Exit(1) from None
+            except httpx.HTTPStatusError as err:
+                if err.response.status_code != 401:
+                    raise
+                made_in = "TOUCHLINE_DATABASE_URL" if settings.database_url else f"data dir {settings.data_dir.resolve()}"
+                refuse(f"the Touchline at {base} does not know the token made in the database of {made_in}:"
+                       " they are two different Touchlines; point --data-dir or TOUCHLINE_DATA_DIR (or"
+                       f" TOUCHLINE_DATABASE_URL) at the one serving {base}, or --http at the one using {made_in}")
             console.print(
                 f"[bold]{workspace}[/bold]: {counts['accepted']} events accepted, {counts['duplicate']} duplicates"
                 f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; log at seq {last}\n"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from services.cli.audit import DataDir, backends
+from services.cli.attach import DataDir, backends
 from services.settings import Settings
 
 console = Console()

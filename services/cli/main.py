@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import Optional
 
-import asyncpg
 import typer
 from rich.console import Console
 
 from events.validation import is_workspace_id
 from services.api import auth
+from services.cli.attach import DataDir, database, refuse
 from services.settings import Settings
-from services.store.db import create_pool, migrate
+
+
+def _flags_take_no_value() -> None:
+    """typer's rich help shows a type for every option, flags too (``--json  <bool>``), as if
+    they took a value; its plain help and click's show none. Show none for flags here as well."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None:  # a typer that renders its help otherwise: leave it be
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag or self.count else shown(self, ctx)
+
+    TyperOption.display_type_rich = display_type_rich
+
+
+_flags_take_no_value()
 
 app = typer.Typer(help="Touchline: every marketing and sales touch, as an immutable event log.", no_args_is_help=True)
 workspace_app = typer.Typer(help="Workspaces (one per business).", no_args_is_help=True)
@@ -22,7 +38,6 @@ token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
 console = Console()
-err_console = Console(stderr=True)
 
 @app.callback()
 def _logging() -> None:
@@ -32,15 +47,22 @@ def _logging() -> None:
     logs.configure("cli")
 
 
-DataDir = typer.Option(None, "--data-dir", help="Where embedded servers keep their data [env TOUCHLINE_DATA_DIR]")
-
-
 @app.command()
 def up(
-    data_dir: Optional[Path] = DataDir,
-    http: Optional[str] = typer.Option(None, "--http", help="HOST:PORT for the HTTP API [env TOUCHLINE_HTTP]"),
+    data_dir: Optional[Path] = typer.Option(
+        None, "--data-dir", envvar="TOUCHLINE_DATA_DIR",
+        help="Where embedded NATS and PostgreSQL keep their data, made if missing (default ./.touchline)",
+    ),
+    http: Optional[str] = typer.Option(
+        None, "--http", envvar="TOUCHLINE_HTTP", help="HOST:PORT the HTTP API listens on (default 127.0.0.1:8080)"
+    ),
 ) -> None:
-    """Start everything: embedded NATS and PostgreSQL (unless external ones are set), API and projector."""
+    """Start everything: NATS (JetStream) and PostgreSQL, embedded under the data dir unless
+    TOUCHLINE_NATS_URL / TOUCHLINE_DATABASE_URL name external ones, then the HTTP API, projector,
+    rules worker and dispatcher. Ctrl-C stops it all; the next start keeps every event.
+
+    TOUCHLINE_ADMIN_TOKEN, when set, is a bearer token with the admin scope on every workspace;
+    TOUCHLINE_API_WORKERS sets how many API processes share the port (default: one per core, at most 4)."""
     from services.runtime.up import up as run_up
 
     run_up(Settings.from_env(data_dir=data_dir, http=http))
@@ -48,7 +70,10 @@ def up(
 
 @app.command()
 def serve(service: str = typer.Argument(..., help="api | projector | rules | dispatcher")) -> None:
-    """Run one service alone, against TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL."""
+    """Run one service alone, against an external NATS and PostgreSQL (no embedded servers).
+
+    It reads TOUCHLINE_NATS_URL and TOUCHLINE_DATABASE_URL (both required); the api also
+    TOUCHLINE_HTTP (HOST:PORT to listen on, default 127.0.0.1:8080) and TOUCHLINE_ADMIN_TOKEN."""
     from services.runtime import loop
     from services.runtime.serve import SERVICES
 
@@ -58,24 +83,6 @@ def serve(service: str = typer.Argument(..., help="api | projector | rules | dis
         loop.run(SERVICES[service](Settings.from_env()))
     except KeyboardInterrupt:
         pass
-
-
-@contextlib.asynccontextmanager
-async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
-    """The configured PostgreSQL, or the embedded one under the data dir (reused if `up` runs)."""
-    url = settings.database_url
-    embedded = None
-    if url is None:
-        from services.runtime.embedded import EmbeddedPostgres
-
-        embedded = EmbeddedPostgres(settings.data_dir)
-        url = embedded.start()
-    pool = await create_pool(url, max_size=2)
-    try:
-        await migrate(pool)
-        yield pool
-    finally:
-        await pool.close()
 
 
 @workspace_app.command("create")
@@ -89,8 +96,7 @@ def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None
             return await auth.create_workspace(pool, workspace)
 
     if not asyncio.run(run()):
-        err_console.print(f"[red]workspace {workspace!r} exists[/red]")
-        raise typer.Exit(1)
+        refuse(f"workspace {workspace!r} exists", 1)
     console.print(f"created workspace [bold]{workspace}[/bold]")
 
 
@@ -123,8 +129,7 @@ def token_create(
 
     token = asyncio.run(run())
     if token is None:
-        err_console.print(f"[red]unknown workspace {workspace!r}[/red]")
-        raise typer.Exit(1)
+        refuse(f"unknown workspace {workspace!r}", 1)
     print(token)
 
 

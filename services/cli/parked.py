@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from services.cli.audit import DataDir, backends, console
+from services.cli.attach import DataDir, backends
+from services.cli.audit import console
 from services.settings import Settings
 
 parked_app = typer.Typer(help="Poison events parked by a projector.", no_args_is_help=True)

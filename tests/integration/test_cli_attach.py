@@ -1,0 +1,141 @@
+"""The admin commands attach to an existing Touchline and never make one (CONTRACT.md section 1).
+
+Run from a directory with no Touchline (no `touchline up` ever ran there, no URL set) they used
+to start a new, empty PostgreSQL under ./.touchline and act on it: `workspace create` said
+"created", and its token was then refused by the running API. Now they refuse in one line that
+names the data dir, and leave the directory as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from services.runtime.embedded import free_port
+
+ADMIN_COMMANDS = [
+    ("workspace", "create", "zeta"),
+    ("token", "create", "--workspace", "zeta", "--scope", "read"),
+    ("token", "create", "--workspace", "zeta", "--scope", "ingest", "--nats"),
+    ("audit", "--workspace", "zeta", "dana"),
+    ("replay", "--workspace", "zeta"),
+    ("replay", "--workspace", "zeta", "--verify"),
+    ("status",),
+    ("status", "--json"),
+    ("snapshot", "list", "--workspace", "zeta"),
+    ("snapshot", "drop", "s1", "--workspace", "zeta"),
+    ("parked", "list"),
+    ("parked", "redrive"),
+    ("deadletter", "list"),
+    ("deadletter", "redrive"),
+    ("rules", "reset"),
+]
+
+
+def touchline(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The CLI as a newcomer runs it: no TOUCHLINE_* variable unless given."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=cwd,
+                          env={**clean, "COLUMNS": "80", **env}, capture_output=True, text=True, timeout=120)
+
+
+def refused(done: subprocess.CompletedProcess) -> str:
+    """The one line a refused command prints (beside structured logs, JSON lines); nothing on stdout."""
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert done.stdout == ""
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("{")]
+    assert len(lines) == 1, done.stderr  # one line, not wrapped to the 80 columns, no traceback
+    assert lines[0].startswith("touchline: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("command", ADMIN_COMMANDS, ids=" ".join)
+def test_an_admin_command_with_no_touchline_in_the_data_dir_refuses_and_makes_nothing(tmp_path, command):
+    done = touchline(*command, cwd=tmp_path)
+    line = refused(done)
+    assert f"no Touchline in data dir {tmp_path.resolve() / '.touchline'}" in line
+    assert "--data-dir" in line and "TOUCHLINE_DATA_DIR" in line and "TOUCHLINE_DATABASE_URL" in line
+    assert list(tmp_path.iterdir()) == []  # no PostgreSQL, NATS or runtime dir made
+
+
+def test_the_data_dir_from_the_environment_is_the_one_named(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    line = refused(touchline("workspace", "create", "zeta", cwd=tmp_path, TOUCHLINE_DATA_DIR=str(elsewhere)))
+    assert f"no Touchline in data dir {elsewhere}" in line
+    assert not elsewhere.exists()
+
+
+def test_a_command_that_reads_nats_needs_the_data_dirs_up_running(tmp_path):
+    """A data dir of a stopped `up`: its NATS address is on disk, its server gone. Refused before
+    anything is started (PostgreSQL included)."""
+    data = tmp_path / "data"
+    (data / "postgres").mkdir(parents=True)
+    (data / "postgres" / "PG_VERSION").write_text("18\n")
+    (data / "nats").mkdir()
+    (data / "nats" / "url").write_text(f"nats://touchline:pw@127.0.0.1:{free_port()}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (data / "nats" / "nats.pid").write_text(str(dead.pid))
+    before = sorted(p.name for p in data.rglob("*"))
+    for command in (("status",), ("replay", "--workspace", "zeta"), ("parked", "list")):
+        line = refused(touchline(*command, "--data-dir", str(data)))
+        assert f"the NATS of data dir {data.resolve()} is not running" in line
+        assert "touchline up --data-dir" in line and "TOUCHLINE_NATS_URL" in line
+    assert sorted(p.name for p in data.rglob("*")) == before
+
+
+def test_commands_attach_to_the_embedded_servers_of_a_data_dir_from_anywhere(stack, tmp_path):
+    """The test servers live under one data dir, as `up`'s do; the stack's API uses them. A
+    workspace and token made through --data-dir (or TOUCHLINE_DATA_DIR) from another directory
+    are the API's."""
+    data_dir = str(stack.servers.root)
+    workspace = f"ws-{uuid.uuid4().hex[:10]}"
+    made = touchline("workspace", "create", workspace, "--data-dir", data_dir, cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    token = touchline("token", "create", "--workspace", workspace, "--scope", "read", cwd=tmp_path,
+                      TOUCHLINE_DATA_DIR=data_dir)
+    assert token.returncode == 0, token.stderr
+    answer = stack.get(f"/v1/workspaces/{workspace}/funnel", {"Authorization": f"Bearer {token.stdout.strip()}"})
+    assert answer.status_code == 200, answer.text
+    status = touchline("status", "--json", "--data-dir", data_dir, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert '"log_last_seq"' in status.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_without_an_api_refuses_before_making_anything(tmp_path):
+    line = refused(touchline("demo", "--http", f"127.0.0.1:{free_port()}", cwd=tmp_path))
+    assert "no Touchline API at http://127.0.0.1:" in line and "--http" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_names_a_data_dir_that_is_not_the_apis(stack, tmp_path):
+    """The API runs on one database, the data dir (here: the URL) names another: the token the
+    demo made there is refused, and the demo says why instead of printing a 401 traceback."""
+    other = f"other_{uuid.uuid4().hex[:8]}"
+
+    async def create(statement: str) -> None:
+        conn = await asyncpg.connect(stack.servers.database_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(create(f"CREATE DATABASE {other}"))
+    try:
+        url = stack.servers.database_url.replace("/postgres?", f"/{other}?")
+        assert url != stack.servers.database_url
+        line = refused(touchline("demo", "--contacts", "5", "--days", "3", "--http", stack.base.removeprefix("http://"),
+                                 cwd=tmp_path, TOUCHLINE_DATABASE_URL=url))
+        assert f"the Touchline at {stack.base} does not know the token" in line
+        assert "two different Touchlines" in line
+    finally:
+        asyncio.run(create(f"DROP DATABASE {other} WITH (FORCE)"))
+    assert httpx.get(f"{stack.base}/v1/health").status_code == 200
