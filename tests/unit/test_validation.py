@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from decimal import Decimal
 
 import pytest
 
@@ -128,7 +130,11 @@ INVALID = [
     {"datacontenttype": "application/json; charset=utf-8"}, {"datacontenttype": "Application/JSON"},
 ], ids=str)
 def test_edges_that_are_accepted(changes):
-    parse_event(json.dumps(_with(WON, **changes)).encode())
+    body = _with(WON, **changes)
+    parsed = parse_event(json.dumps(body).encode())
+    assert (parsed.__struct_config__.tag, parsed.source, parsed.time) == (
+        body["type"], body["source"], dt.datetime.fromisoformat(body["time"].replace("Z", "+00:00")))
+    assert parsed.data.amount == Decimal(str(body["data"]["amount"]))
 
 
 @pytest.mark.parametrize("body,message", INVALID, ids=lambda v: v if isinstance(v, str) else None)
