@@ -40,6 +40,7 @@ from events.log import workspace_of_subject
 from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
 from services.projector.runner import CommittedPosition, Fenced
+from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE
 from services.stream_reader import StreamMessage
 
@@ -147,13 +148,9 @@ class InboxReader:
                 await self._finish(in_flight)
                 in_flight = None
         finally:
-            if in_flight is not None and not in_flight.task.done():
-                in_flight.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await in_flight.task
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            if in_flight is not None:
+                await cancel_and_wait(in_flight.task)
+            await cancel_and_wait(reader)
             with contextlib.suppress(Exception):  # the connection may already be closing
                 await sub.unsubscribe()
 

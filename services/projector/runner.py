@@ -26,6 +26,7 @@ from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
 from services.projector.parking import Poison, park
+from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE
 
 log = structlog.get_logger()
@@ -307,11 +308,9 @@ class Projector:
         finally:
             if in_flight is not None and not in_flight.task.done():
                 await self._abandon(in_flight.task)
-            reader.cancel()
             if self._analyzing is not None:
                 self._analyzing.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+            await cancel_and_wait(reader)
             with contextlib.suppress(Exception):  # the connection may already be closing
                 await sub.unsubscribe()
 
@@ -392,9 +391,7 @@ class Projector:
 
     @staticmethod
     async def _abandon(task: asyncio.Task) -> None:
-        task.cancel()
-        with contextlib.suppress(BaseException):
-            await task
+        await cancel_and_wait(task)
 
     def _committed(self, ready: ReadyBatch, applied: int, started: float) -> None:
         last = ready.last

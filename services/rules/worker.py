@@ -51,6 +51,7 @@ from services.projector.parking import Poison, park
 from services.projector.runner import CommittedPosition, Fenced, decode_messages, first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
+from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE, with_retry
 
 log = structlog.get_logger()
@@ -235,10 +236,10 @@ class RulesWorker:
                 if task.exception():
                     raise task.exception()
         finally:
-            for task in tasks:
-                task.cancel()
+            # Stopping, too: a loop whose cancellation was lost still ends at its next turn.
+            self._stopping.set()
             # Their subscriptions are gone before the connection drains (see ``_consume_timers``).
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     # --- the log ---------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from services.ingest import Ingestor
 from services.nats_io import connect, ensure_streams
 from projections.registry import all_projections
 from services.projector.runner import Projector
+from services.runtime.loop import cancel_and_wait
 from services.settings import Settings
 from services.store import readiness
 from services.store.db import create_pool, migrate
@@ -76,9 +77,7 @@ async def _until_signal(*tasks: asyncio.Task) -> None:
         loop.add_signal_handler(sig, stop.set)
     waiter = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(*tasks)
     for task in done:
         if task is not waiter and task.exception():
             raise task.exception()

@@ -26,7 +26,7 @@ def test_a_stopped_rules_worker_holds_no_subscription(servers):
             await asyncio.sleep(2.5)  # the timer consumer has been fetching, idle, for a while
             running = queued(nc)
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 30)
             left = queued(nc)
             await asyncio.wait_for(nc.drain(), 2)
             return running, left
