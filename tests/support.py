@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -60,7 +61,10 @@ async def connected(servers: Servers, name: str):
         await migrate(pool)
         yield nc, pool
     finally:
-        await pool.close()
+        try:  # a connection the test left acquired must not hold the suite
+            await asyncio.wait_for(pool.close(), 10)
+        except asyncio.TimeoutError:
+            pool.terminate()
         if not nc.is_closed:
             await nc.close()
 
