@@ -27,6 +27,8 @@ import structlog
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
 from faststream.specification import AsyncAPI
+import nats.js.errors
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig
 from pydantic import Field, WithJsonSchema
 
@@ -61,13 +63,28 @@ _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
 def consumer_config() -> ConsumerConfig:
+    # No BackOff: JetStream counts a delayed nak against the backoff step of that delivery (the
+    # redelivery comes after delay - ack_wait + backoff[n]), which stretched a webhook's own
+    # backoff_seconds by 30, 90, ... s. A message whose dispatcher died comes back after ack_wait.
     return ConsumerConfig(
         durable_name=CONSUMER,
         ack_wait=ACK_WAIT,
-        backoff=[ACK_WAIT, ACK_WAIT * 2, ACK_WAIT * 4],
         max_deliver=MAX_DELIVER,
         max_ack_pending=1000,
     )
+
+
+async def update_consumer(js: JetStreamContext) -> None:
+    """Bring a consumer made by an earlier version (with a BackOff) to today's settings; FastStream
+    only creates a missing one, and uses one that exists as it is."""
+    try:
+        info = await js.consumer_info(COMMANDS_STREAM, CONSUMER)
+    except nats.js.errors.NotFoundError:
+        return
+    if info.config.backoff:
+        info.config.backoff = None
+        await js.add_consumer(COMMANDS_STREAM, config=info.config)
+        log.info("dispatcher.consumer_updated", consumer=CONSUMER, removed="backoff")
 
 
 @dataclass

@@ -232,7 +232,7 @@ async def serve_dispatcher(settings: Settings) -> None:
     """The dispatcher: a FastStream subscriber on the work queue; log appends and webhooks."""
     import httpx
 
-    from services.dispatcher.app import Dispatcher, build
+    from services.dispatcher.app import Dispatcher, build, update_consumer
 
     logs.configure("dispatcher")
     backends = await open_backends(settings, "dispatcher", pool_size=4)
@@ -240,6 +240,7 @@ async def serve_dispatcher(settings: Settings) -> None:
     async with httpx.AsyncClient(follow_redirects=False) as http:
         dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
         broker = build(settings.nats_url, dispatcher).broker
+        await update_consumer(backends.js)
         await broker.start()
         tasks = [asyncio.create_task(readiness.heartbeat(backends.pool, "dispatcher"))]
         try:

@@ -340,6 +340,7 @@ class Receiver:
                     "headers": dict(self.headers),
                     "signature_ok": receiver.verify(self.headers.get("Touchline-Signature", ""), body),
                     "status": status,
+                    "at": time.monotonic(),
                 })
                 self.send_response(status)
                 self.end_headers()
@@ -391,6 +392,42 @@ def test_webhook_fails_twice_then_succeeds_signed(stack):
         assert not receiver.verify(receiver.requests[0]["headers"]["Touchline-Signature"], b"{}")
     finally:
         receiver.close()
+
+
+def test_webhook_retries_wait_the_workspace_backoff_not_more(stack):
+    """Each retry comes after the webhook's own backoff step. The dispatcher's consumer once had a
+    JetStream BackOff, which a delayed nak counts against: the waits were delay - ack_wait +
+    backoff[n], here 0.3, 2.3 and 6.3 s instead of 0.3 s each (the stack's ack wait is 2 s)."""
+    ws, auth = stack.new_workspace()
+    receiver = Receiver([500, 500, 500, 200])
+    try:
+        register(stack, ws, receiver, backoff_seconds=[0.3], max_attempts=5)
+        stack.ingest(ws, auth, [event("marketing.engaged", "gail", iso(NOW), channel="instagram", action="reply")])
+        wait_for(lambda: any(r["status"] == 200 for r in receiver.requests), what="a successful delivery")
+        times = [r["at"] for r in receiver.requests]
+        gaps = [round(later - earlier, 2) for earlier, later in zip(times, times[1:])]
+        assert len(gaps) == 3 and all(0.25 <= gap < 1.8 for gap in gaps), gaps
+    finally:
+        receiver.close()
+
+
+async def test_a_consumer_made_with_a_backoff_is_updated_without_it(stack):
+    from services.dispatcher.app import CONSUMER, update_consumer
+
+    nc = await connect_client(stack.servers.nats_url)
+    try:
+        js = nc.jetstream()
+        config = (await js.consumer_info(COMMANDS_STREAM, CONSUMER)).config
+        config.backoff = [2.0, 4.0, 8.0]  # as versions before this one made it
+        await js.add_consumer(COMMANDS_STREAM, config=config)
+        assert (await js.consumer_info(COMMANDS_STREAM, CONSUMER)).config.backoff
+        await update_consumer(js)
+        updated = (await js.consumer_info(COMMANDS_STREAM, CONSUMER)).config
+        assert not updated.backoff
+        assert (updated.filter_subject, updated.ack_wait, updated.max_deliver) == (
+            config.filter_subject, config.ack_wait, config.max_deliver)
+    finally:
+        await nc.close()
 
 
 def test_webhook_that_always_fails_is_parked_then_redriven(stack):
