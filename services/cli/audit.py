@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import msgspec
 import typer
 from rich.console import Console
 from rich.progress import (
@@ -29,8 +30,9 @@ from rich.text import Text
 
 from services.cli.attach import DataDir, backends, with_database
 from services.settings import Settings
+from services.cli.output import stdout_console
 
-console = Console()
+console = stdout_console()
 err_console = Console(stderr=True)
 
 Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
@@ -197,7 +199,7 @@ def status(
 
     report = asyncio.run(run())
     if as_json:
-        print(json.dumps(report, default=str))
+        print(msgspec.json.encode(report).decode())  # times as GET /v1/status writes them
         return
     table = Table(title=f"log last seq {report['log_last_seq']}")
     for column in ("projector", "applied seq", "lag", "events/s", "updated"):

@@ -20,14 +20,14 @@ from typing import Any, Optional
 
 import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from services import sample
 from services.cli.attach import DataDir, Http, database, refuse
 from services.settings import Settings
+from services.cli.output import stdout_console
 
-console = Console()
+console = stdout_console()
 
 
 async def _workspace_token(settings: Settings, workspace: str) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from services.cli.attach import DataDir, backends
 from services.settings import Settings
+from services.cli.output import stdout_console
 
-console = Console()
+console = stdout_console()
 
 deadletter_app = typer.Typer(help="Commands that kept failing: list them, put them back on the work queue.",
                              no_args_is_help=True)

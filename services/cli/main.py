@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from events.validation import is_workspace_id
 from services.api import auth
 from services.cli.attach import DataDir, database, refuse
+from services.cli.output import stdout_console
 from services.settings import Settings
 
 
@@ -37,7 +37,7 @@ workspace_app = typer.Typer(help="Workspaces (one per business).", no_args_is_he
 token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
-console = Console()
+console = stdout_console()
 
 @app.callback()
 def _logging() -> None:

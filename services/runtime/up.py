@@ -60,7 +60,7 @@ def up(settings: Settings) -> None:
             log.info("nats.embedded", url=nats.url, data=str(nats.root))
         if postgres is not None:
             settings = _with(settings, database_url=_start_embedded("PostgreSQL", postgres.start, postgres.root, "log"))
-            log.info("postgres.embedded", data=str(postgres.root))
+            log.info("postgres.embedded", url=settings.database_url, data=str(postgres.root))  # for psql
         asyncio.run(_prepare(settings))
         env = settings.child_environment()
         children = api_workers(env, settings.api_workers) + [

@@ -353,7 +353,9 @@ def test_status_reports_position_lag_and_rate(stack):
     assert stack.http.get("/v1/status", headers=auth).status_code == 403
     printed = cli(stack, "status", "--json")
     assert printed.returncode == 0, printed.stderr
-    assert any(p["name"] == "main" for p in json.loads(printed.stdout)["projectors"])
+    printed_main = next(p for p in json.loads(printed.stdout)["projectors"] if p["name"] == "main")
+    assert printed_main.keys() == main.keys()
+    assert printed_main["updated_at"].endswith("Z") and "T" in printed_main["updated_at"]  # as the API writes it
 
 
 def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_models(stack):

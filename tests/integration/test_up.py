@@ -94,6 +94,8 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
     up = start_up(data_dir, port, tmp_path / "up.log")
     try:
         wait_healthy(base)
+        started = (tmp_path / "up.log").read_text()
+        assert "postgres.embedded" in started and "postgresql://" in started  # the URL to give psql
         cli(data_dir, "workspace", "create", "acme")
         token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
         auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
