@@ -30,7 +30,7 @@ from rich.text import Text
 
 from services.cli.attach import DataDir, backends, with_database
 from services.settings import Settings
-from services.cli.output import stdout_console
+from services.cli.output import shown_time, stdout_console
 
 console = stdout_console()
 err_console = Console(stderr=True)
@@ -40,7 +40,13 @@ Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
 
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
-        return Text(f"{task.speed or 0:,.0f} events/s", style="progress.data.speed")
+        # rich estimates a speed from the last 30 s of updates, so none after a single jump (a
+        # short replay reported "0 events/s"): then, and once done, the average so far.
+        speed = task.speed
+        if speed is None or task.finished:
+            seconds = task.finished_time if task.finished else task.elapsed
+            speed = task.completed / seconds if seconds else None
+        return Text(f"{speed or 0:,.0f} events/s", style="progress.data.speed")
 
 
 def progress_bar() -> Progress:
@@ -177,7 +183,7 @@ def audit(
         event = json.loads(row["envelope"])
         table.add_row(
             str(row["seq"]),
-            row["received_at"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+            shown_time(row["received_at"]),
             str(event.get("time", "")),
             str(event.get("type", "")).removeprefix("touchline."),
             f"{event.get('source')} {event.get('id')}",
@@ -205,7 +211,7 @@ def status(
     for column in ("projector", "applied seq", "lag", "events/s", "updated"):
         table.add_column(column)
     for p in report["projectors"]:
-        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["updated_at"]))
+        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", shown_time(p["updated_at"]))
     console.print(table)
 
 
@@ -222,8 +228,8 @@ def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir
     for column in ("name", "until", "last seq", "events", "created"):
         table.add_column(column)
     for r in with_database(data_dir, run):
-        until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {r['until_time']}"
-        table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), str(r["created_at"]))
+        until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {shown_time(r['until_time'])}"
+        table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), shown_time(r["created_at"]))
     console.print(table)
 
 

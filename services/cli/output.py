@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 from rich.console import Console
@@ -16,3 +17,10 @@ def stdout_console() -> Console:
     if not console.is_terminal and "COLUMNS" not in os.environ:
         console = Console(width=PIPED_WIDTH)
     return console
+
+
+def shown_time(moment: dt.datetime | None) -> str:
+    """A stored time as every table shows it: in UTC, to the second, saying so."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")

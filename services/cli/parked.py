@@ -11,6 +11,7 @@ from rich.table import Table
 
 from services.cli.attach import DataDir, backends
 from services.cli.audit import console
+from services.cli.output import shown_time
 from services.settings import Settings
 
 parked_app = typer.Typer(help="Poison events parked by a projector.", no_args_is_help=True)
@@ -29,7 +30,7 @@ def parked_list(data_dir: Optional[Path] = DataDir) -> None:
     table = Table("projector", "seq", "workspace", "attempts", "parked at", "error", title=f"{len(rows)} parked")
     for row in rows:
         table.add_row(row["projector"], str(row["seq"]), row["workspace"], str(row["attempts"]),
-                      row["parked_at"].isoformat(timespec="seconds"), row["error"][:200])
+                      shown_time(row["parked_at"]), row["error"][:200])
     console.print(table)
 
 

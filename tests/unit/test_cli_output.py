@@ -1,4 +1,4 @@
-"""Tables printed to a file or a pipe are not cut at 80 columns."""
+"""How the CLI prints: tables not cut at 80 columns when piped, times, progress rates."""
 
 from __future__ import annotations
 
@@ -27,3 +27,25 @@ def test_columns_still_decides_when_set(monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     monkeypatch.setattr("sys.stdout", io.StringIO())
     assert output.stdout_console().width == 100
+
+
+def test_times_are_shown_in_utc_to_the_second_saying_so():
+    import datetime as dt
+
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert output.shown_time(dt.datetime(2026, 11, 23, 17, 36, 44, 483125, tzinfo=paris)) == "2026-11-23 16:36:44 UTC"
+    assert output.shown_time(None) == "-"
+
+
+def test_a_finished_progress_reports_its_average_rate_not_zero():
+    from rich.progress import Progress
+
+    from services.cli.audit import RateColumn
+
+    progress = Progress(console=output.stdout_console())
+    task_id = progress.add_task("rebuilding", total=1000)
+    progress.update(task_id, completed=1000)  # one jump: rich has no speed sample for it
+    task = progress.tasks[0]
+    assert task.finished and task.speed is None
+    rate = float(RateColumn().render(task).plain.split()[0].replace(",", ""))
+    assert rate == round(1000 / task.finished_time)
