@@ -369,6 +369,24 @@ def register(stack, ws: str, receiver: Receiver, **settings) -> dict:
     return answer.json()
 
 
+def test_a_webhook_needs_an_http_or_https_url_and_settings_in_range(stack):
+    ws, _auth = stack.new_workspace()
+    for body, field in (
+        ({"url": "ftp://hooks.example/x"}, "url"),
+        ({"url": "https:///no-host"}, "url"),
+        ({"url": "https://hooks.example/x", "max_attempts": 0}, "max_attempts"),
+        ({"url": "https://hooks.example/x", "backoff_seconds": []}, "backoff_seconds"),
+        ({"url": "https://hooks.example/x", "timeout_seconds": 60}, "timeout_seconds"),
+    ):
+        answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json=body, headers=stack.admin())
+        assert answer.status_code == 400, (body, answer.text)
+        assert field in answer.text, (body, answer.text)
+    assert stack.http.get(f"/v1/workspaces/{ws}/webhooks", headers=stack.admin()).status_code == 404
+    for url in ("http://127.0.0.1:9/hook", "https://hooks.example/x"):
+        answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
+        assert answer.status_code == 201 and answer.json()["url"] == url, answer.text
+
+
 def test_webhook_fails_twice_then_succeeds_signed(stack):
     ws, auth = stack.new_workspace()
     receiver = Receiver([500, 503, 200])
