@@ -153,6 +153,18 @@ def test_binary_mode_identity_headers_and_data(stack):
     assert second["type"] == "touchline.sales.lead.qualified"
 
 
+def test_binary_mode_amounts_written_as_json_numbers_stay_exact(stack):
+    ws, auth = stack.new_workspace()
+    headers = {**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "won-1",
+               "ce-source": "/shop", "ce-type": "touchline.sales.deal.won", "ce-subject": "dana",
+               "ce-time": "2026-11-02T09:00:00Z"}
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", headers=headers,
+                             content=b'{"deal_id": "o1", "amount": 123456789012345.6789, "currency": "EUR"}')
+    assert answer.json()["results"][0]["status"] == "accepted", answer.text
+    contact = stack.get(f"/v1/workspaces/{ws}/contacts/dana", auth, min_seq=answer.json()["last_seq"])
+    assert contact.json()["revenue"] == {"EUR": "123456789012345.6789"}, contact.text
+
+
 def test_tokens_scopes_and_isolation(stack):
     ws_a, auth_a = stack.new_workspace()
     ws_b, auth_b = stack.new_workspace()

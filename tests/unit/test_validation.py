@@ -188,6 +188,16 @@ def test_binary_mode_without_data_and_with_a_body_that_is_not_json():
     assert (kept["id"], kept["source"], kept["data_base64"]) == ("1", "/crm", "e25vcGU=")
 
 
+def test_binary_mode_keeps_the_data_as_sent_so_amounts_stay_exact():
+    deal = {**BINARY, "ce-type": "touchline.sales.deal.won"}
+    body = b'{"deal_id": "d1", "amount": 123456789012345.6789, "currency": "EUR"}'
+    raw, error = binary_to_structured(deal, body)
+    assert error is None and body in raw
+    assert str(parse_event(raw).data.amount) == "123456789012345.6789"
+    raw, _ = binary_to_structured(deal, b'{"deal_id": "d1", "amount": 120.50, "currency": "EUR"}\n')
+    assert str(parse_event(raw).data.amount) == "120.50"
+
+
 def test_binary_mode_errors_name_the_header():
     assert header_error("subject: required for this event type") == "ce-subject: required for this event type"
     assert header_error("time: expected a time in the years 1000 to 8999").startswith("ce-time:")
