@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import sys
+from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +36,16 @@ console = stdout_console()
 err_console = Console(stderr=True)
 
 Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
+
+
+# An amount may be a JSON number: read as Decimal and written back digit for digit, never a float.
+_decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
+_encode_exact = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def shown_data(data: object) -> str:
+    """An event's data for the audit table: its JSON, numbers exactly as stored."""
+    return _encode_exact(data).decode()
 
 
 class RateColumn(ProgressColumn):
@@ -180,14 +190,14 @@ def audit(
     for column, style in (("seq", "cyan"), ("received", ""), ("time", ""), ("type", "bold"), ("source / id", "dim"), ("data", "")):
         table.add_column(column, style=style or None, overflow="fold")
     for row in rows:
-        event = json.loads(row["envelope"])
+        event = _decode_exact(row["envelope"])
         table.add_row(
             str(row["seq"]),
             shown_time(row["received_at"]),
             str(event.get("time", "")),
             str(event.get("type", "")).removeprefix("touchline."),
             f"{event.get('source')} {event.get('id')}",
-            json.dumps(event.get("data", {}), separators=(", ", ": ")),
+            shown_data(event.get("data", {})),
         )
     console.print(table)
 
