@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from dataclasses import dataclass
 from typing import Annotated, AsyncContextManager, AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import asyncpg
 import msgspec
 from litestar import Request, Response
-from litestar.exceptions import HTTPException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import Parameter
 from nats.aio.client import Client as NatsClient
 
@@ -40,10 +41,37 @@ def unavailable_response(_: Request, exc: Exception) -> Response:
     )
 
 
-def error_response(_: Request, exc: HTTPException) -> Response:
-    body: dict[str, Any] = {"error": exc.detail}
+def error_response(request: Request, exc: HTTPException) -> Response:
+    body: dict[str, Any] = {"error": validation_error(request, exc) if isinstance(exc, ValidationException) else exc.detail}
     body.update(getattr(exc, "fields", None) or {})
     return Response(content=encode_json(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
+
+
+# Litestar's own parameter and body checks answer "Validation failed for GET <url>" and put what
+# failed in `extra`: the answer names the field instead, in the words of the API's other errors.
+_EXPECTED = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
+          "object": "a JSON object", "array": "a JSON array", "null": "null"}
+
+
+def _kind(name: str) -> str:
+    return _KINDS.get(name.removesuffix(" | null"), f"`{name}`")
+
+
+def validation_error(request: Request, exc: ValidationException) -> str:
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict) or not item.get("message"):
+            continue
+        message, key, source = item["message"], item.get("key"), item.get("source")
+        if missing := _MISSING.fullmatch(message):
+            return f"{missing[1]}: required field missing"
+        name = "body" if source == "body" and key in (None, "data") else key
+        if expected := _EXPECTED.fullmatch(message):
+            got = repr(request.query_params.get(key)) if source == "query" else _kind(expected[2])
+            message = f"expected {_kind(expected[1])}, got {got}"
+        return f"{name}: {message}" if name else message
+    return exc.detail
 
 
 @dataclass
@@ -150,10 +178,17 @@ async def require_workspace(request: Request, workspace: str) -> None:
         raise ApiError(404, f"unknown workspace {workspace!r}")
 
 
+MAX_WAIT_MS = 60_000  # a minute: past that, a client asking again costs less than a request held open
+
+
 async def read_access(request: Request, workspace: str, min_seq: int | None, wait_ms: int) -> None:
     """Every read: a read token, a known workspace, and the read-your-writes wait."""
     await authorize(request, workspace, "read")
     await require_workspace(request, workspace)
+    if min_seq is not None and min_seq < 0:
+        raise ApiError(400, f"min_seq: expected a log sequence, 0 or more, got {min_seq}")
+    if not 0 <= wait_ms <= MAX_WAIT_MS:
+        raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
     if min_seq is not None:
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:

@@ -167,3 +167,29 @@ def test_read_errors(stack):
     assert empty == {"before_conversion": {"customers": 0, "histogram": {}, "median": None, "share_5_to_12": None},
                      "by_channel": {}}
     assert stack.get(f"/v1/workspaces/{ws}/goals", auth).json()["goals"] == []
+
+
+def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
+    """Litestar's own checks (a number that is not one, a body of the wrong shape) answered
+    "Validation failed for GET <url>"; every 400 names its field."""
+    ws, auth = stack.new_workspace()
+    for path, params, error in (
+        ("attribution", {"lookback_days": "abc"}, "lookback_days: expected an integer, got 'abc'"),
+        ("attribution", {"lookback_days": "1.5"}, "lookback_days: expected an integer, got '1.5'"),
+        ("contacts", {"limit": "many"}, "limit: expected an integer, got 'many'"),
+        ("funnel", {"min_seq": "abc"}, "min_seq: expected an integer, got 'abc'"),
+        ("funnel", {"min_seq": "-1"}, "min_seq: expected a log sequence, 0 or more, got -1"),
+        ("goals", {"min_seq": "1", "wait_ms": "-1"}, "wait_ms: expected 0 to 60000, got -1"),
+        ("touches", {"wait_ms": "soon"}, "wait_ms: expected an integer, got 'soon'"),
+        ("rejected", {"limit": "x"}, "limit: expected an integer, got 'x'"),
+    ):
+        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
+    hooks = f"/v1/workspaces/{ws}/webhooks"
+    for body, error in (
+        ({}, "url: required field missing"),
+        ({"url": "https://hooks.example/x", "max_attempts": "eight"}, "max_attempts: expected an integer, got a string"),
+        ([1], "body: expected a JSON object, got a JSON array"),
+    ):
+        answer = stack.http.post(hooks, json=body, headers=stack.admin())
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), body
