@@ -37,9 +37,11 @@ UNSTAMPED_VERSION = 1
 Document = dict[str, Any]
 Upcaster = Callable[[Document], Document]
 
-# Exact decimals both ways: JSON numbers are read as Decimal and written back unchanged.
-_decode_document = msgspec.json.Decoder(float_hook=Decimal).decode
-_encode_document = msgspec.json.Encoder(decimal_format="number").encode
+# Exact decimals both ways: JSON numbers are read as Decimal and written back unchanged, and a
+# number no double can hold (1e400) is still a number, never an error. Every reader of an event's
+# JSON as plain Python values uses these (an amount may be written as a JSON number).
+decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
+encode_exact = msgspec.json.Encoder(decimal_format="number").encode
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}
 
@@ -79,10 +81,10 @@ def upcast_json(body: bytes, version: int) -> bytes:
         return body
     if version > CATALOG_VERSION:
         raise ValueError(f"event written by catalog v{version}, newer than this build's v{CATALOG_VERSION}")
-    document = _decode_document(body)
+    document = decode_exact(body)
     if not isinstance(document, dict) or not needs_upcast(document.get("type"), version):
         return body
-    return _encode_document(upcast(document, version))
+    return encode_exact(upcast(document, version))
 
 
 # --- version 0 -> 1 --------------------------------------------------------------------

@@ -7,9 +7,11 @@ import datetime as dt
 import functools
 import re
 import urllib.parse
+from decimal import Decimal
 
 import msgspec
 
+from events.upcasting import decode_exact
 from events.catalog import TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -19,7 +21,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 WORKSPACE_ID = re.compile(r"^[a-z0-9-]{1,64}$")
 
 _decode_event = msgspec.json.Decoder(AnyEvent).decode
-_decode_probe = msgspec.json.Decoder(dict).decode
+_decode_probe = msgspec.json.Decoder(dict, float_hook=Decimal).decode
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 # A JSON-escaped NUL (an odd run of backslashes before u0000): PostgreSQL text and jsonb cannot hold it.
@@ -244,7 +246,7 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> tuple[bytes, s
     document["datacontenttype"] = "application/json"
     if body.strip():
         try:
-            msgspec.json.decode(body)
+            decode_exact(body)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
             document["data_base64"] = base64.b64encode(body).decode()
             error = error or ("data: nested too deeply" if isinstance(err, RecursionError) else "data: the body is not valid JSON")

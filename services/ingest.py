@@ -23,6 +23,7 @@ from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
 from events.log import HEADER_MSG_ID, LOG_STREAM, arrival_headers, event_digest, index_key_of, log_subject
+from events.upcasting import decode_exact
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 
@@ -74,7 +75,7 @@ def judge(raw: bytes) -> Judged:
 def _identity(raw: bytes) -> tuple[str | None, str | None]:
     """source and id of a rejected event, when they can be read at all."""
     try:
-        probe = msgspec.json.decode(raw)
+        probe = decode_exact(raw)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(probe, dict):

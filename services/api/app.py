@@ -9,6 +9,7 @@ from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 
+from events.upcasting import decode_exact
 from events.validation import (
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
@@ -159,7 +160,7 @@ def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> l
 
 def _require_json(body: bytes, kept: bytes) -> None:
     try:
-        msgspec.json.decode(body)
+        decode_exact(body)
     except msgspec.DecodeError as err:
         raise Refused(400, f"the body is not JSON: {err}", kept) from None
     except UnicodeDecodeError:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sys
-from decimal import Decimal
 from pathlib import Path
 from typing import Optional
 
@@ -28,6 +27,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from events.upcasting import decode_exact, encode_exact
 from services.cli.attach import DataDir, backends, with_database
 from services.settings import Settings
 from services.cli.output import shown_time, stdout_console
@@ -38,14 +38,9 @@ err_console = Console(stderr=True)
 Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
 
 
-# An amount may be a JSON number: read as Decimal and written back digit for digit, never a float.
-_decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
-_encode_exact = msgspec.json.Encoder(decimal_format="number").encode
-
-
 def shown_data(data: object) -> str:
     """An event's data for the audit table: its JSON, numbers exactly as stored."""
-    return _encode_exact(data).decode()
+    return encode_exact(data).decode()
 
 
 class RateColumn(ProgressColumn):
@@ -190,7 +185,7 @@ def audit(
     for column, style in (("seq", "cyan"), ("received", ""), ("time", ""), ("type", "bold"), ("source / id", "dim"), ("data", "")):
         table.add_column(column, style=style or None, overflow="fold")
     for row in rows:
-        event = _decode_exact(row["envelope"])
+        event = decode_exact(row["envelope"])
         table.add_row(
             str(row["seq"]),
             shown_time(row["received_at"]),

@@ -126,6 +126,30 @@ def test_refused_requests_are_kept_in_the_rejected_list(stack):
     assert (kept["source"], kept["id"], kept["data_base64"]) == ("/crm", "b1", "e25vdCBqc29uIFI1")
 
 
+def test_a_number_no_double_holds_is_judged_alike_in_every_mode(stack):
+    """An event with 1e400 in an unknown data field is accepted as a batch element, alone and in
+    binary mode (alone it was refused whole, "the body is not JSON"); where the catalog wants a
+    number, the answer names the field and keeps the event's identity."""
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    big = '{"specversion":"1.0","id":"%s","source":"/audit","type":"touchline.marketing.engaged",' \
+          '"time":"2026-11-02T10:00:00Z","subject":"dana","data":{"channel":"ig","action":"like","extra":1e400}}'
+    single = stack.http.post(url, content=big % "one", headers={**auth, "Content-Type": "application/cloudevents+json"})
+    batch = stack.http.post(url, content="[" + big % "two" + "]",
+                            headers={**auth, "Content-Type": "application/cloudevents-batch+json"})
+    binary = stack.http.post(url, content='{"channel":"ig","action":"like","extra":1e400}', headers={
+        **auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "three", "ce-source": "/audit",
+        "ce-type": "touchline.marketing.engaged", "ce-time": "2026-11-02T10:00:00Z", "ce-subject": "dana"})
+    for answer in (single, batch, binary):
+        assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "accepted", answer.text
+    metric = '{"specversion":"1.0","id":"mv-0","source":"/audit","type":"touchline.marketing.metrics.reported",' \
+             '"time":"2026-11-02T10:00:00Z","data":{"campaign_id":"cX","metric":"impressions","value":1e400}}'
+    refused = stack.http.post(url, content="[" + metric + "]",
+                              headers={**auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert refused.json()["results"] == [{"source": "/audit", "id": "mv-0", "status": "rejected",
+                                          "error": "data.value: number out of range"}]
+
+
 def test_binary_mode_identity_headers_and_data(stack):
     """Binary mode takes every attribute from its ce- headers (percent-decoded), never from the body."""
     ws, auth = stack.new_workspace()

@@ -52,7 +52,8 @@ def test_a_finished_progress_reports_its_average_rate_not_zero():
 
 
 def test_the_audit_table_shows_amounts_exactly_as_stored():
-    from services.cli.audit import _decode_exact, shown_data
+    from events.upcasting import decode_exact
+    from services.cli.audit import shown_data
 
     envelope = '{"type": "touchline.sales.deal.won", "data": {"deal_id": "o1", "amount": 123456789012345.6789, "currency": "EUR"}}'
-    assert shown_data(_decode_exact(envelope)["data"]) == '{"deal_id":"o1","amount":123456789012345.6789,"currency":"EUR"}'
+    assert shown_data(decode_exact(envelope)["data"]) == '{"deal_id":"o1","amount":123456789012345.6789,"currency":"EUR"}'

@@ -198,6 +198,19 @@ def test_binary_mode_keeps_the_data_as_sent_so_amounts_stay_exact():
     assert str(parse_event(raw).data.amount) == "120.50"
 
 
+def test_numbers_no_double_holds_are_judged_like_any_other_value():
+    """1e400 is JSON. In an unknown field it is kept and ignored; where the catalog wants a number
+    of its own, the error names that field (it was "event: expected a JSON object", no identity)."""
+    raw = json.dumps(VALID[2]).replace('"spring"}', '"spring", "extra": 1e400}').encode()
+    assert b"1e400" in raw and parse_event(raw).data.channel == "instagram"
+    raw = json.dumps(VALID[1]).replace("1200", "1e400").encode()
+    with pytest.raises(InvalidEvent, match=r"^data\.value: number out of range$"):
+        parse_event(raw)
+    structured, error = binary_to_structured({**BINARY, "ce-type": "touchline.marketing.engaged"},
+                                             b'{"channel": "ig", "action": "like", "extra": 1e400}')
+    assert error is None and parse_event(structured).data.action == "like"
+
+
 def test_binary_mode_errors_name_the_header():
     assert header_error("subject: required for this event type") == "ce-subject: required for this event type"
     assert header_error("time: expected a time in the years 1000 to 8999").startswith("ce-time:")
