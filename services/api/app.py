@@ -24,6 +24,7 @@ from projections.ladder import STAGES, STATUSES
 from services.api import auth, docs
 from services.api.common import (
     ApiError,
+    check_limit,
     ContactSegment,
     authorize,
     contact_of,
@@ -284,8 +285,7 @@ async def list_contacts(
     stage, status = stage or None, status or None  # ?stage=&status= (empty): no filter
     one_of("stage", stage, STAGES)
     one_of("status", status, STATUSES)
-    if not 1 <= limit <= 1000:
-        raise ApiError(400, "limit: expected 1 to 1000")
+    check_limit(limit, 1000)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(
             "SELECT contact, state FROM contacts WHERE workspace = $1"
@@ -333,7 +333,7 @@ async def list_rejected(
     wait_ms: int = 5000,
 ) -> RejectedPage:
     await read_access(request, ws, min_seq, wait_ms)
-    limit = max(1, min(limit, 1000))
+    check_limit(limit, 1000)
     rows = await services_of(request).pool.fetch(
         "SELECT id, received_at, via, reason, body FROM rejected WHERE workspace = $1"
         " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",

@@ -160,6 +160,12 @@ def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
         raise ApiError(400, f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
 
 
+def check_limit(limit: int, most: int) -> None:
+    """A page size: 1 to ``most``, else a 400 naming it."""
+    if not 1 <= limit <= most:
+        raise ApiError(400, f"limit: expected 1 to {most}, got {limit}")
+
+
 def contact_of(request: Request, routed: str) -> str:
     """The contact a contact route addresses: its path segment as sent, percent-decoded once
     (services/api/contact_paths.py). ``routed``, Litestar's path parameter, is that segment still

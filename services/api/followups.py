@@ -12,6 +12,7 @@ from projections import followups as model
 from services.api import docs
 from services.api.common import (
     ApiError,
+    check_limit,
     authorize,
     json_response,
     one_of,
@@ -22,7 +23,7 @@ from services.api.common import (
     services_of,
 )
 from services.dispatcher import webhooks
-from services.rules.logic import ALL_RULES
+from services.rules.logic import ALERT_RULES, ALL_RULES
 
 
 class CausedBy(msgspec.Struct):
@@ -70,8 +71,7 @@ async def list_followups(
 ) -> list[FollowupView]:
     await read_access(request, ws, min_seq, wait_ms)
     one_of("status", status, model.STATUSES)
-    if not 1 <= limit <= 10000:
-        raise ApiError(400, "limit: expected 1 to 10000")
+    check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, moment, status, contact, after, limit)
@@ -98,7 +98,8 @@ async def list_alerts(
     snapshot: str | None = None,
 ) -> list[AlertView]:
     await read_access(request, ws, min_seq, wait_ms)
-    limit = max(1, min(limit, 10000))
+    one_of("rule", rule, ALERT_RULES)
+    check_limit(limit, 10000)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
     return json_response([  # type: ignore[return-value]

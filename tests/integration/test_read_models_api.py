@@ -182,6 +182,10 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         ("goals", {"min_seq": "1", "wait_ms": "-1"}, "wait_ms: expected 0 to 60000, got -1"),
         ("touches", {"wait_ms": "soon"}, "wait_ms: expected an integer, got 'soon'"),
         ("rejected", {"limit": "x"}, "limit: expected an integer, got 'x'"),
+        ("rejected", {"limit": "0"}, "limit: expected 1 to 1000, got 0"),  # was a full page
+        ("alerts", {"limit": "-1"}, "limit: expected 1 to 10000, got -1"),
+        ("alerts", {"rule": "bogus"}, "rule: expected one of metric-anomaly, goal-at-risk, got 'bogus'"),  # was []
+        ("followups", {"limit": "0"}, "limit: expected 1 to 10000, got 0"),
     ):
         answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
         assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
