@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 
+from decimal import Decimal
+
+from tests.integration.test_followups import settle
 from tests.integration.test_replay import cli
 
 REPORTS = (
@@ -30,6 +33,14 @@ def test_demo_loads_the_sample_business_once_and_prints_every_report(stack):
     assert accepted > 0 and duplicates > 0  # the sample resends about one event in fifty
     for title in REPORTS:
         assert title in first.stdout, title
+
+    # Every goal-at-risk alert the load raised is about a goal /goals shows at risk too: the goals
+    # are loaded after the deals, so none is judged on an empty month ("0 of 20" while on track).
+    settle(stack, "demo", stack.admin())
+    goals = {g["goal_id"]: g for g in stack.get("/v1/workspaces/demo/goals", stack.admin()).json()["goals"]}
+    for alert in stack.get("/v1/workspaces/demo/alerts", stack.admin(), rule="goal-at-risk").json():
+        goal = goals[alert["goal_id"]]
+        assert Decimal(goal["projected"]) < Decimal("0.8") * Decimal(goal["target"]), (alert["reason"], goal)
 
     again = cli(stack, "demo", "--contacts", "80", "--days", "30")
     assert again.returncode == 0, again.stderr

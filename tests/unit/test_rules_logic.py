@@ -338,6 +338,12 @@ def test_an_earlier_report_that_takes_the_deal_out_of_the_period_raises_goal_at_
     assert ws.won_count == {"EUR": 1} and ws.days[dt.date(2026, 10, 28)].deals_won == 1
 
 
+def test_a_revenue_goal_at_risk_before_any_won_deal_says_the_deals_needed_are_not_known():
+    _, effects = run([_goal(target="1000")])
+    [alert] = effects.commands
+    assert alert.reason.endswith(": the deals needed are not known until a deal in EUR is won.")
+
+
 def test_a_deal_id_is_one_deal_across_contacts_in_the_goal_facts_as_in_the_deals_read_model():
     state, effects = run([_won("a", day(11, 5), "10", subject="ann"), _won("b", day(11, 2), "30", subject="ben")])
     ws = state.workspace(WS)
