@@ -159,6 +159,10 @@ class RulesState:
     # namespace per workspace, as in the deals read model. Stored apart from the workspace state
     # (``rules_deals``) so that a batch loads only the deals it reports.
     deals: dict[tuple[str, str], Deal] = field(default_factory=dict)
+    # (workspace, followup_id) -> the contact it is about, from the log's followup.requested: for
+    # a dismissal whose subject is another contact. Loaded for the batch's dismissals only
+    # (``rules_followups``), with those contacts' states.
+    followup_contacts: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def contact(self, workspace: str, contact: str) -> ContactRules:
         return self.contacts.setdefault((workspace, contact), ContactRules())
@@ -318,12 +322,18 @@ def decide(
         # Written by the dispatcher; when the rules run again from the start, this keeps what was
         # open then open now (a follow-up a timer caused is not re-derived at the same point).
         trigger = utc(event.data.trigger_time or event.time)
+        state.followup_contacts[(ws_id, event.data.followup_id)] = subject
         closed = any(moment >= trigger for moment in contact.sales_times)
         if event.data.followup_id not in contact.open and not closed:
             contact.open[event.data.followup_id] = trigger
         return effects
     if isinstance(event, c.FollowupDismissed):
+        # It names its follow-up by id, so it closes it whichever contact its subject is (the
+        # followups read model marks it dismissed either way, and its contact then has one fewer).
         contact.open.pop(event.data.followup_id, None)
+        owner = state.followup_contacts.get((ws_id, event.data.followup_id))
+        if owner is not None and (ws_id, owner) in state.contacts:
+            state.contacts[(ws_id, owner)].open.pop(event.data.followup_id, None)
         return effects
     if isinstance(event, (c.OptedOut, c.OptedIn)):
         latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")

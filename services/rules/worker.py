@@ -32,7 +32,7 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from events.catalog import DealWon
+from events.catalog import DealWon, FollowupDismissed
 from events.commands import (
     COMMANDS_STREAM,
     TIMERS_FIRED,
@@ -67,9 +67,21 @@ def utcnow() -> dt.datetime:
 
 
 async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str]], workspaces: Iterable[str],
-                     deals: Iterable[tuple[str, str]] = ()) -> RulesState:
-    """The stored decision state of these (workspace, contact)s, workspaces and (workspace, deal_id)s."""
+                     deals: Iterable[tuple[str, str]] = (), followups: Iterable[tuple[str, str]] = ()) -> RulesState:
+    """The stored decision state of these (workspace, contact)s, workspaces and (workspace, deal_id)s,
+    and of the contacts these (workspace, followup_id)s are about."""
     state = RulesState()
+    followups = list(followups)
+    if followups:
+        ws_ids, ids = zip(*followups)
+        rows = await conn.fetch(
+            "SELECT workspace, followup_id, contact FROM rules_followups"
+            " WHERE (workspace, followup_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+            ws_ids,
+            ids,
+        )
+        state.followup_contacts = {(row["workspace"], row["followup_id"]): row["contact"] for row in rows}
+        contacts = {*contacts, *((ws, contact) for (ws, _), contact in state.followup_contacts.items())}
     state.contacts = await _load_keyed(conn, "rules_contacts", "contact", contacts, logic.decode_contact)
     workspaces = list(workspaces)
     if workspaces:
@@ -89,6 +101,16 @@ async def save_state(conn: asyncpg.Connection, state: RulesState) -> None:
             [logic.encode_state(value).decode() for value in state.workspaces.values()],
         )
     await _save_keyed(conn, "rules_deals", "deal_id", state.deals)
+    if state.followup_contacts:
+        keys, contacts = zip(*state.followup_contacts.items())
+        ws_ids, ids = zip(*keys)
+        await conn.execute(  # a follow-up's contact never changes: its id derives from its trigger
+            "INSERT INTO rules_followups (workspace, followup_id, contact)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            ws_ids,
+            ids,
+            contacts,
+        )
 
 
 async def _load_keyed(conn: asyncpg.Connection, table: str, column: str, keys: Iterable[tuple[str, str]],
@@ -136,6 +158,7 @@ async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
             await conn.execute("DELETE FROM rules_contacts")
             await conn.execute("DELETE FROM rules_workspaces")
             await conn.execute("DELETE FROM rules_deals")
+            await conn.execute("DELETE FROM rules_followups")
             await conn.execute("UPDATE rules_positions SET position = 0, applied = 0, updated_at = now() WHERE name = $1", name)
 
 
@@ -293,7 +316,8 @@ class RulesWorker:
                 contacts = {(l.workspace, l.event.subject) for l in firsts if l.event.contact_event and l.event.subject}
                 workspaces = {l.workspace for l in firsts}
                 deals = {(l.workspace, l.event.data.deal_id) for l in firsts if isinstance(l.event, DealWon)}
-                state = await load_state(conn, contacts, workspaces, deals)
+                dismissed = {(l.workspace, l.event.data.followup_id) for l in firsts if isinstance(l.event, FollowupDismissed)}
+                state = await load_state(conn, contacts, workspaces, deals, dismissed)
                 settings = await load_settings(conn, workspaces)
                 now = utcnow()
                 for logged in firsts:

@@ -213,6 +213,22 @@ def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):
     assert stack.get(f"/v1/workspaces/{ws}/followups", auth, status="nope").status_code == 400
 
 
+def test_a_dismissal_filed_under_another_contact_still_frees_the_contact_it_names(stack):
+    """The followups read model dismisses a follow-up by its id; the rules worker now does too, so
+    the contact gets follow-ups again (it counted the dismissed one as open for ever)."""
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=3)
+    stack.ingest(ws, auth, [event("marketing.lead.captured", "n1", iso(t), channel="web", method="form")])
+    settle(stack, ws, auth)
+    [lead] = followups(stack, ws, auth)
+    stack.ingest(ws, auth, [event("sales.followup.dismissed", "h2", iso(t + dt.timedelta(hours=1)),
+                                  followup_id=lead["followup_id"])])
+    stack.ingest(ws, auth, [event("marketing.engaged", "n1", iso(t + dt.timedelta(hours=2)), channel="x", action="like")])
+    settle(stack, ws, auth)
+    assert sorted((item["rule"], item["status"]) for item in followups(stack, ws, auth)) == [
+        ("hot-engagement", "open"), ("new-lead", "dismissed")]
+
+
 def test_followups_as_of_takes_what_goals_as_of_takes(stack):
     ws, auth = stack.new_workspace()
     for as_of in ("2026-08-03", "2026-08-03T10:00:00", "2026-08-03T10:00:00Z", "2026-08-03T12:00:00+02:00"):

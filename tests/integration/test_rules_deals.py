@@ -1,13 +1,18 @@
 """The rules worker keeps each deal's earliest applied deal.won in PostgreSQL (``rules_deals``), so
 its goal facts move a deal to an earlier report that comes in a later batch (CONTRACT.md section 5,
-"Deals"; section 6: it decides with what it has applied so far)."""
+"Deals"; section 6: it decides with what it has applied so far); and each follow-up's contact
+(``rules_followups``), for a dismissal filed under another contact."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import json
+import uuid
 from decimal import Decimal
+from importlib import resources
+
+import asyncpg
 
 from events.log import LoggedEvent
 from events.validation import parse_event
@@ -60,3 +65,28 @@ def test_an_earlier_report_in_a_later_batch_moves_the_deal_in_the_stored_goal_fa
     assert first.deals[(WS, "dX")].id == "a"
     deal = last.deals[(WS, "dX")]
     assert (deal.id, deal.amount, deal.won_at) == ("b", Decimal(1000), dt.datetime(2026, 11, 2, tzinfo=dt.timezone.utc))
+
+
+def test_migration_017_knows_the_contact_of_every_follow_up_an_older_rules_state_holds_open(servers):
+    """``rules_followups`` (a dismissal's owner) starts with the open follow-ups already stored."""
+    migration = resources.files("services.store.migrations").joinpath("017_rules_followups.sql").read_text()
+    schema = f"migration_{uuid.uuid4().hex[:8]}"
+    states = [("w1", "ann", {"open": {"fu_a": "2026-11-01T00:00:00Z", "fu_b": "2026-11-02T00:00:00Z"}}),
+              ("w1", "ben", {"marketing_since_sales": 2}), ("w2", "ann", {"open": {"fu_c": "2026-11-03T00:00:00Z"}})]
+
+    async def run():
+        conn = await asyncpg.connect(servers.database_url)
+        try:
+            await conn.execute(f"CREATE SCHEMA {schema}; SET search_path = {schema}")
+            await conn.execute("CREATE TABLE rules_contacts (workspace text NOT NULL, contact text NOT NULL,"
+                               " state jsonb NOT NULL, PRIMARY KEY (workspace, contact))")
+            await conn.executemany("INSERT INTO rules_contacts VALUES ($1, $2, $3::jsonb)",
+                                   [(ws, contact, json.dumps(state)) for ws, contact, state in states])
+            await conn.execute(migration)
+            return await conn.fetch("SELECT workspace, followup_id, contact FROM rules_followups")
+        finally:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            await conn.close()
+
+    rows = asyncio.run(run())
+    assert sorted(tuple(row) for row in rows) == [("w1", "fu_a", "ann"), ("w1", "fu_b", "ann"), ("w2", "fu_c", "ann")]

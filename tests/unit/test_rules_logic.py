@@ -151,6 +151,20 @@ def test_logged_followup_counts_as_open_when_rules_rerun():
     assert effects.commands == []
 
 
+def test_a_dismissal_whose_subject_is_another_contact_closes_the_followup_it_names():
+    """The followups read model dismisses by id; the rules kept the follow-up open for its contact,
+    which then got no new follow-up (an audit's case: dismissed with subject h2, about n1)."""
+    fid = "fu_for_n1"
+    requested = internal("followup.requested", "n1", T0, followup_id=fid, rule="new-lead", reason="r",
+                         due_at=(T0 + D).isoformat(), caused_by_source="/t", caused_by_id="l1")
+    state, _ = run([requested])
+    assert state.followup_contacts == {(WS, fid): "n1"} and fid in state.contact(WS, "n1").open
+    _, effects = run([ev("sales.followup.dismissed", "h2", T0 + H, followup_id=fid),
+                      ev("marketing.engaged", "n1", T0 + 2 * H, channel="x", action="like")], state=state)
+    assert fid not in state.contact(WS, "n1").open
+    assert [(command.rule, command.contact) for command in effects.commands] == [("hot-engagement", "n1")]
+
+
 def test_disabled_rule_does_not_fire():
     _, effects = run([ev("marketing.engaged", channel="x", action="like")], settings=Settings(frozenset({"hot-engagement"})))
     assert effects.commands == []
