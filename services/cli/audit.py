@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from events.upcasting import decode_exact, encode_exact
-from services.cli.attach import DataDir, backends, with_database
+from services.cli.attach import DataDir, backends, refuse, with_database
 from services.settings import Settings
 from services.cli.output import shown_time, stdout_console
 
@@ -166,9 +166,12 @@ def audit(
 ) -> None:
     """A contact's whole history: every accepted event about it, in log order."""
     from projections.audit import entry_raw, trail
+    from services.api.auth import workspace_exists
 
     async def run(pool):
         async with pool.acquire() as conn:
+            if not await workspace_exists(conn, workspace):
+                refuse(f"unknown workspace {workspace!r}")
             return await trail(conn, workspace, contact)
 
     rows = with_database(data_dir, run)

@@ -129,7 +129,7 @@ def token_create(
 
     token = asyncio.run(run())
     if token is None:
-        refuse(f"unknown workspace {workspace!r}", 1)
+        refuse(f"unknown workspace {workspace!r}")
     print(token)
 
 

@@ -35,15 +35,14 @@ def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extr
 
 def create_producer(settings: Settings, workspace: str) -> int:
     """Print the producer's credentials as JSON; the exit code."""
-    from services.cli.attach import database, embedded_nats_root
+    from services.cli.attach import database, embedded_nats_root, refuse
 
     async def known() -> bool:
         async with database(settings) as pool:
             return await auth.workspace_exists(pool, workspace)
 
     if not asyncio.run(known()):
-        print(f"unknown workspace {workspace!r}", file=sys.stderr)
-        return 1
+        refuse(f"unknown workspace {workspace!r}")
     if settings.nats_url:
         producer, password = nats_auth.new_producer(workspace)
         print(_answer(nats_auth.without_credentials(settings.nats_url), producer, password,

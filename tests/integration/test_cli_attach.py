@@ -139,3 +139,15 @@ def test_demo_names_a_data_dir_that_is_not_the_apis(stack, tmp_path):
     finally:
         asyncio.run(create(f"DROP DATABASE {other} WITH (FORCE)"))
     assert httpx.get(f"{stack.base}/v1/health").status_code == 200
+
+
+def test_every_command_given_an_unknown_workspace_says_so_alike(stack, tmp_path):
+    """One line naming it, exit 2, from every command that takes a workspace (token create said so
+    with exit 1, and audit answered that the contact had no events)."""
+    data_dir = str(stack.servers.root)
+    for command in (("token", "create", "--workspace", "no-such-ws", "--scope", "read"),
+                    ("token", "create", "--workspace", "no-such-ws", "--scope", "ingest", "--nats"),
+                    ("audit", "--workspace", "no-such-ws", "dana"),
+                    ("replay", "--workspace", "no-such-ws")):
+        done = touchline(*command, "--data-dir", data_dir, cwd=tmp_path)
+        assert (done.returncode, refused(done)) == (2, "touchline: unknown workspace 'no-such-ws'"), command

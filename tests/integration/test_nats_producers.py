@@ -134,7 +134,7 @@ def test_producer_of_unknown_workspace_is_refused(stack):
          "--scope", "ingest", "--nats", "--data-dir", str(stack.servers.root)],
         env=env, capture_output=True, text=True, timeout=120,
     )
-    assert done.returncode == 1 and "unknown workspace" in done.stderr
+    assert done.returncode == 2 and "unknown workspace" in done.stderr
 
 
 def test_reply_subjects_cannot_smuggle_acks_into_the_log(stack):
