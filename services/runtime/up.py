@@ -75,6 +75,8 @@ def up(settings: Settings) -> None:
         )
         while not stop["now"]:
             time.sleep(0.2)
+            if nats is not None and nats.process.poll() is not None and not stop["now"]:
+                _restart_nats(nats)
             for number, child in enumerate(children):
                 if child.exited() and not stop["now"]:
                     # Back off if it keeps dying young; a healthy run resets the count.
@@ -92,6 +94,19 @@ def up(settings: Settings) -> None:
         if postgres is not None:
             postgres.stop()
         log.info("touchline.stopped")
+
+
+def _restart_nats(nats: EmbeddedNats) -> None:
+    """The embedded NATS died (killed, out of memory): start it again on its port, with its data.
+    The services reconnect to the same URL; until then ingest answers 503 and health says so."""
+    log.warning("nats.restarting", code=nats.process.returncode, log=str(nats.root / "nats.log"))
+    try:
+        nats.start(port=nats.port)
+    except RuntimeError as err:  # the port taken meanwhile, say: tried again at the next look
+        log.error("nats.restart_failed", error=str(err))
+        time.sleep(2)
+        return
+    log.info("nats.embedded", url=nats.url, data=str(nats.root))
 
 
 def _start_embedded(name: str, start, root: Path, log_name: str) -> str:

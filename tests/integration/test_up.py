@@ -134,6 +134,44 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
             up.wait(60)
 
 
+def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
+    """kill -9 of the embedded nats-server alone: `up` starts it again on its port with its data, the
+    services reconnect, and nothing acknowledged is lost (health stayed 503 until a restart)."""
+    data_dir = tmp_path / "data"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    up = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        wait_healthy(base)
+        cli(data_dir, "workspace", "create", "acme")
+        token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
+        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
+        before = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                            json=[event("marketing.engaged", "dana", channel="instagram", action="comment")]).json()
+        [server] = [p for p in our_processes(data_dir) if p.name() == "nats-server"]
+        server.kill()  # not our child: `up` reaps it
+        deadline = time.monotonic() + 90
+        while True:  # the log takes events again
+            answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                                json=[event("marketing.engaged", "dana", channel="email", action="click", id="after")])
+            if answer.status_code == 200:
+                break
+            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
+            time.sleep(0.5)
+        wait_healthy(base)
+        after = answer.json()["last_seq"]
+        assert after > before["last_seq"]
+        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth,
+                            params={"min_seq": after, "wait_ms": 30000}).json()
+        assert contact["touches"]["marketing"] == 2
+        assert "nats.restarting" in (tmp_path / "up.log").read_text()
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
 def api_workers_of(up: subprocess.Popen) -> list[psutil.Process]:
     return [child for child in psutil.Process(up.pid).children()
             if child.is_running() and child.status() != psutil.STATUS_ZOMBIE and "api" in child.cmdline()]
