@@ -87,18 +87,22 @@ def stop_and_check_nothing_is_left(up: subprocess.Popen, data_dir: Path) -> None
     assert not left, [p.cmdline() for p in left]
 
 
+def healthy_with_workspace(base: str, data_dir: Path) -> dict[str, str]:
+    """Once `up` is healthy: workspace acme, and the headers of an ingest and read token for it."""
+    wait_healthy(base)
+    cli(data_dir, "workspace", "create", "acme")
+    token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
+
+
 def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
-    data_dir = tmp_path / "data"
-    port = free_port()
+    data_dir, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}"
     up = start_up(data_dir, port, tmp_path / "up.log")
     try:
-        wait_healthy(base)
+        auth = healthy_with_workspace(base, data_dir)
         started = (tmp_path / "up.log").read_text()
         assert "postgres.embedded" in started and "postgresql://" in started  # the URL to give psql
-        cli(data_dir, "workspace", "create", "acme")
-        token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
-        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
         answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30, json=[
             event("marketing.engaged", "dana", channel="instagram", action="comment"),
             event("sales.deal.won", "dana", deal_id="d1", amount="120.50", currency="EUR"),
@@ -137,15 +141,11 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
 def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
     """kill -9 of the embedded nats-server alone: `up` starts it again on its port with its data, the
     services reconnect, and nothing acknowledged is lost (health stayed 503 until a restart)."""
-    data_dir = tmp_path / "data"
-    port = free_port()
+    data_dir, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}"
     up = start_up(data_dir, port, tmp_path / "up.log")
     try:
-        wait_healthy(base)
-        cli(data_dir, "workspace", "create", "acme")
-        token = cli(data_dir, "token", "create", "--workspace", "acme", "--scope", "ingest", "--scope", "read")
-        auth = {"Authorization": f"Bearer {token}", "Content-Type": "application/cloudevents-batch+json"}
+        auth = healthy_with_workspace(base, data_dir)
         before = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
                             json=[event("marketing.engaged", "dana", channel="instagram", action="comment")]).json()
         [server] = [p for p in our_processes(data_dir) if p.name() == "nats-server"]
