@@ -282,9 +282,7 @@ async def list_contacts(
     snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws, min_seq, wait_ms)
-    stage, status = stage or None, status or None  # ?stage=&status= (empty): no filter
-    one_of("stage", stage, STAGES)
-    one_of("status", status, STATUSES)
+    stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
     check_limit(limit, 1000)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(

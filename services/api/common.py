@@ -154,10 +154,14 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     return moment.astimezone(dt.timezone.utc)
 
 
-def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> None:
-    """A query parameter that takes one of a few values (or is absent): else a 400 naming it."""
-    if value is not None and value not in allowed:
+def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
+    """A query parameter that takes one of a few values, or None when absent or empty (``?status=``
+    is no filter, as every empty parameter is the parameter left out): else a 400 naming it."""
+    if not value:
+        return None
+    if value not in allowed:
         raise ApiError(400, f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def check_limit(limit: int, most: int) -> None:

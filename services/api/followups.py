@@ -70,7 +70,7 @@ async def list_followups(
     snapshot: str | None = None,
 ) -> list[FollowupView]:
     await read_access(request, ws, min_seq, wait_ms)
-    one_of("status", status, model.STATUSES)
+    status = one_of("status", status, model.STATUSES)
     check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
     async with read_connection(request, snapshot) as conn:
@@ -98,7 +98,7 @@ async def list_alerts(
     snapshot: str | None = None,
 ) -> list[AlertView]:
     await read_access(request, ws, min_seq, wait_ms)
-    one_of("rule", rule, ALERT_RULES)
+    rule = one_of("rule", rule, ALERT_RULES)
     check_limit(limit, 10000)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)

@@ -91,7 +91,7 @@ async def get_attribution(
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
     await read_access(request, ws, min_seq, wait_ms)
-    one_of("model", model, attribution.MODELS)
+    model = one_of("model", model, attribution.MODELS) or attribution.DEFAULT_MODEL
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
     async with read_connection(request, snapshot) as conn:
