@@ -11,8 +11,8 @@ from decimal import Decimal
 
 import msgspec
 
-from events.upcasting import decode_exact
 from events.catalog import TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
+from events.upcasting import decode_exact
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
