@@ -102,13 +102,29 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
 
     url = nats_url(settings)  # checked first: nothing is started for a command that cannot run
     async with database(settings) as pool:
-        if workspace is not None and not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
-            refuse(f"unknown workspace {workspace!r}")
+        if workspace is not None:
+            await require_known(pool, workspace)
         nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024)
         try:
             yield pool, nc.jetstream(timeout=30)
         finally:
             await nc.drain()
+
+
+async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str) -> None:
+    """A command about a workspace that does not exist stops here: one line, exit 2."""
+    if not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
+        refuse(f"unknown workspace {workspace!r}")
+
+
+def with_workspace(data_dir: Optional[Path], workspace: str, work):
+    """``with_database`` for a command about one workspace, which must exist."""
+
+    async def checked(pool):
+        await require_known(pool, workspace)
+        return await work(pool)
+
+    return with_database(data_dir, checked)
 
 
 def with_database(data_dir: Optional[Path], work):

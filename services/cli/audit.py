@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from events.upcasting import decode_exact, encode_exact
-from services.cli.attach import DataDir, backends, refuse, with_database
+from services.cli.attach import DataDir, backends, with_workspace
 from services.settings import Settings
 from services.cli.output import shown_time, stdout_console
 
@@ -166,15 +166,12 @@ def audit(
 ) -> None:
     """A contact's whole history: every accepted event about it, in log order."""
     from projections.audit import entry_raw, trail
-    from services.api.auth import workspace_exists
 
     async def run(pool):
         async with pool.acquire() as conn:
-            if not await workspace_exists(conn, workspace):
-                refuse(f"unknown workspace {workspace!r}")
             return await trail(conn, workspace, contact)
 
-    rows = with_database(data_dir, run)
+    rows = with_workspace(data_dir, workspace, run)
     if not rows:
         err_console.print(f"[red]no events about contact {contact!r} in workspace {workspace!r}[/red]")
         raise typer.Exit(1)
@@ -235,7 +232,7 @@ def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir
     table = Table(title=f"snapshots of {workspace}")
     for column in ("name", "until", "last seq", "events", "created"):
         table.add_column(column)
-    for r in with_database(data_dir, run):
+    for r in with_workspace(data_dir, workspace, run):
         until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {shown_time(r['until_time'])}"
         table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), shown_time(r["created_at"]))
     console.print(table)
@@ -245,7 +242,7 @@ def snapshot_drop(name: str, workspace: str = Workspace, data_dir: Optional[Path
     """Drop a snapshot."""
     from services.replay import drop_snapshot
 
-    if not with_database(data_dir, lambda pool: drop_snapshot(pool, workspace, name)):
+    if not with_workspace(data_dir, workspace, lambda pool: drop_snapshot(pool, workspace, name)):
         err_console.print(f"[red]unknown snapshot {name!r}[/red]")
         raise typer.Exit(1)
     console.print(f"dropped snapshot {name}")

@@ -147,6 +147,14 @@ def attribution_table(answer: dict) -> Table:
     return table
 
 
+def _is_touchline_health(answer: httpx.Response) -> bool:
+    try:
+        body = answer.json()
+        return answer.status_code in (200, 503) and isinstance(body, dict) and "ready" in body
+    except ValueError:  # not JSON
+        return False
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
@@ -161,10 +169,13 @@ def register(app: typer.Typer) -> None:
         workspace = sample.WORKSPACE
         base = f"http://{settings.http}"
         try:
-            httpx.get(f"{base}/v1/health", timeout=10)  # any answer: 503 while it starts is fine
+            health = httpx.get(f"{base}/v1/health", timeout=10)  # 503 while it starts is fine
         except httpx.HTTPError:
             refuse(f"no Touchline API at {base}: start it with `touchline up` (or `make run`),"
                    " or give its HOST:PORT with --http or TOUCHLINE_HTTP")
+        if not _is_touchline_health(health):
+            refuse(f"the server at {base} is not a Touchline API (GET /v1/health answered {health.status_code}):"
+                   " give Touchline's HOST:PORT with --http or TOUCHLINE_HTTP")
         token = asyncio.run(_workspace_token(settings, workspace))
         events = list(sample.events(contacts, days, seed))
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:

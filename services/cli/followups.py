@@ -31,7 +31,7 @@ def deadletter_list(
     from services.dispatcher.deadletter import list_parked
 
     async def run():
-        async with backends(Settings.from_env(data_dir=data_dir)) as (_, js):
+        async with backends(Settings.from_env(data_dir=data_dir), workspace) as (_, js):
             return await list_parked(js, workspace)
 
     parked = asyncio.run(run())
@@ -58,7 +58,7 @@ def deadletter_redrive(
     from services.dispatcher.deadletter import list_parked, redrive
 
     async def run() -> int:
-        async with backends(Settings.from_env(data_dir=data_dir)) as (_, js):
+        async with backends(Settings.from_env(data_dir=data_dir), workspace) as (_, js):
             parked = await list_parked(js, workspace)
             if seq:
                 parked = [item for item in parked if item.seq in set(seq)]

@@ -8,9 +8,11 @@ names the data dir, and leave the directory as it was."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from pathlib import Path
 
@@ -116,6 +118,18 @@ def test_demo_without_an_api_refuses_before_making_anything(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_demo_pointed_at_another_web_server_says_so_in_one_line(tmp_path):
+    """It printed a JSONDecodeError traceback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        line = refused(touchline("demo", "--http", f"127.0.0.1:{server.server_port}", cwd=tmp_path))
+    finally:
+        server.shutdown()
+    assert "is not a Touchline API (GET /v1/health answered 404)" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_names_a_data_dir_that_is_not_the_apis(stack, tmp_path):
     """The API runs on one database, the data dir (here: the URL) names another: the token the
     demo made there is refused, and the demo says why instead of printing a 401 traceback."""
@@ -148,6 +162,10 @@ def test_every_command_given_an_unknown_workspace_says_so_alike(stack, tmp_path)
     for command in (("token", "create", "--workspace", "no-such-ws", "--scope", "read"),
                     ("token", "create", "--workspace", "no-such-ws", "--scope", "ingest", "--nats"),
                     ("audit", "--workspace", "no-such-ws", "dana"),
-                    ("replay", "--workspace", "no-such-ws")):
+                    ("replay", "--workspace", "no-such-ws"),
+                    ("snapshot", "list", "--workspace", "no-such-ws"),
+                    ("snapshot", "drop", "--workspace", "no-such-ws", "x"),
+                    ("deadletter", "list", "--workspace", "no-such-ws"),
+                    ("deadletter", "redrive", "--workspace", "no-such-ws")):
         done = touchline(*command, "--data-dir", data_dir, cwd=tmp_path)
         assert (done.returncode, refused(done)) == (2, "touchline: unknown workspace 'no-such-ws'"), command
