@@ -133,6 +133,8 @@ def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> l
         try:
             elements = _decode_batch(body)
         except msgspec.ValidationError:
+            # msgspec stops at the first character that is not an array's: `{not json` is not JSON.
+            _require_json(body, body)
             raise Refused(400, "a batch must be a JSON array of events", body) from None
         except msgspec.DecodeError as err:
             raise Refused(400, f"the body is not JSON: {err}", body) from None

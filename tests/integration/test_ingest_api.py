@@ -74,8 +74,10 @@ def test_request_level_errors(stack):
     ws, auth = stack.new_workspace()
     url = f"/v1/workspaces/{ws}/events"
     batch = {**auth, "Content-Type": "application/cloudevents-batch+json"}
-    assert stack.http.post(url, content="{nope", headers=batch).status_code == 400
-    assert stack.http.post(url, content='{"a": 1}', headers=batch).status_code == 400
+    not_json = stack.http.post(url, content="{nope", headers=batch)
+    assert not_json.status_code == 400 and not_json.json()["error"].startswith("the body is not JSON:"), not_json.text
+    not_array = stack.http.post(url, content='{"a": 1}', headers=batch)
+    assert (not_array.status_code, not_array.json()["error"]) == (400, "a batch must be a JSON array of events")
     single = {**auth, "Content-Type": "application/cloudevents+json"}
     assert stack.http.post(url, content="nope", headers=single).status_code == 400
     assert stack.http.post(url, content="{}", headers={**auth, "Content-Type": "text/plain"}).status_code == 415
