@@ -43,6 +43,14 @@ WORKSPACE_VIEWS: dict[str, Callable[[asyncpg.Connection, str], Awaitable[Any]]] 
 }
 
 
+def without_empty_values(query: bytes) -> bytes:
+    """The query string without its empty parameters (`limit=`, `stage=`, a bare `&`): an empty value
+    is the parameter left out, on every route, whatever its type."""
+    if not query:
+        return query
+    return b"&".join(part for part in query.split(b"&") if part and not part.endswith(b"="))
+
+
 class ReadLane:
     """Connections kept out of the pool between reads, handed from read to read.
 
@@ -107,6 +115,7 @@ class FastReads:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            scope["query_string"] = without_empty_values(scope["query_string"])
             view = self._route(scope)
             if view is not None and scope["method"] == "GET" and not scope["query_string"]:
                 body = await self._answer(scope, *view)

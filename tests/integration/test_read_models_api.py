@@ -190,7 +190,9 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
         assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
     for path, params in (("followups", {"status": ""}), ("alerts", {"rule": ""}), ("contacts", {"stage": ""}),
-                         ("attribution", {"model": ""})):
+                         ("attribution", {"model": ""}), ("contacts", {"limit": "", "after": ""}),
+                         ("attribution", {"lookback_days": ""}), ("funnel", {"min_seq": "", "wait_ms": ""}),
+                         ("rejected", {"before": ""}), ("goals", {"snapshot": ""})):
         assert stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params).status_code == 200, (path, params)
     hooks = f"/v1/workspaces/{ws}/webhooks"
     for body, error in (
