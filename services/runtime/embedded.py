@@ -105,6 +105,9 @@ def _previous_port(root: Path) -> int | None:
     try:
         port = int((root / "address").read_text().rsplit(":", 1)[1])
         with socket.socket() as sock:
+            # As nats-server binds (Go sets SO_REUSEADDR): the last run's connections in TIME_WAIT
+            # on the port do not make it taken, and a restart within a minute keeps its URL.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(("127.0.0.1", port))
         return port
     except (OSError, ValueError, IndexError):
