@@ -93,6 +93,9 @@ class ContactRules(msgspec.Struct, omit_defaults=True):
     marketing_since_sales: int = 0
     # Open follow-ups: id -> trigger time (a sales touch at or after it closes the follow-up).
     open: dict[str, dt.datetime] = msgspec.field(default_factory=dict)
+    # Follow-ups about this contact dismissed so far: never open again, whatever comes after in
+    # the log (the follow-up's own followup.requested, recorded after the dismissal, included).
+    dismissed: list[str] = msgspec.field(default_factory=list)
     # Deals this contact has a deal.won of (log order): post-sale fires on the first.
     won_deals: list[str] = msgspec.field(default_factory=list)
     lead_at: dt.datetime | None = None
@@ -231,7 +234,8 @@ def _followup(
     now: dt.datetime,
 ) -> RequestFollowup:
     fid = followup_id(workspace, rule, source, trigger_id)
-    contact.open[fid] = trigger_time  # open from the moment it is emitted
+    if fid not in contact.dismissed:
+        contact.open[fid] = trigger_time  # open from the moment it is emitted
     return RequestFollowup(
         command_id=command_id(workspace, rule, source, trigger_id),
         workspace=workspace,
@@ -286,6 +290,19 @@ def decide(
     settings: Settings = DEFAULT_SETTINGS,
 ) -> Effects:
     """Apply one (first-copy) logged event to the decision state; return the commands and timers it causes."""
+    return _owned(state, logged.workspace, _decide(state, logged, now=now, settings=settings))
+
+
+def _owned(state: RulesState, workspace: str, effects: Effects) -> Effects:
+    """Each follow-up emitted is about its contact from that moment: a dismissal that comes before
+    the dispatcher has recorded it, even one filed under another contact, finds whose it is."""
+    for command in effects.commands:
+        if isinstance(command, RequestFollowup):
+            state.followup_contacts[(workspace, command.followup_id)] = command.contact
+    return effects
+
+
+def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, settings: Settings) -> Effects:
     event = logged.event
     ws_id = logged.workspace
     ws = state.workspace(ws_id)
@@ -324,16 +341,22 @@ def decide(
         trigger = utc(event.data.trigger_time or event.time)
         state.followup_contacts[(ws_id, event.data.followup_id)] = subject
         closed = any(moment >= trigger for moment in contact.sales_times)
-        if event.data.followup_id not in contact.open and not closed:
+        if event.data.followup_id not in contact.open and not closed and event.data.followup_id not in contact.dismissed:
             contact.open[event.data.followup_id] = trigger
         return effects
     if isinstance(event, c.FollowupDismissed):
         # It names its follow-up by id, so it closes it whichever contact its subject is (the
-        # followups read model marks it dismissed either way, and its contact then has one fewer).
-        contact.open.pop(event.data.followup_id, None)
-        owner = state.followup_contacts.get((ws_id, event.data.followup_id))
-        if owner is not None and (ws_id, owner) in state.contacts:
-            state.contacts[(ws_id, owner)].open.pop(event.data.followup_id, None)
+        # followups read model marks it dismissed either way, and its contact then has one fewer),
+        # for good: remembered by the follow-up's contact, or by the subject while that is unknown.
+        fid = event.data.followup_id
+        contact.open.pop(fid, None)
+        owner = state.followup_contacts.get((ws_id, fid))
+        about = state.contacts.get((ws_id, owner)) if owner is not None else None
+        if about is not None:
+            about.open.pop(fid, None)
+        about = about or contact
+        if fid not in about.dismissed:
+            about.dismissed.append(fid)
         return effects
     if isinstance(event, (c.OptedOut, c.OptedIn)):
         latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")
@@ -505,7 +528,7 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
     )
     effects.commands.append(_followup(workspace, contact_id, contact, "stalled-offer", reason, trigger_time=stale_at,
                                       due_at=stale_at, source=offer.source, trigger_id=offer.id, now=now))
-    return effects
+    return _owned(state, workspace, effects)
 
 
 # --- alerts ------------------------------------------------------------------------------

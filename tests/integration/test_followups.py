@@ -229,6 +229,21 @@ def test_a_dismissal_filed_under_another_contact_still_frees_the_contact_it_name
         ("hot-engagement", "open"), ("new-lead", "dismissed")]
 
 
+def test_a_dismissal_in_the_triggers_batch_stays_a_dismissal_once_the_followup_is_recorded(stack):
+    """Dismissed (under another contact) before the dispatcher recorded the follow-up: the recorded
+    followup.requested re-opened it in the rules worker, and gina got no follow-up again."""
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=3)
+    fid = followup_id(ws, "new-lead", "/test", "g1")
+    stack.ingest(ws, auth, [event("marketing.lead.captured", "gina", iso(t), id="g1", channel="web", method="form"),
+                            event("sales.followup.dismissed", "wrongguy", iso(t + dt.timedelta(minutes=5)), followup_id=fid)])
+    settle(stack, ws, auth)
+    stack.ingest(ws, auth, [event("marketing.engaged", "gina", iso(t + dt.timedelta(hours=2)), channel="x", action="click")])
+    settle(stack, ws, auth)
+    assert sorted((item["rule"], item["status"]) for item in followups(stack, ws, auth)) == [
+        ("hot-engagement", "open"), ("new-lead", "dismissed")]
+
+
 def test_followups_as_of_takes_what_goals_as_of_takes(stack):
     ws, auth = stack.new_workspace()
     for as_of in ("2026-08-03", "2026-08-03T10:00:00", "2026-08-03T10:00:00Z", "2026-08-03T12:00:00+02:00"):

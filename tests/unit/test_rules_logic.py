@@ -165,6 +165,25 @@ def test_a_dismissal_whose_subject_is_another_contact_closes_the_followup_it_nam
     assert [(command.rule, command.contact) for command in effects.commands] == [("hot-engagement", "n1")]
 
 
+def test_a_dismissal_applied_before_its_followup_is_recorded_stays_a_dismissal():
+    """A stress audit's cases: dismissed before the dispatcher logged the follow-up (in the trigger's
+    batch, under another contact), or even before the trigger. The logged followup.requested
+    re-opened it, and the contact got no follow-up again while the read model said dismissed."""
+    lead = ev("marketing.lead.captured", "gina", T0, id="g1", channel="web")
+    fid = followup_id(WS, "new-lead", "/t", "g1")
+    state, effects = run([lead, ev("sales.followup.dismissed", "wrongguy", T0 + H, followup_id=fid)])
+    assert [command.followup_id for command in effects.commands] == [fid]
+    requested = internal("followup.requested", "gina", T0, followup_id=fid, rule="new-lead", reason="r",
+                         due_at=(T0 + D).isoformat(), caused_by_source="/t", caused_by_id="g1")
+    _, later = run([requested, ev("marketing.engaged", "gina", T0 + 2 * H, channel="x", action="click")], state=state)
+    assert [command.rule for command in later.commands] == ["hot-engagement"]
+    # Dismissed before its trigger was even applied: the follow-up it names never opens.
+    early = followup_id(WS, "new-lead", "/t", "e1")
+    state, effects = run([ev("sales.followup.dismissed", "erin", T0, followup_id=early),
+                          ev("marketing.lead.captured", "erin", T0 + H, id="e1", channel="web")])
+    assert not state.contact(WS, "erin").open
+
+
 def test_disabled_rule_does_not_fire():
     _, effects = run([ev("marketing.engaged", channel="x", action="like")], settings=Settings(frozenset({"hot-engagement"})))
     assert effects.commands == []
