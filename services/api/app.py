@@ -201,8 +201,8 @@ async def _read_body(request: Request) -> bytes:
     description=(
         "200 with one result per event (accepted, duplicate or rejected, with the field at fault), even when"
         " some are rejected. A request refused whole (400, 413, 415) keeps its body in the rejected list."
-        " 504: the log took the write but did not confirm it within 70 s; it may be stored. Retrying the"
-        " same request is always safe."
+        " 504: the log took the write but did not confirm it (10 s for the write, then 60 s of asking again,"
+        " 70 s in all); it may be stored. Retrying the same request is always safe."
     ),
     status_code=200,
     security=docs.BEARER,

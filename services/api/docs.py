@@ -97,6 +97,12 @@ _EXAMPLE = {
 }
 
 
+def _example(code: int, said: dict[int, str]) -> str:
+    if code == 403 and said.get(403, "").startswith("This needs the operator's"):  # not "no read scope" there
+        return "this needs the operator's admin token"
+    return _EXAMPLE[code]
+
+
 def errors(*codes: int, said: dict[int, str] | None = None, examples: dict[int, list[dict[str, Any]]] | None = None
            ) -> dict[int, ResponseSpec]:
     """The error answers of a route, ``responses=`` of its decorator: for each code, the
@@ -109,7 +115,7 @@ def errors(*codes: int, said: dict[int, str] | None = None, examples: dict[int, 
             generate_examples=False,
             examples=[
                 Example(summary=str(code), value=value)
-                for value in examples.get(code, [{"error": _EXAMPLE[code]}])
+                for value in examples.get(code, [{"error": _example(code, said)}])
             ],
         )
         for code in codes

@@ -195,8 +195,8 @@ class RuleSettings(msgspec.Struct):
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
 )
-async def get_rules(request: Request, ws: str) -> Response:
-    await read_access(request, ws, None, 0)
+async def get_rules(request: Request, ws: str, min_seq: int | None = None, wait_ms: int = 5000) -> Response:
+    await read_access(request, ws, min_seq, wait_ms)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
     return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})
 

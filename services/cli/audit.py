@@ -213,10 +213,11 @@ def status(
         print(msgspec.json.encode(report).decode())  # times as GET /v1/status writes them
         return
     table = Table(title=f"log last seq {report['log_last_seq']}")
-    for column in ("projector", "applied seq", "lag", "events/s", "updated"):
+    for column in ("projector", "applied seq", "lag", "events/s", "parked", "updated"):
         table.add_column(column)
     for p in report["projectors"]:
-        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", shown_time(p["updated_at"]))
+        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["parked"]),
+                      shown_time(p["updated_at"]))
     console.print(table)
 
 

@@ -186,6 +186,7 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         ("alerts", {"limit": "-1"}, "limit: expected 1 to 10000, got -1"),
         ("alerts", {"rule": "bogus"}, "rule: expected one of metric-anomaly, goal-at-risk, got 'bogus'"),  # was []
         ("followups", {"limit": "0"}, "limit: expected 1 to 10000, got 0"),
+        ("rules", {"min_seq": "abc"}, "min_seq: expected an integer, got 'abc'"),  # was ignored
     ):
         answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
         assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)

@@ -356,6 +356,8 @@ def test_status_reports_position_lag_and_rate(stack):
     printed_main = next(p for p in json.loads(printed.stdout)["projectors"] if p["name"] == "main")
     assert printed_main.keys() == main.keys()
     assert printed_main["updated_at"].endswith("Z") and "T" in printed_main["updated_at"]  # as the API writes it
+    table = cli(stack, "status")
+    assert table.returncode == 0 and "parked" in table.stdout and " UTC" in table.stdout, table.stdout
 
 
 def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_models(stack):

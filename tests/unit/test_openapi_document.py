@@ -119,3 +119,8 @@ def test_the_ingest_body_schema_agrees_with_validation(openapi):
                     {"type": "touchline.followup.requested"}, {"datacontenttype": "text/xml"}):
         assert not one.is_valid(_with(WON, **changes)), changes
     assert one.is_valid(_with(WON, datacontenttype="Application/JSON; charset=utf-8"))
+
+
+def test_an_operator_route_example_says_the_operator_token_is_needed(openapi):
+    examples = openapi["paths"]["/v1/workspaces"]["post"]["responses"]["403"]["content"]["application/json"]["examples"]
+    assert [example["value"] for example in examples.values()] == [{"error": "this needs the operator's admin token"}]
