@@ -115,6 +115,8 @@ def replay(
     if until_seq is not None and until_seq < 0:
         raise typer.BadParameter("expected 0 or more", param_hint="--until-seq")
     snapshot = until_time is not None or until_seq is not None
+    if name is not None and not snapshot:  # it rebuilt the live read models, and named nothing
+        raise typer.BadParameter("names a snapshot: give --until or --until-seq too", param_hint="--name")
     if snapshot and name is None:
         name = f"seq-{until_seq}" if until_seq is not None else "at-" + until_time.strftime("%Y%m%dt%H%M%Sz")
     if name is not None and not replaying.SNAPSHOT_NAME.match(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Optional
@@ -12,13 +13,21 @@ from rich.table import Table
 
 from services.cli.attach import DataDir, backends
 from services.settings import Settings
-from services.cli.output import stdout_console
+from services.cli.output import shown_time, stdout_console
 
 console = stdout_console()
 
 deadletter_app = typer.Typer(help="Commands that kept failing: list them, put them back on the work queue.",
                              no_args_is_help=True)
 rules_app = typer.Typer(help="The rules worker.", no_args_is_help=True)
+
+
+def _shown_header_time(text: str) -> str:
+    """A time the dispatcher wrote into a header (ISO 8601), as every table shows times."""
+    try:
+        return shown_time(dt.datetime.fromisoformat(text))
+    except ValueError:  # written by hand, or missing: as it is
+        return text
 
 
 @deadletter_app.command("list")
@@ -44,7 +53,7 @@ def deadletter_list(
     table = Table("seq", "workspace", "command", "id", "stage", "attempts", "parked at", "error")
     for item in parked:
         table.add_row(str(item.seq), item.workspace, item.command, item.item_id, item.stage, str(item.attempts),
-                      item.parked_at, item.error)
+                      _shown_header_time(item.parked_at), item.error)
     console.print(table if parked else "no parked commands")
 
 

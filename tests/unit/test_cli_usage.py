@@ -65,3 +65,9 @@ def test_serve_without_urls_says_so_in_one_line(service):
         " `touchline up` starts embedded servers and sets both for its services"
     )
     assert "listening" not in done.stdout + done.stderr
+
+
+def test_replay_name_without_a_point_in_time_is_refused_before_anything_runs():
+    """--name names a snapshot; alone it was ignored and the live read models were rebuilt."""
+    done = touchline("replay", "--workspace", "acme", "--name", "foo")
+    assert done.returncode == 2 and "give --until or --until-seq too" in done.stderr
