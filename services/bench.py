@@ -849,5 +849,5 @@ def register(app) -> None:
         events: int = typer.Option(1_000_000, "--events", help="How many events the generated history has"),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table"),
     ) -> None:
-        """The benchmark (CONTRACT.md section 8) on an embedded stack in a temporary directory."""
+        """Measure ingest, projection, rebuild, queries and rule latency on an embedded stack of its own (docs/performance.md)."""
         main(events, as_json)

@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
     app.command()(replay)
     app.command()(audit)
     app.command()(status)
-    snapshot_app = typer.Typer(help="Point-in-time snapshots built by `touchline replay --until`.", no_args_is_help=True)
+    snapshot_app = typer.Typer(help="Point-in-time snapshots built by `touchline replay --until` or `--until-seq`.", no_args_is_help=True)
     snapshot_app.command("list")(snapshot_list)
     snapshot_app.command("drop")(snapshot_drop)
     app.add_typer(snapshot_app, name="snapshot")
