@@ -162,7 +162,8 @@ def register(app: typer.Typer) -> None:
         http_address: Optional[str] = Http,
         contacts: int = typer.Option(300, "--contacts", help="How many contacts the sample business has"),
         days: int = typer.Option(90, "--days", help="Over how many days, up to now"),
-        seed: int = typer.Option(7, "--seed"),
+        seed: int = typer.Option(7, "--seed", help="Another seed makes another business under the same event ids:"
+                                                   " give it a fresh data dir, or the two mix"),
     ) -> None:
         """Load a sample business into workspace `demo` of a running Touchline; print funnel, touches and goals."""
         settings = Settings.from_env(data_dir=data_dir, http=http_address)

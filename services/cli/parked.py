@@ -6,6 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Optional
 
+import msgspec
 import typer
 from rich.table import Table
 
@@ -18,7 +19,10 @@ parked_app = typer.Typer(help="Poison events parked by a projector.", no_args_is
 
 
 @parked_app.command("list")
-def parked_list(data_dir: Optional[Path] = DataDir) -> None:
+def parked_list(
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
     """Every parked event: projector, log sequence, workspace, error."""
     from services.projector.parking import waiting
 
@@ -27,6 +31,10 @@ def parked_list(data_dir: Optional[Path] = DataDir) -> None:
             return await waiting(pool)
 
     rows = asyncio.run(run())
+    if as_json:
+        for row in rows:  # times as the API writes them
+            print(msgspec.json.encode(dict(row)).decode())
+        return
     table = Table("projector", "seq", "workspace", "attempts", "parked at", "error", title=f"{len(rows)} parked")
     for row in rows:
         table.add_row(row["projector"], str(row["seq"]), row["workspace"], str(row["attempts"]),
@@ -37,7 +45,7 @@ def parked_list(data_dir: Optional[Path] = DataDir) -> None:
 @parked_app.command("redrive")
 def parked_redrive(
     seq: list[int] = typer.Option(None, "--seq", help="Only these log sequences (repeat); all by default"),
-    projector: str = typer.Option("main", "--projector"),
+    projector: str = typer.Option("main", "--projector", help="The projector whose parked events to apply again"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Apply parked events again (after a fix); those that still fail stay parked. Exit 1 if any did."""

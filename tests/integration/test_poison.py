@@ -50,6 +50,12 @@ def test_an_undecodable_event_is_parked_and_the_projector_goes_on(stack):
     assert listed.returncode == 0, listed.stderr
     assert str(bad_seq) in listed.stdout and ws[:10] in listed.stdout
     assert "rules" in listed.stdout  # the rules worker set it aside as well
+    as_json = subprocess.run([sys.executable, "-m", "services.cli.main", "parked", "list", "--json"],
+                             env=stack.env, capture_output=True, text=True, timeout=60)
+    parked = [json.loads(line) for line in as_json.stdout.splitlines()]
+    ours = [item for item in parked if item["seq"] == bad_seq]
+    assert {item["projector"] for item in ours} >= {"main", "rules"} and all(item["workspace"] == ws for item in ours)
+    assert all(item["parked_at"].endswith("Z") for item in ours)
 
 
 class BuggyContacts(ContactsProjection):
