@@ -10,7 +10,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from services.cli.attach import DataDir, backends
+from services.cli.attach import DataDir, backends, refuse
 from services.cli.audit import console
 from services.cli.output import shown_time
 from services.settings import Settings
@@ -59,6 +59,9 @@ def parked_redrive(
 
     async def run():
         async with backends(Settings.from_env(data_dir=data_dir)) as (pool, js):
+            known = [row["name"] for row in await pool.fetch("SELECT name FROM projector_positions ORDER BY name")]
+            if projector not in known:
+                refuse(f"unknown projector {projector!r} (known: {', '.join(known)})")
             return await redrive(pool, js, projector, all_projections(), set(seq) if seq else None)
 
     outcome = asyncio.run(run())

@@ -169,3 +169,5 @@ def test_every_command_given_an_unknown_workspace_says_so_alike(stack, tmp_path)
                     ("deadletter", "redrive", "--workspace", "no-such-ws")):
         done = touchline(*command, "--data-dir", data_dir, cwd=tmp_path)
         assert (done.returncode, refused(done)) == (2, "touchline: unknown workspace 'no-such-ws'"), command
+    done = touchline("parked", "redrive", "--projector", "bogus", "--data-dir", data_dir, cwd=tmp_path)
+    assert done.returncode == 2 and refused(done).startswith("touchline: unknown projector 'bogus' (known: "), done.stderr
