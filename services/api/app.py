@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, get, post
 from litestar.exceptions import HTTPException
@@ -28,6 +29,8 @@ from services.api.common import (
     ContactSegment,
     authorize,
     contact_of,
+    bad_value_response,
+    check_seq,
     error_response,
     json_response,
     one_of,
@@ -36,6 +39,7 @@ from services.api.common import (
     require_workspace,
     services_of,
     unavailable_response,
+    unexpected_response,
 )
 from services import gc_tuning
 from services.ingest import Judged, LogUnavailable, OutcomeUnknown, Result, judge
@@ -334,6 +338,7 @@ async def list_rejected(
 ) -> RejectedPage:
     await read_access(request, ws, min_seq, wait_ms)
     check_limit(limit, 1000)
+    check_seq("before", before)
     rows = await services_of(request).pool.fetch(
         "SELECT id, received_at, via, reason, body FROM rejected WHERE workspace = $1"
         " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",
@@ -386,7 +391,12 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
-        exception_handlers={HTTPException: error_response, **{kind: unavailable_response for kind in RETRYABLE}},
+        exception_handlers={
+            HTTPException: error_response,
+            **{kind: unavailable_response for kind in RETRYABLE},
+            asyncpg.DataError: bad_value_response,
+            Exception: unexpected_response,
+        },
         request_max_body_size=MAX_BATCH_BYTES,
         openapi_config=OpenAPIConfig(title="Touchline", version="1.0.0", path="/docs", components=docs.COMPONENTS),
         debug=False,

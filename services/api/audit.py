@@ -7,7 +7,7 @@ from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
-from services.api.common import ApiError, ContactSegment, check_limit, contact_of, json_response, read_access, read_connection
+from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection
 
 
 class AuditTrail(msgspec.Struct):
@@ -35,6 +35,7 @@ async def contact_events(
     await read_access(request, ws, min_seq, wait_ms)
     contact = contact_of(request, contact)
     check_limit(limit, 10000)
+    check_seq("after", after)
     async with read_connection(request, snapshot) as conn:
         rows = await trail(conn, ws, contact, after, limit + 1)
     if not rows and after is None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import structlog
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import Parameter
@@ -21,6 +22,7 @@ from services.ingest import Ingestor
 from services.store import readiness
 
 encode_json = msgspec.json.Encoder(decimal_format="string").encode
+log = structlog.get_logger()
 
 
 class ApiError(HTTPException):
@@ -29,6 +31,21 @@ class ApiError(HTTPException):
     def __init__(self, status_code: int, error: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(status_code=status_code, detail=error, headers=headers)
         self.fields = extra
+
+
+def unexpected_response(request: Request, exc: Exception) -> Response:
+    """Anything no other handler answers: a 500 in the API's own shape, and its traceback in the log
+    (these were answered in Litestar's shape and logged nowhere)."""
+    log.error("api.unexpected_error", method=request.method, path=request.url.path, exc_info=exc)
+    return Response(content=encode_json({"error": f"internal error ({type(exc).__name__})"}), status_code=500,
+                    media_type="application/json")
+
+
+def bad_value_response(request: Request, exc: asyncpg.DataError) -> Response:
+    """PostgreSQL (or asyncpg, binding it) refused a value a request carried past the checks."""
+    log.warning("api.value_refused", method=request.method, path=request.url.path, error=str(exc))
+    return Response(content=encode_json({"error": f"a value of the request cannot be used: {exc}"}), status_code=400,
+                    media_type="application/json")
 
 
 def unavailable_response(_: Request, exc: Exception) -> Response:
@@ -151,7 +168,10 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
         raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
-    return moment.astimezone(dt.timezone.utc)
+    try:
+        return moment.astimezone(dt.timezone.utc)
+    except OverflowError:  # 9999-12-31T23:59-23:59 is in the year 10000 UTC
+        raise ApiError(400, f"{name}: expected a time in the years 1 to 9999 UTC, got {text!r}") from None
 
 
 def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
@@ -162,6 +182,15 @@ def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None
     if value not in allowed:
         raise ApiError(400, f"{name}: expected one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+MAX_SEQ = 2**63 - 1  # a bigint: JetStream's sequences and PostgreSQL's columns
+
+
+def check_seq(name: str, seq: int | None) -> None:
+    """A log sequence (or the id of a rejected entry) in a parameter: 0 to ``MAX_SEQ``, else a 400."""
+    if seq is not None and not 0 <= seq <= MAX_SEQ:
+        raise ApiError(400, f"{name}: expected a log sequence, 0 to {MAX_SEQ}, got {seq}")
 
 
 def check_limit(limit: int, most: int) -> None:
@@ -195,8 +224,7 @@ async def read_access(request: Request, workspace: str, min_seq: int | None, wai
     """Every read: a read token, a known workspace, and the read-your-writes wait."""
     await authorize(request, workspace, "read")
     await require_workspace(request, workspace)
-    if min_seq is not None and min_seq < 0:
-        raise ApiError(400, f"min_seq: expected a log sequence, 0 or more, got {min_seq}")
+    check_seq("min_seq", min_seq)
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
     if min_seq is not None:

@@ -139,8 +139,12 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
 async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response:
     await authorize(request, ws, "admin")
     await require_workspace(request, ws)
-    parts = urlsplit(data.url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    try:
+        parts = urlsplit(data.url)
+    except ValueError:  # an unclosed [ of an IPv6 host, say
+        parts = None
+    if (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+            or any(ord(ch) < 0x20 or ch == "\x7f" for ch in data.url)):
         raise ApiError(400, f"url: expected an http(s) URL, got {data.url!r}")
     if not 1 <= data.max_attempts <= 100:
         raise ApiError(400, "max_attempts: expected 1 to 100")

@@ -132,7 +132,8 @@ def test_odd_workspace_ids_in_urls(stack, fuzz_ws, workspace):
     for headers in (auth, stack.admin()):
         answer = stack.http.post(f"/v1/workspaces/{path}/events", content=one,
                                  headers={**headers, "Content-Type": "application/cloudevents+json"})
-        assert answer.status_code in ((200,) if workspace == ws else (403, 404, 405)), (workspace, answer.status_code)
+        refused = (400, 403, 404, 405) if "\x00" in workspace else (403, 404, 405)  # 400: a NUL in the path
+        assert answer.status_code in ((200,) if workspace == ws else refused), (workspace, answer.status_code)
         for route in ("contacts/c", "funnel", "rejected"):
             status = stack.http.get(f"/v1/workspaces/{path}/{route}", headers=headers).status_code
             assert 400 <= status < 500, (workspace, route, status)

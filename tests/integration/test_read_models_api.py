@@ -178,7 +178,7 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         ("attribution", {"lookback_days": "1.5"}, "lookback_days: expected an integer, got '1.5'"),
         ("contacts", {"limit": "many"}, "limit: expected an integer, got 'many'"),
         ("funnel", {"min_seq": "abc"}, "min_seq: expected an integer, got 'abc'"),
-        ("funnel", {"min_seq": "-1"}, "min_seq: expected a log sequence, 0 or more, got -1"),
+        ("funnel", {"min_seq": "-1"}, "min_seq: expected a log sequence, 0 to 9223372036854775807, got -1"),
         ("goals", {"min_seq": "1", "wait_ms": "-1"}, "wait_ms: expected 0 to 60000, got -1"),
         ("touches", {"wait_ms": "soon"}, "wait_ms: expected an integer, got 'soon'"),
         ("rejected", {"limit": "x"}, "limit: expected an integer, got 'x'"),
@@ -203,3 +203,31 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
     ):
         answer = stack.http.post(hooks, json=body, headers=stack.admin())
         assert (answer.status_code, answer.json()) == (400, {"error": error}), body
+
+
+def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(stack):
+    """An audit found 500s (in Litestar's shape, logged nowhere) for a NUL, a sequence past 64 bits,
+    a time that leaves the years 1-9999 in UTC, and webhook URLs urlsplit cannot read."""
+    ws, auth = stack.new_workspace()
+    big = "99999999999999999999999"
+    for path, params, error in (
+        ("contacts", {"after": "\x00"}, "after: holds the NUL character (%00), which is not allowed"),
+        ("funnel", {"campaign": "a\x00b"}, "campaign: holds the NUL character (%00), which is not allowed"),
+        ("followups", {"contact": "\x00"}, "contact: holds the NUL character (%00), which is not allowed"),
+        ("goals", {"snapshot": "\x00"}, "snapshot: holds the NUL character (%00), which is not allowed"),
+        ("contacts/%00", {}, "path: holds the NUL character (%00), which is not allowed"),
+        ("contacts/a%00b/events", {}, "path: holds the NUL character (%00), which is not allowed"),
+        ("rejected", {"before": big}, f"before: expected a log sequence, 0 to 9223372036854775807, got {big}"),
+        ("contacts/c1/events", {"after": big}, f"after: expected a log sequence, 0 to 9223372036854775807, got {big}"),
+        ("funnel", {"min_seq": big}, f"min_seq: expected a log sequence, 0 to 9223372036854775807, got {big}"),
+        ("goals", {"as_of": "9999-12-31T23:59:59-23:59"},
+         "as_of: expected a time in the years 1 to 9999 UTC, got '9999-12-31T23:59:59-23:59'"),
+        ("funnel", {"from": "0001-01-01T00:00:00+14:00"},
+         "from: expected a time in the years 1 to 9999 UTC, got '0001-01-01T00:00:00+14:00'"),
+    ):
+        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params, answer.text)
+    for url in ("http://[::1/", "http://h/\u0000x", "http://h/a\nb"):
+        answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
+        assert answer.status_code == 400 and answer.json()["error"].startswith("url: expected an http(s) URL"), url
+
