@@ -81,7 +81,7 @@ class TokenOut(msgspec.Struct):
     summary="Create a workspace (operator admin token)",
     status_code=201,
     security=docs.BEARER,
-    responses=docs.errors(400, 401, 403, 409, 503, said=docs.OPERATOR_SAID),
+    responses=docs.errors(400, 401, 403, 409, 503, said=docs.OPERATOR_SAID, examples=docs.OPERATOR_EXAMPLES),
 )
 async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
     await authorize(request, None, "admin")

@@ -97,12 +97,6 @@ _EXAMPLE = {
 }
 
 
-def _example(code: int, said: dict[int, str]) -> str:
-    if code == 403 and said.get(403, "").startswith("This needs the operator's"):  # not "no read scope" there
-        return "this needs the operator's admin token"
-    return _EXAMPLE[code]
-
-
 def errors(*codes: int, said: dict[int, str] | None = None, examples: dict[int, list[dict[str, Any]]] | None = None
            ) -> dict[int, ResponseSpec]:
     """The error answers of a route, ``responses=`` of its decorator: for each code, the
@@ -115,7 +109,7 @@ def errors(*codes: int, said: dict[int, str] | None = None, examples: dict[int, 
             generate_examples=False,
             examples=[
                 Example(summary=str(code), value=value)
-                for value in examples.get(code, [{"error": _example(code, said)}])
+                for value in examples.get(code, [{"error": _EXAMPLE[code]}])
             ],
         )
         for code in codes
@@ -138,7 +132,8 @@ READ_ERRORS = errors(
 WORKSPACE_ERRORS = errors(400, 401, 403, 404, 503)
 # The operator's own routes (the operator's admin token only).
 OPERATOR_SAID = {403: "This needs the operator's admin token."}
-OPERATOR_ERRORS = errors(401, 403, 503, said=OPERATOR_SAID)
+OPERATOR_EXAMPLES = {403: [{"error": "this needs the operator's admin token"}]}  # not "no read scope"
+OPERATOR_ERRORS = errors(401, 403, 503, said=OPERATOR_SAID, examples=OPERATOR_EXAMPLES)
 
 INGEST_ERRORS = errors(
     400, 401, 403, 404, 413, 415, 503, 504,

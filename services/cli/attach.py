@@ -113,7 +113,9 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
 
 async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str) -> None:
     """A command about a workspace that does not exist stops here: one line, exit 2."""
-    if not await pool.fetchval("SELECT 1 FROM workspaces WHERE id = $1", workspace):
+    from services.api.auth import workspace_exists
+
+    if not await workspace_exists(pool, workspace):
         refuse(f"unknown workspace {workspace!r}")
 
 

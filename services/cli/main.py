@@ -10,7 +10,7 @@ import typer
 
 from events.validation import is_workspace_id
 from services.api import auth
-from services.cli.attach import DataDir, database, refuse
+from services.cli.attach import DataDir, database, refuse, require_known
 from services.cli.output import stdout_console
 from services.settings import Settings
 
@@ -121,16 +121,12 @@ def token_create(
             raise typer.BadParameter("NATS credentials only ingest: use --scope ingest", param_hint="--scope")
         raise typer.Exit(create_producer(Settings.from_env(data_dir=data_dir), workspace))
 
-    async def run() -> str | None:
+    async def run() -> str:
         async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            if not await auth.workspace_exists(pool, workspace):
-                return None
+            await require_known(pool, workspace)
             return await auth.create_token(pool, workspace, scope)
 
-    token = asyncio.run(run())
-    if token is None:
-        refuse(f"unknown workspace {workspace!r}")
-    print(token)
+    print(asyncio.run(run()))
 
 
 from services.cli import audit as _audit_commands  # noqa: E402  replay, audit, status, snapshot

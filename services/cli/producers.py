@@ -13,7 +13,6 @@ import asyncio
 import json
 import sys
 
-from services.api import auth
 from services.runtime import nats_auth
 from services.settings import Settings
 
@@ -35,14 +34,13 @@ def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extr
 
 def create_producer(settings: Settings, workspace: str) -> int:
     """Print the producer's credentials as JSON; the exit code."""
-    from services.cli.attach import database, embedded_nats_root, refuse
+    from services.cli.attach import database, embedded_nats_root, require_known
 
-    async def known() -> bool:
+    async def known() -> None:
         async with database(settings) as pool:
-            return await auth.workspace_exists(pool, workspace)
+            await require_known(pool, workspace)
 
-    if not asyncio.run(known()):
-        refuse(f"unknown workspace {workspace!r}")
+    asyncio.run(known())
     if settings.nats_url:
         producer, password = nats_auth.new_producer(workspace)
         print(_answer(nats_auth.without_credentials(settings.nats_url), producer, password,

@@ -162,9 +162,10 @@ class RulesState:
     # namespace per workspace, as in the deals read model. Stored apart from the workspace state
     # (``rules_deals``) so that a batch loads only the deals it reports.
     deals: dict[tuple[str, str], Deal] = field(default_factory=dict)
-    # (workspace, followup_id) -> the contact it is about, from the log's followup.requested: for
-    # a dismissal whose subject is another contact. Loaded for the batch's dismissals only
-    # (``rules_followups``), with those contacts' states.
+    # (workspace, followup_id) -> the contact it is about, noted when the worker emits it and when
+    # it applies the log's followup.requested: for a dismissal that comes before the record, or
+    # whose subject is another contact. Loaded for the batch's dismissals only (``rules_followups``),
+    # with those contacts' states.
     followup_contacts: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def contact(self, workspace: str, contact: str) -> ContactRules:
