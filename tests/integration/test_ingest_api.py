@@ -267,3 +267,41 @@ def test_min_seq_waits_for_the_read_models(stack):
     assert fresh.status_code == 200 and fresh.json()["stage"] == "lead"
     assert stack.get(f"/v1/workspaces/{ws}/contacts/nobody", auth, min_seq=seq).status_code == 404
     assert stack.get("/v1/workspaces/no-such-ws/contacts/lee", stack.admin()).status_code == 404
+
+
+def test_a_compressed_body_is_judged_as_what_it_decompresses_to(stack):
+    """gzip and deflate bodies are decompressed as they arrive; their limits hold once decompressed,
+    and what does not decompress, or another coding, is refused whole and kept like any refusal."""
+    import gzip
+    import zlib
+
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    batch = {**auth, "Content-Type": "application/cloudevents-batch+json"}
+    events = [event("marketing.engaged", f"z{n}", channel="ig", action="view") for n in range(3)]
+    gzipped = stack.http.post(url, content=gzip.compress(json.dumps(events).encode()),
+                              headers={**batch, "Content-Encoding": "gzip"})
+    assert gzipped.status_code == 200, gzipped.text
+    assert [result["status"] for result in gzipped.json()["results"]] == ["accepted"] * 3
+    single = {**auth, "Content-Type": "application/cloudevents+json", "Content-Encoding": "Deflate"}
+    deflated = stack.http.post(url, content=zlib.compress(json.dumps(event("sales.lead.qualified", "z0")).encode()),
+                               headers=single)
+    assert deflated.status_code == 200 and deflated.json()["results"][0]["status"] == "accepted", deflated.text
+
+    # 4 MiB and a bit of spaces around an empty batch: 4 KiB sent, over the limit once decompressed.
+    bomb = gzip.compress(b"[" + b" " * (4 * 1024 * 1024) + b"]")
+    refusals = [
+        (bomb, "gzip", 413, "a request is at most 4194304 bytes once decompressed"),
+        (b"[not gzip at all]", "gzip", 400, "the body is not valid gzip: "),
+        (gzip.compress(b"[]")[:-6], "gzip", 400, "the body is not valid gzip: it ends before its compressed data does"),
+        (gzip.compress(b"[]") * 2, "gzip", 400, "the body is not valid gzip: bytes follow the end of its compressed data"),
+        (b"[]", "br", 415, "Content-Encoding 'br' is not supported"),
+    ]
+    for body, coding, status, error in refusals:
+        answer = stack.http.post(url, content=body, headers={**batch, "Content-Encoding": coding})
+        assert answer.status_code == status and answer.json()["error"].startswith(error), (coding, answer.text)
+    listed = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][::-1]
+    assert len(listed) == len(refusals)
+    assert all(item["reason"].startswith(error) for item, (*_, error) in zip(listed, refusals))
+    assert listed[0]["body"].startswith("[   ") and len(listed[0]["body"]) == 65_536  # kept decompressed
+    assert listed[1]["body"] == "[not gzip at all]"  # kept as sent
