@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 import msgspec
 
@@ -47,7 +47,7 @@ POST_SALE_DUE = dt.timedelta(days=7)
 STALLED_AFTER = dt.timedelta(days=7)
 WARM_TOUCHES = 5
 ANOMALY_MIN_REPORTS = 3
-ANOMALY_FACTOR = 3.0
+ANOMALY_FACTOR = 3
 GOAL_MIN_ELAPSED = 0.25
 GOAL_RISK_SHARE = Decimal("0.8")
 
@@ -134,7 +134,10 @@ class Goal(msgspec.Struct):
 
 class MetricStats(msgspec.Struct, array_like=True):
     count: int = 0
-    total: float = 0.0
+    # Each value as the decimal it was written as (the shortest text its double reads back from),
+    # summed exactly: 0.7 + 0.1 + 0.1 in binary floats is under 0.9, and 0.9 then "above 3x" their
+    # mean of 0.3. (States from before this kept a float sum; it is read as the decimal it holds.)
+    total: Decimal = Decimal(0)
 
 
 class WorkspaceRules(msgspec.Struct, omit_defaults=True):
@@ -221,6 +224,11 @@ def may_follow_up(contact: ContactRules, t: dt.datetime, *, recent_sales: bool =
     return True
 
 
+def done_by_sales(contact: ContactRules, trigger_time: dt.datetime) -> bool:
+    """A follow-up is done once the contact has a sales touch at or after its trigger's time."""
+    return bool(contact.sales_times) and contact.sales_times[-1] >= trigger_time  # kept sorted
+
+
 def _followup(
     workspace: str,
     subject: str,
@@ -235,8 +243,11 @@ def _followup(
     now: dt.datetime,
 ) -> RequestFollowup:
     fid = followup_id(workspace, rule, source, trigger_id)
-    if fid not in contact.dismissed:
-        contact.open[fid] = trigger_time  # open from the moment it is emitted
+    # Open from the moment it is emitted, unless it is done already: a sales touch later in time
+    # than the trigger can come earlier in the log (post-sale has no recent-sales guard, and a
+    # backfilled engagement can be older than the last call).
+    if fid not in contact.dismissed and not done_by_sales(contact, trigger_time):
+        contact.open[fid] = trigger_time
     return RequestFollowup(
         command_id=command_id(workspace, rule, source, trigger_id),
         workspace=workspace,
@@ -341,7 +352,7 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         # open then open now (a follow-up a timer caused is not re-derived at the same point).
         trigger = utc(event.data.trigger_time or event.time)
         state.followup_contacts[(ws_id, event.data.followup_id)] = subject
-        closed = any(moment >= trigger for moment in contact.sales_times)
+        closed = done_by_sales(contact, trigger)
         if event.data.followup_id not in contact.open and not closed and event.data.followup_id not in contact.dismissed:
             contact.open[event.data.followup_id] = trigger
         return effects
@@ -404,18 +415,21 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     if isinstance(event, (c.DealWon, c.DealLost)):
         _note_activity(contact, event, t)
     if isinstance(event, c.DealWon):
+        # The first deal.won of the deal in log order: deal ids are one namespace per workspace (as
+        # in the deals read model), so a second contact's report of a won deal is not a new sale.
+        first = (ws_id, event.data.deal_id) not in state.deals and event.data.deal_id not in contact.won_deals
         if _count_won(state, ws_id, ws, contact, event):
             changed_metrics.update(("revenue", "deals_won"))
         if event.data.deal_id not in contact.won_deals:
             contact.won_deals.append(event.data.deal_id)
-            if settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
-                reason = (
-                    f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {event.data.currency}):"
-                    " check in within 7 days that all is well, and ask for a review or a referral"
-                )
-                effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
-                                                  due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id,
-                                                  now=now))
+        if first and settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
+            reason = (
+                f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {event.data.currency}):"
+                " check in within 7 days that all is well, and ask for a review or a referral"
+            )
+            effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
+                                              due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id,
+                                              now=now))
     if isinstance(event, c.DealRefunded):
         day = _day(ws, t)
         day.revenue[event.data.currency] = EXACT.subtract(day.revenue.get(event.data.currency, Decimal(0)), event.data.amount)
@@ -535,12 +549,20 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
 # --- alerts ------------------------------------------------------------------------------
 
 
+# Wide enough that no sum of doubles' decimals is ever rounded (their digits span under 700 places).
+_METRICS = Context(prec=800, traps=[InvalidOperation, DivisionByZero, Overflow])
+
+
+def metric_value(value: float) -> Decimal:
+    return Decimal(repr(value))
+
+
 def _count_metric(ws: WorkspaceRules, event: c.Envelope) -> MetricStats:
     key = f"{event.data.campaign_id}\x1f{event.data.metric}"
     stats = ws.metrics.setdefault(key, MetricStats())
     before = MetricStats(stats.count, stats.total)
     stats.count += 1
-    stats.total += event.data.value
+    stats.total = _METRICS.add(stats.total, metric_value(event.data.value))
     return before
 
 
@@ -548,12 +570,13 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
     before = _count_metric(ws, event)
     if before.count < ANOMALY_MIN_REPORTS:
         return []
-    mean = before.total / before.count
     value = event.data.value
-    if value > ANOMALY_FACTOR * mean:
+    exact = _METRICS.multiply(metric_value(value), before.count)  # the value against the mean, times count
+    mean = float(before.total) / before.count  # for the reason's words only
+    if exact > _METRICS.multiply(ANOMALY_FACTOR, before.total):
         direction = f"{value / mean:.1f}x" if mean > 0 else "far"
         words = f"{direction} above"
-    elif value < mean / ANOMALY_FACTOR:
+    elif _METRICS.multiply(exact, ANOMALY_FACTOR) < before.total:
         words = "far below" if value <= 0 or mean <= 0 else f"{mean / value:.1f}x below"
     else:
         return []

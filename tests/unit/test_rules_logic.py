@@ -142,6 +142,20 @@ def test_follow_up_closes_on_sales_touch_at_or_after_trigger_and_on_dismissal():
     assert not state2.contact(WS, "dana").open
 
 
+def test_a_followup_done_when_it_is_emitted_does_not_block_the_next_trigger():
+    # A call on the 10th applied first; an older like fires (the call is later than it), and its
+    # follow-up is done from the start: the next like fires too.
+    call = ev("sales.outreach.sent", at=T0 + 9 * D, channel="phone")
+    likes = [ev("marketing.engaged", at=T0 + n * H, channel="ig", action="click") for n in (0, 12)]
+    state, effects = run([call, *likes])
+    assert rules(effects) == ["hot-engagement", "hot-engagement"]
+    assert state.contact(WS, "dana").open == {}
+    # The same for a sale whose follow-up a later call made done before it was applied.
+    state, effects = run([call, ev("sales.deal.won", at=T0, deal_id="d1", amount="10", currency="EUR"),
+                          ev("marketing.lead.captured", at=T0 + 12 * H, channel="web")])
+    assert rules(effects) == ["post-sale", "new-lead"]
+
+
 def test_logged_followup_counts_as_open_when_rules_rerun():
     fid = "fu_from_a_timer"
     history = [internal("followup.requested", "dana", T0, followup_id=fid, rule="stalled-offer", reason="r",
@@ -203,7 +217,9 @@ def _offer(at=T0, id="o1"):
         # earlier activity is not "later"
         ([ev("sales.outreach.sent", at=T0 - D, channel="email")], True),
         ([ev("contact.opted_out", at=T0 + D)], False),
-        ([ev("marketing.engaged", at=T0 - 10 * D, channel="x", action="like")], False),  # an open follow-up
+        ([ev("marketing.engaged", at=T0 + 8 * D, channel="x", action="like")], False),  # an open follow-up
+        # a follow-up the offer itself made done (a like older than it) does not block
+        ([ev("marketing.engaged", at=T0 - 10 * D, channel="x", action="like")], True),
         ([ev("marketing.engaged", at=T0 + D, channel="x", action="view")], True),
     ],
 )
@@ -236,6 +252,12 @@ def _metric(value, id=None):
         ([100, 100, 100, 34], 0),
         ([100, 100, 301], 0),  # fewer than 3 reports before
         ([100, 100, 100, 100, 1000, 100], 1),  # the mean includes the anomaly
+        # as written, not as binary floats: 0.7 + 0.1 + 0.1 is 0.9, so 0.9 is exactly 3x the mean
+        ([0.7, 0.1, 0.1, 0.9], 0),
+        ([0.7, 0.1, 0.1, 0.9000000000000001], 1),
+        ([0.3, 0.3, 0.3, 0.1], 0),  # exactly a third
+        ([0.3, 0.3, 0.3, 0.09999999999999999], 1),
+        ([1e300, 5e-324, 1e300, 1e300], 0),  # sums far apart in scale stay exact
     ],
 )
 def test_metric_anomaly(values, alerts):
@@ -382,7 +404,8 @@ def test_a_deal_id_is_one_deal_across_contacts_in_the_goal_facts_as_in_the_deals
     ws = state.workspace(WS)
     assert ws.won_sum == {"EUR": Decimal(30)} and ws.won_count == {"EUR": 1}
     assert state.deals[(WS, "dX")].contact == "ben"
-    assert rules(effects) == ["post-sale", "post-sale"]  # post-sale is per contact, as before
+    # post-sale: the first deal.won of the deal in log order, whichever contact reports it after
+    assert rules(effects) == ["post-sale"] and effects.commands[0].contact == "ann"
 
 
 def test_a_deal_won_under_a_rules_state_without_stored_reports_keeps_its_first_report():
