@@ -7,8 +7,8 @@ the rules for rendering are written down in docs/read-models.md:
   JSON numbers: the nearest double to the exact rational value, no other rounding;
 * medians are of exact values (mean of the middle two when even), hours likewise;
 * decimal results that are not exact decimals of the inputs (a third of a deal, a target
-  times an elapsed fraction) are rounded half-even to 6 places; otherwise they keep the
-  scale of their inputs (``"40.00"`` stays ``"40.00"``).
+  times an elapsed fraction) are rounded half-even to 6 places, or to the inputs' scale where
+  that is finer; otherwise they keep the scale of their inputs (``"40.00"`` stays ``"40.00"``).
 """
 
 from __future__ import annotations
@@ -82,8 +82,8 @@ def scale_of(value: Decimal) -> int:
 
 
 def exact_decimal(value: Fraction | Decimal, min_scale: int = 0) -> Decimal:
-    """A Fraction as a decimal: exact when it has at most 6 places (at least ``min_scale``
-    of them), else rounded half-even to 6."""
+    """A Fraction as a decimal: exact when it has at most max(6, ``min_scale``) places (at least
+    ``min_scale`` of them), else rounded half-even to that many."""
     numerator, denominator = value.as_integer_ratio()  # in lowest terms
     places = min_scale
     # In lowest terms, n/d has k exact decimal places when d divides 10**k: no Fraction arithmetic

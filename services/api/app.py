@@ -39,6 +39,7 @@ from services.api.common import (
     read_connection,
     require_workspace,
     services_of,
+    wait_applied,
     unavailable_response,
     unexpected_response,
 )
@@ -388,8 +389,9 @@ async def list_rejected(
     security=docs.BEARER,
     responses=docs.OPERATOR_ERRORS,
 )
-async def status(request: Request) -> Response:
+async def status(request: Request, min_seq: int | None = None, wait_ms: int = 5000) -> Response:
     await authorize(request, None, "admin")
+    await wait_applied(request, min_seq, wait_ms)  # as every read: the contract's section 4
     from services.status import status_report
 
     services = services_of(request)

@@ -224,6 +224,12 @@ async def read_access(request: Request, workspace: str, min_seq: int | None, wai
     """Every read: a read token, a known workspace, and the read-your-writes wait."""
     await authorize(request, workspace, "read")
     await require_workspace(request, workspace)
+    await wait_applied(request, min_seq, wait_ms)
+
+
+async def wait_applied(request: Request, min_seq: int | None, wait_ms: int) -> None:
+    """``?min_seq=N&wait_ms=W``: answer once every read model has applied the log up to N, waiting
+    up to W ms; else 503 stale with the sequence applied."""
     check_seq("min_seq", min_seq)
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")

@@ -133,7 +133,11 @@ WORKSPACE_ERRORS = errors(400, 401, 403, 404, 503)
 # The operator's own routes (the operator's admin token only).
 OPERATOR_SAID = {403: "This needs the operator's admin token."}
 OPERATOR_EXAMPLES = {403: [{"error": "this needs the operator's admin token"}]}  # not "no read scope"
-OPERATOR_ERRORS = errors(401, 403, 503, said=OPERATOR_SAID, examples=OPERATOR_EXAMPLES)
+OPERATOR_ERRORS = errors(  # /v1/status: a read like the others, min_seq included
+    400, 401, 403, 503,
+    said={**OPERATOR_SAID, 503: STALE_SAID},
+    examples={**OPERATOR_EXAMPLES, 503: [{"error": "stale", "applied_seq": 41}, {"error": _EXAMPLE[503]}]},
+)
 
 INGEST_ERRORS = errors(
     400, 401, 403, 404, 413, 415, 503, 504,

@@ -261,10 +261,15 @@ def test_min_seq_waits_for_the_read_models(stack):
         assert stale.status_code == 503
         assert stale.headers["retry-after"]
         assert stale.json()["error"] == "stale" and stale.json()["applied_seq"] < seq
+        # The operator's status waits alike (every endpoint takes min_seq).
+        status = stack.get("/v1/status", stack.admin(), min_seq=seq, wait_ms=200)
+        assert status.status_code == 503 and status.json()["error"] == "stale", status.text
     finally:
         stack.restart_projector(kill=False)
     fresh = stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth, min_seq=seq, wait_ms=20000)
     assert fresh.status_code == 200 and fresh.json()["stage"] == "lead"
+    status = stack.get("/v1/status", stack.admin(), min_seq=seq)
+    assert status.status_code == 200 and min(p["applied_seq"] for p in status.json()["projectors"]) >= seq
     assert stack.get(f"/v1/workspaces/{ws}/contacts/nobody", auth, min_seq=seq).status_code == 404
     assert stack.get("/v1/workspaces/no-such-ws/contacts/lee", stack.admin()).status_code == 404
 

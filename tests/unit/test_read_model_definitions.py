@@ -71,6 +71,8 @@ def test_median_is_the_middle_or_the_mean_of_the_middle_two(values, expected):
     (Fraction(40), 2, "40.00"), (Fraction(100, 3), 2, "33.333333"), (Fraction(81, 8), 0, "10.125"),
     (Fraction(1, 2), 0, "0.5"), (Fraction(2, 3), 0, "0.666667"), (Fraction(5, 10**7), 0, "0.000000"),
     (Decimal("12.50"), 0, "12.5"), (Decimal("12.50"), 3, "12.500"), (Fraction(-7, 4), 0, "-1.75"),
+    # inputs finer than 6 places: rounded at their scale, never coarser
+    (Fraction(100000000001, 3 * 10**10), 10, "3.3333333334"),
 ])
 def test_decimals_stay_exact_up_to_six_places(value, min_scale, text):
     assert format(exact_decimal(value, min_scale), "f") == text
