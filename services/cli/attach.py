@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
 import asyncpg
+import nats.errors
 import typer
 from rich.console import Console
 
 from services.runtime import nats_auth
 from services.settings import Settings
+from services.store.db import RETRYABLE
 
 err_console = Console(stderr=True)
 
@@ -36,6 +38,30 @@ def refuse(message: str, code: int = 2) -> NoReturn:
     """One line on stderr, not wrapped to the terminal's width, and exit ``code``."""
     err_console.print(f"touchline: {message}", style="red", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+# What a command meets when NATS or PostgreSQL stops answering under it.
+CONNECTION_LOST = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.NoServersError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.ConnectionDrainingError,
+    *RETRYABLE,
+)
+
+
+def connection_lost(err: BaseException) -> NoReturn:
+    which = "NATS" if isinstance(err, nats.errors.Error) else "PostgreSQL"
+    detail = str(err).strip() or type(err).__name__
+    err_console.print(
+        f"touchline: {which} stopped answering during the command ({detail}); check that it runs"
+        " (`touchline status`) and run the command again",
+        style="red", markup=False, highlight=False, soft_wrap=True,
+    )
+    raise SystemExit(1)
 
 
 def _nothing_there(settings: Settings, variables: str) -> NoReturn:

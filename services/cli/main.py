@@ -152,7 +152,14 @@ _parked_commands.register(app)
 
 
 def main() -> None:
-    app()
+    from services.cli.attach import CONNECTION_LOST, connection_lost
+
+    try:
+        app()
+    except CONNECTION_LOST as err:
+        # NATS or PostgreSQL went away mid-command (a restart, a reload that reset the connection):
+        # one line that says which, not a traceback through the client libraries.
+        connection_lost(err)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,25 @@ def test_replay_name_without_a_point_in_time_is_refused_before_anything_runs():
     """--name names a snapshot; alone it was ignored and the live read models were rebuilt."""
     done = touchline("replay", "--workspace", "acme", "--name", "foo")
     assert done.returncode == 2 and "give --until or --until-seq too" in done.stderr
+
+
+@pytest.mark.parametrize(("lost", "which"), [
+    ("nats.errors.TimeoutError()", "NATS"),
+    ("nats.errors.ConnectionClosedError()", "NATS"),
+    ("asyncpg.exceptions.ConnectionDoesNotExistError('connection was closed in the middle of operation')", "PostgreSQL"),
+])
+def test_a_connection_lost_mid_command_is_one_line_not_a_traceback(lost, which):
+    # A command whose NATS or PostgreSQL stops answering under it (here: raised by the command).
+    code = (
+        "import asyncpg, nats.errors, typer\n"
+        "from services.cli import main\n"
+        "@main.app.command('lose')\n"
+        f"def lose():\n    raise {lost}\n"
+        "main.main()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    done = subprocess.run([sys.executable, "-c", code, "lose"], env={**env, "COLUMNS": "200"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"touchline: {which} stopped answering during the command"), done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
