@@ -146,11 +146,22 @@ async def load_settings(conn: asyncpg.Connection, workspaces: Iterable[str]) -> 
     return {row["workspace"]: logic.Settings(frozenset(row["disabled"])) for row in rows}
 
 
+async def first_decision(conn: asyncpg.Connection, fire: TimerFire) -> bool:
+    """Record that this timer is decided now; False if it was decided before (a redelivery, or a
+    rerun of the rules from the start, which ``reset`` leaves this record to)."""
+    return bool(await conn.fetchval(
+        "INSERT INTO rules_timers (workspace, timer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        fire.workspace,
+        fire.timer_id,
+    ))
+
+
 async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
     """Forget the decision state and start the rules again from the start of the log.
 
     Safe with workers running: they are fenced by the moved position and start again from 0.
-    Derived ids make every re-emitted command a no-op for follow-ups that already exist.
+    Derived ids make every re-emitted command a no-op for follow-ups that already exist. The
+    stalled-offer timers already decided stay decided (``rules_timers``, see ``first_decision``).
     """
     async with pool.acquire() as conn:
         async with conn.transaction():
@@ -375,9 +386,13 @@ class RulesWorker:
         async def work(conn: asyncpg.Connection) -> Effects:
             await self.committed.hold(conn)
             state = await load_state(conn, [(fire.workspace, fire.contact)], [])
-            settings = await load_settings(conn, [fire.workspace])
-            effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
-                                         settings=settings.get(fire.workspace, logic.DEFAULT_SETTINGS))
+            if await first_decision(conn, fire):
+                settings = await load_settings(conn, [fire.workspace])
+                effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
+                                             settings=settings.get(fire.workspace, logic.DEFAULT_SETTINGS))
+            else:  # decided before a `rules reset`: as it was decided then (its follow-up, if any, is logged)
+                state.contact(fire.workspace, fire.contact).offers.pop(fire.timer_id, None)
+                effects = Effects()
             await save_state(conn, state)
             await publish_effects(self.js, effects)
             return effects

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import asyncpg
 
-from events.commands import COMMANDS_STREAM, TIMERS_STREAM, followup_id
+from events.commands import COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
 from events.log import LOG_STREAM
 from tests.support import event
 from services.nats_io import connect_client
@@ -347,6 +347,42 @@ def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
     assert quiet["due_at"].replace("Z", "+00:00") == soon.isoformat()
     assert quiet["caused_by"] == {"source": "/test", "id": "o-quiet"}
     assert "Your offer to quiet (deal d-quiet, 1200 EUR) has had no answer for 7 days" in quiet["reason"]
+
+
+async def _fire_timer_again(stack, ws: str, contact: str, source: str, offer_id: str) -> None:
+    """The fired-timer message a rerun of the rules publishes for an offer already due, as it goes
+    out once the stream's duplicate window (2 minutes) is past."""
+    nc = await connect_client(stack.servers.nats_url)
+    try:
+        tid = timer_id(ws, source, offer_id)
+        body = encode_timer(TimerFire(timer_id=tid, workspace=ws, contact=contact, fire_at=NOW))
+        await nc.jetstream().publish(timer_fired_subject(ws), body, stream=TIMERS_STREAM,
+                                     headers={"Nats-Msg-Id": f"again-{tid}"})
+    finally:
+        await nc.close()
+
+
+def test_a_rerun_of_the_rules_keeps_a_timer_decided_as_the_live_run_decided_it(stack):
+    """The live run decided a due offer's timer while a hot-engagement follow-up was open: no
+    stalled-offer. That follow-up dismissed, `rules reset` reran the rules, and the timer fired again
+    with the whole log applied: a stalled-offer follow-up the live run had decided against."""
+    ws, auth = stack.new_workspace()
+    stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(NOW - dt.timedelta(days=1)), id="like",
+                                  channel="ig", action="click")])
+    stack.ingest(ws, auth, [event("sales.offer.made", "dana", iso(NOW - dt.timedelta(days=9)), id="offer",
+                                  deal_id="d9", amount="900", currency="EUR")])
+    settle(stack, ws, auth)
+    wait_for(lambda: asyncio.run(_timer_consumer_idle(stack)), what="the offer's timer decided")
+    [engaged] = followups(stack, ws, auth)
+    assert engaged["rule"] == "hot-engagement"
+    stack.ingest(ws, auth, [event("sales.followup.dismissed", "dana", iso(NOW), followup_id=engaged["followup_id"])])
+    subprocess.run([sys.executable, "-m", "services.cli.main", "rules", "reset"], env=stack.env, check=True,
+                   capture_output=True)
+    settle(stack, ws, auth)
+    asyncio.run(_fire_timer_again(stack, ws, "dana", "/test", "offer"))
+    wait_for(lambda: asyncio.run(_timer_consumer_idle(stack)), what="the timer fired again")
+    settle(stack, ws, auth)
+    assert [(item["rule"], item["status"]) for item in followups(stack, ws, auth)] == [("hot-engagement", "dismissed")]
 
 
 # --- webhooks ---------------------------------------------------------------------------
