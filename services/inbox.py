@@ -41,7 +41,7 @@ from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
 from services.projector.runner import CommittedPosition, Fenced
 from services.runtime.loop import cancel_and_wait
-from services.store.db import RETRYABLE
+from services.store.db import RETRYABLE, UNAVAILABLE as DATABASE_UNAVAILABLE
 from services.stream_reader import StreamMessage
 
 log = structlog.get_logger()
@@ -219,7 +219,7 @@ class InboxReader:
     async def _is_known(self, workspace: str) -> bool:
         try:
             return await self.known_workspace(workspace)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DATABASE_UNAVAILABLE as err:
             raise LogUnavailable(f"workspaces cannot be read: {err}") from err
 
     async def _store(

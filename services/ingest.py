@@ -26,6 +26,7 @@ from events.log import HEADER_MSG_ID, LOG_STREAM, arrival_headers, event_digest,
 from events.upcasting import decode_exact
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
+from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = structlog.get_logger()
 
@@ -221,7 +222,7 @@ class Ingestor:
         index_keys = digests.index_keys(keys)
         try:
             rows = await (db or self.pool).fetch(_LOOKUP, index_keys)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DATABASE_UNAVAILABLE as err:
             raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
         if not rows:  # the usual answer: none of them stored before
             return {}
@@ -335,7 +336,7 @@ class Ingestor:
         index_keys = digests.index_keys(keys)
         try:
             rows = await (db or self.pool).fetch(_INDEX, index_keys, [seq for seq, _ in stored])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DATABASE_UNAVAILABLE as err:
             if db is not None:
                 raise LogUnavailable(f"the dedupe index could not be written: {err}") from err
             # The events are durably in the log; the projector indexes them as it applies them.
@@ -367,5 +368,5 @@ class Ingestor:
         workspaces, reasons, bodies = zip(*((ws, reason, raw[:MAX_EVENT_BYTES]) for ws, raw, reason in items))
         try:
             await (db or self.pool).execute(_REJECT, via, workspaces, reasons, bodies)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DATABASE_UNAVAILABLE as err:
             raise LogUnavailable(f"the rejected list could not be written: {err}") from err

@@ -23,9 +23,15 @@ RETRYABLE = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.InterfaceError,
+    # "cannot switch to state 12; another operation is in progress": a connection the server
+    # dropped in the middle of an operation (a restart), met again by the next one.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     OSError,
 )
+# What a write to PostgreSQL fails with when the database is down, restarting or refusing it:
+# ingest answers these 503 (nothing stored) or defers the index (the events are in the log).
+UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError)
 
 
 # Every session of ours asks the kernel to start writing what it wrote after each 256 kB, as

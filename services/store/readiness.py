@@ -11,6 +11,8 @@ import asyncpg
 import structlog
 from nats.aio.client import Client as NatsClient
 
+from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
+
 log = structlog.get_logger()
 
 # The service kinds that must be beating for /v1/health to say ready.
@@ -34,7 +36,7 @@ async def heartbeat(pool: asyncpg.Pool, service: str) -> None:
                 service,
                 instance,
             )
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        except DATABASE_UNAVAILABLE as err:
             log.warning("heartbeat.failed", service=service, error=str(err))
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
@@ -48,7 +50,7 @@ async def report(pool: asyncpg.Pool, nc: NatsClient) -> dict:
         )
         alive = {row["service"] for row in rows}
         checks["postgres"] = True
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DATABASE_UNAVAILABLE:
         alive, checks["postgres"] = set(), False
     for service in REQUIRED_SERVICES:
         checks[service] = service in alive
