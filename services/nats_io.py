@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import urllib.parse
+
 import nats
 import structlog
 from nats.aio.client import Client
@@ -90,6 +93,31 @@ def nats_servers(url: str | list[str]) -> list[str]:
     return [server.strip() for server in url.split(",") if server.strip()]
 
 
+def nats_connection(url: str | list[str]) -> tuple[list[str], dict[str, str]]:
+    """The servers of TOUCHLINE_NATS_URL without credentials, and the credentials as connect
+    options (``user`` and ``password``, or ``token``), percent-escapes decoded (a password with ``@``).
+
+    nats-py uses a URL's own credentials for that URL only: a server the cluster announced, which
+    a client reconnects to when its own node dies, was tried without any and refused
+    ("Authorization Violation"), and FastStream's broker takes that refusal as fatal (an outside
+    audit on a 3-node cluster: the dispatcher stopped for good). As options they go to every server.
+    The first credentials named are the cluster's."""
+    servers: list[str] = []
+    credentials: dict[str, str] = {}
+    for server in nats_servers(url):
+        parts = urllib.parse.urlsplit(server)
+        if "://" not in server or "@" not in parts.netloc:
+            servers.append(server)
+            continue
+        userinfo, host = parts.netloc.rsplit("@", 1)
+        servers.append(urllib.parse.urlunsplit(parts._replace(netloc=host)))
+        if userinfo and not credentials:
+            user, has_password, password = userinfo.partition(":")
+            credentials = ({"user": urllib.parse.unquote(user), "password": urllib.parse.unquote(password)}
+                           if has_password else {"token": urllib.parse.unquote(user)})
+    return servers, credentials
+
+
 async def connect(url: str, name: str) -> Client:
     """Connect and keep reconnecting for ever: an outage must not end a service."""
 
@@ -123,7 +151,8 @@ async def connect(url: str, name: str) -> Client:
 async def connect_client(url: str | list[str], **options) -> TapClient:
     """``nats.connect`` with a client whose parser can feed an ``OrderedConsumer``."""
     nc = TapClient()
-    await nc.connect(nats_servers(url), **options)
+    servers, credentials = nats_connection(url)
+    await nc.connect(servers, **credentials, **options)
     return nc
 
 
@@ -131,11 +160,19 @@ async def connect_client(url: str | list[str], **options) -> TapClient:
 RETENTION_CHANGE_REFUSED = 10052
 
 
-async def ensure_streams(js: JetStreamContext, *configs: StreamConfig) -> None:
+async def ensure_streams(js: JetStreamContext, *configs: StreamConfig, replicas: int | None = None) -> None:
+    """Every stream declared as this release wants it. Its replicas are ``replicas`` when given,
+    else what an existing stream has: a service's start must not undo an operator's R3 (an update
+    without ``num_replicas`` is taken as 1)."""
     for config in configs or DEFAULT_STREAMS:
+        if replicas is not None:
+            config = dataclasses.replace(config, num_replicas=replicas)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
+            if replicas is None:
+                existing = await js.stream_info(config.name)
+                config = dataclasses.replace(config, num_replicas=existing.config.num_replicas)
             try:
                 await js.update_stream(config)
             except nats.js.errors.APIError as err:

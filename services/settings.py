@@ -17,6 +17,9 @@ class Settings:
     # HTTP worker processes sharing the port (SO_REUSEPORT); Python serves one request at a time
     # per process, so one per core lets the API use the machine. TOUCHLINE_API_WORKERS overrides.
     api_workers: int = 0
+    # Replicas of each JetStream stream on a cluster (TOUCHLINE_NATS_REPLICAS). None: a new stream
+    # gets the server's one, and an existing stream keeps what it has (an operator's `--replicas 3`).
+    nats_replicas: int | None = None
 
     @classmethod
     def from_env(cls, **flags: object) -> "Settings":
@@ -28,6 +31,7 @@ class Settings:
             http=env.get("TOUCHLINE_HTTP") or cls.http,
             admin_token=env.get("TOUCHLINE_ADMIN_TOKEN") or None,
             api_workers=_positive_int(env.get("TOUCHLINE_API_WORKERS"), "TOUCHLINE_API_WORKERS") or default_api_workers(),
+            nats_replicas=_positive_int(env.get("TOUCHLINE_NATS_REPLICAS"), "TOUCHLINE_NATS_REPLICAS"),
         )
         given = {name: value for name, value in flags.items() if value is not None}
         if "data_dir" in given:

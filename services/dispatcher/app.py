@@ -26,6 +26,7 @@ import msgspec
 import structlog
 from faststream import AckPolicy, FastStream
 from faststream.nats import JStream, NatsBroker, NatsMessage, PullSub
+from faststream.nats.security import NatsToken, NatsUserPassword
 from faststream.specification import AsyncAPI
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -45,7 +46,7 @@ from events.commands import (
 )
 from services.dispatcher import deadletter, webhooks
 from services.ingest import Ingestor, LogUnavailable
-from services.nats_io import nats_servers
+from services.nats_io import nats_connection
 
 log = structlog.get_logger()
 
@@ -231,7 +232,10 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
           server_description: str | None = None) -> FastStream:
     """The FastStream application: the broker, the command subscriber and the dead-letter publisher.
     ``server_description``: what the AsyncAPI description says of the server."""
-    broker = NatsBroker(nats_servers(servers), max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
+    servers, credentials = nats_connection(servers)
+    security = (NatsUserPassword(credentials["user"], credentials["password"]) if "user" in credentials
+                else NatsToken(credentials["token"]) if "token" in credentials else None)
+    broker = NatsBroker(servers, security=security, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
                         description=server_description)
     deadletter.register_publisher(broker)
 

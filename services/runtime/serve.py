@@ -64,9 +64,9 @@ async def open_backends(settings: Settings, name: str, pool_size: int = 8) -> Ba
     return Backends(nc, js, pool)
 
 
-async def prepare(backends: Backends) -> None:
+async def prepare(backends: Backends, settings: Settings) -> None:
     """Idempotent set-up: streams and schema. Every service runs it; the first one does the work."""
-    await ensure_streams(backends.js)
+    await ensure_streams(backends.js, replicas=settings.nats_replicas)
     await migrate(backends.pool)
 
 
@@ -86,7 +86,7 @@ async def _until_signal(*tasks: asyncio.Task) -> None:
 async def serve_projector(settings: Settings) -> None:
     logs.configure("projector")
     backends = await open_backends(settings, "projector", pool_size=4)
-    await prepare(backends)
+    await prepare(backends, settings)
     projector = Projector("main", all_projections(), backends.js, backends.pool)
     tasks = [
         asyncio.create_task(projector.run()),
@@ -153,7 +153,7 @@ async def serve_api(settings: Settings) -> None:
     async def services() -> Services:
         backends = await open_backends(settings, "api")
         opened.append(backends)
-        await prepare(backends)
+        await prepare(backends, settings)
         ingestor = Ingestor(backends.nc, backends.pool)
         workspaces = KnownWorkspaces(backends.pool)
         if not worker:  # alone, or `up`'s first worker
@@ -213,7 +213,7 @@ async def serve_rules(settings: Settings) -> None:
 
     logs.configure("rules")
     backends = await open_backends(settings, "rules", pool_size=4)
-    await prepare(backends)
+    await prepare(backends, settings)
     worker = RulesWorker(
         backends.js, backends.pool, goal_check_seconds=float(os.environ.get("TOUCHLINE_GOAL_CHECK_SECONDS", "600"))
     )
@@ -236,7 +236,7 @@ async def serve_dispatcher(settings: Settings) -> None:
 
     logs.configure("dispatcher")
     backends = await open_backends(settings, "dispatcher", pool_size=4)
-    await prepare(backends)
+    await prepare(backends, settings)
     async with httpx.AsyncClient(follow_redirects=False) as http:
         dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
         broker = build(settings.nats_url, dispatcher).broker

@@ -124,7 +124,7 @@ def _start_embedded(name: str, start, root: Path, log_name: str) -> str:
 async def _prepare(settings: Settings) -> None:
     backends = await open_backends(settings, "up", pool_size=1)
     try:
-        await prepare(backends)
+        await prepare(backends, settings)
     finally:
         await backends.close()
 
