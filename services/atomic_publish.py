@@ -154,7 +154,10 @@ async def publish_atomic(
         try:
             reply = await nc.request(subject, payload, timeout=timeout, headers=hdr)
         except nats.errors.NoRespondersError as err:
-            raise AtomicBatchError(f"message {position}: no stream listens on {subject!r}") from err
+            # No responder: no stream takes the subject, or its stream has no leader right now (a
+            # node of a cluster died and its replicas are electing one).
+            raise AtomicBatchError(f"message {position}: no stream answered on {subject!r}"
+                                   " (none listens on it, or its stream is electing a leader)") from err
         except nats.errors.TimeoutError as err:
             # Before the commit nothing can be stored (the server drops the staged batch after
             # 10 s of silence); on the commit itself we cannot know.

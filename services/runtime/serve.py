@@ -28,7 +28,8 @@ from services.store.db import create_pool, migrate
 log = structlog.get_logger()
 
 STOP_WHILE_STARTING_GRACE = 2.0  # seconds an API worker asked to stop may still finish starting
-API_WORKER_ENV = "TOUCHLINE_API_WORKER"  # set by `up` (0, 1, …): this process is one of its API workers
+API_WORKER_ENV = "TOUCHLINE_API_WORKER"
+HEARTBEAT_PING_SECONDS = 2.0  # set by `up` (0, 1, …): this process is one of its API workers
 
 
 @dataclass
@@ -242,7 +243,10 @@ async def serve_dispatcher(settings: Settings) -> None:
         broker = build(settings.nats_url, dispatcher).broker
         await update_consumer(backends.js)
         await broker.start()
-        tasks = [asyncio.create_task(readiness.heartbeat(backends.pool, "dispatcher"))]
+        # Ready while its broker's own connection answers: FastStream gives up reconnecting for good
+        # on some refusals, and the process would otherwise look healthy doing nothing.
+        tasks = [asyncio.create_task(readiness.heartbeat(backends.pool, "dispatcher",
+                                                         alive=lambda: broker.ping(timeout=HEARTBEAT_PING_SECONDS)))]
         try:
             await _until_signal(*tasks)
         finally:

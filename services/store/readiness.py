@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Awaitable, Callable
 import os
 import socket
 import time
@@ -25,10 +26,16 @@ def instance_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-async def heartbeat(pool: asyncpg.Pool, service: str) -> None:
-    """Beat until cancelled; a database outage only pauses it."""
+async def heartbeat(pool: asyncpg.Pool, service: str, alive: Callable[[], Awaitable[bool]] | None = None) -> None:
+    """Beat until cancelled; a database outage only pauses it. With ``alive``, only while it says
+    so: a service whose own connection is gone (the dispatcher's broker) is not ready, and health
+    says so within STALE_AFTER_SECONDS instead of reporting it up."""
     instance = instance_name()
     while True:
+        if alive is not None and not await alive():
+            log.warning("heartbeat.skipped", service=service, reason="not connected")
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            continue
         try:
             await pool.execute(
                 "INSERT INTO service_heartbeats (service, instance) VALUES ($1, $2)"
