@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 
 import msgspec
@@ -168,8 +169,25 @@ class RulesState:
     # (workspace, followup_id) -> the contact it is about, noted when the worker emits it and when
     # it applies the log's followup.requested: for a dismissal that comes before the record, or
     # whose subject is another contact. Loaded for the batch's dismissals only (``rules_followups``),
-    # with those contacts' states.
+    # with those contacts' states. "" for a follow-up dismissed before it was emitted.
     followup_contacts: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def owned_by(self, workspace: str, fid: str, contact: str) -> None:
+        """The follow-up is about this contact (emitted, or its followup.requested applied); one
+        dismissed before that, earlier in the batch, stays dismissed."""
+        if self.followup_contacts.get((workspace, fid)) == "":
+            self.dismissed_before([(workspace, fid, contact)])
+            self.contact(workspace, contact).open.pop(fid, None)
+        self.followup_contacts[(workspace, fid)] = contact
+
+    def dismissed_before(self, found: Iterable[tuple[str, str, str]]) -> None:
+        """These (workspace, followup_id, contact) were dismissed before they were emitted (by a
+        dismissal filed under another contact, say): the contact knows it before its events are
+        decided, so the follow-up never counts as open."""
+        for workspace, fid, contact in found:
+            dismissed = self.contact(workspace, contact).dismissed
+            if fid not in dismissed:
+                dismissed.append(fid)
 
     def contact(self, workspace: str, contact: str) -> ContactRules:
         return self.contacts.setdefault((workspace, contact), ContactRules())
@@ -310,7 +328,7 @@ def _owned(state: RulesState, workspace: str, effects: Effects) -> Effects:
     the dispatcher has recorded it, even one filed under another contact, finds whose it is."""
     for command in effects.commands:
         if isinstance(command, RequestFollowup):
-            state.followup_contacts[(workspace, command.followup_id)] = command.contact
+            state.owned_by(workspace, command.followup_id, command.contact)
     return effects
 
 
@@ -351,7 +369,7 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         # Written by the dispatcher; when the rules run again from the start, this keeps what was
         # open then open now (a follow-up a timer caused is not re-derived at the same point).
         trigger = utc(event.data.trigger_time or event.time)
-        state.followup_contacts[(ws_id, event.data.followup_id)] = subject
+        state.owned_by(ws_id, event.data.followup_id, subject)
         closed = done_by_sales(contact, trigger)
         if event.data.followup_id not in contact.open and not closed and event.data.followup_id not in contact.dismissed:
             contact.open[event.data.followup_id] = trigger
@@ -363,9 +381,14 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         fid = event.data.followup_id
         contact.open.pop(fid, None)
         owner = state.followup_contacts.get((ws_id, fid))
-        about = state.contacts.get((ws_id, owner)) if owner is not None else None
+        about = state.contacts.get((ws_id, owner)) if owner else None
         if about is not None:
             about.open.pop(fid, None)
+        elif owner is None:
+            # Not emitted yet, as far as this worker knows: noted as dismissed before anyone knew
+            # whose it is (an empty contact), so that when it is emitted for a contact, whichever,
+            # the worker finds the dismissal (``save_state``) and decides that batch again.
+            state.followup_contacts[(ws_id, fid)] = ""
         about = about or contact
         if fid not in about.dismissed:
             about.dismissed.append(fid)

@@ -91,7 +91,19 @@ async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str
     return state
 
 
-async def save_state(conn: asyncpg.Connection, state: RulesState) -> None:
+class DismissedBeforeEmitted(Exception):
+    """Follow-ups this batch emitted (or whose followup.requested it applied) that a dismissal in an
+    earlier batch had already named, before the worker knew whose they were: decide the batch again,
+    each contact knowing it from the start (``RulesState.dismissed_before``)."""
+
+    def __init__(self, found: set[tuple[str, str, str]]) -> None:
+        super().__init__(f"{len(found)} follow-up(s) dismissed before they were emitted")
+        self.found = found
+
+
+async def save_state(conn: asyncpg.Connection, state: RulesState,
+                     known: set[tuple[str, str, str]] = frozenset()) -> None:
+    """Store the state; raises DismissedBeforeEmitted for early dismissals not in ``known``."""
     await _save_keyed(conn, "rules_contacts", "contact", state.contacts)
     if state.workspaces:
         await conn.execute(
@@ -104,13 +116,21 @@ async def save_state(conn: asyncpg.Connection, state: RulesState) -> None:
     if state.followup_contacts:
         keys, contacts = zip(*state.followup_contacts.items())
         ws_ids, ids = zip(*keys)
-        await conn.execute(  # a follow-up's contact never changes: its id derives from its trigger
+        # A follow-up's contact never changes (its id derives from its trigger), but one dismissed
+        # before it was emitted is noted with none ("") until it is.
+        rows = await conn.fetch(
             "INSERT INTO rules_followups (workspace, followup_id, contact)"
-            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) ON CONFLICT DO NOTHING",
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
+            " ON CONFLICT (workspace, followup_id) DO UPDATE SET contact = excluded.contact"
+            " WHERE rules_followups.contact = '' AND excluded.contact <> ''"
+            " RETURNING workspace, followup_id, contact, xmax <> 0 AS was_dismissed",
             ws_ids,
             ids,
             contacts,
         )
+        found = {(row["workspace"], row["followup_id"], row["contact"]) for row in rows if row["was_dismissed"]}
+        if found - set(known):
+            raise DismissedBeforeEmitted(found | set(known))
 
 
 async def _load_keyed(conn: asyncpg.Connection, table: str, column: str, keys: Iterable[tuple[str, str]],
@@ -317,7 +337,19 @@ class RulesWorker:
     async def apply_batch(self, batch: list[LoggedEvent], poisons: list[Poison] = (), last: int | None = None) -> None:
         started = time.perf_counter()
         last = last if last is not None else batch[-1].seq
-        poisons = list(poisons)
+        known: set[tuple[str, str, str]] = set()
+        while True:
+            try:
+                effects = await self._apply(batch, list(poisons), last, known)
+                break
+            except DismissedBeforeEmitted as again:  # rolled back: decide it again, knowing them
+                known = again.found
+        self.position = last
+        log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
+                  position=last, ms=round((time.perf_counter() - started) * 1000, 1))
+
+    async def _apply(self, batch: list[LoggedEvent], poisons: list[Poison], last: int,
+                     known: set[tuple[str, str, str]]) -> Effects:
         effects = Effects()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -329,6 +361,7 @@ class RulesWorker:
                 deals = {(l.workspace, l.event.data.deal_id) for l in firsts if isinstance(l.event, DealWon)}
                 dismissed = {(l.workspace, l.event.data.followup_id) for l in firsts if isinstance(l.event, FollowupDismissed)}
                 state = await load_state(conn, contacts, workspaces, deals, dismissed)
+                state.dismissed_before(known)
                 settings = await load_settings(conn, workspaces)
                 now = utcnow()
                 for logged in firsts:
@@ -340,13 +373,11 @@ class RulesWorker:
                         poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                         continue
                     effects.extend(decided)
-                await save_state(conn, state)
+                await save_state(conn, state, known)
                 await park(conn, PARKED_AS, [p for p in poisons if p.seq > committed])
                 await publish_effects(self.js, effects)
                 await self.committed.advance(conn, last, len(fresh))
-        self.position = last
-        log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
-                  position=last, ms=round((time.perf_counter() - started) * 1000, 1))
+        return effects
 
     # --- fired timers ----------------------------------------------------------------
 
@@ -383,9 +414,12 @@ class RulesWorker:
                 waited = time.monotonic()
             await asyncio.sleep(0.05)
 
+        known: set[tuple[str, str, str]] = set()
+
         async def work(conn: asyncpg.Connection) -> Effects:
             await self.committed.hold(conn)
             state = await load_state(conn, [(fire.workspace, fire.contact)], [])
+            state.dismissed_before(known)
             if await first_decision(conn, fire):
                 settings = await load_settings(conn, [fire.workspace])
                 effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
@@ -393,11 +427,16 @@ class RulesWorker:
             else:  # decided before a `rules reset`: as it was decided then (its follow-up, if any, is logged)
                 state.contact(fire.workspace, fire.contact).offers.pop(fire.timer_id, None)
                 effects = Effects()
-            await save_state(conn, state)
+            await save_state(conn, state, known)
             await publish_effects(self.js, effects)
             return effects
 
-        effects = await with_retry(self.pool, work)
+        while True:
+            try:
+                effects = await with_retry(self.pool, work)
+                break
+            except DismissedBeforeEmitted as again:
+                known = again.found
         log.info("rules.timer_fired", workspace=fire.workspace, timer=fire.timer_id, commands=len(effects.commands))
         await msg.ack_sync()
 

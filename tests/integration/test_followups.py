@@ -244,6 +244,25 @@ def test_a_dismissal_in_the_triggers_batch_stays_a_dismissal_once_the_followup_i
         ("hot-engagement", "open"), ("new-lead", "dismissed")]
 
 
+def test_a_followup_dismissed_under_another_contact_before_it_exists_frees_its_contact(stack):
+    """An audit's case: bob's dismissal names dana's follow-up before its trigger arrives (the id
+    derives from the trigger). The read model said dismissed; the rules worker kept it open for
+    dana, who got no follow-up again. Each request is a batch of its own here."""
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=5)
+    fid = followup_id(ws, "hot-engagement", "/ig", "x2")
+    stack.ingest(ws, auth, [event("sales.followup.dismissed", "bob", iso(t), id="x1", followup_id=fid)])
+    settle(stack, ws, auth)
+    stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(t + dt.timedelta(hours=1)), id="x2", source="/ig",
+                                  channel="ig", action="click")])
+    settle(stack, ws, auth)
+    stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(t + dt.timedelta(hours=2)), id="x3", source="/ig",
+                                  channel="ig", action="click")])
+    settle(stack, ws, auth)
+    assert sorted((item["caused_by"]["id"], item["status"]) for item in followups(stack, ws, auth)) == [
+        ("x2", "dismissed"), ("x3", "open")]
+
+
 def test_followups_as_of_takes_what_goals_as_of_takes(stack):
     ws, auth = stack.new_workspace()
     for as_of in ("2026-08-03", "2026-08-03T10:00:00", "2026-08-03T10:00:00Z", "2026-08-03T12:00:00+02:00"):

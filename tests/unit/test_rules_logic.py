@@ -179,6 +179,27 @@ def test_a_dismissal_whose_subject_is_another_contact_closes_the_followup_it_nam
     assert [(command.rule, command.contact) for command in effects.commands] == [("hot-engagement", "n1")]
 
 
+def test_a_followup_dismissed_under_another_contact_before_it_is_emitted_is_never_open():
+    """An audit's case: the dismissal names a follow-up id before the trigger comes in, filed under
+    bob; the follow-up is dana's. In one batch the worker sees it at once; across batches the
+    worker learns it when it stores the emission, and decides the batch again (``dismissed_before``)."""
+    fid = followup_id(WS, "hot-engagement", "/ig", "x2")
+    dismissal = ev("sales.followup.dismissed", "bob", T0, followup_id=fid)
+    like = ev("marketing.engaged", "dana", T0 + D, id="x2", source="/ig", channel="ig", action="click")
+    again = ev("marketing.engaged", "dana", T0 + 2 * D, id="x3", source="/ig", channel="ig", action="click")
+    state, effects = run([dismissal, like, again])
+    assert [command.followup_id for command in effects.commands] == [fid, followup_id(WS, "hot-engagement", "/ig", "x3")]
+    assert state.followup_contacts[(WS, fid)] == "dana" and fid in state.contact(WS, "dana").dismissed
+
+    # Across batches: dana's state knows nothing of it, until the worker tells it before deciding.
+    state, _ = run([dismissal])
+    assert state.followup_contacts == {(WS, fid): ""}
+    fresh = RulesState()
+    fresh.dismissed_before([(WS, fid, "dana")])
+    _, effects = run([like, again], state=fresh)
+    assert len(effects.commands) == 2
+
+
 def test_a_dismissal_applied_before_its_followup_is_recorded_stays_a_dismissal():
     """A stress audit's cases: dismissed before the dispatcher logged the follow-up (in the trigger's
     batch, under another contact), or even before the trigger. The logged followup.requested
