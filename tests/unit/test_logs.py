@@ -1,0 +1,26 @@
+"""Every line a service writes is one JSON object, the libraries' own warnings included (asyncpg's
+pool printed bare tracebacks among the JSON lines: an outside audit on an external PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_a_library_warning_with_a_traceback_is_one_json_line():
+    code = (
+        "import logging\n"
+        "from services import logs\n"
+        "logs.configure('projector')\n"
+        "try:\n    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('asyncpg.pool').warning('Failed to restore the pool connection floor', exc_info=True)\n"
+        "logging.getLogger('asyncpg.pool').info('below the level: not written')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    [line] = done.stderr.splitlines()
+    record = json.loads(line)
+    assert (record["event"], record["logger"], record["level"]) == (
+        "Failed to restore the pool connection floor", "asyncpg.pool", "warning")
+    assert "ZeroDivisionError" in record["exception"]
