@@ -49,6 +49,11 @@ ANALYZE_AFTER_EVENTS = 20_000
 ANALYZE_AFTER_GROWTH = 0.25
 
 
+# A projector fenced again and again is a standby beside a live writer: it tries less and less often
+# (each try reads a batch of the log for nothing), and takes over within 5 s of the writer's end.
+FENCED_PAUSES = (0.5, 1.0, 2.0, 5.0)
+
+
 class Fenced(RuntimeError):
     """Another process moved this projector's position: start again from where it is."""
 
@@ -253,12 +258,19 @@ class Projector:
 
     async def run(self) -> None:
         gc_tuning.tune_for_streaming()
+        fences = 0  # in a row, without applying anything between: a standby
         while not self._stopping.is_set():
+            applied = self.applied_total
             try:
                 await self._run_from_committed_position()
             except Fenced:
-                log.warning("projector.fenced", projector=self.name)
-                await asyncio.sleep(0.5)
+                if self.applied_total != applied:
+                    fences = 0  # it was the writer until now
+                pause = FENCED_PAUSES[min(fences, len(FENCED_PAUSES) - 1)]
+                # Once as a warning; a standby's every later try (each reads a batch) at debug.
+                (log.warning if fences == 0 else log.debug)("projector.fenced", projector=self.name, retry_in_s=pause)
+                fences += 1
+                await asyncio.sleep(pause)
             except RETRYABLE as err:
                 log.warning("projector.postgres_unavailable", projector=self.name, error=str(err))
                 await asyncio.sleep(1.0)
