@@ -171,6 +171,8 @@ class RulesState:
     # whose subject is another contact. Loaded for the batch's dismissals only (``rules_followups``),
     # with those contacts' states. "" for a follow-up dismissed before it was emitted.
     followup_contacts: dict[tuple[str, str], str] = field(default_factory=dict)
+    # How many of those "" this batch noted: while there are any, each event first claims its own.
+    unclaimed_dismissals: int = 0
 
     def owned_by(self, workspace: str, fid: str, contact: str) -> None:
         """The follow-up is about this contact (emitted, or its followup.requested applied); one
@@ -364,6 +366,8 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     subject = event.subject
     contact = state.contact(ws_id, subject)
     changed_metrics: set[str] = set()
+    if state.unclaimed_dismissals:
+        _claim_dismissals(state, ws_id, subject, event)
 
     if isinstance(event, c.FollowupRequested):
         # Written by the dispatcher; when the rules run again from the start, this keeps what was
@@ -389,6 +393,7 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
             # whose it is (an empty contact), so that when it is emitted for a contact, whichever,
             # the worker finds the dismissal (``save_state``) and decides that batch again.
             state.followup_contacts[(ws_id, fid)] = ""
+            state.unclaimed_dismissals += 1
         about = about or contact
         if fid not in about.dismissed:
             about.dismissed.append(fid)
@@ -463,6 +468,16 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         if affected:
             effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
     return effects
+
+
+def _claim_dismissals(state: RulesState, ws_id: str, subject: str, event: c.Envelope) -> None:
+    """A follow-up this event may emit that a dismissal earlier in the batch already named (under
+    another contact, before it existed): its contact knows before the rules run, so a second rule
+    of the same event does not see it open. (Across batches the worker does this: ``save_state``.)"""
+    for rule in FOLLOWUP_RULES:
+        fid = followup_id(ws_id, rule, event.source, event.id)
+        if state.followup_contacts.get((ws_id, fid)) == "":
+            state.dismissed_before([(ws_id, fid, subject)])
 
 
 def _count_won(state: RulesState, ws_id: str, ws: WorkspaceRules, contact: ContactRules, event: c.Envelope) -> bool:

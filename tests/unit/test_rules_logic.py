@@ -191,6 +191,14 @@ def test_a_followup_dismissed_under_another_contact_before_it_is_emitted_is_neve
     assert [command.followup_id for command in effects.commands] == [fid, followup_id(WS, "hot-engagement", "/ig", "x3")]
     assert state.followup_contacts[(WS, fid)] == "dana" and fid in state.contact(WS, "dana").dismissed
 
+    # In one batch, the event itself knows before its rules run: a click that is also dana's 5th
+    # marketing touch fires warm-unworked too, its hot-engagement being dismissed already.
+    views = [ev("marketing.engaged", "dana", T0 + n * H, channel="web", action="view") for n in range(4)]
+    fifth = ev("marketing.engaged", "dana", T0 + D, id="x5", source="/ig", channel="ig", action="click")
+    early = ev("sales.followup.dismissed", "bob", T0, followup_id=followup_id(WS, "hot-engagement", "/ig", "x5"))
+    _, effects = run([early, *views, fifth])
+    assert rules(effects) == ["hot-engagement", "warm-unworked"]
+
     # Across batches: dana's state knows nothing of it, until the worker tells it before deciding.
     state, _ = run([dismissal])
     assert state.followup_contacts == {(WS, fid): ""}
