@@ -168,19 +168,34 @@ async def ensure_streams(js: JetStreamContext, *configs: StreamConfig, replicas:
         if replicas is not None:
             config = dataclasses.replace(config, num_replicas=replicas)
         try:
-            await js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            if replicas is None:
-                existing = await js.stream_info(config.name)
-                config = dataclasses.replace(config, num_replicas=existing.config.num_replicas)
-            try:
-                await js.update_stream(config)
-            except nats.js.errors.APIError as err:
-                if config.name != INBOX_STREAM or err.err_code != RETENTION_CHANGE_REFUSED:
-                    raise
-                # An inbox from before it became a Limits stream: the inbox reader drains it and
-                # recreates it under its position lock (services/inbox.py, retire_work_queue_inbox).
-                log.warning("inbox.work_queue_left_for_the_reader", stream=config.name)
+            await _declare(js, config, replicas)
+        except nats.js.errors.APIError as err:
+            if replicas is None or err.err_code not in REPLICAS_REFUSED:
+                raise
+            raise SystemExit(f"touchline: TOUCHLINE_NATS_REPLICAS={replicas}: NATS refused it for stream"
+                             f" {config.name}: {err.description}") from None
+
+
+# "replicas > 1 not supported in non-clustered mode", "insufficient resources" (fewer nodes).
+REPLICAS_REFUSED = (10074, 10023)
+
+
+async def _declare(js: JetStreamContext, config: StreamConfig, replicas: int | None) -> None:
+    """Create the stream, or update it to ``config`` (keeping its replicas unless they are given)."""
+    try:
+        await js.add_stream(config)
+    except nats.js.errors.BadRequestError:
+        if replicas is None:
+            existing = await js.stream_info(config.name)
+            config = dataclasses.replace(config, num_replicas=existing.config.num_replicas)
+        try:
+            await js.update_stream(config)
+        except nats.js.errors.APIError as err:
+            if config.name != INBOX_STREAM or err.err_code != RETENTION_CHANGE_REFUSED:
+                raise
+            # An inbox from before it became a Limits stream: the inbox reader drains it and
+            # recreates it under its position lock (services/inbox.py, retire_work_queue_inbox).
+            log.warning("inbox.work_queue_left_for_the_reader", stream=config.name)
 
 
 async def last_log_seq(js: JetStreamContext) -> int:

@@ -114,3 +114,17 @@ async def test_a_start_keeps_the_streams_replicas_and_a_client_outlives_its_node
             assert ack.seq >= 1 and nc.connected_url.port in ports[1:]
         finally:
             await nc.close()
+
+
+@pytest.mark.asyncio
+async def test_replicas_a_single_server_cannot_give_are_one_line(tmp_path):
+    from services.runtime.embedded import EmbeddedNats
+
+    nats_server = EmbeddedNats(tmp_path)
+    nc = await connect(nats_server.start(), name="touchline-test")
+    try:
+        with pytest.raises(SystemExit, match="TOUCHLINE_NATS_REPLICAS=3: NATS refused it for stream TOUCHLINE_LOG"):
+            await ensure_streams(nc.jetstream(), replicas=3)
+    finally:
+        await nc.close()
+        nats_server.stop()
