@@ -149,7 +149,7 @@ def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> l
         if len(elements) > MAX_BATCH_EVENTS:
             raise Refused(413, f"a batch is at most {MAX_BATCH_EVENTS} events", body)
         return [judge(bytes(element)) for element in elements]
-    if kind == "application/json" and any(name.startswith("ce-") for name in headers):
+    if _binary_mode(kind, headers):
         structured, error = binary_to_structured(headers, body)
         if len(body) > MAX_EVENT_BYTES:
             raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", structured)
@@ -165,6 +165,12 @@ def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> l
         " or application/json with ce-* headers",
         body,
     )
+
+
+def _binary_mode(content_type: str, headers: dict[str, str]) -> bool:
+    """``application/json`` with ``ce-*`` headers: the CloudEvents HTTP binding's binary mode."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" and any(name.startswith("ce-") for name in headers)
 
 
 def _require_json(body: bytes, kept: bytes) -> None:
@@ -193,23 +199,31 @@ async def _read_body(request: Request) -> bytes:
     """The body, up to MAX_BATCH_BYTES; past that, Refused with its start kept. A body announced
     larger is refused before any of it is read (a client may announce a gigabyte and send nothing).
     A compressed body (``Content-Encoding: gzip`` or ``deflate``) is decompressed as it arrives and
-    held to the same limit once decompressed (a small body may expand a thousandfold)."""
-    announced = request.headers.get("content-length", "")
-    if announced.isdigit() and int(announced) > MAX_BATCH_BYTES:
-        raise Refused(413, f"a request is at most {MAX_BATCH_BYTES} bytes; this one announced {announced}"
-                           " (its body was not read)", b"")
+    held to the same limit once decompressed (a small body may expand a thousandfold); as sent it
+    may be up to twice that (stored or fixed-code deflate blocks are a little larger than their
+    content). A body in another coding is read too, for the rejected list to keep its start."""
     coding = request.headers.get("content-encoding", "").strip().lower()
-    if coding not in ("", "identity") and coding not in _CONTENT_CODINGS:
-        raise Refused(415, f"Content-Encoding {coding[:100]!r} is not supported: send the body as it is,"
-                           " or compressed with gzip or deflate", b"")
-    inflate = zlib.decompressobj(_CONTENT_CODINGS[coding]) if coding in _CONTENT_CODINGS else None
+    compressed = coding in _CONTENT_CODINGS
+    unsupported = coding not in ("", "identity") and not compressed
+    limit = 2 * MAX_BATCH_BYTES if compressed else MAX_BATCH_BYTES
+    announced = request.headers.get("content-length", "")
+    if announced.isdigit() and int(announced) > limit:
+        raise Refused(413, f"a request is at most {limit} bytes; this one announced {announced}"
+                           " (its body was not read)", b"")
+    inflate = zlib.decompressobj(_CONTENT_CODINGS[coding]) if compressed else None
     chunks: list[bytes] = []
-    size = 0
+    size = received = 0
     sent = b""  # the start of the body as sent: what a body that does not decompress is kept as
     async for chunk in request.stream():
-        if inflate is not None:
+        received += len(chunk)
+        if compressed or unsupported:
             if len(sent) < MAX_EVENT_BYTES:
                 sent += chunk[:MAX_EVENT_BYTES - len(sent)]
+            if received > limit:
+                raise Refused(413, f"a request is at most {limit} bytes as sent", sent)
+        if unsupported:
+            continue
+        if inflate is not None:
             try:
                 # At most one byte past the limit: enough to know the body is over it.
                 chunk = inflate.decompress(inflate.unconsumed_tail + chunk, MAX_BATCH_BYTES + 1 - size)
@@ -220,6 +234,9 @@ async def _read_body(request: Request) -> bytes:
         if size > MAX_BATCH_BYTES:
             once = " once decompressed" if inflate is not None else ""
             raise Refused(413, f"a request is at most {MAX_BATCH_BYTES} bytes{once}", b"".join(chunks))
+    if unsupported:
+        raise Refused(415, f"Content-Encoding {coding[:100]!r} is not supported: send the body as it is,"
+                           " or compressed with gzip or deflate", sent)
     if inflate is not None and not inflate.eof:
         raise Refused(400, f"the body is not valid {coding}: it ends before its compressed data does", sent)
     if inflate is not None and inflate.unused_data:
@@ -252,7 +269,13 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     ingestor = services_of(request).ingestor
     headers = {name.lower(): value for name, value in request.headers.items()}
     try:
-        judged = _split_request(headers.get("content-type", ""), headers, await _read_body(request))
+        try:
+            body = await _read_body(request)
+        except Refused as refused:
+            if _binary_mode(headers.get("content-type", ""), headers):  # kept as the event it was, ce-* and all
+                refused.kept = binary_to_structured(headers, refused.kept)[0][:MAX_EVENT_BYTES]
+            raise
+        judged = _split_request(headers.get("content-type", ""), headers, body)
     except Refused as refused:
         try:
             await ingestor.record_rejected(ws, [(refused.kept, str(refused.detail))], via="http")

@@ -310,3 +310,21 @@ def test_a_compressed_body_is_judged_as_what_it_decompresses_to(stack):
     assert all(item["reason"].startswith(error) for item, (*_, error) in zip(listed, refusals))
     assert listed[0]["body"].startswith("[   ") and len(listed[0]["body"]) == 65_536  # kept decompressed
     assert listed[1]["body"] == "[not gzip at all]"  # kept as sent
+    assert listed[4]["body"] == "[]"  # another coding: kept as sent too
+
+    # As sent a compressed body may be a little larger than what it holds (stored blocks): a batch
+    # of just under 4 MiB at level 0, with its Content-Length, is read (it was refused unread).
+    events = json.dumps([event("sales.lead.qualified", f"s{n}", padding="p" * 4000) for n in range(1000)])
+    events = events[:-1] + " " * (4 * 1024 * 1024 - len(events) - 1) + "]"
+    stored = gzip.compress(events.encode(), compresslevel=0)
+    assert len(stored) > 4 * 1024 * 1024 >= len(events)
+    answer = stack.http.post(url, content=stored, headers={**batch, "Content-Encoding": "gzip"})
+    assert answer.status_code == 200 and len(answer.json()["results"]) == 1000, answer.text[:300]
+
+    # Binary mode whose body does not decompress: kept as its event, identity and all.
+    binary = {**auth, "Content-Type": "application/json", "Content-Encoding": "gzip", "ce-specversion": "1.0",
+              "ce-id": "gz1", "ce-source": "/crm", "ce-type": "touchline.sales.conversation.held",
+              "ce-time": "2026-11-02T09:00:00Z", "ce-subject": "ana"}
+    assert stack.http.post(url, content=gzip.compress(b'{"channel": "phone"}')[:-4], headers=binary).status_code == 400
+    kept = json.loads(stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][0]["body"])
+    assert (kept["source"], kept["id"], kept["subject"]) == ("/crm", "gz1", "ana") and "data_base64" in kept
