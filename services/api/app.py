@@ -268,14 +268,15 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     await require_workspace(request, ws)
     ingestor = services_of(request).ingestor
     headers = {name.lower(): value for name, value in request.headers.items()}
+    content_type = headers.get("content-type", "")
     try:
         try:
             body = await _read_body(request)
         except Refused as refused:
-            if _binary_mode(headers.get("content-type", ""), headers):  # kept as the event it was, ce-* and all
+            if _binary_mode(content_type, headers):  # kept as the event it was, ce-* and all
                 refused.kept = binary_to_structured(headers, refused.kept)[0][:MAX_EVENT_BYTES]
             raise
-        judged = _split_request(headers.get("content-type", ""), headers, body)
+        judged = _split_request(content_type, headers, body)
     except Refused as refused:
         try:
             await ingestor.record_rejected(ws, [(refused.kept, str(refused.detail))], via="http")

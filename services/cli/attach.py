@@ -133,16 +133,12 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
         # Quiet, and patient for about 10 s: a NATS that `up` restarts is back within a second, and
         # one that stays away ends the command with one line (``connection_lost``), not nats-py's
         # own error logs and two minutes of retries.
-        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024, error_cb=_quiet,
+        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024, error_cb=nats_auth.ignore_error,
                                   max_reconnect_attempts=10, reconnect_time_wait=1.0)
         try:
             yield pool, nc.jetstream(timeout=30)
         finally:
             await nc.drain()
-
-
-async def _quiet(err: Exception) -> None:
-    return None
 
 
 async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str) -> None:

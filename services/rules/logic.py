@@ -110,6 +110,12 @@ class ContactRules(msgspec.Struct, omit_defaults=True):
     def do_not_contact(self) -> bool:
         return self.consent is not None and self.consent.value == "out"
 
+    def dismiss(self, fid: str) -> None:
+        """Closed, and never open again."""
+        self.open.pop(fid, None)
+        if fid not in self.dismissed:
+            self.dismissed.append(fid)
+
 
 class DayFacts(msgspec.Struct, omit_defaults=True):
     revenue: dict[str, Decimal] = msgspec.field(default_factory=dict)
@@ -171,15 +177,14 @@ class RulesState:
     # whose subject is another contact. Loaded for the batch's dismissals only (``rules_followups``),
     # with those contacts' states. "" for a follow-up dismissed before it was emitted.
     followup_contacts: dict[tuple[str, str], str] = field(default_factory=dict)
-    # How many of those "" this batch noted: while there are any, each event first claims its own.
-    unclaimed_dismissals: int = 0
+    # Whether this batch noted any of those "": then each event first claims its own.
+    dismissed_unknown: bool = False
 
     def owned_by(self, workspace: str, fid: str, contact: str) -> None:
         """The follow-up is about this contact (emitted, or its followup.requested applied); one
         dismissed before that, earlier in the batch, stays dismissed."""
         if self.followup_contacts.get((workspace, fid)) == "":
-            self.dismissed_before([(workspace, fid, contact)])
-            self.contact(workspace, contact).open.pop(fid, None)
+            self.contact(workspace, contact).dismiss(fid)
         self.followup_contacts[(workspace, fid)] = contact
 
     def dismissed_before(self, found: Iterable[tuple[str, str, str]]) -> None:
@@ -187,9 +192,7 @@ class RulesState:
         dismissal filed under another contact, say): the contact knows it before its events are
         decided, so the follow-up never counts as open."""
         for workspace, fid, contact in found:
-            dismissed = self.contact(workspace, contact).dismissed
-            if fid not in dismissed:
-                dismissed.append(fid)
+            self.contact(workspace, contact).dismiss(fid)
 
     def contact(self, workspace: str, contact: str) -> ContactRules:
         return self.contacts.setdefault((workspace, contact), ContactRules())
@@ -366,7 +369,7 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     subject = event.subject
     contact = state.contact(ws_id, subject)
     changed_metrics: set[str] = set()
-    if state.unclaimed_dismissals:
+    if state.dismissed_unknown:
         _claim_dismissals(state, ws_id, subject, event)
 
     if isinstance(event, c.FollowupRequested):
@@ -386,17 +389,13 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         contact.open.pop(fid, None)
         owner = state.followup_contacts.get((ws_id, fid))
         about = state.contacts.get((ws_id, owner)) if owner else None
-        if about is not None:
-            about.open.pop(fid, None)
-        elif owner is None:
+        if owner is None:
             # Not emitted yet, as far as this worker knows: noted as dismissed before anyone knew
             # whose it is (an empty contact), so that when it is emitted for a contact, whichever,
             # the worker finds the dismissal (``save_state``) and decides that batch again.
             state.followup_contacts[(ws_id, fid)] = ""
-            state.unclaimed_dismissals += 1
-        about = about or contact
-        if fid not in about.dismissed:
-            about.dismissed.append(fid)
+            state.dismissed_unknown = True
+        (about or contact).dismiss(fid)
         return effects
     if isinstance(event, (c.OptedOut, c.OptedIn)):
         latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from typing import Iterable
+from typing import Awaitable, Callable, Iterable
 
 import asyncpg
 import nats.errors
@@ -91,18 +91,32 @@ async def load_state(conn: asyncpg.Connection, contacts: Iterable[tuple[str, str
     return state
 
 
+Found = set[tuple[str, str, str]]  # (workspace, followup_id, contact) dismissed before it was emitted
+
+
 class DismissedBeforeEmitted(Exception):
     """Follow-ups this batch emitted (or whose followup.requested it applied) that a dismissal in an
     earlier batch had already named, before the worker knew whose they were: decide the batch again,
     each contact knowing it from the start (``RulesState.dismissed_before``)."""
 
-    def __init__(self, found: set[tuple[str, str, str]]) -> None:
+    def __init__(self, found: Found) -> None:
         super().__init__(f"{len(found)} follow-up(s) dismissed before they were emitted")
         self.found = found
 
 
+async def knowing_early_dismissals(attempt: Callable[[Found], Awaitable[Effects]]) -> Effects:
+    """``attempt(known)``, and again, knowing more, for as long as it finds follow-ups dismissed
+    before they were emitted (its transaction rolled back each time)."""
+    known: Found = set()
+    while True:
+        try:
+            return await attempt(known)
+        except DismissedBeforeEmitted as again:
+            known = again.found
+
+
 async def save_state(conn: asyncpg.Connection, state: RulesState,
-                     known: set[tuple[str, str, str]] = frozenset()) -> None:
+                     known: Found = frozenset()) -> None:
     """Store the state; raises DismissedBeforeEmitted for early dismissals not in ``known``."""
     await _save_keyed(conn, "rules_contacts", "contact", state.contacts)
     if state.workspaces:
@@ -337,19 +351,13 @@ class RulesWorker:
     async def apply_batch(self, batch: list[LoggedEvent], poisons: list[Poison] = (), last: int | None = None) -> None:
         started = time.perf_counter()
         last = last if last is not None else batch[-1].seq
-        known: set[tuple[str, str, str]] = set()
-        while True:
-            try:
-                effects = await self._apply(batch, list(poisons), last, known)
-                break
-            except DismissedBeforeEmitted as again:  # rolled back: decide it again, knowing them
-                known = again.found
+        effects = await knowing_early_dismissals(lambda known: self._apply(batch, list(poisons), last, known))
         self.position = last
         log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
                   position=last, ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _apply(self, batch: list[LoggedEvent], poisons: list[Poison], last: int,
-                     known: set[tuple[str, str, str]]) -> Effects:
+                     known: Found) -> Effects:
         effects = Effects()
         async with self.pool.acquire() as conn:
             async with conn.transaction():
@@ -414,9 +422,7 @@ class RulesWorker:
                 waited = time.monotonic()
             await asyncio.sleep(0.05)
 
-        known: set[tuple[str, str, str]] = set()
-
-        async def work(conn: asyncpg.Connection) -> Effects:
+        async def work(conn: asyncpg.Connection, known: Found) -> Effects:
             await self.committed.hold(conn)
             state = await load_state(conn, [(fire.workspace, fire.contact)], [])
             state.dismissed_before(known)
@@ -431,12 +437,8 @@ class RulesWorker:
             await publish_effects(self.js, effects)
             return effects
 
-        while True:
-            try:
-                effects = await with_retry(self.pool, work)
-                break
-            except DismissedBeforeEmitted as again:
-                known = again.found
+        effects = await knowing_early_dismissals(
+            lambda known: with_retry(self.pool, lambda conn: work(conn, known)))
         log.info("rules.timer_fired", workspace=fire.workspace, timer=fire.timer_id, commands=len(effects.commands))
         await msg.ack_sync()
 

@@ -195,7 +195,7 @@ async def wait_until_accepted(url: str, user: str, password: str, timeout: float
         try:
             nc = await nats.connect(
                 url, user=user, password=password, allow_reconnect=False, connect_timeout=2,
-                max_reconnect_attempts=0, error_cb=_quiet,
+                max_reconnect_attempts=0, error_cb=ignore_error,
             )
         except Exception:
             import asyncio
@@ -207,7 +207,8 @@ async def wait_until_accepted(url: str, user: str, password: str, timeout: float
     return False
 
 
-async def _quiet(_err: Exception) -> None:
+async def ignore_error(_err: Exception) -> None:
+    """A nats-py ``error_cb`` for a connection whose failures the caller reports itself."""
     pass
 
 

@@ -28,8 +28,8 @@ from services.store.db import create_pool, migrate
 log = structlog.get_logger()
 
 STOP_WHILE_STARTING_GRACE = 2.0  # seconds an API worker asked to stop may still finish starting
-API_WORKER_ENV = "TOUCHLINE_API_WORKER"
-HEARTBEAT_PING_SECONDS = 2.0  # set by `up` (0, 1, …): this process is one of its API workers
+API_WORKER_ENV = "TOUCHLINE_API_WORKER"  # set by `up` (0, 1, …): this process is one of its API workers
+HEARTBEAT_PING_SECONDS = 2.0
 
 
 @dataclass
