@@ -375,11 +375,7 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     if isinstance(event, c.FollowupRequested):
         # Written by the dispatcher; when the rules run again from the start, this keeps what was
         # open then open now (a follow-up a timer caused is not re-derived at the same point).
-        trigger = utc(event.data.trigger_time or event.time)
-        state.owned_by(ws_id, event.data.followup_id, subject)
-        closed = done_by_sales(contact, trigger)
-        if event.data.followup_id not in contact.open and not closed and event.data.followup_id not in contact.dismissed:
-            contact.open[event.data.followup_id] = trigger
+        made(state, ws_id, subject, event.data.followup_id, utc(event.data.trigger_time or event.time))
         return effects
     if isinstance(event, c.FollowupDismissed):
         # It names its follow-up by id, so it closes it whichever contact its subject is (the
@@ -467,6 +463,15 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
         if affected:
             effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
     return effects
+
+
+def made(state: RulesState, workspace: str, subject: str, fid: str, trigger_time: dt.datetime) -> None:
+    """A follow-up made earlier (its followup.requested applied, or a stalled-offer timer's decision
+    met again on a rerun): open from here on, unless done or dismissed already."""
+    state.owned_by(workspace, fid, subject)
+    contact = state.contact(workspace, subject)
+    if fid not in contact.open and fid not in contact.dismissed and not done_by_sales(contact, trigger_time):
+        contact.open[fid] = trigger_time
 
 
 def _claim_dismissals(state: RulesState, ws_id: str, subject: str, event: c.Envelope) -> None:

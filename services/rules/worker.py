@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from typing import Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, NamedTuple
 
 import asyncpg
 import nats.errors
@@ -37,6 +37,7 @@ from events.commands import (
     COMMANDS_STREAM,
     TIMERS_FIRED,
     TIMERS_STREAM,
+    RequestFollowup,
     TimerFire,
     command_subject,
     decode_timer,
@@ -180,14 +181,52 @@ async def load_settings(conn: asyncpg.Connection, workspaces: Iterable[str]) -> 
     return {row["workspace"]: logic.Settings(frozenset(row["disabled"])) for row in rows}
 
 
-async def first_decision(conn: asyncpg.Connection, fire: TimerFire) -> bool:
-    """Record that this timer is decided now; False if it was decided before (a redelivery, or a
-    rerun of the rules from the start, which ``reset`` leaves this record to)."""
+async def first_decision(conn: asyncpg.Connection, fire: TimerFire, position: int) -> bool:
+    """Record that this timer is decided now, with the log applied up to ``position``; False if it
+    was decided before (a redelivery, or a rerun of the rules from the start, which ``reset`` leaves
+    this record to)."""
     return bool(await conn.fetchval(
-        "INSERT INTO rules_timers (workspace, timer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING RETURNING true",
+        "INSERT INTO rules_timers (workspace, timer_id, decided_at_seq) VALUES ($1, $2, $3)"
+        " ON CONFLICT DO NOTHING RETURNING true",
         fire.workspace,
         fire.timer_id,
+        position,
     ))
+
+
+async def note_timer_followup(conn: asyncpg.Connection, fire: TimerFire, effects: Effects) -> None:
+    """The follow-up this timer's decision made, for a rerun to open where the live run did."""
+    for command in effects.commands:
+        if isinstance(command, RequestFollowup):
+            await conn.execute(
+                "UPDATE rules_timers SET contact = $3, followup_id = $4, trigger_time = $5"
+                " WHERE workspace = $1 AND timer_id = $2",
+                fire.workspace,
+                fire.timer_id,
+                command.contact,
+                command.followup_id,
+                command.trigger_time,
+            )
+
+
+class TimerFollowup(NamedTuple):
+    decided_at_seq: int
+    workspace: str
+    contact: str
+    followup_id: str
+    trigger_time: dt.datetime
+
+
+async def timer_followups_between(conn: asyncpg.Connection, after: int, last: int) -> list[TimerFollowup]:
+    """Follow-ups of timers decided with the log applied up to a position in (after, last]: only a
+    rerun meets these (live, a timer is decided at the position the batches have already passed)."""
+    rows = await conn.fetch(
+        "SELECT decided_at_seq, workspace, contact, followup_id, trigger_time FROM rules_timers"
+        " WHERE decided_at_seq > $1 AND decided_at_seq <= $2 AND followup_id IS NOT NULL ORDER BY decided_at_seq",
+        after,
+        last,
+    )
+    return [TimerFollowup(*row) for row in rows]
 
 
 async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
@@ -257,6 +296,11 @@ async def _publish_timer(js: JetStreamContext, timer: Timer, timeout: float):
         stream=TIMERS_STREAM,
         wait_stall=timeout,
     )
+
+
+def _made_by_timer(state: RulesState, made: TimerFollowup) -> None:
+    """On a rerun: the follow-up a timer made, open from where the live run decided the timer."""
+    logic.made(state, made.workspace, made.contact, made.followup_id, made.trigger_time)
 
 
 # --- the worker ------------------------------------------------------------------------------
@@ -368,11 +412,15 @@ class RulesWorker:
                 workspaces = {l.workspace for l in firsts}
                 deals = {(l.workspace, l.event.data.deal_id) for l in firsts if isinstance(l.event, DealWon)}
                 dismissed = {(l.workspace, l.event.data.followup_id) for l in firsts if isinstance(l.event, FollowupDismissed)}
+                timed = await timer_followups_between(conn, committed, last)
+                contacts.update((made.workspace, made.contact) for made in timed)
                 state = await load_state(conn, contacts, workspaces, deals, dismissed)
                 state.dismissed_before(known)
                 settings = await load_settings(conn, workspaces)
                 now = utcnow()
                 for logged in firsts:
+                    while timed and timed[0].decided_at_seq < logged.seq:
+                        _made_by_timer(state, timed.pop(0))
                     try:
                         decided = logic.decide(
                             state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS)
@@ -381,6 +429,8 @@ class RulesWorker:
                         poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                         continue
                     effects.extend(decided)
+                for made in timed:
+                    _made_by_timer(state, made)
                 await save_state(conn, state, known)
                 await park(conn, PARKED_AS, [p for p in poisons if p.seq > committed])
                 await publish_effects(self.js, effects)
@@ -421,26 +471,31 @@ class RulesWorker:
                 await msg.in_progress()
                 waited = time.monotonic()
             await asyncio.sleep(0.05)
+        effects = await self.decide_fired(fire)
+        log.info("rules.timer_fired", workspace=fire.workspace, timer=fire.timer_id, commands=len(effects.commands))
+        await msg.ack_sync()
+
+    async def decide_fired(self, fire: TimerFire) -> Effects:
+        """A fired timer decided with the log as applied now, once ever (``first_decision``)."""
 
         async def work(conn: asyncpg.Connection, known: Found) -> Effects:
-            await self.committed.hold(conn)
+            position = await self.committed.hold(conn)
             state = await load_state(conn, [(fire.workspace, fire.contact)], [])
             state.dismissed_before(known)
-            if await first_decision(conn, fire):
+            if await first_decision(conn, fire, position):
                 settings = await load_settings(conn, [fire.workspace])
                 effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
                                              settings=settings.get(fire.workspace, logic.DEFAULT_SETTINGS))
-            else:  # decided before a `rules reset`: as it was decided then (its follow-up, if any, is logged)
+                await note_timer_followup(conn, fire, effects)
+            else:  # decided before a `rules reset`: as it was decided then (its follow-up, if any, the
+                # rerun opened where the live run made it: ``timer_followups_between``)
                 state.contact(fire.workspace, fire.contact).offers.pop(fire.timer_id, None)
                 effects = Effects()
             await save_state(conn, state, known)
             await publish_effects(self.js, effects)
             return effects
 
-        effects = await knowing_early_dismissals(
-            lambda known: with_retry(self.pool, lambda conn: work(conn, known)))
-        log.info("rules.timer_fired", workspace=fire.workspace, timer=fire.timer_id, commands=len(effects.commands))
-        await msg.ack_sync()
+        return await knowing_early_dismissals(lambda known: with_retry(self.pool, lambda conn: work(conn, known)))
 
     # --- goal checks -----------------------------------------------------------------
 

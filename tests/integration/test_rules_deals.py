@@ -42,7 +42,9 @@ def test_an_earlier_report_in_a_later_batch_moves_the_deal_in_the_stored_goal_fa
                                " ON CONFLICT (workspace) DO UPDATE SET disabled = excluded.disabled",
                                WS, list(logic.ALL_RULES))
             worker = RulesWorker(nc.jetstream(), pool, name="test-rules-deals")
-            worker.position = await worker.committed.load(pool)
+            # From just before its events: no timer another test decided is in its range.
+            await pool.execute("INSERT INTO rules_positions (name, position) VALUES ($1, $2)", worker.name, SEQ)
+            worker.position = SEQ
             batches = [
                 [logged(1, won("a", "2026-11-05T00:00:00Z", "10"))],
                 [logged(2, won("b", "2026-11-02T00:00:00Z", "1000")),
