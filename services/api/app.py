@@ -195,6 +195,36 @@ def _require_json(body: bytes, kept: bytes) -> None:
 _CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
+class _Inflater:
+    """A compressed body decompressed as it arrives. A gzip body may be several gzip members one
+    after another (RFC 1952 section 2.2: what a streaming compressor that starts afresh, or a
+    ``cat`` of .gz files, sends); they are read as one. A zlib stream (deflate) is one stream."""
+
+    def __init__(self, coding: str) -> None:
+        self.wbits = _CONTENT_CODINGS[coding]
+        self.members = coding != "deflate"
+        self.stream = zlib.decompressobj(self.wbits)
+
+    def decompress(self, chunk: bytes, room: int) -> bytes:
+        """What ``chunk`` adds, at most ``room`` (> 0) bytes; raises zlib.error."""
+        data, out = self.stream.unconsumed_tail + chunk, []
+        while True:
+            piece = self.stream.decompress(data, room)
+            out.append(piece)
+            room -= len(piece)
+            if not (self.members and self.stream.eof and self.stream.unused_data and room > 0):
+                return b"".join(out)
+            data, self.stream = self.stream.unused_data, zlib.decompressobj(self.wbits)
+
+    @property
+    def ended(self) -> bool:
+        return self.stream.eof
+
+    @property
+    def trailing(self) -> bytes:
+        return self.stream.unused_data
+
+
 async def _read_body(request: Request) -> bytes:
     """The body, up to MAX_BATCH_BYTES; past that, Refused with its start kept. A body announced
     larger is refused before any of it is read (a client may announce a gigabyte and send nothing).
@@ -210,7 +240,7 @@ async def _read_body(request: Request) -> bytes:
     if announced.isdigit() and int(announced) > limit:
         raise Refused(413, f"a request is at most {limit} bytes; this one announced {announced}"
                            " (its body was not read)", b"")
-    inflate = zlib.decompressobj(_CONTENT_CODINGS[coding]) if compressed else None
+    inflate = _Inflater(coding) if compressed else None
     chunks: list[bytes] = []
     size = received = 0
     sent = b""  # the start of the body as sent: what a body that does not decompress is kept as
@@ -226,7 +256,7 @@ async def _read_body(request: Request) -> bytes:
         if inflate is not None:
             try:
                 # At most one byte past the limit: enough to know the body is over it.
-                chunk = inflate.decompress(inflate.unconsumed_tail + chunk, MAX_BATCH_BYTES + 1 - size)
+                chunk = inflate.decompress(chunk, MAX_BATCH_BYTES + 1 - size)
             except zlib.error as err:
                 raise Refused(400, f"the body is not valid {coding}: {err}", sent) from None
         chunks.append(chunk)
@@ -237,9 +267,9 @@ async def _read_body(request: Request) -> bytes:
     if unsupported:
         raise Refused(415, f"Content-Encoding {coding[:100]!r} is not supported: send the body as it is,"
                            " or compressed with gzip or deflate", sent)
-    if inflate is not None and not inflate.eof:
+    if inflate is not None and not inflate.ended:
         raise Refused(400, f"the body is not valid {coding}: it ends before its compressed data does", sent)
-    if inflate is not None and inflate.unused_data:
+    if inflate is not None and inflate.trailing:
         raise Refused(400, f"the body is not valid {coding}: bytes follow the end of its compressed data"
                            " (one compressed stream a request)", sent)
     return b"".join(chunks)
