@@ -232,7 +232,8 @@ async def _read_body(request: Request) -> bytes:
     held to the same limit once decompressed (a small body may expand a thousandfold); as sent it
     may be up to twice that (stored or fixed-code deflate blocks are a little larger than their
     content). A body in another coding is read too, for the rejected list to keep its start."""
-    coding = request.headers.get("content-encoding", "").strip().lower()
+    # Two Content-Encoding headers are one list (RFC 9110 section 5.3): "gzip, gzip", not "gzip".
+    coding = ", ".join(request.headers.getall("content-encoding", [])).strip().lower()
     compressed = coding in _CONTENT_CODINGS
     unsupported = coding not in ("", "identity") and not compressed
     limit = 2 * MAX_BATCH_BYTES if compressed else MAX_BATCH_BYTES

@@ -313,8 +313,12 @@ def test_a_compressed_body_is_judged_as_what_it_decompresses_to(stack):
     for body, coding, status, error in refusals:
         answer = stack.http.post(url, content=body, headers={**batch, "Content-Encoding": coding})
         assert answer.status_code == status and answer.json()["error"].startswith(error), (coding, answer.text)
+    # Two Content-Encoding headers name two codings, as one header listing both does.
+    twice = stack.http.post(url, content=gzip.compress(gzip.compress(b"[]")),
+                            headers=[*batch.items(), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")])
+    assert twice.status_code == 415 and "'gzip, gzip' is not supported" in twice.json()["error"], twice.text
     listed = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][::-1]
-    assert len(listed) == len(refusals)
+    assert len(listed) == len(refusals) + 1
     assert all(item["reason"].startswith(error) for item, (*_, error) in zip(listed, refusals))
     assert listed[0]["body"].startswith("[   ") and len(listed[0]["body"]) == 65_536  # kept decompressed
     assert listed[1]["body"] == "[not gzip at all]"  # kept as sent
