@@ -36,11 +36,12 @@ class Settings:
         given = {name: value for name, value in flags.items() if value is not None}
         if "data_dir" in given:
             given["data_dir"] = Path(given["data_dir"])  # type: ignore[arg-type]
-        return replace(settings, **given)  # type: ignore[arg-type]
+        settings = replace(settings, **given)  # type: ignore[arg-type]
+        return replace(settings, http=http_address(settings.http))
 
     @property
     def http_host(self) -> str:
-        return self.http.rsplit(":", 1)[0] or "127.0.0.1"
+        return self.http.rsplit(":", 1)[0].removeprefix("[").removesuffix("]")
 
     @property
     def http_port(self) -> int:
@@ -61,6 +62,15 @@ class Settings:
             else:
                 env.pop(name, None)
         return env
+
+
+def http_address(value: str) -> str:
+    """``HOST:PORT`` as given (``:PORT`` is on 127.0.0.1, as before), or one line naming the setting."""
+    host, colon, port = value.strip().rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise SystemExit(f"touchline: --http (TOUCHLINE_HTTP) must be HOST:PORT with a port from 1 to 65535,"
+                         f" got {value!r}")
+    return f"{host or '127.0.0.1'}:{int(port)}"
 
 
 def default_api_workers() -> int:

@@ -54,8 +54,11 @@ CONNECTION_LOST = (
 
 
 def connection_lost(err: BaseException) -> NoReturn:
-    which = "NATS" if isinstance(err, nats.errors.Error) else "PostgreSQL"
     detail = str(err).strip() or type(err).__name__
+    if isinstance(err, OSError) and err.filename is not None:  # a file of the command's, not a connection
+        err_console.print(f"touchline: {detail}", style="red", markup=False, highlight=False, soft_wrap=True)
+        raise SystemExit(1)
+    which = "NATS" if isinstance(err, nats.errors.Error) else "PostgreSQL"
     err_console.print(
         f"touchline: {which} stopped answering during the command ({detail}); check that it runs"
         " (`touchline status`) and run the command again",

@@ -14,26 +14,14 @@ from typing import Optional
 
 import msgspec
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
-from rich.text import Text
 
 from events.upcasting import decode_exact, encode_exact
-from services.cli.attach import DataDir, backends, with_workspace
+from services.cli.attach import DataDir, backends, refuse, with_workspace
 from services.settings import Settings
-from services.cli.output import shown_time, stdout_console
+from services.cli.output import progress_bar, shown_time, stdout_console
 
 console = stdout_console()
-err_console = Console(stderr=True)
 
 Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
 
@@ -41,31 +29,6 @@ Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
 def shown_data(data: object) -> str:
     """An event's data for the audit table: its JSON, numbers exactly as stored."""
     return encode_exact(data).decode()
-
-
-class RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        # rich estimates a speed from the last 30 s of updates, so none after a single jump (a
-        # short replay reported "0 events/s"): then, and once done, the average so far.
-        speed = task.speed
-        if speed is None or task.finished:
-            seconds = task.finished_time if task.finished else task.elapsed
-            speed = task.completed / seconds if seconds else None
-        return Text(f"{speed or 0:,.0f} events/s", style="progress.data.speed")
-
-
-def progress_bar() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=False,
-    )
 
 
 def parse_until(text: str) -> dt.datetime:
@@ -94,6 +57,26 @@ def register(app: typer.Typer) -> None:
     app.add_typer(snapshot_app, name="snapshot")
 
 
+MAX_SEQ = 2**63 - 1  # JetStream's and PostgreSQL's (bigint) largest
+
+
+def _name_time(given: str, moment: dt.datetime) -> str:
+    """A snapshot's default name for --until: the day of a date; else the UTC time to the second,
+    and its fraction when it has one (two times within one second named the same snapshot, the
+    second replacing the first)."""
+    if len(given) == 10:  # a date: the end of that day
+        return moment.strftime("%Y%m%d")
+    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
+    return moment.strftime("%Y%m%dt%H%M%S") + fraction + "z"
+
+
+def _shown_until(moment: dt.datetime) -> str:
+    """A snapshot's --until as given, to its fraction of a second (the tables' times stop at the second)."""
+    shown = shown_time(moment)
+    moment = moment.astimezone(dt.timezone.utc)
+    return shown.replace(" UTC", f".{moment.microsecond:06d}".rstrip("0") + " UTC") if moment.microsecond else shown
+
+
 def replay(
     workspace: str = Workspace,
     until: Optional[str] = typer.Option(
@@ -112,13 +95,13 @@ def replay(
     if verify and (until is not None or until_seq is not None):
         raise typer.BadParameter("--verify compares with the live read models; it takes no --until")
     until_time = parse_until(until) if until is not None else None
-    if until_seq is not None and until_seq < 0:
-        raise typer.BadParameter("expected 0 or more", param_hint="--until-seq")
+    if until_seq is not None and not 0 <= until_seq <= MAX_SEQ:
+        raise typer.BadParameter(f"expected 0 to {MAX_SEQ} (a log sequence)", param_hint="--until-seq")
     snapshot = until_time is not None or until_seq is not None
     if name is not None and not snapshot:  # it rebuilt the live read models, and named nothing
         raise typer.BadParameter("names a snapshot: give --until or --until-seq too", param_hint="--name")
     if snapshot and name is None:
-        name = f"seq-{until_seq}" if until_seq is not None else "at-" + until_time.strftime("%Y%m%dt%H%M%Sz")
+        name = f"seq-{until_seq}" if until_seq is not None else "at-" + _name_time(until, until_time)
     if name is not None and not replaying.SNAPSHOT_NAME.match(name):
         raise typer.BadParameter("1-64 of a-z 0-9 _ . : -", param_hint="--name")
     settings = Settings.from_env(data_dir=data_dir)
@@ -175,8 +158,7 @@ def audit(
 
     rows = with_workspace(data_dir, workspace, run)
     if not rows:
-        err_console.print(f"[red]no events about contact {contact!r} in workspace {workspace!r}[/red]")
-        raise typer.Exit(1)
+        refuse(f"no events about contact {contact!r} in workspace {workspace!r}", 1)
     if as_json:
         out = sys.stdout.buffer
         for row in rows:
@@ -236,7 +218,7 @@ def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir
     for column in ("name", "until", "last seq", "events", "created"):
         table.add_column(column)
     for r in with_workspace(data_dir, workspace, run):
-        until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {shown_time(r['until_time'])}"
+        until = f"seq {r['until_seq']}" if r["until_seq"] is not None else f"received by {_shown_until(r['until_time'])}"
         table.add_row(r["name"], until, str(r["last_seq"]), str(r["events"]), shown_time(r["created_at"]))
     console.print(table)
 
@@ -246,6 +228,5 @@ def snapshot_drop(name: str, workspace: str = Workspace, data_dir: Optional[Path
     from services.replay import drop_snapshot
 
     if not with_workspace(data_dir, workspace, lambda pool: drop_snapshot(pool, workspace, name)):
-        err_console.print(f"[red]unknown snapshot {name!r}[/red]")
-        raise typer.Exit(1)
+        refuse(f"unknown snapshot {name!r} in workspace {workspace!r}", 1)
     console.print(f"dropped snapshot {name}")

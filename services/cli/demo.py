@@ -20,27 +20,41 @@ from typing import Any, Optional
 
 import httpx
 import typer
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from services import sample
 from services.cli.attach import DataDir, Http, database, refuse
 from services.settings import Settings
-from services.cli.output import stdout_console
+from services.cli.output import progress_bar, stdout_console
 
 console = stdout_console()
 
 
-async def _workspace_token(settings: Settings, workspace: str) -> str:
+async def _workspace_token(settings: Settings, workspace: str) -> tuple[str, bool]:
+    """A token for the workspace, and whether the workspace was made for it (it is reused)."""
     from services.api import auth
 
     async with database(settings) as pool:
-        await auth.create_workspace(pool, workspace)  # False when it exists: reuse it
-        return await auth.create_token(pool, workspace, ["ingest", "read"])
+        created = await auth.create_workspace(pool, workspace)
+        return await auth.create_token(pool, workspace, ["ingest", "read"]), created
+
+
+async def _take_back(settings: Settings, workspace: str, token: str, created: bool) -> None:
+    """What ``_workspace_token`` made in a Touchline that turned out not to be the one serving the API."""
+    from services.api import auth
+
+    async with database(settings) as pool:
+        await pool.execute("DELETE FROM tokens WHERE hash = $1", auth.token_hash(token))
+        if created:
+            await pool.execute("DELETE FROM workspaces WHERE id = $1", workspace)
 
 
 def _load(http: httpx.Client, workspace: str, events: list[dict]) -> tuple[int, dict[str, int]]:
     last, counts = 0, {"accepted": 0, "duplicate": 0, "rejected": 0}
-    with console.status(f"sending {len(events)} events to workspace {workspace!r}…"):
+    with progress_bar() as bar:
+        task = bar.add_task(f"sending to workspace {workspace}", total=len(events))
         for start in range(0, len(events), 1000):
             answer = http.post(
                 f"/v1/workspaces/{workspace}/events",
@@ -52,6 +66,7 @@ def _load(http: httpx.Client, workspace: str, events: list[dict]) -> tuple[int, 
             for result in body["results"]:
                 counts[result["status"]] += 1
             last = max(last, body["last_seq"] or 0)
+            bar.advance(task, len(body["results"]))
     return last, counts
 
 
@@ -72,19 +87,22 @@ def _money(text: str | None) -> str:
     return "—" if text is None else f"{Decimal(text):,.2f}"
 
 
+BAR = 16  # characters of the funnel's longest bar: the table fits in 80 columns
+
+
 def funnel_table(answer: dict) -> Table:
     table = Table(title="Funnel (every contact, by first awareness)", title_justify="left")
-    table.add_column("stage")
+    table.add_column("stage", no_wrap=True)
     table.add_column("contacts", justify="right")
     table.add_column("conversion", justify="right")
     table.add_column("median time from previous", justify="right")
-    table.add_column("")
+    table.add_column("", overflow="crop", max_width=BAR)  # a bar: cut short on a narrow terminal, never "…"
     top = max((s["contacts"] for s in answer["stages"]), default=0) or 1
     for s in answer["stages"]:
         hours = s["median_hours_from_previous"]
         gap = "—" if hours is None else (f"{hours:.1f} h" if hours < 48 else f"{hours / 24:.1f} days")
         table.add_row(s["stage"], str(s["contacts"]), _percent(s["conversion"]), gap,
-                      "[cyan]" + "█" * round(30 * s["contacts"] / top) + "[/cyan]")
+                      "[cyan]" + "█" * round(BAR * s["contacts"] / top) + "[/cyan]")
     return table
 
 
@@ -112,28 +130,50 @@ def touches_tables(answer: dict) -> list[Table]:
     return [histogram, channels]
 
 
+def _figures(table: Table, header: str, cells: list[str]) -> None:
+    """A column of figures never cut: as wide as its widest; the goal ids wrap instead."""
+    table.add_column(header, justify="right", no_wrap=True,
+                     width=max([len(line) for line in header.split("\n")] + [len(Text.from_markup(c)) for c in cells]))
+
+
+def _period(goal: dict) -> str:
+    start, end = goal["period_start"], goal["period_end"]
+    return f"{start} → {end[5:] if end[:4] == start[:4] else end}"  # the year once when it is one
+
+
 def goals_table(answer: dict) -> list[Table]:
+    """Goals, and what the revenue goals still take: narrow enough for an 80-column terminal (the
+    unit and the period under the goal's id, the attainment beside the actual, no column rules)."""
     as_of = answer["as_of"][:16].replace("T", " ")
-    table = Table(title=f"Goals, as of {as_of} UTC", title_justify="left")
-    for column in ("goal", "", "target", "actual", "attained", "expected", "projected", "pace"):
-        table.add_column(column, justify="left" if column in ("goal", "") else "right", no_wrap=True)
-    derived = Table(title="What the revenue goals still take (from the all-time funnel)", title_justify="left")
-    for column in ("goal", "avg deal", "win rate", "lead→opportunity", "deals", "opportunities", "leads"):
-        derived.add_column(column, justify="left" if column == "goal" else "right")
+    rows = []
     for g in answer["goals"]:
-        money = g["metric"] == "revenue"
-        show = _money if money else (lambda v: "—" if v is None else f"{Decimal(v):,.0f}")
-        pace = "[green]on track[/green]" if g["on_track"] else "[red]behind[/red]"
-        period = f"{g['period_start']} → {g['period_end']}"
-        table.add_row(f"{g['goal_id']}\n[dim]{period}[/dim]", g["currency"] or g["metric"].replace("_", " "), show(g["target"]),
-                      show(g["actual"]), _percent(g["attainment"]), show(g["expected_by_now"]), show(g["projected"]), pace)
-        if g.get("derived"):
-            d = g["derived"]
-            derived.add_row(g["goal_id"], _money(d["avg_deal"]), _percent(d["win_rate"]),
-                            _percent(d["lead_to_opportunity"]),
-                            *("—" if d[k] is None else str(d[k])
-                              for k in ("deals_needed", "opportunities_needed", "leads_needed")))
-    return [table, derived] if derived.row_count else [table]
+        show = _money if g["metric"] == "revenue" else (lambda v: "—" if v is None else f"{Decimal(v):,.0f}")
+        unit = g["currency"] or g["metric"].replace("_", " ")
+        rows.append([f"{g['goal_id']}\n[dim]{unit} · {_period(g)}[/dim]", show(g["target"]),
+                     f"{show(g['actual'])} ({_percent(g['attainment'])})", show(g["expected_by_now"]),
+                     show(g["projected"]), "[green]on track[/green]" if g["on_track"] else "[red]behind[/red]"])
+    table = Table(title=f"Goals, as of {as_of} UTC", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    table.add_column("goal", overflow="fold")
+    for number, header in enumerate(("target", "actual", "expected\nby now", "projected", "pace"), start=1):
+        _figures(table, header, [row[number] for row in rows])
+    for row in rows:
+        table.add_row(*row)
+    derived_rows = [
+        [g["goal_id"], _money(d["avg_deal"]), _percent(d["win_rate"]), _percent(d["lead_to_opportunity"]),
+         *("—" if d[k] is None else str(d[k]) for k in ("deals_needed", "opportunities_needed", "leads_needed"))]
+        for g in answer["goals"] if (d := g.get("derived"))
+    ]
+    if not derived_rows:
+        return [table]
+    derived = Table(title="What the revenue goals still take (from the all-time funnel)", title_justify="left",
+                    box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    derived.add_column("goal", overflow="fold")
+    headers = ("avg deal", "win rate", "lead→\nopportunity", "deals\nneeded", "opportunities\nneeded", "leads\nneeded")
+    for number, header in enumerate(headers, start=1):
+        _figures(derived, header, [row[number] for row in derived_rows])
+    for row in derived_rows:
+        derived.add_row(*row)
+    return [table, derived]
 
 
 def attribution_table(answer: dict) -> Table:
@@ -155,13 +195,19 @@ def _is_touchline_health(answer: httpx.Response) -> bool:
         return False
 
 
+# A demo is a tour: a larger business is `touchline bench`'s (its events are held in memory first).
+MAX_CONTACTS = 100_000
+MAX_DAYS = 3650
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def demo(
         data_dir: Optional[Path] = DataDir,
         http_address: Optional[str] = Http,
-        contacts: int = typer.Option(300, "--contacts", help="How many contacts the sample business has"),
-        days: int = typer.Option(90, "--days", help="Over how many days, up to now"),
+        contacts: int = typer.Option(300, "--contacts", min=1, max=MAX_CONTACTS,
+                                     help="How many contacts the sample business has"),
+        days: int = typer.Option(90, "--days", min=1, max=MAX_DAYS, help="Over how many days, up to now"),
         seed: int = typer.Option(7, "--seed", help="Another seed makes another business under the same event ids:"
                                                    " give it a fresh data dir, or the two mix"),
     ) -> None:
@@ -177,21 +223,22 @@ def register(app: typer.Typer) -> None:
         if not _is_touchline_health(health):
             refuse(f"the server at {base} is not a Touchline API (GET /v1/health answered {health.status_code}):"
                    " give Touchline's HOST:PORT with --http or TOUCHLINE_HTTP")
-        token = asyncio.run(_workspace_token(settings, workspace))
+        token, created = asyncio.run(_workspace_token(settings, workspace))
         events = list(sample.events(contacts, days, seed))
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
-            try:
-                last, counts = _load(http, workspace, events)
-            except httpx.HTTPStatusError as err:
-                if err.response.status_code != 401:
-                    raise
+            # The token first (one cheap read), so that a Touchline that does not know it is named
+            # before any progress is shown.
+            if http.get(f"/v1/workspaces/{workspace}/contacts", params={"limit": 1}).status_code == 401:
+                asyncio.run(_take_back(settings, workspace, token, created))
                 made_in = "TOUCHLINE_DATABASE_URL" if settings.database_url else f"data dir {settings.data_dir.resolve()}"
                 refuse(f"the Touchline at {base} does not know the token made in the database of {made_in}:"
                        " they are two different Touchlines; point --data-dir or TOUCHLINE_DATA_DIR (or"
                        f" TOUCHLINE_DATABASE_URL) at the one serving {base}, or --http at the one using {made_in}")
+            last, counts = _load(http, workspace, events)
             console.print(
                 f"[bold]{workspace}[/bold]: {counts['accepted']} events accepted, {counts['duplicate']} duplicates"
-                f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; log at seq {last}\n"
+                f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; the latest of them at"
+                f" log seq {last}\n"
             )
             prefix = f"/v1/workspaces/{workspace}"
             console.print(funnel_table(_read(http, f"{prefix}/funnel", last)))

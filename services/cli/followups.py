@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from services.cli.attach import DataDir, backends
+from services.cli.attach import DataDir, backends, refuse
 from services.settings import Settings
 from services.cli.output import shown_time, stdout_console
 
@@ -103,7 +103,10 @@ def asyncapi(
     if out is None:
         print(text)
     else:
-        out.write_text(text)
+        try:
+            out.write_text(text)
+        except OSError as err:
+            refuse(f"cannot write {out}: {err.strerror or err}", 1)
         console.print(f"wrote {out}")
 
 

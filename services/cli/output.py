@@ -1,4 +1,4 @@
-"""The console every command prints its tables to."""
+"""The console every command prints its tables to, and the progress bar of long commands."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import datetime as dt
 import os
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 # Written to a file or a pipe, rich would cut a table at 80 columns: ids and errors lost their
 # ends (`fu_543b…`). There is no terminal to fit then, so lines may be as long as the table needs.
@@ -24,3 +34,28 @@ def shown_time(moment: dt.datetime | None) -> str:
     if moment is None:
         return "-"
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        # rich estimates a speed from the last 30 s of updates, so none after a single jump (a
+        # short replay reported "0 events/s"): then, and once done, the average so far.
+        speed = task.speed
+        if speed is None or task.finished:
+            seconds = task.finished_time if task.finished else task.elapsed
+            speed = task.completed / seconds if seconds else None
+        return Text(f"{speed or 0:,.0f} events/s", style="progress.data.speed")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )

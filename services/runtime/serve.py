@@ -108,7 +108,10 @@ def listen(host: str, port: int, patience: float = 0.0, *, share: bool = False) 
     still held is tried again for ``patience`` seconds: a stack killed just before lets go soon."""
     import time
 
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:  # a host name that does not resolve
+        raise SystemExit(f"touchline: cannot listen on {host}:{port}: {err.strerror or err}") from None
     deadline = time.monotonic() + patience
     while True:
         sock = socket.socket(family, kind, proto)

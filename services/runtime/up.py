@@ -4,6 +4,7 @@ as a child process, restarted if it dies; SIGINT/SIGTERM stops all of it cleanly
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import shutil
 import signal
@@ -38,9 +39,28 @@ def check_data_dir(data_dir: Path) -> None:
         raise SystemExit(f"touchline: cannot use data dir {data_dir}: {err.strerror or err}") from None
 
 
+def hold_data_dir(data_dir: Path) -> int:
+    """This process's claim on the data dir, for as long as it runs (the kernel lets go of it when
+    the process ends, however it ends). A second `up` on the same data dir took the first one's
+    NATS for a leftover of a crash and stopped it, then ran its servers on the same files."""
+    lock = data_dir / "up.lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise SystemExit(f"touchline: data dir {data_dir.resolve()} is in use by another `touchline up` (pid {holder}):"
+                         " stop that one first, or give this one another --data-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def up(settings: Settings) -> None:
     logs.configure("up")
     check_data_dir(settings.data_dir)
+    hold_data_dir(settings.data_dir)
     # A port taken by something else fails now, in plain words, not later in a child.
     # (SO_REUSEPORT would let it join another stack's workers on that port: probe without it.)
     listen(settings.http_host, settings.http_port, patience=10.0).close()

@@ -135,10 +135,10 @@ def test_demo_names_a_data_dir_that_is_not_the_apis(stack, tmp_path):
     demo made there is refused, and the demo says why instead of printing a 401 traceback."""
     other = f"other_{uuid.uuid4().hex[:8]}"
 
-    async def create(statement: str) -> None:
-        conn = await asyncpg.connect(stack.servers.database_url)
+    async def create(statement: str, database_url: str = stack.servers.database_url) -> list:
+        conn = await asyncpg.connect(database_url)
         try:
-            await conn.execute(statement)
+            return await conn.fetch(statement)
         finally:
             await conn.close()
 
@@ -150,6 +150,8 @@ def test_demo_names_a_data_dir_that_is_not_the_apis(stack, tmp_path):
                                  cwd=tmp_path, TOUCHLINE_DATABASE_URL=url))
         assert f"the Touchline at {stack.base} does not know the token" in line
         assert "two different Touchlines" in line
+        # What it made there is taken back: that Touchline has no demo workspace it never asked for.
+        assert asyncio.run(create("SELECT id FROM workspaces UNION ALL SELECT workspace FROM tokens", url)) == []
     finally:
         asyncio.run(create(f"DROP DATABASE {other} WITH (FORCE)"))
     assert httpx.get(f"{stack.base}/v1/health").status_code == 200

@@ -21,7 +21,7 @@ REPORTS = (
 
 def loaded(output: str) -> tuple[int, int, int]:
     """(accepted, duplicates, log seq) from the demo's summary line."""
-    found = re.search(r"(\d+) events accepted, (\d+) duplicates .*?log at seq (\d+)", output, re.S)
+    found = re.search(r"(\d+) events accepted, (\d+) duplicates .*?the latest of them at\s+log seq (\d+)", output, re.S)
     assert found, output
     return int(found[1]), int(found[2]), int(found[3])
 

@@ -232,3 +232,34 @@ def test_up_names_a_port_that_is_taken(tmp_path):
             listen("127.0.0.1", holder.getsockname()[1])
     finally:
         holder.close()
+
+
+def test_a_second_up_on_a_data_dir_in_use_refuses_and_leaves_the_first_alone(tmp_path):
+    """It took the running one's NATS for a crash's leftover and stopped it, then ran its own
+    servers on the same files; `touchline status` then said NATS was not running."""
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        wait_healthy(base)
+        nats_pid = (data_dir / "nats" / "nats.pid").read_text()
+        second = subprocess.run(
+            [sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir), "--http", f"127.0.0.1:{free_port()}"],
+            env={k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode == 1
+        assert second.stderr.strip() == (
+            f"touchline: data dir {data_dir.resolve()} is in use by another `touchline up` (pid {first.pid}):"
+            " stop that one first, or give this one another --data-dir")
+        assert (data_dir / "nats" / "nats.pid").read_text() == nats_pid
+        assert httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
+        cli(data_dir, "status")
+    finally:
+        stop_and_check_nothing_is_left(first, data_dir)
+    # The claim ends with the process: the data dir is free for the next `up`.
+    again = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        wait_healthy(base)
+    finally:
+        stop_and_check_nothing_is_left(again, data_dir)

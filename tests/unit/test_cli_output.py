@@ -40,7 +40,7 @@ def test_times_are_shown_in_utc_to_the_second_saying_so():
 def test_a_finished_progress_reports_its_average_rate_not_zero():
     from rich.progress import Progress
 
-    from services.cli.audit import RateColumn
+    from services.cli.output import RateColumn
 
     progress = Progress(console=output.stdout_console())
     task_id = progress.add_task("rebuilding", total=1000)

@@ -93,3 +93,48 @@ def test_a_connection_lost_mid_command_is_one_line_not_a_traceback(lost, which):
     assert done.returncode == 1
     assert done.stderr.startswith(f"touchline: {which} stopped answering during the command"), done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_file_a_command_cannot_write_is_named_not_taken_for_a_lost_database(tmp_path):
+    done = touchline("asyncapi", "-o", str(tmp_path / "missing" / "x.json"))
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"touchline: cannot write {tmp_path / 'missing' / 'x.json'}: No such file or directory"
+    # Any other command's: an OSError that names a file is about that file.
+    code = ("from services.cli import main\n"
+            "@main.app.command('read')\n"
+            "def read():\n    open('/nonexistent/input.csv')\n"
+            "main.main()\n")
+    done = subprocess.run([sys.executable, "-c", code, "read"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "touchline: [Errno 2] No such file or directory: '/nonexistent/input.csv'"
+
+
+@pytest.mark.parametrize("http", ["nonsense", "127.0.0.1:abc", "127.0.0.1:99999"])
+def test_up_with_an_http_address_that_is_not_one_says_so_in_one_line(http, tmp_path):
+    done = touchline("up", "--data-dir", str(tmp_path), "--http", http)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"touchline: --http (TOUCHLINE_HTTP) must be HOST:PORT with a port from 1 to 65535,"
+                                   f" got {http!r}")
+
+
+def test_replay_until_seq_past_a_64_bit_sequence_is_refused_before_anything_runs():
+    """It ran, and ended in a 138-line traceback from PostgreSQL's bigint after the progress bar."""
+    done = touchline("replay", "--workspace", "acme", "--until-seq", "99999999999999999999")
+    assert done.returncode == 2 and "expected 0 to 9223372036854775807 (a log sequence)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_snapshots_of_times_within_one_second_are_named_apart():
+    import datetime as dt
+
+    from services.cli.audit import _name_time, _shown_until, parse_until
+
+    def name(text: str) -> str:
+        return _name_time(text, parse_until(text))
+
+    assert name("2026-11-23T22:44:44+01:00") == "20261123t214444z"
+    assert name("2026-11-23T21:44:44.9Z") == "20261123t214444.9z"
+    assert name("2026-11-23T21:44:44.123456Z") == "20261123t214444.123456z"
+    assert name("2026-11-01") == "20261101"
+    assert _shown_until(parse_until("2026-11-23T21:44:44.9Z")) == "2026-11-23 21:44:44.9 UTC"
+    assert _shown_until(dt.datetime(2026, 11, 23, 21, 44, 44, tzinfo=dt.timezone.utc)) == "2026-11-23 21:44:44 UTC"

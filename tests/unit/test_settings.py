@@ -48,3 +48,26 @@ def test_api_workers_default_to_the_cores_and_can_be_set(monkeypatch):
         monkeypatch.setenv("TOUCHLINE_API_WORKERS", wrong)
         with pytest.raises(SystemExit, match="TOUCHLINE_API_WORKERS must be a whole number of at least 1"):
             Settings.from_env()
+
+
+def test_the_http_address_is_host_and_a_real_port_or_one_line_naming_the_setting(monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("TOUCHLINE_HTTP", raising=False)
+    assert Settings.from_env(http=":18435").http == "127.0.0.1:18435"  # what the log then names
+    assert (Settings.from_env(http="[::1]:8081").http_host, Settings.from_env(http="[::1]:8081").http_port) == ("::1", 8081)
+    for wrong in ("nonsense", "127.0.0.1:abc", "127.0.0.1:", "127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:0", "h:٣"):
+        with pytest.raises(SystemExit, match=r"--http \(TOUCHLINE_HTTP\) must be HOST:PORT .* got "):
+            Settings.from_env(http=wrong)
+    monkeypatch.setenv("TOUCHLINE_HTTP", "127.0.0.1:70000")
+    with pytest.raises(SystemExit, match="70000"):
+        Settings.from_env()
+
+
+def test_a_host_that_does_not_resolve_is_one_line_not_a_lost_database():
+    import pytest
+
+    from services.runtime.serve import listen
+
+    with pytest.raises(SystemExit, match=r"^touchline: cannot listen on nohost\.invalid:18439: "):
+        listen("nohost.invalid", 18439)
