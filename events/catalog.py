@@ -14,7 +14,11 @@ from typing import Annotated, Literal, Union
 import msgspec
 
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
-Currency = Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+# \Z, not $: msgspec searches with re, whose $ also matches before a final newline ("EUR\n"
+# was a currency of its own). events/validation.py words these patterns in its errors.
+CURRENCY_PATTERN = r"^[A-Z]{3}\Z"
+JSON_CONTENT_TYPE_PATTERN = r"^(?i:application/json)[ \t]*(?:;.*)?\Z"
+Currency = Annotated[str, msgspec.Meta(pattern=CURRENCY_PATTERN)]
 AwareTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 
@@ -186,7 +190,7 @@ class Envelope(msgspec.Struct, kw_only=True, tag_field="type", omit_defaults=Tru
     time: AwareTime
     subject: Text | None = None
     # application/json, with any parameters ("; charset=utf-8"), in any case, as media types are.
-    datacontenttype: Annotated[str, msgspec.Meta(pattern=r"^(?i:application/json)[ \t]*(?:;.*)?$")] | None = None
+    datacontenttype: Annotated[str, msgspec.Meta(pattern=JSON_CONTENT_TYPE_PATTERN)] | None = None
     # Structured mode's other way to carry data, base64 text: refused (data is a JSON object).
     data_base64: None = None
 

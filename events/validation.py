@@ -11,14 +11,14 @@ from decimal import Decimal
 
 import msgspec
 
-from events.catalog import TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
+from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
 from events.upcasting import decode_exact
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 
-WORKSPACE_ID = re.compile(r"^[a-z0-9-]{1,64}$")
+WORKSPACE_ID = re.compile(r"[a-z0-9-]{1,64}")  # whole: fullmatch ($ would take "acme\n")
 
 _decode_event = msgspec.json.Decoder(AnyEvent).decode
 _decode_probe = msgspec.json.Decoder(dict, float_hook=Decimal).decode
@@ -34,8 +34,16 @@ class InvalidEvent(ValueError):
     """An event that must be rejected; ``str(err)`` names the field at fault."""
 
 
+# msgspec's "Expected `str` matching regex '...'" in words.
+_PATTERN = re.compile(r"Expected `str` matching regex '(.*)'", re.S)
+_PATTERN_WORDS = {
+    CURRENCY_PATTERN.replace("\\", "\\\\"): "three upper-case letters (an ISO 4217 code, like EUR)",
+    JSON_CONTENT_TYPE_PATTERN.replace("\\", "\\\\"): "application/json, with parameters after ';' if any",
+}
+
+
 def is_workspace_id(value: str) -> bool:
-    return bool(WORKSPACE_ID.match(value))
+    return bool(WORKSPACE_ID.fullmatch(value))
 
 
 def _field_error(err: msgspec.ValidationError | msgspec.DecodeError) -> str:
@@ -50,6 +58,8 @@ def _field_error(err: msgspec.ValidationError | msgspec.DecodeError) -> str:
     own = re.match(r"^([a-z_]+): (.*)$", text, re.S)
     if own:
         return f"{path + '.' if path else ''}{own[1]}: {own[2]}"
+    if (pattern := _PATTERN.fullmatch(text)) and pattern[1] in _PATTERN_WORDS:
+        return f"{path}: expected {_PATTERN_WORDS[pattern[1]]}"
     if path == "type" and text.startswith("Invalid value"):
         return f"type: unknown event type {text.removeprefix('Invalid value ')}"
     text = text[0].lower() + text[1:] if text else text

@@ -57,7 +57,7 @@ from services.stream_reader import StreamMessage
 log = structlog.get_logger()
 
 LIVE_PROJECTOR = "main"
-SNAPSHOT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+SNAPSHOT_NAME = re.compile(r"[a-z0-9][a-z0-9_.:-]{0,63}")  # whole: fullmatch
 
 Progress = Callable[[int, int], None]  # (events read, events expected)
 BATCH_MAX = 50_000  # events a scratch transaction: the scratch tables are private until the swap
@@ -601,7 +601,7 @@ async def build_snapshot(
     progress: Progress | None = None, projections: list | None = None,
 ) -> ReplayStats:
     """The read models as of ``until_seq`` or ``until_time`` (received by then), kept as snapshot ``name``."""
-    if not SNAPSHOT_NAME.match(name):
+    if not SNAPSHOT_NAME.fullmatch(name):
         raise ValueError("snapshot name: 1-64 of a-z 0-9 _ . : -, starting with a letter or digit")
     if (until_seq is None) == (until_time is None):
         raise ValueError("give exactly one of until_seq and until_time")

@@ -29,6 +29,7 @@ from services.api.common import (
     check_limit,
     ContactSegment,
     authorize,
+    authorized,
     contact_of,
     bad_value_response,
     check_seq,
@@ -84,9 +85,9 @@ class TokenOut(msgspec.Struct):
     status_code=201,
     security=docs.BEARER,
     responses=docs.errors(400, 401, 403, 409, 503, said=docs.OPERATOR_SAID, examples=docs.OPERATOR_EXAMPLES),
+    guards=[authorized("admin", in_workspace=False)],
 )
 async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
-    await authorize(request, None, "admin")
     if not is_workspace_id(data.id):
         raise ApiError(400, "id: a workspace id is 1-64 of a-z 0-9 -")
     if not await auth.create_workspace(services_of(request).pool, data.id):
@@ -100,10 +101,9 @@ async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
     status_code=201,
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("admin")],
 )
 async def create_token(request: Request, ws: str, data: TokenIn) -> Response:
-    await authorize(request, ws, "admin")
-    await require_workspace(request, ws)
     unknown = sorted(set(data.scopes) - set(auth.SCOPES))
     if not data.scopes or unknown:
         raise ApiError(400, f"scopes: expected some of {list(auth.SCOPES)}, got {unknown or data.scopes}")
@@ -341,8 +341,9 @@ async def get_contact(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> contact_model.ContactView:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     contact = contact_of(request, contact)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         view = await contact_model.query(conn, ws, contact)
     if view is None:
@@ -372,9 +373,10 @@ async def list_contacts(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> ContactPage:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
     check_limit(limit, 1000)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(
             "SELECT contact, state FROM contacts WHERE workspace = $1"
@@ -421,9 +423,10 @@ async def list_rejected(
     min_seq: int | None = None,
     wait_ms: int = 5000,
 ) -> RejectedPage:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     check_limit(limit, 1000)
     check_seq("before", before)
+    await wait_applied(request, min_seq, wait_ms)
     rows = await services_of(request).pool.fetch(
         "SELECT id, received_at, via, reason, body FROM rejected WHERE workspace = $1"
         " AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3",

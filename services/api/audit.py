@@ -7,7 +7,7 @@ from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
-from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection
+from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection, wait_applied
 
 
 class AuditTrail(msgspec.Struct):
@@ -32,10 +32,11 @@ async def contact_events(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> Response:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     contact = contact_of(request, contact)
     check_limit(limit, 10000)
     check_seq("after", after)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         rows = await trail(conn, ws, contact, after, limit + 1)
     if not rows and after is None:

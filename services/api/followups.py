@@ -14,10 +14,12 @@ from services.api.common import (
     ApiError,
     check_limit,
     authorize,
+    authorized,
     json_response,
     one_of,
     parse_time,
     read_access,
+    wait_applied,
     read_connection,
     require_workspace,
     services_of,
@@ -69,10 +71,11 @@ async def list_followups(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> list[FollowupView]:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     status = one_of("status", status, model.STATUSES)
     check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, moment, status, contact, after, limit)
     return json_response([  # type: ignore[return-value]
@@ -97,9 +100,10 @@ async def list_alerts(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> list[AlertView]:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     rule = one_of("rule", rule, ALERT_RULES)
     check_limit(limit, 10000)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
     return json_response([  # type: ignore[return-value]
@@ -135,10 +139,9 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     status_code=201,
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("admin")],
 )
 async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response:
-    await authorize(request, ws, "admin")
-    await require_workspace(request, ws)
     try:
         parts = urlsplit(data.url)
     except ValueError:  # an unclosed [ of an IPv6 host, say
@@ -200,7 +203,8 @@ class RuleSettings(msgspec.Struct):
     responses=docs.WORKSPACE_ERRORS,
 )
 async def get_rules(request: Request, ws: str, min_seq: int | None = None, wait_ms: int = 5000) -> Response:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
+    await wait_applied(request, min_seq, wait_ms)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
     return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})
 
@@ -210,10 +214,9 @@ async def get_rules(request: Request, ws: str, min_seq: int | None = None, wait_
     summary="Turn rules off (or on again) for the workspace",
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("admin")],
 )
 async def put_rules(request: Request, ws: str, data: RuleSettings) -> Response:
-    await authorize(request, ws, "admin")
-    await require_workspace(request, ws)
     unknown = sorted(set(data.disabled) - set(ALL_RULES))
     if unknown:
         raise ApiError(400, f"disabled: unknown rules {unknown}; expected some of {list(ALL_RULES)}")

@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
 from services.api import docs
-from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection
+from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection, wait_applied
 
 
 @get(
@@ -28,8 +28,9 @@ async def get_funnel(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> funnel.FunnelView:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     start, end = parse_time("from", from_), parse_time("to", to)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         answer = await funnel.query(conn, ws, start, end, campaign or None, stored_gaps=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
@@ -48,7 +49,8 @@ async def get_touches(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> touches.TouchesView:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         answer = await touches.query(conn, ws)
     return json_response(answer)  # type: ignore[return-value]
@@ -68,8 +70,9 @@ async def get_goals(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> goals.GoalsView:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     moment = parse_time("as_of", as_of)
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         answer = await goals.query(conn, ws, moment, stored_counts=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
@@ -90,10 +93,11 @@ async def get_attribution(
     wait_ms: int = 5000,
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
-    await read_access(request, ws, min_seq, wait_ms)
+    await read_access(request, ws)
     model = one_of("model", model, attribution.MODELS) or attribution.DEFAULT_MODEL
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
+    await wait_applied(request, min_seq, wait_ms)
     async with read_connection(request, snapshot) as conn:
         answer = await attribution.query(conn, ws, model, lookback_days)
     return json_response(answer)  # type: ignore[return-value]

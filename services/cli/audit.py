@@ -102,7 +102,7 @@ def replay(
         raise typer.BadParameter("names a snapshot: give --until or --until-seq too", param_hint="--name")
     if snapshot and name is None:
         name = f"seq-{until_seq}" if until_seq is not None else "at-" + _name_time(until, until_time)
-    if name is not None and not replaying.SNAPSHOT_NAME.match(name):
+    if name is not None and not replaying.SNAPSHOT_NAME.fullmatch(name):
         raise typer.BadParameter("1-64 of a-z 0-9 _ . : -", param_hint="--name")
     settings = Settings.from_env(data_dir=data_dir)
     label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")

@@ -264,6 +264,13 @@ def test_min_seq_waits_for_the_read_models(stack):
         # The operator's status waits alike (every endpoint takes min_seq).
         status = stack.get("/v1/status", stack.admin(), min_seq=seq, wait_ms=200)
         assert status.status_code == 503 and status.json()["error"] == "stale", status.text
+        # A read whose parameters are wrong is a 400 at once, not a "stale" to be asked again for ever.
+        for path, params in ((f"/v1/workspaces/{ws}/contacts", {"status": "garbage"}),
+                             (f"/v1/workspaces/{ws}/funnel", {"from": "garbage"}),
+                             (f"/v1/workspaces/{ws}/attribution", {"model": "garbage"}),
+                             (f"/v1/workspaces/{ws}/followups", {"status": "garbage"})):
+            wrong = stack.get(path, auth, min_seq=seq, wait_ms=200, **params)
+            assert wrong.status_code == 400 and wrong.json()["error"].startswith(next(iter(params))), wrong.text
     finally:
         stack.restart_projector(kill=False)
     fresh = stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth, min_seq=seq, wait_ms=20000)

@@ -98,6 +98,26 @@ def test_every_route_refuses_a_foreign_token(stack, method, template, body):
         assert victim not in answer.text or "workspace" in answer.json().get("error", ""), answer.text[:200]
 
 
+@pytest.mark.parametrize("method,template,body", every_route(), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_route_checks_the_token_before_it_reads_the_body(stack, method, template, body):
+    """The routes with a JSON body answered 400 naming a field of it (or "body: 'data'") to a
+    request without a valid token."""
+    ws, _ = stack.new_workspace()
+    for content in (b"", b"{}", b"{not json"):
+        for auth in ({}, {"Authorization": "Bearer tl_forged"}):
+            answer = stack.http.request(method, fill(template, ws), content=content,
+                                        headers={"Content-Type": "application/json", **auth})
+            assert answer.status_code == 401, (method, template, content, answer.text[:200])
+
+
+def test_a_body_that_is_missing_or_names_a_bad_workspace_id_says_so(stack):
+    missing = stack.http.post("/v1/workspaces", headers=stack.admin())
+    assert missing.status_code == 400 and missing.json()["error"] == "body: required (a JSON object)", missing.text
+    # $ matched before a final newline: "acme\n" was a workspace whose every ingest waited 60 s for a 504.
+    newline = stack.http.post("/v1/workspaces", json={"id": "acme\n"}, headers=stack.admin())
+    assert newline.status_code == 400 and newline.json()["error"].startswith("id: a workspace id is"), newline.text
+
+
 def test_tokens_are_stored_only_as_hashes(stack):
     ws, auth = stack.new_workspace()
     token = auth["Authorization"].removeprefix("Bearer ")

@@ -219,6 +219,20 @@ def test_binary_mode_errors_name_the_header():
 
 @pytest.mark.parametrize("workspace,ok", [("acme", True), ("a-1", True), ("a" * 64, True), ("", False),
                                           ("a" * 65, False), ("Acme", False), ("a.b", False), ("a*", False),
-                                          ("a>", False), ("a b", False)])
+                                          ("a>", False), ("a b", False), ("acme\n", False)])
 def test_workspace_ids(workspace, ok):
     assert is_workspace_id(workspace) is ok
+
+
+@pytest.mark.parametrize("currency", ["eur", "EUR\n", "EURO", "E1R"])
+def test_a_currency_is_three_upper_case_letters_and_nothing_after_them(currency):
+    """$ matched before a final newline: "EUR\n" was stored, a currency of its own in revenue."""
+    body = event("sales.deal.won", "dana", deal_id="d1", amount="10", currency=currency)
+    with pytest.raises(InvalidEvent, match=r"^data\.currency: expected three upper-case letters \(an ISO 4217 code, like EUR\)$"):
+        parse_event(json.dumps(body).encode())
+
+
+def test_a_snapshot_name_is_whole():
+    from services.replay import SNAPSHOT_NAME
+
+    assert SNAPSHOT_NAME.fullmatch("seq-12") and not SNAPSHOT_NAME.fullmatch("seq-12\n")
