@@ -66,14 +66,18 @@ def deadletter_redrive(
     """Put parked commands back on the work queue (and out of the dead-letter stream)."""
     from services.dispatcher.deadletter import list_parked, redrive
 
-    async def run() -> int:
+    async def run() -> tuple[int, list[int]]:
         async with backends(Settings.from_env(data_dir=data_dir), workspace) as (_, js):
             parked = await list_parked(js, workspace)
             if seq:
                 parked = [item for item in parked if item.seq in set(seq)]
-            return await redrive(js, parked)
+            return await redrive(js, parked), sorted(set(seq or ()) - {item.seq for item in parked})
 
-    console.print(f"re-drove {asyncio.run(run())} command(s)")
+    redriven, unknown = asyncio.run(run())
+    console.print(f"re-drove {redriven} command(s)")
+    if unknown:  # a mistyped sequence was quietly "0 re-driven", exit 0
+        where = f" of workspace {workspace!r}" if workspace else ""
+        refuse(f"no dead letter{where} at sequence {', '.join(map(str, unknown))} (`touchline deadletter list`)", 1)
 
 
 @rules_app.command("reset")

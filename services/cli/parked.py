@@ -44,7 +44,8 @@ def parked_list(
 
 @parked_app.command("redrive")
 def parked_redrive(
-    seq: list[int] = typer.Option(None, "--seq", help="Only these log sequences (repeat); all by default"),
+    seq: list[int] = typer.Option(None, "--seq", min=1, max=2**63 - 1,
+                                  help="Only these log sequences (repeat); all by default"),
     projector: str = typer.Option("main", "--projector", help="The projector whose parked events to apply again"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
@@ -68,6 +69,9 @@ def parked_redrive(
     for position, error in sorted(outcome.items()):
         console.print(f"seq {position}: " + ("[green]applied[/green]" if error is None else f"[red]still failing[/red] {error}"))
     console.print(f"{sum(e is None for e in outcome.values())} applied, {sum(e is not None for e in outcome.values())} still parked")
+    if unknown := sorted(set(seq or ()) - set(outcome)):  # a mistyped sequence was quietly "0 applied", exit 0
+        refuse(f"no event parked by projector {projector!r} at sequence {', '.join(map(str, unknown))}"
+               " (`touchline parked list`)", 1)
     if any(error is not None for error in outcome.values()):
         raise typer.Exit(1)
 

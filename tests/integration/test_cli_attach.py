@@ -173,3 +173,16 @@ def test_every_command_given_an_unknown_workspace_says_so_alike(stack, tmp_path)
         assert (done.returncode, refused(done)) == (2, "touchline: unknown workspace 'no-such-ws'"), command
     done = touchline("parked", "redrive", "--projector", "bogus", "--data-dir", data_dir, cwd=tmp_path)
     assert done.returncode == 2 and refused(done).startswith("touchline: unknown projector 'bogus' (known: "), done.stderr
+
+
+def test_redriving_a_sequence_that_is_not_parked_says_so(stack, tmp_path):
+    """A mistyped sequence was "re-drove 0 command(s)" or "0 applied, 0 still parked", exit 0."""
+    data_dir = str(stack.servers.root)
+    done = touchline("deadletter", "redrive", "987654321", "--data-dir", data_dir, cwd=tmp_path)
+    assert done.returncode == 1 and done.stdout.strip() == "re-drove 0 command(s)", done.stdout
+    assert done.stderr.strip().endswith("touchline: no dead letter at sequence 987654321 (`touchline deadletter list`)")
+    done = touchline("parked", "redrive", "--seq", "987654321", "--data-dir", data_dir, cwd=tmp_path)
+    assert done.returncode == 1 and done.stderr.strip().endswith(
+        "touchline: no event parked by projector 'main' at sequence 987654321 (`touchline parked list`)"), done.stderr
+    done = touchline("parked", "redrive", "--seq", "-3", "--data-dir", data_dir, cwd=tmp_path)
+    assert done.returncode == 2 and "--seq" in done.stderr
