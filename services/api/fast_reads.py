@@ -121,6 +121,15 @@ class _Lent:
         await lane.pool.release(self.conn)
 
 
+def _headers_only(send: Send) -> Send:
+    async def send_headers(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_headers
+
+
 class FastReads:
     """An ASGI app: the Litestar app, with the plain hot reads answered first."""
 
@@ -135,6 +144,8 @@ class FastReads:
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
+            if scope["method"] == "HEAD":  # RFC 9110 9.3.2: what GET answers, headers only (it was a 405)
+                scope, send = {**scope, "method": "GET"}, _headers_only(send)
             scope["query_string"] = without_empty_values(scope["query_string"])
             nul = nul_holder(scope)
             if nul is not None:  # PostgreSQL's text cannot hold it: refused here, named, for every route

@@ -79,7 +79,8 @@ async def configure(pool: asyncpg.Pool, workspace: str, url: str, *, max_attempt
         " backoff_seconds = excluded.backoff_seconds, timeout_seconds = excluded.timeout_seconds, created_at = now()",
         workspace, url, secret, max_attempts, backoff_seconds, timeout_seconds,
     )
-    return Webhook(workspace, url, secret, max_attempts, tuple(backoff_seconds), timeout_seconds)
+    # As stored (float8[]): the answer to a POST shows 5.0 as a GET does, not the 5 it was sent.
+    return Webhook(workspace, url, secret, max_attempts, tuple(map(float, backoff_seconds)), float(timeout_seconds))
 
 
 async def webhook_of(conn: asyncpg.Pool | asyncpg.Connection, workspace: str) -> Webhook | None:

@@ -471,6 +471,13 @@ def test_a_webhook_needs_an_http_or_https_url_and_settings_in_range(stack):
     for url in ("http://127.0.0.1:9/hook", "https://hooks.example/x"):
         answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
         assert answer.status_code == 201 and answer.json()["url"] == url, answer.text
+    # The answer shows the settings as stored, as a GET does: the default backoff [5.0, 30.0, …],
+    # not [5, 30, …].
+    created = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": "https://hooks.example/y"},
+                              headers=stack.admin())
+    read = stack.http.get(f"/v1/workspaces/{ws}/webhooks", headers=stack.admin())
+    assert created.text.replace(f',"secret":"{created.json()["secret"]}"', "") == read.text
+    assert read.json()["backoff_seconds"][:2] == [5.0, 30.0] and '"backoff_seconds":[5.0,30.0,' in read.text
 
 
 def test_webhook_fails_twice_then_succeeds_signed(stack):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+import time
 
 import msgspec
 import pytest
@@ -231,3 +232,20 @@ def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(st
         answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
         assert answer.status_code == 400 and answer.json()["error"].startswith("url: expected an http(s) URL"), url
 
+
+
+def test_head_answers_what_get_answers_without_the_body(stack):
+    """HEAD was a 405 on every route, /v1/health included (RFC 9110 section 9.3.2)."""
+    ws, auth = stack.new_workspace()
+    stack.ingest(ws, auth, [event("marketing.lead.captured", "lee", channel="web")])
+    deadline = time.monotonic() + 60  # health is 503 until every service has beaten once
+    while stack.http.get("/v1/health").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for path, params in (("/v1/health", {}), (f"/v1/workspaces/{ws}/contacts/lee", {}),  # the fast path
+                         (f"/v1/workspaces/{ws}/contacts", {"limit": 5}), (f"/v1/workspaces/{ws}/funnel", {})):
+        get = stack.http.get(path, params=params, headers=auth)
+        head = stack.http.head(path, params=params, headers=auth)
+        assert (head.status_code, head.content) == (get.status_code, b""), path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+    assert stack.http.head(f"/v1/workspaces/{ws}/contacts/nobody", headers=auth).status_code == 404
+    assert stack.http.head(f"/v1/workspaces/{ws}/events", headers=auth).status_code == 405  # no GET there
