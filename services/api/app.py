@@ -25,6 +25,10 @@ from projections import followups as followup_model
 from projections.ladder import STAGES, STATUSES
 from services.api import auth, docs
 from services.api.common import (
+    MinSeq,
+    WaitMs,
+    page_size,
+    encode_json,
     ApiError,
     check_limit,
     ContactSegment,
@@ -62,7 +66,11 @@ _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 )
 async def health(request: Request) -> Response:
     report = await readiness.report(services_of(request).pool, services_of(request).nc)
-    return json_response(report, 200 if report["ready"] else 503)
+    if report["ready"]:
+        return json_response(report)
+    # Like every 503 of the API: a load balancer or a start-up script knows when to look again.
+    return Response(content=encode_json(report), status_code=503, media_type="application/json",
+                    headers={"Retry-After": "1"})
 
 
 class WorkspaceIn(msgspec.Struct):
@@ -337,8 +345,8 @@ async def get_contact(
     request: Request,
     ws: str,
     contact: ContactSegment,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> contact_model.ContactView:
     await read_access(request, ws)
@@ -367,10 +375,10 @@ async def list_contacts(
     ws: str,
     stage: str | None = None,
     status: str | None = None,
-    limit: int = 100,
+    limit: page_size(1000) = 100,
     after: str | None = None,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> ContactPage:
     await read_access(request, ws)
@@ -418,10 +426,10 @@ class RejectedPage(msgspec.Struct):
 async def list_rejected(
     request: Request,
     ws: str,
-    limit: int = 100,
+    limit: page_size(1000) = 100,
     before: int | None = None,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
 ) -> RejectedPage:
     await read_access(request, ws)
     check_limit(limit, 1000)
@@ -447,7 +455,7 @@ async def list_rejected(
     security=docs.BEARER,
     responses=docs.OPERATOR_ERRORS,
 )
-async def status(request: Request, min_seq: int | None = None, wait_ms: int = 5000) -> Response:
+async def status(request: Request, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
     await authorize(request, None, "admin")
     await wait_applied(request, min_seq, wait_ms)  # as every read: the contract's section 4
     from services.status import status_report
@@ -491,5 +499,6 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         debug=False,
     )
     docs.add_event_schemas(app.openapi_schema)
+    docs.add_retry_after(app.openapi_schema)
     return app
 

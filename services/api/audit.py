@@ -7,7 +7,7 @@ from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
-from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection, wait_applied
+from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection, wait_applied, MinSeq, WaitMs, page_size
 
 
 class AuditTrail(msgspec.Struct):
@@ -27,9 +27,9 @@ async def contact_events(
     ws: str,
     contact: ContactSegment,
     after: int | None = None,
-    limit: int = 1000,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    limit: page_size(10000) = 1000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> Response:
     await read_access(request, ws)

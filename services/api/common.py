@@ -191,6 +191,22 @@ def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None
 MAX_SEQ = 2**63 - 1  # a bigint: JetStream's sequences and PostgreSQL's columns
 
 
+# The query parameters every read takes, with their bounds in the OpenAPI document (the handlers
+# check them, with their own words: ``wait_applied``, ``check_limit``).
+MinSeq = Annotated[int | None, Parameter(
+    description="Answer only once every read model has applied the log up to this sequence (an ingest"
+                " answer's `seq` or `last_seq`); 503 `stale` if not within `wait_ms`",
+    schema_extra={"minimum": 0, "maximum": 2**63 - 1},
+)]
+WaitMs = Annotated[int, Parameter(description="How long to wait for `min_seq`, in milliseconds",
+                                  schema_extra={"minimum": 0, "maximum": 60_000})]
+
+
+def page_size(most: int) -> Any:
+    """A ``limit`` parameter of 1 to ``most``."""
+    return Annotated[int, Parameter(description=f"Page size, 1 to {most}", schema_extra={"minimum": 1, "maximum": most})]
+
+
 def check_seq(name: str, seq: int | None) -> None:
     """A log sequence (or the id of a rejected entry) in a parameter: 0 to ``MAX_SEQ``, else a 400."""
     if seq is not None and not 0 <= seq <= MAX_SEQ:

@@ -19,6 +19,7 @@ from litestar.openapi.spec import (
     Components,
     Example,
     OpenAPI,
+    OpenAPIHeader,
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
@@ -229,3 +230,16 @@ def add_event_schemas(openapi: OpenAPI) -> None:
         raise RuntimeError(f"schema names both Litestar's and the catalog's: {sorted(taken)}")
     # JSON Schema as msgspec writes it (dicts, not Litestar's Schema objects), in name order like Litestar's.
     openapi.components.schemas = dict(sorted({**schemas, **EVENT_COMPONENTS}.items()))  # type: ignore[dict-item]
+
+
+def add_retry_after(openapi: OpenAPI) -> None:
+    """Every 503 and 504 answer carries ``Retry-After`` (seconds); Litestar's response specs have
+    no headers, so they are added to the built document."""
+    header = OpenAPIHeader(description="Seconds to wait before asking again", required=True,
+                           schema=Schema(type=OpenAPIType.INTEGER))
+    for item in (openapi.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            for status, response in ((operation.responses or {}).items() if operation else ()):
+                if status in ("503", "504") and not isinstance(response, Reference):
+                    response.headers = {**(response.headers or {}), "Retry-After": header}
+

@@ -11,6 +11,9 @@ from litestar import Request, Response, delete, get, post, put
 from projections import followups as model
 from services.api import docs
 from services.api.common import (
+    MinSeq,
+    WaitMs,
+    page_size,
     ApiError,
     check_limit,
     authorize,
@@ -65,10 +68,10 @@ async def list_followups(
     status: str | None = None,
     as_of: str | None = None,
     contact: str | None = None,
-    limit: int = 1000,
+    limit: page_size(10000) = 1000,
     after: str | None = None,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> list[FollowupView]:
     await read_access(request, ws)
@@ -95,9 +98,9 @@ async def list_alerts(
     request: Request,
     ws: str,
     rule: str | None = None,
-    limit: int = 1000,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    limit: page_size(10000) = 1000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> list[AlertView]:
     await read_access(request, ws)
@@ -202,7 +205,7 @@ class RuleSettings(msgspec.Struct):
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
 )
-async def get_rules(request: Request, ws: str, min_seq: int | None = None, wait_ms: int = 5000) -> Response:
+async def get_rules(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
     await read_access(request, ws)
     await wait_applied(request, min_seq, wait_ms)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)

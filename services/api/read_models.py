@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
 from services.api import docs
-from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection, wait_applied
+from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection, wait_applied, MinSeq, WaitMs
 
 
 @get(
@@ -24,8 +24,8 @@ async def get_funnel(
     from_: Annotated[str | None, Parameter(query="from", description="cohort: reached[aware] at or after")] = None,
     to: Annotated[str | None, Parameter(description="cohort: reached[aware] before")] = None,
     campaign: Annotated[str | None, Parameter(description="the campaign of the contact's first campaign touch")] = None,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> funnel.FunnelView:
     await read_access(request, ws)
@@ -45,8 +45,8 @@ async def get_funnel(
 async def get_touches(
     request: Request,
     ws: str,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> touches.TouchesView:
     await read_access(request, ws)
@@ -66,8 +66,8 @@ async def get_goals(
     request: Request,
     ws: str,
     as_of: Annotated[str | None, Parameter(description="RFC 3339, or a date (its UTC midnight); default now")] = None,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> goals.GoalsView:
     await read_access(request, ws)
@@ -89,8 +89,8 @@ async def get_attribution(
     ws: str,
     model: Annotated[str, Parameter(description="first | last | linear | position | time_decay")] = attribution.DEFAULT_MODEL,
     lookback_days: int = attribution.DEFAULT_LOOKBACK_DAYS,
-    min_seq: int | None = None,
-    wait_ms: int = 5000,
+    min_seq: MinSeq = None,
+    wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
     await read_access(request, ws)

@@ -92,6 +92,10 @@ def test_the_plain_reads_are_answered_beside_litestar_and_everything_else_by_it(
         assert framework.reached == []
 
         contact, funnel_path = paths[0], paths[1]
+        # HEAD: what GET answers, headers only (RFC 9110 section 9.3.2), on the fast path too.
+        start, body = await call(fast, scope(contact, token, method="HEAD"))
+        assert start["status"] == 200 and int(dict(start["headers"])[b"content-length"]) > 0 and body["body"] == b""
+        assert framework.reached == []
         for request in [
             scope(contact, None),
             scope(contact, "not-a-token"),
@@ -101,7 +105,6 @@ def test_the_plain_reads_are_answered_beside_litestar_and_everything_else_by_it(
             scope("/v1/workspaces/ws-unknown/funnel", ADMIN_TOKEN),
             scope(funnel_path, token, query=b"campaign=c1"),
             scope(contact, token, query=b"min_seq=1"),
-            scope(contact, token, method="HEAD"),
             scope(f"{contact}/events", token),
             scope(f"{funnel_path}/", token),
             scope(f"/v1/workspaces/{ws}/attribution", token),

@@ -124,3 +124,17 @@ def test_the_ingest_body_schema_agrees_with_validation(openapi):
 def test_an_operator_route_example_says_the_operator_token_is_needed(openapi):
     examples = openapi["paths"]["/v1/workspaces"]["post"]["responses"]["403"]["content"]["application/json"]["examples"]
     assert [example["value"] for example in examples.values()] == [{"error": "this needs the operator's admin token"}]
+
+
+def test_retry_after_and_the_parameters_bounds_are_documented(openapi):
+    """A client generated from the document knew neither that a 503 says when to ask again nor
+    the range of min_seq, wait_ms and limit (an outside schemathesis run sent them out of range)."""
+    for path, item in openapi["paths"].items():
+        for method, operation in item.items():
+            for status in ("503", "504"):
+                if status in operation["responses"]:
+                    assert "Retry-After" in operation["responses"][status].get("headers", {}), (method, path, status)
+    parameters = {p["name"]: p["schema"] for p in openapi["paths"]["/v1/workspaces/{ws}/contacts"]["get"]["parameters"]}
+    assert (parameters["min_seq"]["minimum"], parameters["min_seq"]["maximum"]) == (0, 2**63 - 1)
+    assert (parameters["wait_ms"]["minimum"], parameters["wait_ms"]["maximum"]) == (0, 60_000)
+    assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, 1000)
