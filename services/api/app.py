@@ -136,8 +136,20 @@ class Refused(ApiError):
         self.kept = kept[:MAX_EVENT_BYTES]
 
 
+def _charset(content_type: str) -> str | None:
+    """The media type's charset parameter, lower case, unquoted; None without one."""
+    for parameter in content_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> list[Judged]:
     kind = content_type.split(";", 1)[0].strip().lower()
+    charset = _charset(content_type)
+    if charset not in (None, "utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259): another was read as UTF-8 all the same
+        raise Refused(415, f"charset {charset[:40]!r} is not supported: send the body in UTF-8", body)
     if kind == "application/cloudevents+json":
         if len(body) > MAX_EVENT_BYTES:
             raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", body)

@@ -347,3 +347,16 @@ def test_a_compressed_body_is_judged_as_what_it_decompresses_to(stack):
     assert stack.http.post(url, content=gzip.compress(b'{"channel": "phone"}')[:-4], headers=binary).status_code == 400
     kept = json.loads(stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][0]["body"])
     assert (kept["source"], kept["id"], kept["subject"]) == ("/crm", "gz1", "ana") and "data_base64" in kept
+
+
+def test_a_body_in_another_charset_than_utf8_is_refused_naming_it(stack):
+    """JSON is UTF-8 (RFC 8259); a body announced as latin-1 was read as UTF-8 all the same."""
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    body = json.dumps(event("sales.lead.qualified", "zoë")).encode()
+    for charset, status in (("UTF-8", 200), ('"utf-8"', 200), ("latin-1", 415)):
+        answer = stack.http.post(url, content=body,
+                                 headers={**auth, "Content-Type": f"application/cloudevents+json; charset={charset}"})
+        assert answer.status_code == status, (charset, answer.text)
+    assert answer.json()["error"] == "charset 'latin-1' is not supported: send the body in UTF-8"
+    assert stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][0]["reason"].startswith("charset 'latin-1'")
