@@ -15,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 # Written to a file or a pipe, rich would cut a table at 80 columns: ids and errors lost their
@@ -48,14 +49,16 @@ class RateColumn(ProgressColumn):
 
 
 def progress_bar() -> Progress:
+    # Every figure on one line, never cut: on a narrow terminal the bar gives way (it is 40
+    # characters wide otherwise), and the description wraps.
     return Progress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, max_width=40)),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
+        RateColumn(table_column=Column(no_wrap=True)),
+        TextColumn("ETA", table_column=Column(no_wrap=True)),
+        TimeRemainingColumn(table_column=Column(no_wrap=True)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
         console=Console(stderr=True),
         transient=False,
     )

@@ -57,3 +57,18 @@ def test_the_audit_table_shows_amounts_exactly_as_stored():
 
     envelope = '{"type": "touchline.sales.deal.won", "data": {"deal_id": "o1", "amount": 123456789012345.6789, "currency": "EUR"}}'
     assert shown_data(decode_exact(envelope)["data"]) == '{"deal_id":"o1","amount":123456789012345.6789,"currency":"EUR"}'
+
+
+def test_the_progress_bar_fits_80_columns_without_cutting_a_figure():
+    """Its rate wrapped onto a second line, and a count was cut to "1538/1…", at 80 columns."""
+    from rich.console import Console
+
+    from services.cli.output import progress_bar
+
+    bar = progress_bar()
+    task = bar.add_task("sending to workspace demo", total=100_000)
+    bar.update(task, completed=54_321)
+    console = Console(width=80, record=True)
+    console.print(bar.make_tasks_table(bar.tasks))
+    [line] = console.export_text().strip().splitlines()
+    assert "54321/100000" in line and "events/s" in line and "…" not in line
