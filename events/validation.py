@@ -175,12 +175,13 @@ def _check_decimals(event: Envelope, raw: bytes, fields: tuple[str, ...]) -> Non
         text = bytes(texts[name])
         written = _DECIMAL_TEXT.fullmatch(text)
         if written is None:
-            raise InvalidEvent(f"data.{name}: expected a non-negative decimal, got {text[:100].decode()}")
+            # Cut as text, not as bytes: 100 bytes can end inside a character ("١" is two).
+            raise InvalidEvent(f"data.{name}: expected a non-negative decimal, got {text.decode()[:100]}")
         places = len(written["fraction"] or b"") - int(written["exponent"] or 0)
         if places > AMOUNT_DECIMAL_PLACES or getattr(event.data, name).adjusted() >= AMOUNT_INTEGER_DIGITS:
             raise InvalidEvent(
                 f"data.{name}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
-                f" {AMOUNT_DECIMAL_PLACES} after, got {text[:60].decode()}"
+                f" {AMOUNT_DECIMAL_PLACES} after, got {text.decode()[:60]}"
             )
 
 

@@ -71,6 +71,11 @@ def judge(raw: bytes) -> Judged:
         return Judged(raw, event=parse_event(raw))
     except InvalidEvent as err:
         return Judged(raw, error=str(err))
+    except Exception as err:  # a fault of the checks, not of the event: rejected and kept, never lost
+        # Raised, it was a 500 over HTTP, and the NATS inbox read the same message again for ever,
+        # every workspace's producers waiting behind it.
+        log.error("ingest.check_failed", error=repr(err), exc_info=True)
+        return Judged(raw, error=f"event: could not be checked ({type(err).__name__}); kept in the rejected list")
 
 
 def _identity(raw: bytes) -> tuple[str | None, str | None]:

@@ -63,3 +63,22 @@ def test_unknown_workspace_on_nats_is_rejected_not_lost(stack):
         return info.state.messages
 
     assert wait_for(lambda: asyncio.run(pending()) == 0)
+
+
+def test_an_event_the_checks_trip_over_is_rejected_not_stuck_in_the_inbox(stack):
+    """An amount of 60 Arabic-Indic digits: the error message cut its bytes inside a character, and
+    the UnicodeDecodeError escaped the checks: a 500 over HTTP, and the NATS inbox read that message
+    again for ever, every workspace's events waiting behind it."""
+    ws, auth = stack.new_workspace()
+    other, other_auth = stack.new_workspace()
+    poison = json.dumps(event("sales.deal.won", "nia", deal_id="d", amount="١" * 60, currency="EUR"),
+                        ensure_ascii=False).encode()
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=poison,
+                             headers={**auth, "Content-Type": "application/cloudevents+json"})
+    assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "rejected", answer.text
+    asyncio.run(publish(stack.servers.nats_url, inbox_subject(ws), [poison]))
+    asyncio.run(publish(stack.servers.nats_url, inbox_subject(other), [event("sales.lead.qualified", "after")]))
+    assert wait_for(lambda: stack.get(f"/v1/workspaces/{other}/contacts/after", other_auth).status_code == 200, 60)
+    rejected = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]
+    assert [r["via"] for r in rejected] == ["nats", "http"]
+    assert all(r["reason"].startswith("data.amount: expected a non-negative decimal") for r in rejected)

@@ -236,3 +236,22 @@ def test_a_snapshot_name_is_whole():
     from services.replay import SNAPSHOT_NAME
 
     assert SNAPSHOT_NAME.fullmatch("seq-12") and not SNAPSHOT_NAME.fullmatch("seq-12\n")
+
+
+def test_a_fault_of_the_checks_rejects_the_event_instead_of_failing_the_request(monkeypatch):
+    """Raised, it was a 500 over HTTP and a NATS inbox message read again for ever."""
+    from services import ingest
+
+    def trip(raw: bytes):
+        raise UnicodeDecodeError("utf-8", b"\xd9", 0, 1, "unexpected end of data")
+
+    monkeypatch.setattr(ingest, "parse_event", trip)
+    judged = ingest.judge(b'{"id": "x"}')
+    assert judged.event is None
+    assert judged.error == "event: could not be checked (UnicodeDecodeError); kept in the rejected list"
+
+
+def test_a_decimal_error_cuts_its_text_by_characters_not_bytes():
+    body = event("sales.deal.won", "dana", deal_id="d1", amount="١" * 60, currency="EUR")
+    with pytest.raises(InvalidEvent, match=r'^data\.amount: expected a non-negative decimal, got "١{60}"$'):
+        parse_event(json.dumps(body, ensure_ascii=False).encode())
