@@ -1,4 +1,5 @@
-"""How far each projector has got: applied sequence, lag behind the log, recent rate.
+"""How far each projector has got: applied sequence, lag behind the log, recent rate; and how far
+the NATS inbox reader has moved producers' messages into the log.
 
 Shared by ``GET /v1/status`` and ``touchline status``. The rate is sampled in PostgreSQL by a
 trigger on ``projector_positions`` (migration 004): at most every 5 s a batch that moves the
@@ -11,7 +12,10 @@ from __future__ import annotations
 import datetime as dt
 
 import asyncpg
+import nats.js.errors
 from nats.js import JetStreamContext
+
+from events.log import INBOX_STREAM
 
 from services.nats_io import last_log_seq
 
@@ -48,4 +52,18 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
                 "updated_at": r["updated_at"].astimezone(dt.timezone.utc),
             }
         )
-    return {"log_last_seq": last, "projectors": projectors}
+    return {"log_last_seq": last, "projectors": projectors, "inbox": await _inbox(pool, js)}
+
+
+async def _inbox(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
+    """The NATS way in: how far the inbox reader has moved producers' messages into the log or the
+    rejected list. A producer's ack counts the inbox's messages, not the log's: ``pending`` is what
+    was acked and is not yet judged (it stayed hidden while a reader was stuck)."""
+    try:
+        last = (await js.stream_info(INBOX_STREAM)).state.last_seq
+    except nats.js.errors.NotFoundError:  # no API has started yet
+        last = 0
+    row = await pool.fetchrow("SELECT position, updated_at FROM inbox_positions WHERE name = 'main'")
+    position = row["position"] if row is not None else 0
+    return {"last_seq": last, "judged_seq": position, "pending": max(0, last - position),
+            "updated_at": row["updated_at"].astimezone(dt.timezone.utc) if row is not None else None}

@@ -185,7 +185,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Each projector's applied sequence, lag behind the log and recent rate."""
+    """Each projector's applied sequence, lag behind the log and recent rate; the NATS inbox's backlog."""
     from services.status import status_report
 
     async def run():
@@ -203,6 +203,9 @@ def status(
         table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["parked"]),
                       shown_time(p["updated_at"]))
     console.print(table)
+    inbox = report["inbox"]
+    console.print(f"NATS inbox: {inbox['pending']:,} acked and not yet judged (judged up to inbox seq"
+                  f" {inbox['judged_seq']} of {inbox['last_seq']}, {shown_time(inbox['updated_at'])})")
 
 
 def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:

@@ -350,6 +350,10 @@ def test_status_reports_position_lag_and_rate(stack):
     main = next(p for p in body["projectors"] if p["name"] == "main")
     assert body["log_last_seq"] >= main["applied_seq"] >= last
     assert main["lag"] == body["log_last_seq"] - main["applied_seq"] and main["rate_eps"] >= 0
+    # The NATS way in: what producers had acked and the inbox reader has not yet judged.
+    inbox = body["inbox"]
+    assert inbox.keys() == {"last_seq", "judged_seq", "pending", "updated_at"}
+    assert inbox["pending"] == inbox["last_seq"] - inbox["judged_seq"] >= 0
     assert stack.http.get("/v1/status", headers=auth).status_code == 403
     printed = cli(stack, "status", "--json")
     assert printed.returncode == 0, printed.stderr
@@ -358,6 +362,7 @@ def test_status_reports_position_lag_and_rate(stack):
     assert printed_main["updated_at"].endswith("Z") and "T" in printed_main["updated_at"]  # as the API writes it
     table = cli(stack, "status")
     assert table.returncode == 0 and "parked" in table.stdout and " UTC" in table.stdout, table.stdout
+    assert "NATS inbox: " in table.stdout and "acked and not yet judged" in table.stdout, table.stdout
 
 
 def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_models(stack):
