@@ -311,6 +311,10 @@ def describe(nats_url: str | None = None) -> FastStream:
             " per message with JetStream acks (stream TOUCHLINE_INBOX, Limits retention; atomic batches"
             " allowed). An ack means durably in the inbox; the API's inbox reader then judges each event"
             " exactly once (position committed in PostgreSQL) into the log or the rejected list."
+            " Connect with the user, password and inbox prefix of `touchline token create --workspace W"
+            " --scope ingest --nats` (without the prefix the publish is stored but its ack never arrives);"
+            " an event is at most 64 KiB; leave Nats-Msg-Id unset or unique per event (a repeated one is"
+            " dropped for 2 minutes, its ack saying duplicate)."
         ),
     )
     async def ingest(body: InboxEvent) -> None:
