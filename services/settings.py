@@ -67,6 +67,10 @@ class Settings:
 def http_address(value: str) -> str:
     """``HOST:PORT`` as given (``:PORT`` is on 127.0.0.1, as before), or one line naming the setting."""
     host, colon, port = value.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
+    if ":" in host.strip("[]") and not bracketed or ("[" in host or "]" in host) and not bracketed:
+        raise SystemExit(f"touchline: --http (TOUCHLINE_HTTP) takes an IPv6 address in brackets, as in [::1]:8080;"
+                         f" got {value!r}")
     if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise SystemExit(f"touchline: --http (TOUCHLINE_HTTP) must be HOST:PORT with a port from 1 to 65535,"
                          f" got {value!r}")

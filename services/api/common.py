@@ -269,6 +269,13 @@ async def wait_applied(request: Request, min_seq: int | None, wait_ms: int) -> N
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
     if min_seq is not None:
+        # A read of a snapshot that does not exist is a 404 now, not a stale 503 after the wait.
+        snapshot = request.query_params.get("snapshot")
+        reads_snapshots = "snapshot" in request.route_handler.parsed_fn_signature.parameters
+        if snapshot and reads_snapshots and not await services_of(request).pool.fetchval(
+                "SELECT 1 FROM public.snapshots WHERE workspace = $1 AND name = $2",
+                request.path_params.get("ws"), snapshot):
+            raise ApiError(404, f"unknown snapshot {snapshot!r}")
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)

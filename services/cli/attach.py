@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
@@ -53,10 +54,16 @@ CONNECTION_LOST = (
 )
 
 
+# What writing a file or a full disk fails with: never a connection's trouble.
+_OUTPUT_FAILED = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO}
+
+
 def connection_lost(err: BaseException) -> NoReturn:
     detail = str(err).strip() or type(err).__name__
-    if isinstance(err, OSError) and err.filename is not None:  # a file of the command's, not a connection
-        err_console.print(f"touchline: {detail}", style="red", markup=False, highlight=False, soft_wrap=True)
+    if isinstance(err, OSError) and (err.filename is not None or err.errno in _OUTPUT_FAILED):
+        # A file of the command's, or its own output (`> /dev/full`), not a connection.
+        what = detail if err.filename is not None else f"cannot write its output: {err.strerror}"
+        err_console.print(f"touchline: {what}", style="red", markup=False, highlight=False, soft_wrap=True)
         raise SystemExit(1)
     which = "NATS" if isinstance(err, nats.errors.Error) else "PostgreSQL"
     err_console.print(

@@ -36,15 +36,24 @@ def parse_until(text: str) -> dt.datetime:
     try:
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
-            return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc) - dt.timedelta(
+            moment = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc) - dt.timedelta(
                 microseconds=1
             )
-        moment = dt.datetime.fromisoformat(text)
+        else:
+            moment = dt.datetime.fromisoformat(text)
     except ValueError:
         raise typer.BadParameter("expected RFC 3339 like 2026-11-01T12:00:00Z, or a date", param_hint="--until")
+    except OverflowError:  # 9999-12-31 ends past the year 9999
+        raise typer.BadParameter("expected a time in the years 1000 to 8999 UTC", param_hint="--until")
     if moment.tzinfo is None:
         raise typer.BadParameter("give a time zone offset, e.g. Z or +01:00", param_hint="--until")
-    return moment.astimezone(dt.timezone.utc)
+    try:
+        moment = moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        moment = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # refused below
+    if not 1000 <= moment.year <= 8999:  # as an event's time: Touchline received nothing outside them
+        raise typer.BadParameter("expected a time in the years 1000 to 8999 UTC", param_hint="--until")
+    return moment
 
 
 def register(app: typer.Typer) -> None:

@@ -223,12 +223,18 @@ def register(app: typer.Typer) -> None:
         if not _is_touchline_health(health):
             refuse(f"the server at {base} is not a Touchline API (GET /v1/health answered {health.status_code}):"
                    " give Touchline's HOST:PORT with --http or TOUCHLINE_HTTP")
+        events = list(sample.events(contacts, days, seed))  # before anything is made: it may take a while
         token, created = asyncio.run(_workspace_token(settings, workspace))
-        events = list(sample.events(contacts, days, seed))
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as http:
             # The token first (one cheap read), so that a Touchline that does not know it is named
-            # before any progress is shown.
-            if http.get(f"/v1/workspaces/{workspace}/contacts", params={"limit": 1}).status_code == 401:
+            # before any progress is shown; whatever stops the demo before the API has taken it
+            # (another Touchline, an error, Ctrl-C) takes back what it made.
+            try:
+                known = http.get(f"/v1/workspaces/{workspace}/contacts", params={"limit": 1}).status_code != 401
+            except BaseException:
+                asyncio.run(_take_back(settings, workspace, token, created))
+                raise
+            if not known:
                 asyncio.run(_take_back(settings, workspace, token, created))
                 made_in = "TOUCHLINE_DATABASE_URL" if settings.database_url else f"data dir {settings.data_dir.resolve()}"
                 refuse(f"the Touchline at {base} does not know the token made in the database of {made_in}:"

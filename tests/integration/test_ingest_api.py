@@ -271,6 +271,9 @@ def test_min_seq_waits_for_the_read_models(stack):
                              (f"/v1/workspaces/{ws}/followups", {"status": "garbage"})):
             wrong = stack.get(path, auth, min_seq=seq, wait_ms=200, **params)
             assert wrong.status_code == 400 and wrong.json()["error"].startswith(next(iter(params))), wrong.text
+        # Nor is a snapshot that does not exist: a 404 at once.
+        unknown = stack.get(f"/v1/workspaces/{ws}/contacts", auth, snapshot="nosuch", min_seq=seq, wait_ms=200)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown snapshot 'nosuch'", unknown.text
     finally:
         stack.restart_projector(kill=False)
     fresh = stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth, min_seq=seq, wait_ms=20000)

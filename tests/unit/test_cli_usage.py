@@ -138,3 +138,22 @@ def test_snapshots_of_times_within_one_second_are_named_apart():
     assert name("2026-11-01") == "20261101"
     assert _shown_until(parse_until("2026-11-23T21:44:44.9Z")) == "2026-11-23 21:44:44.9 UTC"
     assert _shown_until(dt.datetime(2026, 11, 23, 21, 44, 44, tzinfo=dt.timezone.utc)) == "2026-11-23 21:44:44 UTC"
+
+
+@pytest.mark.parametrize("until", ["9999-12-31", "0001-01-01T00:30:00+01:00", "0001-01-01T00:00:00Z", "0999-12-31"])
+def test_replay_until_outside_the_years_of_event_times_is_refused_before_anything_runs(until):
+    """9999-12-31 ended in an OverflowError traceback; year 1 named a snapshot `at-10101t000000z`
+    that `snapshot list` then failed to show (year 0)."""
+    done = touchline("replay", "--workspace", "acme", "--until", until)
+    assert done.returncode == 2 and "expected a time in the years 1000 to 8999 UTC" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_output_that_cannot_be_written_is_said_so_not_taken_for_a_lost_database():
+    """`touchline asyncapi > /dev/full` said PostgreSQL had stopped answering."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "services.cli.main", "asyncapi"], env=env, stdout=full,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip() == "touchline: cannot write its output: No space left on device", done.stderr

@@ -71,3 +71,13 @@ def test_a_host_that_does_not_resolve_is_one_line_not_a_lost_database():
 
     with pytest.raises(SystemExit, match=r"^touchline: cannot listen on nohost\.invalid:18439: "):
         listen("nohost.invalid", 18439)
+
+
+def test_an_ipv6_http_address_goes_in_brackets():
+    """`[::1:18435` listened on [::1]:18435 and logged it unbalanced; `::1:18435` logged no URL at all."""
+    import pytest
+
+    for wrong in ("[::1:18435", "::1:18435", "[]:80"):
+        with pytest.raises(SystemExit, match=r"takes an IPv6 address in brackets, as in \[::1\]:8080"):
+            Settings.from_env(http=wrong)
+    assert Settings.from_env(http="[::1]:18435").http == "[::1]:18435"
