@@ -48,8 +48,24 @@ async def heartbeat(pool: asyncpg.Pool, service: str, alive: Callable[[], Awaita
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
+# How long health waits for NATS to answer a ping.
+NATS_PING_SECONDS = 1.0
+
+
+async def nats_answers(nc: NatsClient) -> bool:
+    """Connected, and answering: a frozen server (SIGSTOP, a stalled disk) keeps the connection
+    open, and health said ready through 15 s of it."""
+    if not nc.is_connected:
+        return False
+    try:
+        await nc.flush(timeout=NATS_PING_SECONDS)
+    except Exception:  # nats-py's timeout, or the connection closing under the ping
+        return False
+    return True
+
+
 async def report(pool: asyncpg.Pool, nc: NatsClient) -> dict:
-    checks: dict[str, bool] = {"nats": nc.is_connected}
+    checks: dict[str, bool] = {"nats": await nats_answers(nc)}
     try:
         rows = await pool.fetch(
             "SELECT service FROM service_heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
