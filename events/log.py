@@ -20,6 +20,7 @@ from events.catalog import AnyEvent, Envelope
 from events.upcasting import CATALOG_VERSION, UNSTAMPED_VERSION, upcast_json
 
 LOG_STREAM = "TOUCHLINE_LOG"
+MAX_SEQ = 2**63 - 1  # the largest sequence: JetStream's are 64-bit, PostgreSQL's columns bigint
 LOG_SUBJECTS = "touchline.log.>"
 INBOX_STREAM = "TOUCHLINE_INBOX"
 INBOX_SUBJECTS = "touchline.in.*"

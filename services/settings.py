@@ -68,7 +68,7 @@ def http_address(value: str) -> str:
     """``HOST:PORT`` as given (``:PORT`` is on 127.0.0.1, as before), or one line naming the setting."""
     host, colon, port = value.strip().rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
-    if ":" in host.strip("[]") and not bracketed or ("[" in host or "]" in host) and not bracketed:
+    if not bracketed and any(mark in host for mark in ":[]"):
         raise SystemExit(f"touchline: --http (TOUCHLINE_HTTP) takes an IPv6 address in brackets, as in [::1]:8080;"
                          f" got {value!r}")
     if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:

@@ -16,7 +16,6 @@ import nats.js.errors
 from nats.js import JetStreamContext
 
 from events.log import INBOX_STREAM
-
 from services.nats_io import last_log_seq
 
 SAMPLE_FRESH_SECONDS = 10.0

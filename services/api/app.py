@@ -25,11 +25,9 @@ from projections import followups as followup_model
 from projections.ladder import STAGES, STATUSES
 from services.api import auth, docs
 from services.api.common import (
+    ApiError,
     MinSeq,
     WaitMs,
-    page_size,
-    encode_json,
-    ApiError,
     check_limit,
     ContactSegment,
     authorize,
@@ -40,6 +38,7 @@ from services.api.common import (
     error_response,
     json_response,
     one_of,
+    page_size,
     read_access,
     read_connection,
     require_workspace,
@@ -66,11 +65,8 @@ _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 )
 async def health(request: Request) -> Response:
     report = await readiness.report(services_of(request).pool, services_of(request).nc)
-    if report["ready"]:
-        return json_response(report)
-    # Like every 503 of the API: a load balancer or a start-up script knows when to look again.
-    return Response(content=encode_json(report), status_code=503, media_type="application/json",
-                    headers={"Retry-After": "1"})
+    # A 503 says when to look again, like every 503 of the API.
+    return json_response(report) if report["ready"] else json_response(report, 503, {"Retry-After": "1"})
 
 
 class WorkspaceIn(msgspec.Struct):
@@ -363,7 +359,7 @@ async def get_contact(
 ) -> contact_model.ContactView:
     await read_access(request, ws)
     contact = contact_of(request, contact)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         view = await contact_model.query(conn, ws, contact)
     if view is None:
@@ -396,7 +392,7 @@ async def list_contacts(
     await read_access(request, ws)
     stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
     check_limit(limit, 1000)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(
             "SELECT contact, state FROM contacts WHERE workspace = $1"

@@ -36,7 +36,7 @@ async def contact_events(
     contact = contact_of(request, contact)
     check_limit(limit, 10000)
     check_seq("after", after)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         rows = await trail(conn, ws, contact, after, limit + 1)
     if not rows and after is None:

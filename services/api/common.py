@@ -19,6 +19,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import Parameter
 from nats.aio.client import Client as NatsClient
 
+from events.log import MAX_SEQ
 from services.api import auth, contact_paths
 from services.ingest import Ingestor
 from services.store import readiness
@@ -52,12 +53,7 @@ def bad_value_response(request: Request, exc: asyncpg.DataError) -> Response:
 
 def unavailable_response(_: Request, exc: Exception) -> Response:
     """A database or NATS outage is the server's passing trouble, not the client's: 503, retry."""
-    return Response(
-        content=encode_json({"error": f"temporarily unavailable: {type(exc).__name__}"}),
-        status_code=503,
-        media_type="application/json",
-        headers={"Retry-After": "1"},
-    )
+    return json_response({"error": f"temporarily unavailable: {type(exc).__name__}"}, 503, {"Retry-After": "1"})
 
 
 def error_response(request: Request, exc: HTTPException) -> Response:
@@ -122,8 +118,8 @@ def services_of(request: Request) -> Services:
     return request.app.state.services
 
 
-def json_response(value: Any, status_code: int = 200) -> Response:
-    return Response(content=encode_json(value), status_code=status_code, media_type="application/json")
+def json_response(value: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(content=encode_json(value), status_code=status_code, media_type="application/json", headers=headers)
 
 
 def bearer_token(scope: Any) -> str | None:
@@ -188,7 +184,7 @@ def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None
     return value
 
 
-MAX_SEQ = 2**63 - 1  # a bigint: JetStream's sequences and PostgreSQL's columns
+MAX_WAIT_MS = 60_000  # a minute: past that, a client asking again costs less than a request held open
 
 
 # The query parameters every read takes, with their bounds in the OpenAPI document (the handlers
@@ -196,10 +192,10 @@ MAX_SEQ = 2**63 - 1  # a bigint: JetStream's sequences and PostgreSQL's columns
 MinSeq = Annotated[int | None, Parameter(
     description="Answer only once every read model has applied the log up to this sequence (an ingest"
                 " answer's `seq` or `last_seq`); 503 `stale` if not within `wait_ms`",
-    schema_extra={"minimum": 0, "maximum": 2**63 - 1},
+    schema_extra={"minimum": 0, "maximum": MAX_SEQ},
 )]
 WaitMs = Annotated[int, Parameter(description="How long to wait for `min_seq`, in milliseconds",
-                                  schema_extra={"minimum": 0, "maximum": 60_000})]
+                                  schema_extra={"minimum": 0, "maximum": MAX_WAIT_MS})]
 
 
 def page_size(most: int) -> Any:
@@ -251,9 +247,6 @@ async def require_workspace(request: Request, workspace: str) -> None:
         raise ApiError(404, f"unknown workspace {workspace!r}")
 
 
-MAX_WAIT_MS = 60_000  # a minute: past that, a client asking again costs less than a request held open
-
-
 async def read_access(request: Request, workspace: str) -> None:
     """Every read, first: a read token and a known workspace. Then the read checks its parameters,
     and only then waits for ``min_seq`` (``wait_applied``): a request that can never be answered is
@@ -262,20 +255,16 @@ async def read_access(request: Request, workspace: str) -> None:
     await require_workspace(request, workspace)
 
 
-async def wait_applied(request: Request, min_seq: int | None, wait_ms: int) -> None:
+async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snapshot: str | None = None) -> None:
     """``?min_seq=N&wait_ms=W``: answer once every read model has applied the log up to N, waiting
-    up to W ms; else 503 stale with the sequence applied."""
+    up to W ms; else 503 stale with the sequence applied. A read of a ``snapshot`` that does not
+    exist is a 404 before the wait, not a stale 503 after it."""
     check_seq("min_seq", min_seq)
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
     if min_seq is not None:
-        # A read of a snapshot that does not exist is a 404 now, not a stale 503 after the wait.
-        snapshot = request.query_params.get("snapshot")
-        reads_snapshots = "snapshot" in request.route_handler.parsed_fn_signature.parameters
-        if snapshot and reads_snapshots and not await services_of(request).pool.fetchval(
-                "SELECT 1 FROM public.snapshots WHERE workspace = $1 AND name = $2",
-                request.path_params.get("ws"), snapshot):
-            raise ApiError(404, f"unknown snapshot {snapshot!r}")
+        if snapshot is not None:
+            await snapshot_schema(services_of(request).pool, request.path_params.get("ws"), snapshot)
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
@@ -291,14 +280,20 @@ def read_connection(request: Request, snapshot: str | None = None) -> AsyncConte
     return _snapshot_connection(pool, request.path_params.get("ws"), snapshot)
 
 
+async def snapshot_schema(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> str:
+    """The schema that holds the workspace's snapshot; 404 if there is none of that name."""
+    schema = await db.fetchval(
+        "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, snapshot
+    )
+    if schema is None:
+        raise ApiError(404, f"unknown snapshot {snapshot!r}")
+    return schema
+
+
 @contextlib.asynccontextmanager
 async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str) -> AsyncIterator[asyncpg.Connection]:
     async with pool.acquire() as conn:
-        schema = await conn.fetchval(
-            "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, snapshot
-        )
-        if schema is None:
-            raise ApiError(404, f"unknown snapshot {snapshot!r}")
+        schema = await snapshot_schema(conn, workspace, snapshot)
         # Tables of the snapshot first; anything it does not hold (not a read model) from public.
         # For this transaction only: nothing of it outlives the request, even a cancelled one.
         async with conn.transaction(readonly=True):

@@ -242,4 +242,3 @@ def add_retry_after(openapi: OpenAPI) -> None:
             for status, response in ((operation.responses or {}).items() if operation else ()):
                 if status in ("503", "504") and not isinstance(response, Reference):
                     response.headers = {**(response.headers or {}), "Retry-After": header}
-

@@ -78,7 +78,7 @@ async def list_followups(
     status = one_of("status", status, model.STATUSES)
     check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_FOLLOWUPS, ws, moment, status, contact, after, limit)
     return json_response([  # type: ignore[return-value]
@@ -106,7 +106,7 @@ async def list_alerts(
     await read_access(request, ws)
     rule = one_of("rule", rule, ALERT_RULES)
     check_limit(limit, 10000)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
     return json_response([  # type: ignore[return-value]

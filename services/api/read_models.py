@@ -30,7 +30,7 @@ async def get_funnel(
 ) -> funnel.FunnelView:
     await read_access(request, ws)
     start, end = parse_time("from", from_), parse_time("to", to)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await funnel.query(conn, ws, start, end, campaign or None, stored_gaps=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
@@ -50,7 +50,7 @@ async def get_touches(
     snapshot: str | None = None,
 ) -> touches.TouchesView:
     await read_access(request, ws)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await touches.query(conn, ws)
     return json_response(answer)  # type: ignore[return-value]
@@ -72,7 +72,7 @@ async def get_goals(
 ) -> goals.GoalsView:
     await read_access(request, ws)
     moment = parse_time("as_of", as_of)
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await goals.query(conn, ws, moment, stored_counts=snapshot is None)
     return json_response(answer)  # type: ignore[return-value]
@@ -97,7 +97,7 @@ async def get_attribution(
     model = one_of("model", model, attribution.MODELS) or attribution.DEFAULT_MODEL
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
-    await wait_applied(request, min_seq, wait_ms)
+    await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await attribution.query(conn, ws, model, lookback_days)
     return json_response(answer)  # type: ignore[return-value]

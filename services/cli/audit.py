@@ -16,6 +16,7 @@ import msgspec
 import typer
 from rich.table import Table
 
+from events.log import MAX_SEQ
 from events.upcasting import decode_exact, encode_exact
 from services.cli.attach import DataDir, backends, refuse, with_workspace
 from services.settings import Settings
@@ -49,9 +50,9 @@ def parse_until(text: str) -> dt.datetime:
         raise typer.BadParameter("give a time zone offset, e.g. Z or +01:00", param_hint="--until")
     try:
         moment = moment.astimezone(dt.timezone.utc)
-    except OverflowError:
-        moment = dt.datetime.min.replace(tzinfo=dt.timezone.utc)  # refused below
-    if not 1000 <= moment.year <= 8999:  # as an event's time: Touchline received nothing outside them
+    except OverflowError:  # 0001-01-01T00:30:00+01:00 is before the year 1 in UTC
+        moment = None
+    if moment is None or not 1000 <= moment.year <= 8999:  # as an event's time: nothing was received outside them
         raise typer.BadParameter("expected a time in the years 1000 to 8999 UTC", param_hint="--until")
     return moment
 
@@ -66,7 +67,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(snapshot_app, name="snapshot")
 
 
-MAX_SEQ = 2**63 - 1  # JetStream's and PostgreSQL's (bigint) largest
+def _fraction(moment: dt.datetime) -> str:
+    """The fraction of a second, if any, as written after the seconds: ".9", ".123456"."""
+    return f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
 
 
 def _name_time(given: str, moment: dt.datetime) -> str:
@@ -75,15 +78,12 @@ def _name_time(given: str, moment: dt.datetime) -> str:
     second replacing the first)."""
     if len(given) == 10:  # a date: the end of that day
         return moment.strftime("%Y%m%d")
-    fraction = f".{moment.microsecond:06d}".rstrip("0") if moment.microsecond else ""
-    return moment.strftime("%Y%m%dt%H%M%S") + fraction + "z"
+    return moment.strftime("%Y%m%dt%H%M%S") + _fraction(moment) + "z"
 
 
 def _shown_until(moment: dt.datetime) -> str:
     """A snapshot's --until as given, to its fraction of a second (the tables' times stop at the second)."""
-    shown = shown_time(moment)
-    moment = moment.astimezone(dt.timezone.utc)
-    return shown.replace(" UTC", f".{moment.microsecond:06d}".rstrip("0") + " UTC") if moment.microsecond else shown
+    return shown_time(moment).replace(" UTC", _fraction(moment) + " UTC")
 
 
 def replay(

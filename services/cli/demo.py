@@ -130,10 +130,18 @@ def touches_tables(answer: dict) -> list[Table]:
     return [histogram, channels]
 
 
-def _figures(table: Table, header: str, cells: list[str]) -> None:
-    """A column of figures never cut: as wide as its widest; the goal ids wrap instead."""
-    table.add_column(header, justify="right", no_wrap=True,
-                     width=max([len(line) for line in header.split("\n")] + [len(Text.from_markup(c)) for c in cells]))
+def _figures_table(title: str, headers: tuple[str, ...], rows: list[list[str]]) -> Table:
+    """A goal's id, then columns of figures never cut (each as wide as its widest), no column
+    rules: narrow enough for an 80-column terminal, the ids wrapping instead."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
+    table.add_column("goal", overflow="fold")
+    for number, header in enumerate(headers, start=1):
+        cells = [row[number] for row in rows]
+        table.add_column(header, justify="right", no_wrap=True, width=max(
+            [len(line) for line in header.split("\n")] + [len(Text.from_markup(cell)) for cell in cells]))
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _period(goal: dict) -> str:
@@ -152,12 +160,8 @@ def goals_table(answer: dict) -> list[Table]:
         rows.append([f"{g['goal_id']}\n[dim]{unit} · {_period(g)}[/dim]", show(g["target"]),
                      f"{show(g['actual'])} ({_percent(g['attainment'])})", show(g["expected_by_now"]),
                      show(g["projected"]), "[green]on track[/green]" if g["on_track"] else "[red]behind[/red]"])
-    table = Table(title=f"Goals, as of {as_of} UTC", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    table.add_column("goal", overflow="fold")
-    for number, header in enumerate(("target", "actual", "expected\nby now", "projected", "pace"), start=1):
-        _figures(table, header, [row[number] for row in rows])
-    for row in rows:
-        table.add_row(*row)
+    table = _figures_table(f"Goals, as of {as_of} UTC", ("target", "actual", "expected\nby now", "projected", "pace"),
+                           rows)
     derived_rows = [
         [g["goal_id"], _money(d["avg_deal"]), _percent(d["win_rate"]), _percent(d["lead_to_opportunity"]),
          *("—" if d[k] is None else str(d[k]) for k in ("deals_needed", "opportunities_needed", "leads_needed"))]
@@ -165,15 +169,8 @@ def goals_table(answer: dict) -> list[Table]:
     ]
     if not derived_rows:
         return [table]
-    derived = Table(title="What the revenue goals still take (from the all-time funnel)", title_justify="left",
-                    box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0))
-    derived.add_column("goal", overflow="fold")
     headers = ("avg deal", "win rate", "lead→\nopportunity", "deals\nneeded", "opportunities\nneeded", "leads\nneeded")
-    for number, header in enumerate(headers, start=1):
-        _figures(derived, header, [row[number] for row in derived_rows])
-    for row in derived_rows:
-        derived.add_row(*row)
-    return [table, derived]
+    return [table, _figures_table("What the revenue goals still take (from the all-time funnel)", headers, derived_rows)]
 
 
 def attribution_table(answer: dict) -> Table:

@@ -10,6 +10,7 @@ import msgspec
 import typer
 from rich.table import Table
 
+from events.log import MAX_SEQ
 from services.cli.attach import DataDir, backends, refuse
 from services.cli.audit import console
 from services.cli.output import shown_time
@@ -44,7 +45,7 @@ def parked_list(
 
 @parked_app.command("redrive")
 def parked_redrive(
-    seq: list[int] = typer.Option(None, "--seq", min=1, max=2**63 - 1,
+    seq: list[int] = typer.Option(None, "--seq", min=1, max=MAX_SEQ,
                                   help="Only these log sequences (repeat); all by default"),
     projector: str = typer.Option("main", "--projector", help="The projector whose parked events to apply again"),
     data_dir: Optional[Path] = DataDir,
