@@ -39,10 +39,10 @@ from services.api.common import (
     json_response,
     one_of,
     page_size,
-    read_access,
     read_connection,
     require_workspace,
     services_of,
+    strict_query,
     wait_applied,
     unavailable_response,
     unexpected_response,
@@ -348,6 +348,7 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     summary="One contact's funnel stage, touches and deals",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_contact(
     request: Request,
@@ -357,7 +358,6 @@ async def get_contact(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> contact_model.ContactView:
-    await read_access(request, ws)
     contact = contact_of(request, contact)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
@@ -377,6 +377,7 @@ class ContactPage(msgspec.Struct):
     summary="A page of contacts, ordered by contact id",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def list_contacts(
     request: Request,
@@ -389,7 +390,6 @@ async def list_contacts(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> ContactPage:
-    await read_access(request, ws)
     stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
     check_limit(limit, 1000)
     await wait_applied(request, min_seq, wait_ms, snapshot)
@@ -430,6 +430,7 @@ class RejectedPage(msgspec.Struct):
     summary="Rejected input, newest first, with raw body and reason",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def list_rejected(
     request: Request,
@@ -439,7 +440,6 @@ async def list_rejected(
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
 ) -> RejectedPage:
-    await read_access(request, ws)
     check_limit(limit, 1000)
     check_seq("before", before)
     await wait_applied(request, min_seq, wait_ms)
@@ -462,9 +462,9 @@ async def list_rejected(
     summary="Each projector's applied sequence, lag and recent rate; the log's last sequence (admin)",
     security=docs.BEARER,
     responses=docs.OPERATOR_ERRORS,
+    guards=[authorized("admin", in_workspace=False)],
 )
 async def status(request: Request, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
-    await authorize(request, None, "admin")
     await wait_applied(request, min_seq, wait_ms)  # as every read: the contract's section 4
     from services.status import status_report
 
@@ -496,6 +496,7 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
+        before_request=strict_query,
         exception_handlers={
             HTTPException: error_response,
             **{kind: unavailable_response for kind in RETRYABLE},

@@ -7,7 +7,7 @@ from litestar import Request, Response, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
-from services.api.common import ApiError, ContactSegment, check_limit, check_seq, contact_of, json_response, read_access, read_connection, wait_applied, MinSeq, WaitMs, page_size
+from services.api.common import ApiError, ContactSegment, authorized, check_limit, check_seq, contact_of, json_response, read_connection, wait_applied, MinSeq, WaitMs, page_size
 
 
 class AuditTrail(msgspec.Struct):
@@ -21,6 +21,7 @@ class AuditTrail(msgspec.Struct):
     summary="The contact's audit trail: every accepted event about it, with seq and received_at, in log order",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def contact_events(
     request: Request,
@@ -32,7 +33,6 @@ async def contact_events(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> Response:
-    await read_access(request, ws)
     contact = contact_of(request, contact)
     check_limit(limit, 10000)
     check_seq("after", after)

@@ -91,6 +91,43 @@ def validation_error(request: Request, exc: ValidationException) -> str:
     return exc.detail
 
 
+# Litestar converts a query value laxly (`1e3` and `5.0` to an integer, `null` to no value at all,
+# so `min_seq=null` would skip the wait it asks for) and keeps the last of a repeated parameter.
+# Both are a client's mistake better named than guessed at.
+_INTEGER = re.compile(r"-?[0-9]+")
+_QUERY_NAMES: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # handler -> (parameters, integers)
+
+
+def _query_names(handler: Any) -> tuple[frozenset[str], frozenset[str]]:
+    known = _QUERY_NAMES.get(id(handler))
+    if known is None:
+        fields = {  # by the name the query string uses (`from` for `from_`)
+            getattr(field.kwarg_definition, "query", None) or name: field
+            for name, field in handler.parsed_fn_signature.parameters.items()
+        }
+        integers = {
+            name for name, field in fields.items()
+            if any(kind.is_subclass_of(int) for kind in (field.inner_types if field.is_optional else (field,)))
+        }
+        known = _QUERY_NAMES[id(handler)] = (frozenset(fields), frozenset(integers))
+    return known
+
+
+async def strict_query(request: Request) -> None:
+    """Before every handler (Litestar's ``before_request``): each of its query parameters given once,
+    and an integer one as digits."""
+    names, integers = _query_names(request.route_handler)
+    seen: set[str] = set()
+    for name, value in request.query_params.multi_items():
+        if name not in names:
+            continue
+        if name in seen:
+            raise ApiError(400, f"{name}: given more than once")
+        seen.add(name)
+        if name in integers and not _INTEGER.fullmatch(value):
+            raise ApiError(400, f"{name}: expected an integer, got {value!r}")
+
+
 @dataclass
 class Services:
     pool: asyncpg.Pool
@@ -229,9 +266,12 @@ def contact_of(request: Request, routed: str) -> str:
 
 
 def authorized(scope: str, *, in_workspace: bool = True) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
-    """A guard for a route with a body: its token (and its workspace) checked before Litestar reads
-    the body, so that a request without a valid token is a 401 whatever it sent (it was a 400
-    naming a field of the body)."""
+    """The guard of every route but ingest's: its token (and its workspace) checked before Litestar
+    reads the query string and the body, so that a request without a valid token is a 401 whatever
+    it sent (it was a 400 naming a parameter or a field of the body). Then the handler checks what
+    it was sent, and a read only then waits for ``min_seq`` (``wait_applied``): a request that can
+    never be answered is a 400 at once, not a 503 "stale" that a client obeying Retry-After asks
+    again for ever."""
 
     async def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
         workspace = connection.path_params["ws"] if in_workspace else None
@@ -245,14 +285,6 @@ def authorized(scope: str, *, in_workspace: bool = True) -> Callable[[ASGIConnec
 async def require_workspace(request: Request, workspace: str) -> None:
     if not await services_of(request).workspaces(workspace):
         raise ApiError(404, f"unknown workspace {workspace!r}")
-
-
-async def read_access(request: Request, workspace: str) -> None:
-    """Every read, first: a read token and a known workspace. Then the read checks its parameters,
-    and only then waits for ``min_seq`` (``wait_applied``): a request that can never be answered is
-    a 400 at once, not a 503 "stale" that a client obeying Retry-After asks again for ever."""
-    await authorize(request, workspace, "read")
-    await require_workspace(request, workspace)
 
 
 async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snapshot: str | None = None) -> None:

@@ -16,15 +16,12 @@ from services.api.common import (
     page_size,
     ApiError,
     check_limit,
-    authorize,
     authorized,
     json_response,
     one_of,
     parse_time,
-    read_access,
     wait_applied,
     read_connection,
-    require_workspace,
     services_of,
 )
 from services.dispatcher import webhooks
@@ -61,6 +58,7 @@ class AlertView(msgspec.Struct, omit_defaults=True):
     summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def list_followups(
     request: Request,
@@ -74,7 +72,6 @@ async def list_followups(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> list[FollowupView]:
-    await read_access(request, ws)
     status = one_of("status", status, model.STATUSES)
     check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
@@ -93,6 +90,7 @@ async def list_followups(
     summary="Alerts for the seller (metric anomalies, goals at risk), newest first",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def list_alerts(
     request: Request,
@@ -103,7 +101,6 @@ async def list_alerts(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> list[AlertView]:
-    await read_access(request, ws)
     rule = one_of("rule", rule, ALERT_RULES)
     check_limit(limit, 10000)
     await wait_applied(request, min_seq, wait_ms, snapshot)
@@ -169,10 +166,9 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response
     summary="The workspace's outbound webhook (without its secret)",
     security=docs.BEARER,
     responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no webhook configured."}),
+    guards=[authorized("admin")],
 )
 async def get_webhook(request: Request, ws: str) -> Response:
-    await authorize(request, ws, "admin")
-    await require_workspace(request, ws)
     hook = await webhooks.webhook_of(services_of(request).pool, ws)
     if hook is None:
         raise ApiError(404, "no webhook configured")
@@ -185,10 +181,9 @@ async def get_webhook(request: Request, ws: str) -> Response:
     status_code=204,
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("admin")],
 )
 async def delete_webhook(request: Request, ws: str) -> None:
-    await authorize(request, ws, "admin")
-    await require_workspace(request, ws)
     await services_of(request).pool.execute("DELETE FROM webhooks WHERE workspace = $1", ws)
 
 
@@ -204,9 +199,9 @@ class RuleSettings(msgspec.Struct):
     summary="The workspace's rule settings",
     security=docs.BEARER,
     responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_rules(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
-    await read_access(request, ws)
     await wait_applied(request, min_seq, wait_ms)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
     return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})

@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
 from services.api import docs
-from services.api.common import ApiError, json_response, one_of, parse_time, read_access, read_connection, wait_applied, MinSeq, WaitMs
+from services.api.common import ApiError, authorized, json_response, one_of, parse_time, read_connection, wait_applied, MinSeq, WaitMs
 
 
 @get(
@@ -17,6 +17,7 @@ from services.api.common import ApiError, json_response, one_of, parse_time, rea
     summary="Contacts per stage for a cohort by reached[aware], with conversion and median hours",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_funnel(
     request: Request,
@@ -28,7 +29,6 @@ async def get_funnel(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> funnel.FunnelView:
-    await read_access(request, ws)
     start, end = parse_time("from", from_), parse_time("to", to)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
@@ -41,6 +41,7 @@ async def get_funnel(
     summary="Touches before conversion and touches per channel",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_touches(
     request: Request,
@@ -49,7 +50,6 @@ async def get_touches(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> touches.TouchesView:
-    await read_access(request, ws)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await touches.query(conn, ws)
@@ -61,6 +61,7 @@ async def get_touches(
     summary="Each goal's actual, attainment and pacing at as_of; the reverse funnel of revenue goals",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_goals(
     request: Request,
@@ -70,7 +71,6 @@ async def get_goals(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> goals.GoalsView:
-    await read_access(request, ws)
     moment = parse_time("as_of", as_of)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
@@ -83,6 +83,7 @@ async def get_goals(
     summary="Leads, deals and revenue credited to campaigns and sales channels",
     security=docs.BEARER,
     responses=docs.READ_ERRORS,
+    guards=[authorized("read")],
 )
 async def get_attribution(
     request: Request,
@@ -93,7 +94,6 @@ async def get_attribution(
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
 ) -> attribution.AttributionView:
-    await read_access(request, ws)
     model = one_of("model", model, attribution.MODELS) or attribution.DEFAULT_MODEL
     if not 0 <= lookback_days <= 36_500:
         raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")

@@ -206,6 +206,37 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         assert (answer.status_code, answer.json()) == (400, {"error": error}), body
 
 
+def test_integers_are_digits_and_a_parameter_is_given_once(stack):
+    """Litestar read `1e3` and `5.0` as integers, `min_seq=null` as no min_seq at all (so no wait,
+    silently), and kept the last of a repeated parameter: each is a 400 naming the parameter, once
+    the token and the workspace are known good."""
+    ws, auth = stack.new_workspace()
+    for path, params, error in (
+        ("funnel", {"min_seq": "1e3"}, "min_seq: expected an integer, got '1e3'"),
+        ("contacts", {"min_seq": "null"}, "min_seq: expected an integer, got 'null'"),
+        ("contacts", {"limit": "5.0"}, "limit: expected an integer, got '5.0'"),
+        ("attribution", {"lookback_days": "+7"}, "lookback_days: expected an integer, got '+7'"),
+        ("rejected", {"before": "0x10"}, "before: expected an integer, got '0x10'"),
+        ("goals", {"min_seq": ["1", "2"]}, "min_seq: given more than once"),
+        ("contacts", {"stage": ["lead", "aware"]}, "stage: given more than once"),
+        ("funnel", {"from": ["2026-01-01T00:00:00Z"] * 2}, "from: given more than once"),
+    ):
+        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
+    # An empty copy is a parameter left out; a parameter the route does not take is ignored, as before.
+    assert stack.get(f"/v1/workspaces/{ws}/contacts", auth, limit=["", "3"], foo=["1", "2"]).status_code == 200
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, min_seq="0", wait_ms="10").status_code == 200
+    # The token and the workspace are checked first: a parameter Litestar cannot read was a 400
+    # before them.
+    other, other_auth = stack.new_workspace()
+    for path, params in (("contacts", {"limit": "many"}), ("funnel", {"min_seq": ["1", "2"]}),
+                         ("contacts/c1/events", {"after": "x"}), ("rules", {"wait_ms": "soon"})):
+        assert stack.get(f"/v1/workspaces/{ws}/{path}", {}, **params).status_code == 401, (path, params)
+        assert stack.get(f"/v1/workspaces/{ws}/{path}", other_auth, **params).status_code == 403, (path, params)
+        assert stack.get(f"/v1/workspaces/no-such-ws/{path}", stack.admin(), **params).status_code == 404, path
+    assert stack.get("/v1/status", auth, min_seq="many").status_code == 403
+
+
 def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(stack):
     """An audit found 500s (in Litestar's shape, logged nowhere) for a NUL, a sequence past 64 bits,
     a time that leaves the years 1-9999 in UTC, and webhook URLs urlsplit cannot read."""
