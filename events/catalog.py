@@ -8,6 +8,7 @@ Python class never changes the wire. Schemas evolve only by adding fields with d
 from __future__ import annotations
 
 import datetime as dt
+import re
 from decimal import Decimal
 from typing import Annotated, Literal, Union
 
@@ -257,6 +258,35 @@ ALL_TYPES: tuple[type[Envelope], ...] = (
 TYPES_BY_NAME: dict[str, type[Envelope]] = {cls.__struct_config__.tag: cls for cls in ALL_TYPES}
 
 AnyEvent = Union[ALL_TYPES]  # type: ignore[valid-type]
+
+_decode_typed = msgspec.json.Decoder(AnyEvent).decode
+
+
+class _TimeText(msgspec.Struct):
+    time: str
+
+
+_decode_time_text = msgspec.json.Decoder(_TimeText).decode
+# What a time finer than microseconds looks like in the JSON: a false alarm only costs a closer look.
+_FINER_THAN_MICROSECONDS = re.compile(rb"\.[0-9]{7}")
+_MICROSECONDS_AND_FINER = re.compile(r"(\.[0-9]{6})[0-9]+")
+
+
+def decode_event(raw: bytes) -> Envelope:
+    """One event's JSON as its catalog type (msgspec's errors pass through).
+
+    Times keep microseconds, and a finer time is cut to its microsecond, never rounded: msgspec
+    rounds, and so moved 23:59:59.9999996 to midnight, past a period or a funnel bound it lies
+    before (`period_end`, `to`, which are whole microseconds)."""
+    event = _decode_typed(raw)
+    # The search costs about a third of a microsecond an event (half of decoding it). A time with
+    # its digits spelled as \u escapes would slip past it: no JSON encoder writes digits so.
+    if _FINER_THAN_MICROSECONDS.search(raw):
+        text = _decode_time_text(raw).time
+        cut = _MICROSECONDS_AND_FINER.sub(r"\1", text, count=1)
+        if cut != text:
+            event = msgspec.structs.replace(event, time=msgspec.json.decode(msgspec.json.encode(cut), type=AwareTime))
+    return event
 
 
 def type_name(event: Envelope) -> str:

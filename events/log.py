@@ -16,7 +16,7 @@ from typing import Mapping
 
 import msgspec
 
-from events.catalog import AnyEvent, Envelope
+from events.catalog import Envelope, decode_event
 from events.upcasting import CATALOG_VERSION, UNSTAMPED_VERSION, upcast_json
 
 LOG_STREAM = "TOUCHLINE_LOG"
@@ -30,7 +30,7 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 # The catalog version that judged the event (events/upcasting.py); absent means version 1.
 HEADER_CATALOG_VERSION = "Touchline-Catalog-Version"
 
-_decode = msgspec.json.Decoder(AnyEvent).decode
+_decode = decode_event
 
 
 def log_subject(workspace: str) -> str:

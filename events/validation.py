@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import msgspec
 
-from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, AnyEvent, Envelope, GoalSet
+from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, Envelope, GoalSet, decode_event
 from events.upcasting import decode_exact
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -20,7 +20,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 WORKSPACE_ID = re.compile(r"[a-z0-9-]{1,64}")  # whole: fullmatch ($ would take "acme\n")
 
-_decode_event = msgspec.json.Decoder(AnyEvent).decode
+_decode_event = decode_event
 _decode_probe = msgspec.json.Decoder(dict, float_hook=Decimal).decode
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 

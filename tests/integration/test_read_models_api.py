@@ -170,6 +170,28 @@ def test_read_errors(stack):
     assert stack.get(f"/v1/workspaces/{ws}/goals", auth).json()["goals"] == []
 
 
+def test_a_time_finer_than_microseconds_is_cut_never_rounded_across_a_bound(stack):
+    """msgspec rounded 23:59:59.9999996 to midnight: a January conversation was counted in no
+    January goal, reached its stage at a time it did not happen at, and left a funnel ending at
+    midnight. It is cut to 23:59:59.999999, before every bound that is a whole microsecond."""
+    ws, auth = stack.new_workspace()
+    last = stack.ingest(ws, auth, [
+        event("goal.set", time="2025-01-01T00:00:00Z", goal_id="jan", metric="conversations", target="1",
+              period_start="2025-01-01", period_end="2025-02-01"),
+        event("sales.conversation.held", "alice", time="2025-01-31T23:59:59.9999996Z", channel="phone"),
+        event("sales.conversation.held", "bob", time="2025-02-01T00:59:59.99999951+01:00", channel="phone"),
+    ])
+    goal = read(stack, ws, auth, "goals", last, as_of="2025-02-15T00:00:00Z")["goals"][0]
+    assert goal["actual"] == "2"
+    for contact in ("alice", "bob"):  # bob's time in UTC, with an offset
+        assert read(stack, ws, auth, f"contacts/{contact}", last)["reached"]["lead"] == "2025-01-31T23:59:59.999999Z"
+    stages = read(stack, ws, auth, "funnel", last, to="2025-02-01T00:00:00Z")["stages"]
+    assert [stage["contacts"] for stage in stages[:3]] == [2, 2, 2]
+    # The audit trail keeps the event as it was sent.
+    trail = read(stack, ws, auth, "contacts/alice/events", last)
+    assert "2025-01-31T23:59:59.9999996Z" in json.dumps(trail)
+
+
 def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
     """Litestar's own checks (a number that is not one, a body of the wrong shape) answered
     "Validation failed for GET <url>"; every 400 names its field."""

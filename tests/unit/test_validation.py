@@ -255,3 +255,29 @@ def test_a_decimal_error_cuts_its_text_by_characters_not_bytes():
     body = event("sales.deal.won", "dana", deal_id="d1", amount="١" * 60, currency="EUR")
     with pytest.raises(InvalidEvent, match=r'^data\.amount: expected a non-negative decimal, got "١{60}"$'):
         parse_event(json.dumps(body, ensure_ascii=False).encode())
+
+
+@pytest.mark.parametrize("sent, kept", [
+    ("2025-01-31T23:59:59.9999996Z", "2025-01-31T23:59:59.999999+00:00"),  # msgspec made it midnight
+    ("2025-01-31T23:59:59.1234565Z", "2025-01-31T23:59:59.123456+00:00"),
+    ("2025-01-31T23:59:59.999999999999+01:00", "2025-01-31T23:59:59.999999+01:00"),
+    ("2025-01-31t23:59:59.9999999z", "2025-01-31T23:59:59.999999+00:00"),
+    ("2025-01-31T23:59:59.999999Z", "2025-01-31T23:59:59.999999+00:00"),
+    ("2025-01-31T23:59:59.5Z", "2025-01-31T23:59:59.500000+00:00"),
+    ("2025-01-31T23:59:59Z", "2025-01-31T23:59:59+00:00"),
+])
+def test_a_time_finer_than_microseconds_is_cut_not_rounded(sent, kept):
+    """By ingest and by every reader of the log alike (both decode with events.catalog.decode_event)."""
+    from events.log import decode_logged
+
+    raw = json.dumps(event("sales.conversation.held", "dana", time=sent, channel="phone")).encode()
+    assert parse_event(raw).time.isoformat() == kept
+    assert decode_logged(1, "touchline.log.w", {}, raw).event.time.isoformat() == kept
+
+
+def test_seven_decimals_elsewhere_leave_the_time_alone():
+    raw = json.dumps(event("sales.deal.won", "dana", time="2025-01-31T23:59:59.25Z", deal_id="d.1234567",
+                           amount="1.1234567", currency="EUR")).encode()
+    parsed = parse_event(raw)
+    assert parsed.time == dt.datetime(2025, 1, 31, 23, 59, 59, 250000, tzinfo=dt.timezone.utc)
+    assert parsed.data.amount == Decimal("1.1234567")
