@@ -33,4 +33,11 @@ def configure(service: str) -> structlog.stdlib.BoundLogger:
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
+    logging.getLogger("asyncio").addFilter(_without_tls_eof_noise)
     return structlog.get_logger().bind(service=service)
+
+
+def _without_tls_eof_noise(record: logging.LogRecord) -> bool:
+    """asyncio warns "returning true from eof_received() has no effect when using ssl" whenever
+    a TLS connection of nats-py's ends (every CLI command against a TLS cluster): nothing to act on."""
+    return "eof_received() has no effect" not in record.getMessage()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ssl
 from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
@@ -123,7 +124,11 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         from services.runtime.embedded import EmbeddedPostgres
 
         url = EmbeddedPostgres(settings.data_dir).start()
-    pool = await create_pool(url, max_size=2)
+    try:
+        # 10 s, as for NATS below: a command waits out a restart, not an operator's typo.
+        pool = await create_pool(url, max_size=2, deadline=10.0)
+    except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as err:
+        refuse(f"PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL", code=1)
     try:
         await migrate(pool)
         yield pool
@@ -134,8 +139,6 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
 @contextlib.asynccontextmanager
 async def backends(settings: Settings, workspace: str | None = None) -> AsyncIterator[tuple]:
     """(pool, js) for a command that reads NATS too; exits 2 when ``workspace`` is given and unknown."""
-    from services.nats_io import connect_client
-
     url = nats_url(settings)  # checked first: nothing is started for a command that cannot run
     async with database(settings) as pool:
         if workspace is not None:
@@ -143,12 +146,41 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
         # Quiet, and patient for about 10 s: a NATS that `up` restarts is back within a second, and
         # one that stays away ends the command with one line (``connection_lost``), not nats-py's
         # own error logs and two minutes of retries.
-        nc = await connect_client(url, name="touchline-cli", pending_size=64 * 1024 * 1024, error_cb=nats_auth.ignore_error,
-                                  max_reconnect_attempts=10, reconnect_time_wait=1.0)
+        nc = await connect_for_command(url)
         try:
             yield pool, nc.jetstream(timeout=30)
         finally:
             await nc.drain()
+
+
+async def connect_for_command(url: str):
+    """A NATS connection that waits out a restart, but not a refusal: a NATS that refuses the
+    credentials, or whose certificate is not trusted, is one line at once. nats-py tries again for
+    each of its attempts and servers, and only then raises "no servers available", the refusal
+    said nowhere (an outside audit on a TLS cluster waited for minutes on a wrong password)."""
+    from services.nats_io import connect_client
+
+    refused: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def on_error(err: Exception) -> None:
+        text = str(err).lower()
+        if (isinstance(err, ssl.SSLError) or "authorization" in text or "authentication" in text) and not refused.done():
+            refused.set_result(err)
+
+    connecting = asyncio.ensure_future(connect_client(
+        url, name="touchline-cli", pending_size=64 * 1024 * 1024, error_cb=on_error,
+        max_reconnect_attempts=10, reconnect_time_wait=1.0))
+    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done():
+        refused.cancel()
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    err = refused.result()
+    hint = ("set SSL_CERT_FILE to the CA that signed its certificate" if isinstance(err, ssl.SSLError)
+            else "check the user and password of TOUCHLINE_NATS_URL")
+    refuse(f"NATS refused the connection ({str(err).removeprefix('nats: ')}); {hint}", code=1)
 
 
 async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str) -> None:

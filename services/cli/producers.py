@@ -18,10 +18,15 @@ from services.settings import Settings
 
 
 def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extra: str) -> str:
+    from services.nats_io import nats_servers
+
     return json.dumps(
         {
             "workspace": producer.workspace,
+            # Both: the nats CLI takes the comma-separated list a cluster's URL is, nats-py's
+            # connect(servers=...) a list (given the list as one string, it fails on the comma).
             "url": url,
+            "servers": nats_servers(url) if url else [],
             "user": producer.user,
             "password": password,
             "inbox_prefix": producer.inbox_prefix,
@@ -47,8 +52,9 @@ def create_producer(settings: Settings, workspace: str) -> int:
                       server_config=producer.config_entry()))
         print(
             "TOUCHLINE_NATS_URL names an external NATS, whose operator manages credentials: add server_config"
-            " to the users of its PRODUCERS account (see infra/nats/production.conf) and reload the servers"
-            " (nats-server --signal reload); until then these credentials are refused.",
+            " to the users of the PRODUCERS account on every server of the cluster (see"
+            " infra/nats/production.conf) and reload each one (nats-server --signal reload=PID, its process"
+            " id, on each host); until then these credentials are refused.",
             file=sys.stderr,
         )
         return 0

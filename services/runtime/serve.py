@@ -86,7 +86,8 @@ async def _until_signal(*tasks: asyncio.Task) -> None:
 
 async def serve_projector(settings: Settings) -> None:
     logs.configure("projector")
-    backends = await open_backends(settings, "projector", pool_size=4)
+    # Two for the batches in flight, one for ANALYZE, one for the heartbeat, one holding the lead.
+    backends = await open_backends(settings, "projector", pool_size=5)
     await prepare(backends, settings)
     projector = Projector("main", all_projections(), backends.js, backends.pool)
     tasks = [

@@ -175,6 +175,26 @@ def test_every_command_given_an_unknown_workspace_says_so_alike(stack, tmp_path)
     assert done.returncode == 2 and refused(done).startswith("touchline: unknown projector 'bogus' (known: "), done.stderr
 
 
+def test_a_nats_or_postgresql_that_refuses_the_credentials_is_one_line_at_once(stack, tmp_path):
+    """A wrong NATS password kept `status` and `replay --verify` trying for minutes on a TLS cluster
+    and ended, if ever, in "no servers available", the refusal said nowhere; a missing database was
+    tried for a minute (and a wrong PostgreSQL password was a 183-line traceback)."""
+    host = stack.servers.nats_url.rsplit("@", 1)[1]
+    urls = {"TOUCHLINE_DATABASE_URL": stack.servers.database_url}
+    workspace, _ = stack.new_workspace()
+    for command in (("status",), ("replay", "--workspace", workspace, "--verify")):
+        done = touchline(*command, cwd=tmp_path, TOUCHLINE_NATS_URL=f"nats://touchline:wrong@{host}", **urls)
+        assert done.returncode == 1 and refused(done) == (
+            "touchline: NATS refused the connection ('Authorization Violation'); check the user and password"
+            " of TOUCHLINE_NATS_URL"), command
+    nowhere = stack.servers.database_url.replace("/postgres?", "/no_such_database?")
+    done = touchline("workspace", "create", "zeta", cwd=tmp_path, TOUCHLINE_DATABASE_URL=nowhere,
+                     TOUCHLINE_NATS_URL=stack.servers.nats_url)
+    assert done.returncode == 1 and refused(done) == (
+        'touchline: PostgreSQL refused the connection (database "no_such_database" does not exist);'
+        " check TOUCHLINE_DATABASE_URL"), done.stderr
+
+
 def test_redriving_a_sequence_that_is_not_parked_says_so(stack, tmp_path):
     """A mistyped sequence was "re-drove 0 command(s)" or "0 applied, 0 still parked", exit 0."""
     data_dir = str(stack.servers.root)

@@ -24,3 +24,16 @@ def test_a_library_warning_with_a_traceback_is_one_json_line():
     assert (record["event"], record["logger"], record["level"]) == (
         "Failed to restore the pool connection floor", "asyncpg.pool", "warning")
     assert "ZeroDivisionError" in record["exception"]
+
+
+def test_asyncios_tls_eof_warning_is_not_written():
+    """Every CLI command against a TLS cluster ended with it (an outside audit): nothing to act on."""
+    code = (
+        "import logging\n"
+        "from services import logs\n"
+        "logs.configure('cli')\n"
+        "logging.getLogger('asyncio').warning('returning true from eof_received() has no effect when using ssl')\n"
+        "logging.getLogger('asyncio').warning('Unclosed client session')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["Unclosed client session"]

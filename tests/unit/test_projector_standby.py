@@ -1,4 +1,6 @@
-"""A projector beside a live writer (a standby): fenced at every try, it tries less and less often."""
+"""A projector fenced at every try (another process moves its position) tries less and less often.
+Two processes of a projector no longer meet here: the second waits for the writer's session lock
+(tests/integration/test_projector_standby.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ def test_a_fenced_projector_tries_again_less_and_less_often_as_a_standby():
         projector = runner.Projector.__new__(runner.Projector)
         projector.name, projector.applied_total, projector._stopping = "standby", 0, asyncio.Event()
         projector._run_from_committed_position = fenced.__get__(projector)
-        running = asyncio.create_task(projector.run())
+        running = asyncio.create_task(projector._project())
         await asyncio.sleep(4.0)
         projector.stop()
         await asyncio.wait_for(running, 6)
