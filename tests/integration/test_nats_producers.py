@@ -33,6 +33,23 @@ def create_producer(servers, workspace: str) -> dict:
     return json.loads(done.stdout)
 
 
+def test_a_producer_for_an_external_cluster_gets_its_servers_as_a_list_and_the_entry_to_add(stack):
+    """nats-py cannot read the comma-separated `url` of a cluster (an outside audit: "Port could not
+    be cast"): `servers` is the list its connect() takes. An external NATS is not changed: the
+    operator adds `server_config` on every server and reloads each one."""
+    ws, _ = stack.new_workspace()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    env["TOUCHLINE_DATABASE_URL"] = stack.servers.database_url
+    env["TOUCHLINE_NATS_URL"] = "tls://touchline:secret@n1.example:4222, tls://n2.example:4222"
+    done = subprocess.run([sys.executable, "-m", "services.cli.main", "token", "create", "--workspace", ws,
+                           "--scope", "ingest", "--nats"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    creds = json.loads(done.stdout)
+    assert creds["servers"] == ["tls://n1.example:4222", "tls://n2.example:4222"]
+    assert "secret" not in done.stdout and creds["user"] in creds["server_config"]
+    assert "on every server of the cluster" in done.stderr and "--signal reload=PID" in done.stderr
+
+
 async def stream_counts(url: str) -> tuple[int, int]:
     nc = await connect_client(url)
     js = nc.jetstream()
@@ -55,6 +72,7 @@ def test_producer_publishes_only_to_its_own_workspace(stack):
     other, other_auth = stack.new_workspace()
     creds = create_producer(stack.servers, ws)
     assert creds["url"] == stack.servers.nats.url and "@" not in creds["url"]
+    assert creds["servers"] == [creds["url"]]
     assert creds["subject"] == inbox_subject(ws) and creds["inbox_prefix"] == f"_INBOX_{creds['user']}"
     # Only the bcrypt hash is kept, in files only the owner can read.
     root = stack.servers.nats.root
