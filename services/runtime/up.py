@@ -9,11 +9,13 @@ import os
 import shutil
 import signal
 import time
+import urllib.parse
 from pathlib import Path
 
 import structlog
 
 from services import logs
+from services.runtime import nats_auth
 from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 from services.runtime.processes import ServiceProcess, api_workers
 from services.runtime.serve import listen, open_backends, prepare
@@ -22,6 +24,19 @@ from services.settings import Settings
 log = structlog.get_logger()
 
 SERVICE_KINDS = ("api", "projector", "rules", "dispatcher")
+
+
+def without_password(database_url: str) -> str:
+    """A PostgreSQL URL safe to log: its password left out, in the user part and in the query; a
+    key=value connection string is not echoed at all."""
+    if "://" not in database_url:
+        return "(a connection string)"
+    parts = urllib.parse.urlsplit(database_url)
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}@{host}" if user else host
+    query = urllib.parse.urlencode([(name, value) for name, value in urllib.parse.parse_qsl(parts.query)
+                                    if name != "password"], safe="/")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def check_data_dir(data_dir: Path) -> None:
@@ -78,9 +93,13 @@ def up(settings: Settings) -> None:
         if nats is not None:
             settings = _with(settings, nats_url=_start_embedded("NATS", nats.start, nats.root, "nats.log"))
             log.info("nats.embedded", url=nats.url, data=str(nats.root))
+        else:  # which servers it runs against, as an operator checks first (credentials left out)
+            log.info("nats.external", url=nats_auth.without_credentials(settings.nats_url))
         if postgres is not None:
             settings = _with(settings, database_url=_start_embedded("PostgreSQL", postgres.start, postgres.root, "log"))
             log.info("postgres.embedded", url=settings.database_url, data=str(postgres.root))  # for psql
+        else:
+            log.info("postgres.external", url=without_password(settings.database_url))
         asyncio.run(_prepare(settings))
         env = settings.child_environment()
         children = api_workers(env, settings.api_workers) + [

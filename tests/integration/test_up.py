@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -263,3 +264,31 @@ def test_a_second_up_on_a_data_dir_in_use_refuses_and_leaves_the_first_alone(tmp
         wait_healthy(base)
     finally:
         stop_and_check_nothing_is_left(again, data_dir)
+
+
+def test_up_against_external_servers_starts_none_of_its_own_and_names_the_ones_it_uses(tmp_path):
+    """`up` with both URLs set runs Touchline's services against them (README, "Running it for
+    real"), and logs which servers they are, without their credentials (an outside audit found no
+    line naming them)."""
+    from services.runtime.up import without_password
+    from tests.support import Servers
+
+    external = Servers(tmp_path / "external")
+    data_dir, port = tmp_path / "data", free_port()
+    log = tmp_path / "up.log"
+    up = start_up(data_dir, port, log, TOUCHLINE_NATS_URL=external.nats_url,
+                  TOUCHLINE_DATABASE_URL=external.database_url)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}")
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        named = {line["event"]: line.get("url") for line in lines}
+        assert "nats.embedded" not in named and "postgres.embedded" not in named
+        password = external.nats_url.split("@")[0].rsplit(":", 1)[1]
+        assert named["nats.external"] == external.nats.url and password not in log.read_text()
+        assert named["postgres.external"] == without_password(external.database_url)
+        assert not (data_dir / "nats").exists() and not (data_dir / "postgres").exists()
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        external.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from services.nats_io import nats_servers
 from services.settings import Settings
 
@@ -81,3 +83,15 @@ def test_an_ipv6_http_address_goes_in_brackets():
         with pytest.raises(SystemExit, match=r"takes an IPv6 address in brackets, as in \[::1\]:8080"):
             Settings.from_env(http=wrong)
     assert Settings.from_env(http="[::1]:18435").http == "[::1]:18435"
+
+
+@pytest.mark.parametrize("url, logged", [
+    ("postgresql://u:p%40ss@db.example:5432/tl?sslmode=require", "postgresql://u@db.example:5432/tl?sslmode=require"),
+    ("postgres://db.example/tl?user=u&password=secret&sslmode=require", "postgres://db.example/tl?user=u&sslmode=require"),
+    ("postgresql://postgres:@/postgres?host=/tmp/x/postgres", "postgresql://postgres@/postgres?host=/tmp/x/postgres"),
+    ("host=db.example password=secret", "(a connection string)"),
+])
+def test_up_logs_the_database_it_uses_without_its_password(url, logged):
+    from services.runtime.up import without_password
+
+    assert without_password(url) == logged
