@@ -46,6 +46,7 @@ RECENT_SALES = dt.timedelta(days=7)
 RESPOND_WITHIN = dt.timedelta(hours=24)
 POST_SALE_DUE = dt.timedelta(days=7)
 STALLED_AFTER = dt.timedelta(days=7)
+ONE_MICROSECOND = dt.timedelta(microseconds=1)  # times keep microseconds: the next moment after one
 WARM_TOUCHES = 5
 ANOMALY_MIN_REPORTS = 3
 ANOMALY_FACTOR = 3
@@ -566,8 +567,11 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
 
     The offer is itself a sales touch at the trigger's time, so the usual "no sales touch in the
     last 7 days" guard is replaced by the rule's own condition; the do-not-contact and
-    open-follow-up guards apply. The follow-up's trigger time is the moment the offer went
-    stale (offer time + 7 days), so only a sales touch from then on makes it done.
+    open-follow-up guards apply. The follow-up's trigger time is the microsecond after the offer:
+    any sales touch later than the offer makes it done, as it would have kept the timer from
+    firing had it been applied first. (It was offer time + 7 days: a history loaded in two
+    requests, the offer in the first and the call two days later in the second, left a follow-up
+    overdue for ever that one request never made. An outside audit found it.)
     """
     effects = Effects()
     contact = state.contact(workspace, contact_id)
@@ -583,8 +587,9 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
         f"Your offer to {contact_id} (deal {offer.deal_id}, {_amount(offer.amount)} {offer.currency}) has had no"
         " answer for 7 days: follow up now"
     )
-    effects.commands.append(_followup(workspace, contact_id, contact, "stalled-offer", reason, trigger_time=stale_at,
-                                      due_at=stale_at, source=offer.source, trigger_id=offer.id, now=now))
+    effects.commands.append(_followup(workspace, contact_id, contact, "stalled-offer", reason,
+                                      trigger_time=offer.time + ONE_MICROSECOND, due_at=stale_at,
+                                      source=offer.source, trigger_id=offer.id, now=now))
     return _owned(state, workspace, effects)
 
 

@@ -368,6 +368,23 @@ def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
     assert "Your offer to quiet (deal d-quiet, 1200 EUR) has had no answer for 7 days" in quiet["reason"]
 
 
+def test_a_call_after_the_offer_sent_after_its_stalled_offer_fired_makes_that_done(stack):
+    """A history loaded in two requests (an outside audit): the offer, long stale, first; the call
+    two days after it next. The timer fired in between, and its follow-up stayed overdue for ever,
+    as only a sales touch from offer time + 7 days on made it done."""
+    ws, auth = stack.new_workspace()
+    offered = NOW - dt.timedelta(days=30)
+    stack.ingest(ws, auth, [event("sales.offer.made", "dana", iso(offered), id="o1", deal_id="d1", amount="900",
+                                  currency="EUR")])
+    wait_for(lambda: [item["rule"] for item in followups(stack, ws, auth)] == ["stalled-offer"],
+             what="the stalled-offer follow-up")
+    last = stack.ingest(ws, auth, [event("sales.conversation.held", "dana", iso(offered + dt.timedelta(days=2)),
+                                         channel="phone")])
+    [item] = followups(stack, ws, auth, min_seq=last)
+    assert (item["rule"], item["status"]) == ("stalled-offer", "done")
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/dana", auth, min_seq=last).json()["open_followups"] == 0
+
+
 async def _fire_timer_again(stack, ws: str, contact: str, source: str, offer_id: str) -> None:
     """The fired-timer message a rerun of the rules publishes for an offer already due, as it goes
     out once the stream's duplicate window (2 minutes) is past."""

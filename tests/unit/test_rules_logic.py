@@ -261,7 +261,8 @@ def test_stalled_offer_timer(after, fires):
     assert [cmd.rule for cmd in fired.commands] == (["stalled-offer"] if fires else [])
     if fires:
         command = fired.commands[0]
-        assert command.due_at == command.trigger_time == T0 + dt.timedelta(days=7)
+        assert command.due_at == T0 + dt.timedelta(days=7)
+        assert command.trigger_time == T0 + dt.timedelta(microseconds=1)  # any later sales touch makes it done
         assert command.followup_id == followup_id(WS, "stalled-offer", "/t", "o1")
         assert "deal d1, 500 EUR" in command.reason
     # A timer fires once: firing it again (redelivery) does nothing.
@@ -466,3 +467,15 @@ def test_goal_facts_after_any_arrival_order_equal_the_goals_read_model(history, 
         totals[deal.currency] = (total + deal.amount, count + 1)
     assert {cur: (ws.won_sum[cur], n) for cur, n in ws.won_count.items()} == totals
     assert {key[1]: deal for key, deal in state.deals.items()} == won
+
+
+def test_a_sales_touch_after_the_offer_that_arrives_after_its_stalled_offer_makes_that_done():
+    """A history sent in two requests: the offer, stale at once, in the first; a call two days after
+    it in the second. The timer fired in between: its follow-up was open for ever (its trigger time
+    was offer time + 7 days, and the call is earlier). Sent in one request, the call stops the timer."""
+    state, effects = run([_offer()])
+    [timer] = effects.timers
+    [command] = decide_timer(state, WS, "dana", timer.timer_id, now=NOW).commands
+    assert command.followup_id in state.contact(WS, "dana").open
+    run([ev("sales.conversation.held", at=T0 + 2 * D, channel="phone")], state=state)
+    assert command.followup_id not in state.contact(WS, "dana").open
