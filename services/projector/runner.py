@@ -49,8 +49,8 @@ ANALYZE_AFTER_EVENTS = 20_000
 ANALYZE_AFTER_GROWTH = 0.25
 
 
-# A projector fenced again and again is a standby beside a live writer: it tries less and less often
-# (each try reads a batch of the log for nothing), and takes over within 5 s of the writer's end.
+# A standby waiting for the writer's lock (below), or a projector fenced again and again, tries less
+# and less often, and takes over within 5 s of the writer's end.
 FENCED_PAUSES = (0.5, 1.0, 2.0, 5.0)
 
 # The writer of a projector's read models holds this session lock, on a connection of its own, for
