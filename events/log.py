@@ -30,8 +30,6 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 # The catalog version that judged the event (events/upcasting.py); absent means version 1.
 HEADER_CATALOG_VERSION = "Touchline-Catalog-Version"
 
-_decode = decode_event
-
 
 def log_subject(workspace: str) -> str:
     return f"touchline.log.{workspace}"
@@ -106,6 +104,6 @@ def decode_logged(seq: int, subject: str, headers: Mapping[str, str] | None, bod
         seq=seq,
         workspace=workspace_of_subject(subject),
         received_at=_received_at(received) if received else dt.datetime.now(dt.timezone.utc),
-        event=_decode(body),
+        event=decode_event(body),
         raw=body,
     )

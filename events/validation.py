@@ -20,7 +20,6 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 WORKSPACE_ID = re.compile(r"[a-z0-9-]{1,64}")  # whole: fullmatch ($ would take "acme\n")
 
-_decode_event = decode_event
 _decode_probe = msgspec.json.Decoder(dict, float_hook=Decimal).decode
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
@@ -78,7 +77,7 @@ def parse_event(raw: bytes) -> Envelope:
     if b"\\u0000" in raw and _ESCAPED_NUL.search(raw):
         raise InvalidEvent("event: a string holds the NUL character (\\u0000), which is not allowed")
     try:
-        event = _decode_event(raw)
+        event = decode_event(raw)
     except msgspec.ValidationError as err:
         raise InvalidEvent(_explain_envelope(raw, err)) from None
     except msgspec.DecodeError as err:
