@@ -46,6 +46,13 @@ def read(stack, ws, auth, path: str, last: int, **params) -> dict:
     return answer.json()
 
 
+def assert_refused(stack, ws, auth, cases) -> None:
+    """Each (path under the workspace, query parameters, error) read is a 400 with exactly that error."""
+    for path, params, error in cases:
+        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params, answer.text)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_http_answers_equal_the_definitions_for_any_arrival_order(stack, seed):
     bodies = history(seed, 150)
@@ -196,7 +203,7 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
     """Litestar's own checks (a number that is not one, a body of the wrong shape) answered
     "Validation failed for GET <url>"; every 400 names its field."""
     ws, auth = stack.new_workspace()
-    for path, params, error in (
+    assert_refused(stack, ws, auth, (
         ("attribution", {"lookback_days": "abc"}, "lookback_days: expected an integer, got 'abc'"),
         ("attribution", {"lookback_days": "1.5"}, "lookback_days: expected an integer, got '1.5'"),
         ("contacts", {"limit": "many"}, "limit: expected an integer, got 'many'"),
@@ -210,9 +217,7 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         ("alerts", {"rule": "bogus"}, "rule: expected one of metric-anomaly, goal-at-risk, got 'bogus'"),  # was []
         ("followups", {"limit": "0"}, "limit: expected 1 to 10000, got 0"),
         ("rules", {"min_seq": "abc"}, "min_seq: expected an integer, got 'abc'"),  # was ignored
-    ):
-        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
-        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
+    ))
     for path, params in (("followups", {"status": ""}), ("alerts", {"rule": ""}), ("contacts", {"stage": ""}),
                          ("attribution", {"model": ""}), ("contacts", {"limit": "", "after": ""}),
                          ("attribution", {"lookback_days": ""}), ("funnel", {"min_seq": "", "wait_ms": ""}),
@@ -233,7 +238,7 @@ def test_integers_are_digits_and_a_parameter_is_given_once(stack):
     silently), and kept the last of a repeated parameter: each is a 400 naming the parameter, once
     the token and the workspace are known good."""
     ws, auth = stack.new_workspace()
-    for path, params, error in (
+    assert_refused(stack, ws, auth, (
         ("funnel", {"min_seq": "1e3"}, "min_seq: expected an integer, got '1e3'"),
         ("contacts", {"min_seq": "null"}, "min_seq: expected an integer, got 'null'"),
         ("contacts", {"limit": "5.0"}, "limit: expected an integer, got '5.0'"),
@@ -242,9 +247,7 @@ def test_integers_are_digits_and_a_parameter_is_given_once(stack):
         ("goals", {"min_seq": ["1", "2"]}, "min_seq: given more than once"),
         ("contacts", {"stage": ["lead", "aware"]}, "stage: given more than once"),
         ("funnel", {"from": ["2026-01-01T00:00:00Z"] * 2}, "from: given more than once"),
-    ):
-        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
-        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params)
+    ))
     # An empty copy is a parameter left out; a parameter the route does not take is ignored, as before.
     assert stack.get(f"/v1/workspaces/{ws}/contacts", auth, limit=["", "3"], foo=["1", "2"]).status_code == 200
     assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, min_seq="0", wait_ms="10").status_code == 200
@@ -264,7 +267,7 @@ def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(st
     a time that leaves the years 1-9999 in UTC, and webhook URLs urlsplit cannot read."""
     ws, auth = stack.new_workspace()
     big = "99999999999999999999999"
-    for path, params, error in (
+    assert_refused(stack, ws, auth, (
         ("contacts", {"after": "\x00"}, "after: holds the NUL character (%00), which is not allowed"),
         ("funnel", {"campaign": "a\x00b"}, "campaign: holds the NUL character (%00), which is not allowed"),
         ("followups", {"contact": "\x00"}, "contact: holds the NUL character (%00), which is not allowed"),
@@ -278,9 +281,7 @@ def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(st
          "as_of: expected a time in the years 1 to 9999 UTC, got '9999-12-31T23:59:59-23:59'"),
         ("funnel", {"from": "0001-01-01T00:00:00+14:00"},
          "from: expected a time in the years 1 to 9999 UTC, got '0001-01-01T00:00:00+14:00'"),
-    ):
-        answer = stack.get(f"/v1/workspaces/{ws}/{path}", auth, **params)
-        assert (answer.status_code, answer.json()) == (400, {"error": error}), (path, params, answer.text)
+    ))
     for url in ("http://[::1/", "http://h/\u0000x", "http://h/a\nb"):
         answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
         assert answer.status_code == 400 and answer.json()["error"].startswith("url: expected an http(s) URL"), url
