@@ -30,7 +30,6 @@ from services.api.common import (
     WaitMs,
     check_limit,
     ContactSegment,
-    authorize,
     authorized,
     contact_of,
     bad_value_response,
@@ -40,7 +39,6 @@ from services.api.common import (
     one_of,
     page_size,
     read_connection,
-    require_workspace,
     services_of,
     strict_query,
     wait_applied,
@@ -309,10 +307,9 @@ async def _read_body(request: Request) -> bytes:
     operation_class=docs.IngestOperation,
     # Read and limited by _read_body, which keeps the start of a refused body.
     request_max_body_size=2**40,
+    guards=[authorized("ingest")],
 )
 async def ingest_events(request: Request, ws: str) -> IngestAnswer:
-    await authorize(request, ws, "ingest")
-    await require_workspace(request, ws)
     ingestor = services_of(request).ingestor
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = headers.get("content-type", "")

@@ -266,7 +266,7 @@ def contact_of(request: Request, routed: str) -> str:
 
 
 def authorized(scope: str, *, in_workspace: bool = True) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
-    """The guard of every route but ingest's: its token (and its workspace) checked before Litestar
+    """The guard of every route: its token (and its workspace) checked before Litestar
     reads the query string and the body, so that a request without a valid token is a 401 whatever
     it sent (it was a 400 naming a parameter or a field of the body). Then the handler checks what
     it was sent, and a read only then waits for ``min_seq`` (``wait_applied``): a request that can
