@@ -7,7 +7,7 @@ import zlib
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Request, Response, get, post
+from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 
@@ -77,8 +77,13 @@ class TokenIn(msgspec.Struct):
 
 class TokenOut(msgspec.Struct):
     token: str
+    id: str  # what lists and revokes it
     workspace: str
     scopes: list[str]
+
+
+class TokenList(msgspec.Struct):
+    tokens: list[auth.TokenRecord]
 
 
 @post(
@@ -105,12 +110,40 @@ async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
     responses=docs.WORKSPACE_ERRORS,
     guards=[authorized("admin")],
 )
-async def create_token(request: Request, ws: str, data: TokenIn) -> Response:
+async def create_token(request: Request, ws: str, data: TokenIn) -> TokenOut:
     unknown = sorted(set(data.scopes) - set(auth.SCOPES))
     if not data.scopes or unknown:
         raise ApiError(400, f"scopes: expected some of {list(auth.SCOPES)}, got {unknown or data.scopes}")
     token = await auth.create_token(services_of(request).pool, ws, data.scopes)
-    return json_response(TokenOut(token, ws, sorted(set(data.scopes))), 201)
+    return json_response(TokenOut(token, auth.token_id(token), ws, sorted(set(data.scopes))), 201)  # type: ignore[return-value]
+
+
+@get(
+    "/v1/workspaces/{ws:str}/tokens",
+    summary="The workspace's tokens: id, scopes, when made and when revoked (never the token itself)",
+    security=docs.BEARER,
+    responses=docs.WORKSPACE_ERRORS,
+    guards=[authorized("admin")],
+)
+async def list_tokens(request: Request, ws: str) -> TokenList:
+    return json_response(TokenList(await auth.list_tokens(services_of(request).pool, ws)))  # type: ignore[return-value]
+
+
+@delete(
+    "/v1/workspaces/{ws:str}/tokens/{token_id:str}",
+    summary="Revoke a token: refused everywhere within 5 s; answers its record",
+    security=docs.BEARER,
+    status_code=200,
+    responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no token of this id in it."}),
+    guards=[authorized("admin")],
+)
+async def revoke_token(request: Request, ws: str, token_id: str) -> auth.TokenRecord:
+    if not auth.TOKEN_ID.fullmatch(token_id):
+        raise ApiError(400, f"token_id: expected the {len(auth.token_id(''))} hex digits a token's `id` is, got {token_id!r}")
+    record = await auth.revoke_token(services_of(request).pool, ws, token_id)
+    if record is None:
+        raise ApiError(404, f"no token {token_id!r} in workspace {ws!r}")
+    return json_response(record)  # type: ignore[return-value]
 
 
 # --- events in --------------------------------------------------------------------------
@@ -469,7 +502,7 @@ async def status(request: Request, min_seq: MinSeq = None, wait_ms: WaitMs = 500
     return json_response(await status_report(services.pool, services.nc.jetstream()))
 
 
-ROUTES = [health, create_workspace, create_token, ingest_events, get_contact, list_contacts, list_rejected, status]
+ROUTES = [health, create_workspace, create_token, list_tokens, revoke_token, ingest_events, get_contact, list_contacts, list_rejected, status]
 
 
 def all_routes() -> list:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
 
 import asyncpg
+import msgspec
 
 from events.validation import is_workspace_id
 
@@ -37,7 +40,8 @@ def new_token() -> str:
 
 
 class TokenBook:
-    """Resolves tokens to grants; a short cache keeps the database off the hot path."""
+    """Resolves tokens to grants; a short cache keeps the database off the hot path, so a token
+    revoked in one process is refused by every process within ``ttl`` seconds."""
 
     def __init__(self, pool: asyncpg.Pool, admin_token: str | None, ttl: float = 5.0) -> None:
         self.pool = pool
@@ -54,7 +58,8 @@ class TokenBook:
         cached = self._cache.get(digest)
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await self.pool.fetchrow("SELECT workspace, scopes FROM tokens WHERE hash = $1", digest)
+        row = await self.pool.fetchrow("SELECT workspace, scopes FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
+                                       digest)
         grant = Grant(row["workspace"], frozenset(row["scopes"])) if row else None
         if len(self._cache) > 10_000:
             self._cache.clear()
@@ -68,12 +73,57 @@ async def create_workspace(pool: asyncpg.Pool, workspace: str) -> bool:
     return status.endswith(" 1")
 
 
+# A token's public name: enough of its hash to tell a workspace's tokens apart, too little to
+# help anyone guess the token (which is 256 random bits).
+TOKEN_ID_BYTES = 6
+TOKEN_ID = re.compile(f"[0-9a-f]{{{2 * TOKEN_ID_BYTES}}}")  # whole: fullmatch
+
+
+def token_id(token: str) -> str:
+    return token_hash(token)[:TOKEN_ID_BYTES].hex()
+
+
+class TokenRecord(msgspec.Struct):
+    """A token as it is listed: never the token itself, which only its creator ever saw."""
+
+    id: str
+    workspace: str
+    scopes: list[str]
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None
+
+
+_RECORD_COLUMNS = (f"encode(substring(hash FROM 1 FOR {TOKEN_ID_BYTES}), 'hex') AS id, workspace, scopes, created_at,"
+                   " revoked_at")
+
+
+def _record(row: asyncpg.Record) -> TokenRecord:
+    return TokenRecord(row["id"], row["workspace"], list(row["scopes"]), row["created_at"], row["revoked_at"])
+
+
 async def create_token(pool: asyncpg.Pool, workspace: str, scopes: list[str]) -> str:
     token = new_token()
     await pool.execute(
         "INSERT INTO tokens (hash, workspace, scopes) VALUES ($1, $2, $3)", token_hash(token), workspace, sorted(set(scopes))
     )
     return token
+
+
+async def list_tokens(pool: asyncpg.Pool, workspace: str) -> list[TokenRecord]:
+    rows = await pool.fetch("SELECT " + _RECORD_COLUMNS + " FROM tokens WHERE workspace = $1 ORDER BY created_at, hash", workspace)
+    return [_record(row) for row in rows]
+
+
+async def revoke_token(pool: asyncpg.Pool, workspace: str, identity: str) -> TokenRecord | None:
+    """Revoke the workspace's token of this id (``TOKEN_ID``); None if it has none. Revoking a
+    revoked token changes nothing: its record keeps the first revocation's time."""
+    row = await pool.fetchrow(
+        "UPDATE tokens SET revoked_at = coalesce(revoked_at, now())"
+        " WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3"
+        " RETURNING " + _RECORD_COLUMNS,
+        workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
+    )
+    return None if row is None else _record(row)
 
 
 async def workspace_exists(pool: asyncpg.Pool, workspace: str) -> bool:

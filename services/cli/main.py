@@ -34,7 +34,7 @@ _flags_take_no_value()
 
 app = typer.Typer(help="Touchline: every marketing and sales touch, as an immutable event log.", no_args_is_help=True)
 workspace_app = typer.Typer(help="Workspaces (one per business).", no_args_is_help=True)
-token_app = typer.Typer(help="Bearer tokens.", no_args_is_help=True)
+token_app = typer.Typer(help="Bearer tokens and NATS producers: create, list, revoke.", no_args_is_help=True)
 app.add_typer(workspace_app, name="workspace")
 app.add_typer(token_app, name="token")
 console = stdout_console()
@@ -127,6 +127,88 @@ def token_create(
             return await auth.create_token(pool, workspace, scope)
 
     print(asyncio.run(run()))
+
+
+@token_app.command("list")
+def token_list(
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    nats: bool = typer.Option(False, "--nats", help="The embedded NATS's producers instead of bearer tokens"),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """A workspace's bearer tokens: id, scopes, when made and when revoked (never a token itself,
+    which is not kept). With --nats: its NATS producers (user names)."""
+    import msgspec
+    from rich.table import Table
+
+    from services.cli.output import shown_time
+
+    settings = Settings.from_env(data_dir=data_dir)
+
+    async def run() -> list[auth.TokenRecord]:
+        async with database(settings) as pool:
+            await require_known(pool, workspace)
+            return [] if nats else await auth.list_tokens(pool, workspace)
+
+    tokens = asyncio.run(run())
+    if nats:
+        from services.cli.producers import embedded_producers
+
+        users = [producer.user for producer in embedded_producers(settings, workspace)]
+        if as_json:
+            print(msgspec.json.encode({"workspace": workspace, "producers": users}).decode())
+        else:
+            table = Table("user", title=f"NATS producers of {workspace}", title_justify="left")
+            for user in users:
+                table.add_row(user)
+            console.print(table)
+        return
+    if as_json:
+        print(msgspec.json.encode({"tokens": tokens}).decode())  # as GET /v1/workspaces/{ws}/tokens
+        return
+    table = Table("id", "scopes", "created", "revoked", title=f"tokens of {workspace}", title_justify="left")
+    for token in tokens:
+        table.add_row(token.id, ", ".join(token.scopes), shown_time(token.created_at), shown_time(token.revoked_at))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    identity: str = typer.Argument(..., metavar="ID", help="The token's id (`token list`), or the token itself;"
+                                  " with --nats, the producer's user name"),
+    workspace: str = typer.Option(..., "--workspace", "-w"),
+    nats: bool = typer.Option(False, "--nats", help="Revoke a NATS producer of the embedded NATS"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
+    """Revoke a bearer token: every API process refuses it within 5 seconds. With --nats: take a
+    producer out of the embedded NATS, which closes its connections at once."""
+    settings = Settings.from_env(data_dir=data_dir)
+    if nats:
+        from services.cli.producers import revoke_producer
+
+        async def known() -> None:
+            async with database(settings) as pool:
+                await require_known(pool, workspace)
+
+        asyncio.run(known())
+        code = revoke_producer(settings, workspace, identity)
+        console.print(f"revoked NATS producer [bold]{identity}[/bold] of {workspace}")
+        raise typer.Exit(code)
+    if identity.startswith("tl_"):  # the token itself, as printed by `token create`
+        identity = auth.token_id(identity)
+    if not auth.TOKEN_ID.fullmatch(identity):
+        raise typer.BadParameter("expected a token's id as `touchline token list` shows it, or the token itself",
+                                 param_hint="ID")
+
+    async def run() -> auth.TokenRecord | None:
+        async with database(settings) as pool:
+            await require_known(pool, workspace)
+            return await auth.revoke_token(pool, workspace, identity)
+
+    record = asyncio.run(run())
+    if record is None:
+        refuse(f"no token {identity!r} in workspace {workspace!r}", 1)
+    console.print(f"revoked token [bold]{record.id}[/bold] ({', '.join(record.scopes)}) of {workspace}")
 
 
 from services.cli import audit as _audit_commands  # noqa: E402  replay, audit, status, snapshot

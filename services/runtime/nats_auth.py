@@ -8,7 +8,8 @@ Everything lives under ``<data dir>/nats`` and is readable by its owner only (06
   name, workspace, bcrypt hash. The password itself is printed once and never kept.
 * ``auth.conf``: the ``authorization`` block that ``nats.conf`` includes, generated from both.
   Adding a producer rewrites it and sends the running server SIGHUP (a config reload: existing
-  connections stay up, the new user can connect at once).
+  connections stay up, the new user can connect at once). Removing one (``touchline token revoke
+  --nats``) does the same, and the reload closes that user's open connections.
 
 Two accounts. ``TOUCHLINE`` holds JetStream and the internal user, and exports the inbox subjects
 ``touchline.in.*`` as a service; ``PRODUCERS`` holds the producer users and imports that service.
@@ -157,9 +158,23 @@ def add_producer(root: Path, workspace: str) -> tuple[Producer, str]:
     producer, password = new_producer(workspace)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "producers.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two `token create --nats` at once both get kept
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two `token create --nats` (or a revoke) at once: each change is kept
         write_auth_config(root, [*load_producers(root), producer])
     return producer, password
+
+
+def remove_producer(root: Path, workspace: str, user: str) -> bool:
+    """Take the workspace's producer ``user`` out of the configuration; False if it has none."""
+    import fcntl
+
+    with open(root / "producers.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        producers = load_producers(root)
+        kept = [p for p in producers if not (p.user == user and p.workspace == workspace)]
+        if len(kept) == len(producers):
+            return False
+        write_auth_config(root, kept)
+    return True
 
 
 def running_server(root: Path) -> psutil.Process | None:
