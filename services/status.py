@@ -1,5 +1,5 @@
-"""How far each projector has got: applied sequence, lag behind the log, recent rate; and how far
-the NATS inbox reader has moved producers' messages into the log.
+"""How far each projector has got: applied sequence, lag behind the log, recent rate, which
+process writes it; and how far the NATS inbox reader has moved producers' messages into the log.
 
 Shared by ``GET /v1/status`` and ``touchline status``. The rate is sampled in PostgreSQL by a
 trigger on ``projector_positions`` (migration 004): at most every 5 s a batch that moves the
@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from events.log import INBOX_STREAM
 from services.nats_io import last_log_seq
+from services.projector.runner import LEAD_KEY_PREFIX
 
 SAMPLE_FRESH_SECONDS = 10.0
 
@@ -27,6 +28,7 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
         "SELECT name, position, applied, updated_at, rate_applied, rate_at, rate_eps, now() AS now"
         " FROM projector_positions ORDER BY name"
     )
+    writers = await projector_writers(pool)
     parked = {
         r["projector"]: r["n"]
         for r in await pool.fetch(
@@ -49,9 +51,28 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
                 "events_applied": r["applied"],
                 "parked": parked.get(r["name"], 0),
                 "updated_at": r["updated_at"].astimezone(dt.timezone.utc),
+                "writer": writers.get(r["name"]),
             }
         )
     return {"log_last_seq": last, "projectors": projectors, "inbox": await _inbox(pool, js)}
+
+
+async def projector_writers(pool: asyncpg.Pool) -> dict[str, str]:
+    """Which process writes each projector's read models: the ``application_name`` of the session
+    that holds its writer's lock (``services.projector.runner``). A projector without one has no
+    live process; its standbys, if any, hold nothing. A session lock's 64-bit key is kept in
+    pg_locks as two 32-bit halves."""
+    rows = await pool.fetch(
+        "WITH keys AS (SELECT name, hashtextextended($1 || name, 0) AS k FROM projector_positions)"
+        " SELECT keys.name, coalesce(nullif(a.application_name, ''), 'pid ' || l.pid"
+        "   || coalesce(' from ' || host(a.client_addr), '')) AS writer"
+        " FROM keys JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+        "  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        "  AND l.classid = ((keys.k >> 32) & 4294967295)::oid AND l.objid = (keys.k & 4294967295)::oid"
+        " LEFT JOIN pg_stat_activity a ON a.pid = l.pid",
+        LEAD_KEY_PREFIX,
+    )
+    return {row["name"]: row["writer"] for row in rows}
 
 
 async def _inbox(pool: asyncpg.Pool, js: JetStreamContext) -> dict:

@@ -194,7 +194,8 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Each projector's applied sequence, lag behind the log and recent rate; the NATS inbox's backlog."""
+    """Each projector's applied sequence, lag behind the log, recent rate and writing process; the
+    NATS inbox's backlog."""
     from services.status import status_report
 
     async def run():
@@ -206,11 +207,11 @@ def status(
         print(msgspec.json.encode(report).decode())  # times as GET /v1/status writes them
         return
     table = Table(title=f"log last seq {report['log_last_seq']}")
-    for column in ("projector", "applied seq", "lag", "events/s", "parked", "updated"):
+    for column in ("projector", "applied seq", "lag", "events/s", "parked", "updated", "writer"):
         table.add_column(column)
     for p in report["projectors"]:
         table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["parked"]),
-                      shown_time(p["updated_at"]))
+                      shown_time(p["updated_at"]), p["writer"] or "none running")
     console.print(table)
     inbox = report["inbox"]
     console.print(f"NATS inbox: {inbox['pending']:,} acked and not yet judged (judged up to inbox seq"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -60,6 +62,15 @@ FENCED_PAUSES = (0.5, 1.0, 2.0, 5.0)
 # two: three deadlocks in 10,000 events). The row lock still fences: exactly-once never rests on this.
 _TAKE_LEAD = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
 _LEAVE_LEAD = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+# The lock's key, which `touchline status` looks up in pg_locks to name the writer.
+LEAD_KEY_PREFIX = "touchline.projector."
+# The writer's connection names its process (`application_name`, shown by `touchline status`);
+# the pool's reset on release (RESET ALL) gives the connection its own name back.
+_NAME_WRITER = "SELECT set_config('application_name', $1, false)"
+
+
+def writer_name() -> str:
+    return f"touchline projector on {socket.gethostname()} pid {os.getpid()}"[:63]  # PostgreSQL keeps 63 bytes
 
 
 class Fenced(RuntimeError):
@@ -266,13 +277,14 @@ class Projector:
 
     async def run(self) -> None:
         gc_tuning.tune_for_streaming()
-        lead_key = f"touchline.projector.{self.name}"
+        lead_key = LEAD_KEY_PREFIX + self.name
         waits = 0  # in a row, as a standby
         while not self._stopping.is_set():
             try:
                 async with self.pool.acquire() as lead:
                     if await lead.fetchval(_TAKE_LEAD, lead_key):
                         waits = 0
+                        await lead.execute(_NAME_WRITER, writer_name())
                         try:
                             await self._project_while_leading(lead)
                         finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -350,6 +351,8 @@ def test_status_reports_position_lag_and_rate(stack):
     main = next(p for p in body["projectors"] if p["name"] == "main")
     assert body["log_last_seq"] >= main["applied_seq"] >= last
     assert main["lag"] == body["log_last_seq"] - main["applied_seq"] and main["rate_eps"] >= 0
+    # Which process writes: the stack's one projector process, by the name its lock's session has.
+    assert main["writer"] == f"touchline projector on {socket.gethostname()} pid {stack.projector.pid}"[:63]
     # The NATS way in: what producers had acked and the inbox reader has not yet judged.
     inbox = body["inbox"]
     assert inbox.keys() == {"last_seq", "judged_seq", "pending", "updated_at"}
@@ -363,6 +366,7 @@ def test_status_reports_position_lag_and_rate(stack):
     table = cli(stack, "status")
     assert table.returncode == 0 and "parked" in table.stdout and " UTC" in table.stdout, table.stdout
     assert "NATS inbox: " in table.stdout and "acked and not yet judged" in table.stdout, table.stdout
+    assert f"pid {stack.projector.pid}" in table.stdout, table.stdout
 
 
 def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_models(stack):
