@@ -169,7 +169,7 @@ _decode_raw_data = msgspec.json.Decoder(_RawData).decode
 def _check_decimals(event: Envelope, raw: bytes, fields: tuple[str, ...]) -> None:
     texts = _decode_raw_data(raw).data
     for name in fields:
-        if name not in texts:
+        if name not in texts or getattr(event.data, name) is None:  # absent, or an optional one null
             continue
         text = bytes(texts[name])
         written = _DECIMAL_TEXT.fullmatch(text)

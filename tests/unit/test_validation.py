@@ -137,6 +137,16 @@ def test_edges_that_are_accepted(changes):
     assert parsed.data.amount == Decimal(str(body["data"]["amount"]))
 
 
+def test_an_optional_amount_may_be_null_like_any_optional_field():
+    """An outside audit: `cost: null` was refused ("expected a non-negative decimal, got null") while
+    both API documents, and every other optional field, allow null."""
+    for cost in (None, "120.00"):
+        parsed = parse_event(json.dumps(_with(VALID[0], data__cost=cost)).encode())
+        assert parsed.data.cost == (None if cost is None else Decimal(cost))
+    with pytest.raises(InvalidEvent, match="data.amount: expected .*null"):  # a required one may not
+        parse_event(json.dumps(_with(WON, data__amount=None)).encode())
+
+
 @pytest.mark.parametrize("body,message", INVALID, ids=lambda v: v if isinstance(v, str) else None)
 def test_invalid_events_name_the_field(body, message):
     with pytest.raises(InvalidEvent) as caught:
