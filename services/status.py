@@ -10,8 +10,10 @@ has applied nothing for a while reports the rate since its last sample, which fa
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import asyncpg
+import msgspec
 import nats.js.errors
 from nats.js import JetStreamContext
 
@@ -22,7 +24,34 @@ from services.projector.runner import LEAD_KEY_PREFIX
 SAMPLE_FRESH_SECONDS = 10.0
 
 
-async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
+class ProjectorStatus(msgspec.Struct):
+    name: str
+    applied_seq: Annotated[int, msgspec.Meta(description="The log sequence every read model has applied.")]
+    lag: Annotated[int, msgspec.Meta(description="log_last_seq - applied_seq (the log is shared by all workspaces).")]
+    rate_eps: Annotated[float, msgspec.Meta(description="Events applied per second lately.")]
+    events_applied: int
+    parked: Annotated[int, msgspec.Meta(description="Events set aside as undecodable, not redriven.")]
+    updated_at: dt.datetime
+    writer: Annotated[str | None, msgspec.Meta(
+        description="The process writing it (`touchline projector on HOST pid PID`); null when none runs.")]
+
+
+class InboxStatus(msgspec.Struct):
+    last_seq: Annotated[int, msgspec.Meta(description="The inbox stream's last message (what producers' acks name).")]
+    judged_seq: Annotated[int, msgspec.Meta(description="How far the inbox reader has moved messages into the log or the rejected list.")]
+    pending: Annotated[int, msgspec.Meta(description="Acked by JetStream, not judged yet.")]
+    updated_at: dt.datetime | None
+
+
+class StatusReport(msgspec.Struct):
+    """`GET /v1/status` and `touchline status --json`."""
+
+    log_last_seq: int
+    projectors: list[ProjectorStatus]
+    inbox: InboxStatus
+
+
+async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> StatusReport:
     last = await last_log_seq(js)
     rows = await pool.fetch(
         "SELECT name, position, applied, updated_at, rate_applied, rate_at, rate_eps, now() AS now"
@@ -42,19 +71,17 @@ async def status_report(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
             rate = r["rate_eps"]
         else:
             rate = (r["applied"] - r["rate_applied"]) / since_sample if since_sample > 0 else 0.0
-        projectors.append(
-            {
-                "name": r["name"],
-                "applied_seq": r["position"],
-                "lag": max(0, last - r["position"]),
-                "rate_eps": round(rate, 1),
-                "events_applied": r["applied"],
-                "parked": parked.get(r["name"], 0),
-                "updated_at": r["updated_at"].astimezone(dt.timezone.utc),
-                "writer": writers.get(r["name"]),
-            }
-        )
-    return {"log_last_seq": last, "projectors": projectors, "inbox": await _inbox(pool, js)}
+        projectors.append(ProjectorStatus(
+            name=r["name"],
+            applied_seq=r["position"],
+            lag=max(0, last - r["position"]),
+            rate_eps=round(rate, 1),
+            events_applied=r["applied"],
+            parked=parked.get(r["name"], 0),
+            updated_at=r["updated_at"].astimezone(dt.timezone.utc),
+            writer=writers.get(r["name"]),
+        ))
+    return StatusReport(last, projectors, await _inbox(pool, js))
 
 
 async def projector_writers(pool: asyncpg.Pool) -> dict[str, str]:
@@ -75,7 +102,7 @@ async def projector_writers(pool: asyncpg.Pool) -> dict[str, str]:
     return {row["name"]: row["writer"] for row in rows}
 
 
-async def _inbox(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
+async def _inbox(pool: asyncpg.Pool, js: JetStreamContext) -> InboxStatus:
     """The NATS way in: how far the inbox reader has moved producers' messages into the log or the
     rejected list. A producer's ack counts the inbox's messages, not the log's: ``pending`` is what
     was acked and is not yet judged (it stayed hidden while a reader was stuck)."""
@@ -85,5 +112,5 @@ async def _inbox(pool: asyncpg.Pool, js: JetStreamContext) -> dict:
         last = 0
     row = await pool.fetchrow("SELECT position, updated_at FROM inbox_positions WHERE name = 'main'")
     position = row["position"] if row is not None else 0
-    return {"last_seq": last, "judged_seq": position, "pending": max(0, last - position),
-            "updated_at": row["updated_at"].astimezone(dt.timezone.utc) if row is not None else None}
+    return InboxStatus(last, position, max(0, last - position),
+                       row["updated_at"].astimezone(dt.timezone.utc) if row is not None else None)

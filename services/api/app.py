@@ -47,6 +47,7 @@ from services.api.common import (
 )
 from services import gc_tuning
 from services.ingest import Judged, LogUnavailable, OutcomeUnknown, Result, judge
+from services.status import StatusReport, status_report
 from services.store import readiness
 from services.store.db import RETRYABLE
 
@@ -59,15 +60,20 @@ _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 @get(
     "/v1/health",
     summary="200 once every service is ready",
-    responses={503: ResponseSpec(None, description="Some service is not ready: the same report, `ready` false.")},
+    responses={503: ResponseSpec(readiness.Readiness, generate_examples=False,
+                                 description="Some service is not ready: the same report, `ready` false.")},
 )
-async def health(request: Request) -> Response:
+async def health(request: Request) -> readiness.Readiness:
     report = await readiness.report(services_of(request).pool, services_of(request).nc)
     # A 503 says when to look again, like every 503 of the API.
-    return json_response(report) if report["ready"] else json_response(report, 503, {"Retry-After": "1"})
+    return json_response(report) if report.ready else json_response(report, 503, {"Retry-After": "1"})  # type: ignore[return-value]
 
 
 class WorkspaceIn(msgspec.Struct):
+    id: str
+
+
+class WorkspaceOut(msgspec.Struct):
     id: str
 
 
@@ -94,12 +100,12 @@ class TokenList(msgspec.Struct):
     responses=docs.errors(400, 401, 403, 409, 503, said=docs.OPERATOR_SAID, examples=docs.OPERATOR_EXAMPLES),
     guards=[authorized("admin", in_workspace=False)],
 )
-async def create_workspace(request: Request, data: WorkspaceIn) -> Response:
+async def create_workspace(request: Request, data: WorkspaceIn) -> WorkspaceOut:
     if not is_workspace_id(data.id):
         raise ApiError(400, "id: a workspace id is 1-64 of a-z 0-9 -")
     if not await auth.create_workspace(services_of(request).pool, data.id):
         raise ApiError(409, f"workspace {data.id!r} exists")
-    return json_response({"id": data.id}, 201)
+    return json_response(WorkspaceOut(data.id), 201)  # type: ignore[return-value]
 
 
 @post(
@@ -494,12 +500,10 @@ async def list_rejected(
     responses=docs.OPERATOR_ERRORS,
     guards=[authorized("admin", in_workspace=False)],
 )
-async def status(request: Request, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
+async def status(request: Request, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> StatusReport:
     await wait_applied(request, min_seq, wait_ms)  # as every read: the contract's section 4
-    from services.status import status_report
-
     services = services_of(request)
-    return json_response(await status_report(services.pool, services.nc.jetstream()))
+    return json_response(await status_report(services.pool, services.nc.jetstream()))  # type: ignore[return-value]
 
 
 ROUTES = [health, create_workspace, create_token, list_tokens, revoke_token, ingest_events, get_contact, list_contacts, list_rejected, status]

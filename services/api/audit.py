@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import Annotated, Any
+
 import msgspec
-from litestar import Request, Response, get
+from litestar import Request, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
@@ -14,6 +17,30 @@ class AuditTrail(msgspec.Struct):
     contact: str
     events: list[msgspec.Raw]
     next: int | None
+
+
+class AuditEntry(msgspec.Struct, omit_defaults=True):
+    """One entry as the trail writes it: the accepted CloudEvent, exactly as stored, with its log
+    position and arrival beside its attributes (documentation of ``entry_raw``'s output)."""
+
+    seq: int
+    received_at: dt.datetime
+    specversion: str
+    id: str
+    source: str
+    type: str
+    time: dt.datetime
+    subject: str
+    data: dict[str, Any]
+    datacontenttype: str | None = None
+
+
+class AuditTrailPage(msgspec.Struct):
+    """The answer's shape, for the OpenAPI document; the handler writes ``AuditTrail``."""
+
+    contact: str
+    events: list[AuditEntry]
+    next: Annotated[int | None, msgspec.Meta(description="The `after` of the next page; null on the last.")]
 
 
 @get(
@@ -32,7 +59,7 @@ async def contact_events(
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: str | None = None,
-) -> Response:
+) -> AuditTrailPage:
     contact = contact_of(request, contact)
     check_limit(limit, 10000)
     check_seq("after", after)
@@ -43,7 +70,7 @@ async def contact_events(
         raise ApiError(404, f"unknown contact {contact!r}")
     page = rows[:limit]
     events = [entry_raw(row["seq"], row["received_at"], row["envelope"]) for row in page]
-    return json_response(AuditTrail(contact, events, page[-1]["seq"] if len(rows) > limit else None))
+    return json_response(AuditTrail(contact, events, page[-1]["seq"] if len(rows) > limit else None))  # type: ignore[return-value]
 
 
 ROUTES = [contact_events]

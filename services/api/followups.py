@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
@@ -130,7 +131,8 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     backoff_seconds: list[float]
     timeout_seconds: float
     signature_header: str = webhooks.SIGNATURE_HEADER
-    secret: str | None = None
+    secret: Annotated[str | None, msgspec.Meta(
+        description="The signing secret: in the answer of POST only, once.")] = None
 
 
 @post(
@@ -141,7 +143,7 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     responses=docs.WORKSPACE_ERRORS,
     guards=[authorized("admin")],
 )
-async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response:
+async def create_webhook(request: Request, ws: str, data: WebhookIn) -> WebhookOut:
     try:
         parts = urlsplit(data.url)
     except ValueError:  # an unclosed [ of an IPv6 host, say
@@ -157,7 +159,7 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response
         raise ApiError(400, "timeout_seconds: expected 0.1 to 20")
     hook = await webhooks.configure(services_of(request).pool, ws, data.url, max_attempts=data.max_attempts,
                                     backoff_seconds=list(data.backoff_seconds), timeout_seconds=data.timeout_seconds)
-    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,
+    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,  # type: ignore[return-value]
                                     secret=hook.secret), 201)
 
 
@@ -168,11 +170,11 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> Response
     responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no webhook configured."}),
     guards=[authorized("admin")],
 )
-async def get_webhook(request: Request, ws: str) -> Response:
+async def get_webhook(request: Request, ws: str) -> WebhookOut:
     hook = await webhooks.webhook_of(services_of(request).pool, ws)
     if hook is None:
         raise ApiError(404, "no webhook configured")
-    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds))
+    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds))  # type: ignore[return-value]
 
 
 @delete(
@@ -194,6 +196,11 @@ class RuleSettings(msgspec.Struct):
     disabled: list[str]
 
 
+class RuleSettingsView(msgspec.Struct):
+    rules: Annotated[list[str], msgspec.Meta(description="Every rule there is.")]
+    disabled: Annotated[list[str], msgspec.Meta(description="Those turned off for this workspace.")]
+
+
 @get(
     "/v1/workspaces/{ws:str}/rules",
     summary="The workspace's rule settings",
@@ -201,10 +208,10 @@ class RuleSettings(msgspec.Struct):
     responses=docs.WORKSPACE_ERRORS,
     guards=[authorized("read")],
 )
-async def get_rules(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> Response:
+async def get_rules(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> RuleSettingsView:
     await wait_applied(request, min_seq, wait_ms)
     disabled = await services_of(request).pool.fetchval("SELECT disabled FROM rule_settings WHERE workspace = $1", ws)
-    return json_response({"rules": list(ALL_RULES), "disabled": sorted(disabled or [])})
+    return json_response(RuleSettingsView(list(ALL_RULES), sorted(disabled or [])))  # type: ignore[return-value]
 
 
 @put(
@@ -214,7 +221,7 @@ async def get_rules(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: 
     responses=docs.WORKSPACE_ERRORS,
     guards=[authorized("admin")],
 )
-async def put_rules(request: Request, ws: str, data: RuleSettings) -> Response:
+async def put_rules(request: Request, ws: str, data: RuleSettings) -> RuleSettingsView:
     unknown = sorted(set(data.disabled) - set(ALL_RULES))
     if unknown:
         raise ApiError(400, f"disabled: unknown rules {unknown}; expected some of {list(ALL_RULES)}")
@@ -224,7 +231,7 @@ async def put_rules(request: Request, ws: str, data: RuleSettings) -> Response:
         ws,
         sorted(set(data.disabled)),
     )
-    return json_response({"rules": list(ALL_RULES), "disabled": sorted(set(data.disabled))})
+    return json_response(RuleSettingsView(list(ALL_RULES), sorted(set(data.disabled))))  # type: ignore[return-value]
 
 
 ROUTES = [list_followups, list_alerts, create_webhook, get_webhook, delete_webhook, get_rules, put_rules]

@@ -206,16 +206,16 @@ def status(
     if as_json:
         print(msgspec.json.encode(report).decode())  # times as GET /v1/status writes them
         return
-    table = Table(title=f"log last seq {report['log_last_seq']}")
+    table = Table(title=f"log last seq {report.log_last_seq}")
     for column in ("projector", "applied seq", "lag", "events/s", "parked", "updated", "writer"):
         table.add_column(column)
-    for p in report["projectors"]:
-        table.add_row(p["name"], str(p["applied_seq"]), str(p["lag"]), f"{p['rate_eps']:,.1f}", str(p["parked"]),
-                      shown_time(p["updated_at"]), p["writer"] or "none running")
+    for p in report.projectors:
+        table.add_row(p.name, str(p.applied_seq), str(p.lag), f"{p.rate_eps:,.1f}", str(p.parked),
+                      shown_time(p.updated_at), p.writer or "none running")
     console.print(table)
-    inbox = report["inbox"]
-    console.print(f"NATS inbox: {inbox['pending']:,} acked and not yet judged (judged up to inbox seq"
-                  f" {inbox['judged_seq']} of {inbox['last_seq']}, {shown_time(inbox['updated_at'])})")
+    inbox = report.inbox
+    console.print(f"NATS inbox: {inbox.pending:,} acked and not yet judged (judged up to inbox seq"
+                  f" {inbox.judged_seq} of {inbox.last_seq}, {shown_time(inbox.updated_at)})")
 
 
 def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:

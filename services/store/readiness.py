@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Annotated, Awaitable, Callable
 import os
 import socket
 import time
 
 import asyncpg
+import msgspec
 import structlog
 from nats.aio.client import Client as NatsClient
 
@@ -64,7 +65,15 @@ async def nats_answers(nc: NatsClient) -> bool:
     return True
 
 
-async def report(pool: asyncpg.Pool, nc: NatsClient) -> dict:
+class Readiness(msgspec.Struct):
+    """`GET /v1/health`'s answer."""
+
+    ready: Annotated[bool, msgspec.Meta(description="Every check passed.")]
+    checks: Annotated[dict[str, bool], msgspec.Meta(
+        description="nats and postgres answer; projector, rules and dispatcher have a live process.")]
+
+
+async def report(pool: asyncpg.Pool, nc: NatsClient) -> Readiness:
     checks: dict[str, bool] = {"nats": await nats_answers(nc)}
     try:
         rows = await pool.fetch(
@@ -77,7 +86,7 @@ async def report(pool: asyncpg.Pool, nc: NatsClient) -> dict:
         alive, checks["postgres"] = set(), False
     for service in REQUIRED_SERVICES:
         checks[service] = service in alive
-    return {"ready": all(checks.values()), "checks": checks}
+    return Readiness(all(checks.values()), checks)
 
 
 async def applied_seq(pool: asyncpg.Pool) -> int:

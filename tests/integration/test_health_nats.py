@@ -21,14 +21,14 @@ def test_health_reports_a_frozen_nats_as_not_ready(servers, tmp_path):
         nc = await connect_client(url)
         pool = await create_pool(servers.database_url, max_size=1)
         try:
-            before = (await report(pool, nc))["checks"]["nats"]
+            before = (await report(pool, nc)).checks["nats"]
             os.kill(nats.process.pid, signal.SIGSTOP)
             try:
-                frozen = (await report(pool, nc))["checks"]["nats"]
+                frozen = (await report(pool, nc)).checks["nats"]
             finally:
                 os.kill(nats.process.pid, signal.SIGCONT)
             await asyncio.sleep(0.2)
-            after = (await report(pool, nc))["checks"]["nats"]
+            after = (await report(pool, nc)).checks["nats"]
             return before, frozen, after
         finally:
             await pool.close()

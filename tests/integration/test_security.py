@@ -67,8 +67,8 @@ def every_route() -> list[tuple[str, str, typing.Any]]:
 
 def fill(template: str, ws: str) -> str:
     path = template
-    for name, kind in (("ws", "str"), ("contact", "str"), ("path", "str")):
-        path = path.replace(f"{{{name}:{kind}}}", ws if name == "ws" else "c1")
+    for name, value in (("ws", ws), ("contact", "c1"), ("path", "c1"), ("token_id", "0" * 12)):
+        path = path.replace(f"{{{name}:str}}", value)
     assert "{" not in path, f"a path parameter this test does not know: {template}"
     return path
 

@@ -56,6 +56,17 @@ def test_success_statuses_are_those_the_routes_answer(openapi):
     assert success[("delete", "/v1/workspaces/{ws}/webhooks")] == ["204"]
 
 
+def test_every_answer_with_a_body_has_its_schema(openapi):
+    """An outside audit: nine operations (health, status, the audit trail, webhooks, rules, workspace
+    and token creation) documented their answer as `{}`, so a generated client knew nothing of it."""
+    for method, path, op in operations(openapi):
+        for code, response in op["responses"].items():
+            if code == "204":
+                continue
+            schema = response.get("content", {}).get("application/json", {}).get("schema")
+            assert schema, (method, path, code)
+
+
 def test_errors_are_documented_as_the_server_answers_them(openapi):
     error_body = openapi["components"]["schemas"]["ErrorBody"]
     assert error_body["required"] == ["error"] and set(error_body["properties"]) == {"error", "applied_seq"}
