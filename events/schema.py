@@ -33,6 +33,16 @@ DECIMAL = {
         f" at most {AMOUNT_INTEGER_DIGITS} digits before the point and {AMOUNT_DECIMAL_PLACES} after."
     ),
 }
+# A goal's target is above 0 (catalog.GoalSetData): a number, or a string with a digit other than 0
+# before any exponent.
+POSITIVE_DECIMAL = {
+    "anyOf": [
+        {"type": "number", "exclusiveMinimum": 0},
+        {"type": "string", "pattern": r"^(?=[0.]*[1-9])" + DECIMAL["anyOf"][1]["pattern"].removeprefix("^")},
+    ],
+    "description": DECIMAL["description"].replace("A non-negative decimal", "A decimal greater than 0"),
+}
+POSITIVE_FIELDS = {"GoalSetData": ("target",)}
 
 # Rules of __post_init__ and validation.py about single fields of a data object.
 FIELD_NOTES = {
@@ -58,26 +68,39 @@ def event_schema(
         if name in by_name:
             _complete_envelope(component, by_name[name])
         _complete_fields(component, FIELD_NOTES.get(name, {}))
+        for field in POSITIVE_FIELDS.get(name, ()):
+            component["properties"][field] = POSITIVE_DECIMAL
     return schema, components
 
 
 def inline_event_schema(types: Iterable[type[Envelope]] = EXTERNAL_TYPES) -> dict[str, Any]:
     """``event_schema`` with every reference replaced by what it names: one self-contained schema,
     for a generator that takes no named schemas from outside (FastStream's, through pydantic)."""
-    prefix = "#/$defs/"
-    schema, components = event_schema(types, ref_template=prefix + "{name}")
+    return _inlined(*event_schema(types, ref_template=_INLINE_PREFIX + "{name}"))
 
+
+def inline_schema(union: Any) -> dict[str, Any]:
+    """The JSON Schema msgspec gives ``union`` (a tagged union of structs, say the work queue's
+    commands), self-contained as ``inline_event_schema``'s."""
+    (schema,), components = msgspec.json.schema_components([union], ref_template=_INLINE_PREFIX + "{name}")
+    return _inlined(schema, components)
+
+
+_INLINE_PREFIX = "#/$defs/"
+
+
+def _inlined(schema: dict[str, Any], components: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def resolve(node: Any) -> Any:
         if isinstance(node, dict):
             if set(node) == {"$ref"}:
-                return resolve(copy.deepcopy(components[node["$ref"].removeprefix(prefix)]))
+                return resolve(copy.deepcopy(components[node["$ref"].removeprefix(_INLINE_PREFIX)]))
             return {key: resolve(value) for key, value in node.items()}
         if isinstance(node, list):
             return [resolve(value) for value in node]
         return node
 
-    # The mapping names schemas by reference, and none is left.
-    schema["discriminator"] = {"propertyName": schema["discriminator"]["propertyName"]}
+    if "discriminator" in schema:  # its mapping names schemas by reference, and none is left
+        schema["discriminator"] = {"propertyName": schema["discriminator"]["propertyName"]}
     return resolve(schema)
 
 

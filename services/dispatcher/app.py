@@ -34,11 +34,12 @@ from nats.js.api import ConsumerConfig
 from pydantic import Field, WithJsonSchema
 
 from events import catalog as c
-from events.schema import EXTERNAL_TYPES, inline_event_schema
+from events.schema import EXTERNAL_TYPES, inline_event_schema, inline_schema
 from events.commands import (
     COMMANDS_STREAM,
     COMMANDS_SUBJECTS,
     DEADLETTER_STREAM,
+    Command,
     RULES_SOURCE,
     RaiseAlert,
     RequestFollowup,
@@ -227,6 +228,15 @@ async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMe
 
 EXAMPLE_NATS_URL = "nats://127.0.0.1:4222"
 
+CommandPayload = Annotated[dict, WithJsonSchema({
+    **inline_schema(Command),
+    "description": "A command of the rules worker, JSON tagged by `command` (events/commands.py); `Nats-Msg-Id` is its"
+                   " `command_id`. `touchline.cmd.request_followup` asks for a follow-up with a seller,"
+                   " `touchline.cmd.raise_alert` for an alert; the dispatcher logs it as an event"
+                   " (`touchline.followup.requested`, `touchline.alert.raised`), then posts it to the workspace's webhook.",
+}), Field(title="Command")]
+
+
 
 def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | None = None, *,
           server_description: str | None = None) -> FastStream:
@@ -237,7 +247,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
                 else NatsToken(credentials["token"]) if "token" in credentials else None)
     broker = NatsBroker(servers, security=security, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
                         description=server_description)
-    deadletter.register_publisher(broker)
+    deadletter.register_publisher(broker, CommandPayload)
 
     @broker.subscriber(
         COMMANDS_SUBJECTS,
@@ -254,7 +264,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
             f" manual acks, retried with backoff, parked in {DEADLETTER_STREAM} after repeated failure."
         ),
     )
-    async def dispatch(body: dict, msg: NatsMessage) -> None:
+    async def dispatch(body: CommandPayload, msg: NatsMessage) -> None:
         if dispatcher is None:
             raise RuntimeError("this application was built for its description only")
         await handle_message(dispatcher, broker, msg)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import nats.js.errors
 from faststream.nats import JStream, NatsBroker
@@ -27,13 +28,15 @@ ORIGINAL_SUBJECT = "Touchline-Original-Subject"
 PARKED_AT = "Touchline-Parked-At"
 
 
-def register_publisher(broker: NatsBroker):
-    """Declare the dead-letter subject on the broker, so the AsyncAPI description shows it."""
+def register_publisher(broker: NatsBroker, schema: Any = None):
+    """Declare the dead-letter subject on the broker, so the AsyncAPI description shows it, with
+    ``schema`` as its messages' payload (a parked command's body is the command's)."""
     return broker.publisher(
         "touchline.deadletter.{workspace}",
         stream=JStream(DEADLETTER_STREAM, declare=False),
         title="touchline.deadletter.{workspace}:park",
         description="Commands that kept failing, body unchanged, with Touchline-Error / -Stage / -Attempts headers.",
+        schema=schema,
     )
 
 

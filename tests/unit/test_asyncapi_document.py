@@ -49,3 +49,38 @@ def test_the_asyncapi_server_is_the_configured_nats_or_an_example(tmp_path, monk
     assert advertised_nats_url(Settings.from_env(data_dir=tmp_path)) == "nats://127.0.0.1:40001"
     monkeypatch.setenv("TOUCHLINE_NATS_URL", "nats://u:p@a:4222,nats://b:4222")
     assert advertised_nats_url(Settings.from_env(data_dir=tmp_path)) == "nats://a:4222,nats://b:4222"
+
+
+def _payload_of(document: dict, address: str) -> dict:
+    (channel,) = [c for c in document["channels"].values() if c["address"] == address]
+    (message_ref,) = [m["$ref"] for m in channel["messages"].values()]
+    message = document["components"]["messages"][message_ref.rsplit("/", 1)[1].replace("%7B", "{").replace("%7D", "}")]
+    return document["components"]["schemas"][message["payload"]["$ref"].rsplit("/", 1)[1]]
+
+
+def test_the_work_queue_and_dead_letters_carry_the_commands():
+    """An outside audit: the command channel's payload was `{"type": "object"}`, so nothing said what
+    a follow-up or alert command holds."""
+    import datetime as dt
+
+    from events.commands import RaiseAlert, RequestFollowup, encode_command
+
+    document = _asyncapi(None)
+    payload = _payload_of(document, "touchline.cmd.>")
+    assert payload["title"] == "Command"
+    assert _payload_of(document, "touchline.deadletter.{workspace}") == payload
+    now = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    commands = [
+        RequestFollowup(command_id="cmd_1", workspace="acme", followup_id="fu_1", contact="dana", rule="warm-unworked",
+                        reason="Dana commented", due_at=now, trigger_time=now, caused_by_source="/ig", caused_by_id="e1",
+                        issued_at=now),
+        RaiseAlert(command_id="cmd_2", workspace="acme", alert_id="al_1", rule="goal-at-risk", reason="behind",
+                   at=now, goal_id="nov", issued_at=now),
+    ]
+    validator = jsonschema.Draft202012Validator(payload)
+    for command in commands:
+        validator.validate(json.loads(encode_command(command)))
+    broken = json.loads(encode_command(commands[0]))
+    del broken["followup_id"]
+    assert not validator.is_valid(broken)
+    assert not validator.is_valid({**json.loads(encode_command(commands[1])), "command": "touchline.cmd.other"})

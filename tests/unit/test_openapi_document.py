@@ -12,6 +12,7 @@ from litestar.testing import TestClient
 from openapi_spec_validator import validate
 
 from events.catalog import ALL_TYPES
+from events.validation import InvalidEvent, parse_event
 from services.api.app import create_app
 from tests.unit.test_validation import VALID, WON, _with
 
@@ -123,6 +124,18 @@ def test_the_ingest_body_schema_agrees_with_validation(openapi):
     for body in VALID:
         one.validate(body)
     jsonschema.Draft202012Validator({**batch["schema"], "components": openapi["components"]}).validate(VALID)
+    # A goal's target is above 0 in both (an outside audit: the schema said `minimum: 0`).
+    goal = next(body for body in VALID if body["type"] == "touchline.goal.set")
+    for target, accepted in ((0, False), ("0", False), ("0.00", False), ("0e3", False), ("0.5", True), (7, True),
+                             ("1e-3", True)):
+        body = _with(goal, data__target=target)
+        assert one.is_valid(body) == accepted, target
+        try:
+            parse_event(json.dumps(body).encode())
+            parsed = True
+        except InvalidEvent:
+            parsed = False
+        assert parsed == accepted, target
     # What validation refuses (tests/unit/test_validation.py, INVALID) and a JSON Schema can say.
     for changes in ({"data__amount": "ten"}, {"data__amount": -1}, {"data__amount": "NaN"}, {"data__amount": "+5"},
                     {"data__currency": "eur"}, {"data__deal_id": ...}, {"subject": ...}, {"specversion": "0.3"},
