@@ -40,7 +40,7 @@ from services.api.common import (
     page_size,
     read_connection,
     services_of,
-    strict_query,
+    before_handler,
     wait_applied,
     unavailable_response,
     unexpected_response,
@@ -530,7 +530,7 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
         route_handlers=all_routes(),
         on_startup=[start],
         on_shutdown=list(on_shutdown),
-        before_request=strict_query,
+        before_request=before_handler,
         exception_handlers={
             HTTPException: error_response,
             **{kind: unavailable_response for kind in RETRYABLE},

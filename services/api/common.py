@@ -17,6 +17,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.params import Parameter
+from litestar.routes import HTTPRoute
 from nats.aio.client import Client as NatsClient
 
 from events.log import MAX_SEQ
@@ -113,9 +114,32 @@ def _query_names(handler: Any) -> tuple[frozenset[str], frozenset[str]]:
     return known
 
 
+async def before_handler(request: Request) -> Response | None:
+    """Litestar's ``before_request``: OPTIONS answered here, every other request's query checked."""
+    if request.method == "OPTIONS":
+        return options_answer(request)
+    await strict_query(request)
+    return None
+
+
+_ALLOWED: dict[int, dict[str, str]] = {}  # per app: path template -> its Allow header
+
+
+def options_answer(request: Request) -> Response:
+    """204 with every method of the path in ``Allow``. Litestar 2's own answer names only the methods
+    of the first handler registered on a path (litestar#4169, fixed in Litestar 3): `PUT` was
+    missing from the rules' and `GET`, `DELETE` from the webhooks'."""
+    allowed = _ALLOWED.get(id(request.app))
+    if allowed is None:
+        allowed = _ALLOWED[id(request.app)] = {
+            route.path_format: ", ".join(sorted(set(route.methods) | {"OPTIONS"}))
+            for route in request.app.routes if isinstance(route, HTTPRoute)
+        }
+    return Response(content=None, status_code=204, headers={"Allow": allowed[request.scope["path_template"]]})
+
+
 async def strict_query(request: Request) -> None:
-    """Before every handler (Litestar's ``before_request``): each of its query parameters given once,
-    and an integer one as digits."""
+    """Before every handler: each of its query parameters given once, and an integer one as digits."""
     names, integers = _query_names(request.route_handler)
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
