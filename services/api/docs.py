@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar.openapi import ResponseSpec
+from litestar.enums import ParamType
 from litestar.openapi.spec import (
     Components,
     Example,
@@ -23,6 +24,7 @@ from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     RequestBody,
     Schema,
@@ -217,6 +219,28 @@ class IngestOperation(Operation):
                 ),
             },
         )
+        self.parameters = [*(self.parameters or []), *_BINARY_MODE_HEADERS]
+
+
+# Binary mode's attributes, as a generated client needs them declared; with structured mode's
+# content types they are not read.
+_BINARY_MODE_HEADERS = [
+    Parameter(name=name, param_in=ParamType.HEADER, required=False, schema=Schema(type=OpenAPIType.STRING),
+              description=f"Binary mode (`Content-Type: application/json`) only: {said}")
+    for name, said in (
+        ("ce-specversion", '`"1.0"`; required in binary mode.'),
+        ("ce-id", "The event's id, 1-128 characters; required in binary mode."),
+        ("ce-source", "A URI-reference naming the producer; required in binary mode."),
+        ("ce-type", "A type of the catalog; required in binary mode."),
+        ("ce-time", "RFC 3339 with an offset; required in binary mode."),
+        ("ce-subject", "The contact id (percent-encoded UTF-8); required for a contact event, refused otherwise."),
+        ("ce-datacontenttype", "Optional; if present, application/json."),
+    )
+] + [
+    Parameter(name="Content-Encoding", param_in=ParamType.HEADER, required=False,
+              schema=Schema(type=OpenAPIType.STRING, enum=["gzip", "x-gzip", "deflate", "identity"]),
+              description="A compressed body is judged as what it decompresses to; the limits apply to both."),
+]
 
 
 def add_event_schemas(openapi: OpenAPI) -> None:

@@ -68,6 +68,14 @@ def test_every_answer_with_a_body_has_its_schema(openapi):
             assert schema, (method, path, code)
 
 
+def test_binary_mode_headers_are_declared_for_generated_clients(openapi):
+    """An outside audit: binary mode's ce-* headers were prose only, so no generated client could
+    send it."""
+    declared = {p["name"]: p for p in openapi["paths"][INGEST]["post"]["parameters"] if p["in"] == "header"}
+    assert {"ce-specversion", "ce-id", "ce-source", "ce-type", "ce-time", "ce-subject", "Content-Encoding"} <= set(declared)
+    assert not any(p["required"] for p in declared.values())  # structured mode sends none of them
+
+
 def test_errors_are_documented_as_the_server_answers_them(openapi):
     error_body = openapi["components"]["schemas"]["ErrorBody"]
     assert error_body["required"] == ["error"] and set(error_body["properties"]) == {"error", "applied_seq"}
