@@ -25,6 +25,8 @@ from projections import followups as followup_model
 from projections.ladder import STAGES, STATUSES
 from services.api import auth, docs
 from services.api.common import (
+    choice,
+    Snapshot,
     ApiError,
     MinSeq,
     WaitMs,
@@ -392,7 +394,7 @@ async def get_contact(
     contact: ContactSegment,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> contact_model.ContactView:
     contact = contact_of(request, contact)
     await wait_applied(request, min_seq, wait_ms, snapshot)
@@ -418,13 +420,13 @@ class ContactPage(msgspec.Struct):
 async def list_contacts(
     request: Request,
     ws: str,
-    stage: str | None = None,
-    status: str | None = None,
+    stage: choice(STAGES) = None,
+    status: choice(STATUSES) = None,
     limit: page_size(1000) = 100,
     after: str | None = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> ContactPage:
     stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
     check_limit(limit, 1000)
@@ -543,5 +545,6 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
     )
     docs.add_event_schemas(app.openapi_schema)
     docs.add_retry_after(app.openapi_schema)
+    docs.add_workspace_pattern(app.openapi_schema)
     return app
 

@@ -10,7 +10,7 @@ from litestar import Request, get
 
 from projections.audit import entry_raw, trail
 from services.api import docs
-from services.api.common import ApiError, ContactSegment, authorized, check_limit, check_seq, contact_of, json_response, read_connection, wait_applied, MinSeq, WaitMs, page_size
+from services.api.common import Snapshot, ApiError, ContactSegment, authorized, check_limit, check_seq, contact_of, json_response, read_connection, wait_applied, MinSeq, WaitMs, page_size
 
 
 class AuditTrail(msgspec.Struct):
@@ -58,7 +58,7 @@ async def contact_events(
     limit: page_size(10000) = 1000,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> AuditTrailPage:
     contact = contact_of(request, contact)
     check_limit(limit, 10000)

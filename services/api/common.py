@@ -235,6 +235,18 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
         raise ApiError(400, f"{name}: expected a time in the years 1 to 9999 UTC, got {text!r}") from None
 
 
+def choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
+    """The type of a query parameter that ``one_of`` checks, with its values in the OpenAPI document
+    (as documentation: ``one_of`` answers a wrong one, naming it)."""
+    return Annotated[str | None, Parameter(description=description, schema_extra={"enum": list(allowed)})]
+
+
+# A read of a snapshot instead of the live read models (CONTRACT.md section 1, `replay --until`).
+Snapshot = Annotated[str | None, Parameter(
+    description="The name of a snapshot of this workspace (`touchline replay --until ... --name NAME`): the read"
+                " models as of its point of the log, instead of the live ones.")]
+
+
 def one_of(name: str, value: str | None, allowed: tuple[str, ...]) -> str | None:
     """A query parameter that takes one of a few values, or None when absent or empty (``?status=``
     is no filter, as every empty parameter is the parameter left out): else a 400 naming it."""

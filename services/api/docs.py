@@ -32,7 +32,7 @@ from litestar.openapi.spec import (
 )
 
 from events.schema import event_schema
-from events.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES
+from events.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, WORKSPACE_ID
 
 # --- the bearer token -------------------------------------------------------------------
 
@@ -254,6 +254,20 @@ def add_event_schemas(openapi: OpenAPI) -> None:
         raise RuntimeError(f"schema names both Litestar's and the catalog's: {sorted(taken)}")
     # JSON Schema as msgspec writes it (dicts, not Litestar's Schema objects), in name order like Litestar's.
     openapi.components.schemas = dict(sorted({**schemas, **EVENT_COMPONENTS}.items()))  # type: ignore[dict-item]
+
+
+def add_workspace_pattern(openapi: OpenAPI) -> None:
+    """Every workspace id, in a path or in the body that creates one, as ``WORKSPACE_ID`` reads it
+    (the handlers check it themselves, and answer a 400 or 404 that names it)."""
+    pattern = "^" + WORKSPACE_ID.pattern + "$"
+    for item in (openapi.paths or {}).values():
+        for operation in (item.get, item.put, item.post, item.delete, item.patch):
+            for parameter in ((operation.parameters or []) if operation else ()):
+                if isinstance(parameter, Parameter) and parameter.name == "ws" and parameter.param_in == ParamType.PATH:
+                    parameter.schema = Schema(type=OpenAPIType.STRING, pattern=pattern, description="A workspace id.")
+    workspace = (openapi.components.schemas or {}).get("WorkspaceIn")
+    if workspace is not None:
+        workspace.properties["id"] = Schema(type=OpenAPIType.STRING, pattern=pattern, description="1-64 of a-z 0-9 -")
 
 
 def add_retry_after(openapi: OpenAPI) -> None:

@@ -12,6 +12,8 @@ from litestar import Request, Response, delete, get, post, put
 from projections import followups as model
 from services.api import docs
 from services.api.common import (
+    choice,
+    Snapshot,
     MinSeq,
     WaitMs,
     page_size,
@@ -64,14 +66,14 @@ class AlertView(msgspec.Struct, omit_defaults=True):
 async def list_followups(
     request: Request,
     ws: str,
-    status: str | None = None,
+    status: choice(model.STATUSES) = None,
     as_of: str | None = None,
     contact: str | None = None,
     limit: page_size(10000) = 1000,
     after: str | None = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> list[FollowupView]:
     status = one_of("status", status, model.STATUSES)
     check_limit(limit, 10000)
@@ -96,11 +98,11 @@ async def list_followups(
 async def list_alerts(
     request: Request,
     ws: str,
-    rule: str | None = None,
+    rule: choice(ALERT_RULES) = None,
     limit: page_size(10000) = 1000,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> list[AlertView]:
     rule = one_of("rule", rule, ALERT_RULES)
     check_limit(limit, 10000)

@@ -9,7 +9,10 @@ from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
 from services.api import docs
-from services.api.common import ApiError, authorized, json_response, one_of, parse_time, read_connection, wait_applied, MinSeq, WaitMs
+from services.api.common import Snapshot, ApiError, authorized, json_response, one_of, parse_time, read_connection, wait_applied, MinSeq, WaitMs
+
+
+MAX_LOOKBACK_DAYS = 36_500  # a century
 
 
 @get(
@@ -27,7 +30,7 @@ async def get_funnel(
     campaign: Annotated[str | None, Parameter(description="the campaign of the contact's first campaign touch")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> funnel.FunnelView:
     start, end = parse_time("from", from_), parse_time("to", to)
     await wait_applied(request, min_seq, wait_ms, snapshot)
@@ -48,7 +51,7 @@ async def get_touches(
     ws: str,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> touches.TouchesView:
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
@@ -69,7 +72,7 @@ async def get_goals(
     as_of: Annotated[str | None, Parameter(description="RFC 3339, or a date (its UTC midnight); default now")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> goals.GoalsView:
     moment = parse_time("as_of", as_of)
     await wait_applied(request, min_seq, wait_ms, snapshot)
@@ -88,15 +91,16 @@ async def get_goals(
 async def get_attribution(
     request: Request,
     ws: str,
-    model: Annotated[str, Parameter(description="first | last | linear | position | time_decay")] = attribution.DEFAULT_MODEL,
-    lookback_days: int = attribution.DEFAULT_LOOKBACK_DAYS,
+    model: Annotated[str, Parameter(schema_extra={"enum": list(attribution.MODELS)})] = attribution.DEFAULT_MODEL,
+    lookback_days: Annotated[int, Parameter(schema_extra={"minimum": 0, "maximum": MAX_LOOKBACK_DAYS})
+                             ] = attribution.DEFAULT_LOOKBACK_DAYS,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
-    snapshot: str | None = None,
+    snapshot: Snapshot = None,
 ) -> attribution.AttributionView:
     model = one_of("model", model, attribution.MODELS) or attribution.DEFAULT_MODEL
-    if not 0 <= lookback_days <= 36_500:
-        raise ApiError(400, f"lookback_days: expected 0 to 36500, got {lookback_days}")
+    if not 0 <= lookback_days <= MAX_LOOKBACK_DAYS:
+        raise ApiError(400, f"lookback_days: expected 0 to {MAX_LOOKBACK_DAYS}, got {lookback_days}")
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         answer = await attribution.query(conn, ws, model, lookback_days)

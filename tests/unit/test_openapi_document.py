@@ -76,6 +76,33 @@ def test_binary_mode_headers_are_declared_for_generated_clients(openapi):
     assert not any(p["required"] for p in declared.values())  # structured mode sends none of them
 
 
+def test_the_values_a_parameter_takes_are_documented(openapi):
+    """An outside audit: a generated client sent values the server refuses, because the document
+    gave no enum or bound the handlers check."""
+    from projections import attribution
+    from projections import followups
+    from projections.ladder import STAGES, STATUSES
+    from services.rules.logic import ALERT_RULES
+
+    def parameter(path: str, name: str) -> dict:
+        return next(p for p in openapi["paths"][path]["get"]["parameters"] if p["name"] == name)["schema"]
+
+    for _, path, op in operations(openapi):
+        for p in op.get("parameters", []):
+            if p["name"] == "ws":
+                assert p["schema"]["pattern"] == "^[a-z0-9-]{1,64}$", path
+    assert openapi["components"]["schemas"]["WorkspaceIn"]["properties"]["id"]["pattern"] == "^[a-z0-9-]{1,64}$"
+    contacts = "/v1/workspaces/{ws}/contacts"
+    assert parameter(contacts, "stage")["enum"] == list(STAGES)
+    assert parameter(contacts, "status")["enum"] == list(STATUSES)
+    assert parameter("/v1/workspaces/{ws}/followups", "status")["enum"] == list(followups.STATUSES)
+    assert parameter("/v1/workspaces/{ws}/alerts", "rule")["enum"] == list(ALERT_RULES)
+    assert parameter("/v1/workspaces/{ws}/attribution", "model")["enum"] == list(attribution.MODELS)
+    lookback = parameter("/v1/workspaces/{ws}/attribution", "lookback_days")
+    assert (lookback["minimum"], lookback["maximum"]) == (0, 36_500)
+    assert "snapshot" in parameter(contacts, "snapshot")["description"]
+
+
 def test_errors_are_documented_as_the_server_answers_them(openapi):
     error_body = openapi["components"]["schemas"]["ErrorBody"]
     assert error_body["required"] == ["error"] and set(error_body["properties"]) == {"error", "applied_seq"}
