@@ -238,13 +238,32 @@ CommandPayload = Annotated[dict, WithJsonSchema({
 
 
 
+class ProducerCredentials(NatsUserPassword):
+    """How a producer connects, for the AsyncAPI description only (never used to connect)."""
+
+    def __init__(self) -> None:
+        super().__init__("producer-USER", "PASSWORD")
+
+    def get_schema(self) -> dict[str, dict[str, Any]]:
+        return {"nats-user-password": {
+            "type": "userPassword",
+            "description": (
+                "A producer's user and password, from `touchline token create --workspace W --scope ingest --nats`,"
+                " which also prints its `inbox_prefix`: connect with it too, or the publish acks never arrive."
+                " Revoked with `touchline token revoke --workspace W --nats USER`."
+            ),
+        }}
+
+
 def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | None = None, *,
-          server_description: str | None = None) -> FastStream:
+          server_description: str | None = None, documented_security: NatsUserPassword | None = None) -> FastStream:
     """The FastStream application: the broker, the command subscriber and the dead-letter publisher.
-    ``server_description``: what the AsyncAPI description says of the server."""
+    ``server_description`` and ``documented_security``: what the AsyncAPI description says of the
+    server and of how to connect to it (an application built with them is for its description only)."""
     servers, credentials = nats_connection(servers)
-    security = (NatsUserPassword(credentials["user"], credentials["password"]) if "user" in credentials
-                else NatsToken(credentials["token"]) if "token" in credentials else None)
+    security = documented_security or (
+        NatsUserPassword(credentials["user"], credentials["password"]) if "user" in credentials
+        else NatsToken(credentials["token"]) if "token" in credentials else None)
     broker = NatsBroker(servers, security=security, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
                         description=server_description)
     deadletter.register_publisher(broker, CommandPayload)
@@ -305,9 +324,9 @@ def describe(nats_url: str | None = None) -> FastStream:
     (not FastStream subscribers), so they are described here and never subscribed. The server is
     ``nats_url`` (without credentials), else an example address, said to be one."""
     if nats_url:
-        application = build(nats_url)
+        application = build(nats_url, documented_security=ProducerCredentials())
     else:
-        application = build(server_description=(
+        application = build(documented_security=ProducerCredentials(), server_description=(
             "An example address: the description was made without a NATS URL (TOUCHLINE_NATS_URL, or the"
             " embedded server of a running `touchline up`)."
         ))

@@ -84,3 +84,15 @@ def test_the_work_queue_and_dead_letters_carry_the_commands():
     del broken["followup_id"]
     assert not validator.is_valid(broken)
     assert not validator.is_valid({**json.loads(encode_command(commands[1])), "command": "touchline.cmd.other"})
+
+
+def test_the_description_says_how_a_producer_connects():
+    """An outside audit: no security scheme, so the user, password and inbox prefix a producer needs
+    were only in a channel's prose."""
+    for url in (None, "nats://nats.acme.internal:4222"):
+        document = _asyncapi(url)
+        (scheme,) = document["components"]["securitySchemes"].values()
+        assert scheme["type"] == "userPassword" and "inbox_prefix" in scheme["description"]
+        (server,) = document["servers"].values()
+        assert server["security"] == [{"$ref": "#/components/securitySchemes/nats-user-password"}]
+        assert "PASSWORD" not in json.dumps(document)
