@@ -89,7 +89,7 @@ class GoalView(msgspec.Struct):
     expected_by_now: str
     projected: str | None
     on_track: bool
-    derived: Derived | None = None
+    derived: Derived | None  # null but for a revenue goal
 
 
 class GoalsView(msgspec.Struct):

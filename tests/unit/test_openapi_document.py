@@ -101,6 +101,7 @@ def test_the_values_a_parameter_takes_are_documented(openapi):
     lookback = parameter("/v1/workspaces/{ws}/attribution", "lookback_days")
     assert (lookback["minimum"], lookback["maximum"]) == (0, 36_500)
     assert "snapshot" in parameter(contacts, "snapshot")["description"]
+    assert "derived" in openapi["components"]["schemas"]["GoalView"]["required"]  # always there, null but for revenue
 
 
 def test_errors_are_documented_as_the_server_answers_them(openapi):
