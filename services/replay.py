@@ -621,6 +621,7 @@ async def build_snapshot(
             await build.build_indexes()  # readers query it like the live tables
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7215004)")
+                await hold_snapshot(conn, workspace, name, to_change=True)
                 await conn.execute(f"DROP SCHEMA IF EXISTS {ident(final)} CASCADE")
                 await conn.execute(f"ALTER SCHEMA {ident(build.schema)} RENAME TO {ident(final)}")
                 await conn.execute(
@@ -639,9 +640,21 @@ async def build_snapshot(
     return build.stats
 
 
+async def hold_snapshot(conn: asyncpg.Connection, workspace: str, name: str, *, to_change: bool = False) -> None:
+    """Hold snapshot ``name`` for the rest of the caller's transaction: shared to read it, exclusive
+    to replace or drop it. A read took the schema's name, then its tables; a drop that committed
+    in between left the name resolving to the live tables in public (an outside audit: a read of a
+    snapshot being dropped answered 200 with the live numbers), and dropping the tables one by one
+    met a read of several in a deadlock. Now a drop waits for the reads in progress, and a read
+    that comes after it finds no snapshot (404), or the new one."""
+    lock = "pg_advisory_xact_lock" if to_change else "pg_advisory_xact_lock_shared"
+    await conn.execute(f"SELECT {lock}(hashtextextended($1, 0))", f"touchline.snapshot.{workspace}/{name}")
+
+
 async def drop_snapshot(pool: asyncpg.Pool, workspace: str, name: str) -> bool:
     async with pool.acquire() as conn:
         async with conn.transaction():
+            await hold_snapshot(conn, workspace, name, to_change=True)
             schema = await conn.fetchval(
                 "DELETE FROM snapshots WHERE workspace = $1 AND name = $2 RETURNING schema_name", workspace, name
             )

@@ -360,10 +360,14 @@ async def snapshot_schema(db: asyncpg.Pool | asyncpg.Connection, workspace: str 
 
 @contextlib.asynccontextmanager
 async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str) -> AsyncIterator[asyncpg.Connection]:
+    from services.replay import hold_snapshot
+
     async with pool.acquire() as conn:
-        schema = await snapshot_schema(conn, workspace, snapshot)
-        # Tables of the snapshot first; anything it does not hold (not a read model) from public.
-        # For this transaction only: nothing of it outlives the request, even a cancelled one.
         async with conn.transaction(readonly=True):
+            # Held before its schema is looked up: a drop or a replacement waits for this read.
+            await hold_snapshot(conn, workspace, snapshot)  # type: ignore[arg-type]
+            schema = await snapshot_schema(conn, workspace, snapshot)
+            # Tables of the snapshot first; anything it does not hold (not a read model) from public.
+            # For this transaction only: nothing of it outlives the request, even a cancelled one.
             await conn.execute("SELECT set_config('search_path', $1, true)", f'"{schema}", public')
             yield conn
