@@ -221,10 +221,10 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     goals' and follow-ups' ``as_of``)."""
     if text is None or text == "":
         return None
-    # A "+" in an unencoded query string arrives as a space.
+    # A "+" in an unencoded query string arrives as a space; RFC 3339 allows a lower-case t and z.
     text = text.strip().replace(" ", "+")
     try:
-        moment = dt.datetime.fromisoformat(text)
+        moment = dt.datetime.fromisoformat(text.upper())
     except ValueError:
         raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
     if moment.tzinfo is None:
@@ -332,7 +332,12 @@ async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snap
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
     if min_seq is not None:
         if snapshot is not None:
-            await snapshot_schema(services_of(request).pool, request.path_params.get("ws"), snapshot)
+            # A snapshot never moves: what it stands at is all it will ever have applied.
+            stands_at = await snapshot_position(services_of(request).pool, request.path_params.get("ws"), snapshot)
+            if min_seq > stands_at:
+                raise ApiError(400, f"min_seq: snapshot {snapshot!r} stands at log seq {stands_at} and never moves;"
+                                    f" it will never have applied {min_seq}")
+            return
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
@@ -350,12 +355,23 @@ def read_connection(request: Request, snapshot: str | None = None) -> AsyncConte
 
 async def snapshot_schema(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> str:
     """The schema that holds the workspace's snapshot; 404 if there is none of that name."""
-    schema = await db.fetchval(
-        "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, snapshot
+    return (await _snapshot_row(db, workspace, snapshot))["schema_name"]
+
+
+async def snapshot_position(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> int:
+    """The log sequence the snapshot stands at (its --until-seq, or the last it read for an --until)."""
+    row = await _snapshot_row(db, workspace, snapshot)
+    return row["until_seq"] if row["until_seq"] is not None else row["last_seq"]
+
+
+async def _snapshot_row(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> asyncpg.Record:
+    row = await db.fetchrow(
+        "SELECT schema_name, until_seq, last_seq FROM public.snapshots WHERE workspace = $1 AND name = $2",
+        workspace, snapshot,
     )
-    if schema is None:
+    if row is None:
         raise ApiError(404, f"unknown snapshot {snapshot!r}")
-    return schema
+    return row
 
 
 @contextlib.asynccontextmanager

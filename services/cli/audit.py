@@ -41,7 +41,7 @@ def parse_until(text: str) -> dt.datetime:
                 microseconds=1
             )
         else:
-            moment = dt.datetime.fromisoformat(text)
+            moment = dt.datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case t and z
     except ValueError:
         raise typer.BadParameter("expected RFC 3339 like 2026-11-01T12:00:00Z, or a date", param_hint="--until")
     except OverflowError:  # 9999-12-31 ends past the year 9999
@@ -54,6 +54,10 @@ def parse_until(text: str) -> dt.datetime:
         moment = None
     if moment is None or not 1000 <= moment.year <= 8999:  # as an event's time: nothing was received outside them
         raise typer.BadParameter("expected a time in the years 1000 to 8999 UTC", param_hint="--until")
+    now = dt.datetime.now(dt.timezone.utc)
+    if moment > now:  # its snapshot would stop at today's log and stay blind to what arrives until then
+        raise typer.BadParameter(f"{shown_time(moment)} has not happened yet (now is {shown_time(now)}):"
+                                 " a snapshot is of the past", param_hint="--until")
     return moment
 
 
@@ -98,6 +102,7 @@ def replay(
 ) -> None:
     """Rebuild a workspace's read models from the log; --until builds a snapshot, --verify compares."""
     from services import gc_tuning, replay as replaying
+    from services.nats_io import last_log_seq
 
     if until is not None and until_seq is not None:
         raise typer.BadParameter("give --until or --until-seq, not both")
@@ -112,13 +117,15 @@ def replay(
     if snapshot and name is None:
         name = f"seq-{until_seq}" if until_seq is not None else "at-" + _name_time(until, until_time)
     if name is not None and not replaying.SNAPSHOT_NAME.fullmatch(name):
-        raise typer.BadParameter("1-64 of a-z 0-9 _ . : -", param_hint="--name")
+        raise typer.BadParameter("1-64 of a-z 0-9 _ . : -, starting with a letter or digit", param_hint="--name")
     settings = Settings.from_env(data_dir=data_dir)
     label = "verifying" if verify else (f"snapshot {name}" if snapshot else "rebuilding")
 
     async def run():
         gc_tuning.tune_for_streaming()
         async with backends(settings, workspace) as (pool, js):
+            if until_seq is not None and until_seq > (last := await last_log_seq(js)):
+                refuse(f"--until-seq: the log ends at seq {last}; a snapshot is of the past")
             with progress_bar() as bar:
                 task = bar.add_task(f"{label} {workspace}", total=None)
 

@@ -245,6 +245,16 @@ def test_until_seq_and_until_time_match_the_state_at_that_prefix(stack):
     assert read_everything(stack, ws, auth, snapshot=name) == then
 
     assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot="nope").status_code == 404
+    # A snapshot never moves: min_seq within it is answered at once, past it refused (it waited
+    # for the live projector, then answered a 503 "stale" that no retry could ever change).
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot="half", min_seq=middle).status_code == 200
+    beyond = stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot="half", min_seq=middle + 1, wait_ms=0)
+    assert beyond.status_code == 400 and beyond.json()["error"].startswith(
+        f"min_seq: snapshot 'half' stands at log seq {middle}"), beyond.text
+    future = cli(stack, "replay", "--workspace", ws, "--until-seq", str(stream_states(stack)[LOG_STREAM] + 1000))
+    assert future.returncode == 2 and "the log ends at seq" in future.stderr, future.stderr
+    lower = stack.get(f"/v1/workspaces/{ws}/funnel", auth, **{"from": "2020-01-01t00:00:00z"})
+    assert lower.status_code == 200, lower.text
     other, other_auth = stack.new_workspace()
     assert stack.get(f"/v1/workspaces/{other}/funnel", other_auth, snapshot="half").status_code == 404
     listed = cli(stack, "snapshot", "list", "--workspace", ws)

@@ -149,6 +149,18 @@ def test_replay_until_outside_the_years_of_event_times_is_refused_before_anythin
     assert "Traceback" not in done.stderr
 
 
+def test_replay_of_a_moment_still_to_come_is_refused_and_a_lower_case_t_and_z_are_read():
+    """An outside audit: `--until 2030-01-01` built a snapshot that stopped at today's log and never
+    saw what arrived later; RFC 3339's lower-case `t` and `z` were refused."""
+    from services.cli.audit import parse_until
+
+    done = touchline("replay", "--workspace", "acme", "--until", "2999-01-01T00:00:00Z")
+    assert done.returncode == 2 and "has not happened yet" in done.stderr, done.stderr
+    assert parse_until("2026-11-23t21:44:44.5z") == parse_until("2026-11-23T21:44:44.5Z")
+    named = touchline("replay", "--workspace", "acme", "--until-seq", "5", "--name", "-lead")
+    assert named.returncode == 2 and "starting with a letter or digit" in named.stderr, named.stderr
+
+
 def test_output_that_cannot_be_written_is_said_so_not_taken_for_a_lost_database():
     """`touchline asyncapi > /dev/full` said PostgreSQL had stopped answering."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
