@@ -73,6 +73,7 @@ class ReplayStats:
     applied: int = 0  # first copies applied to the read models
     last_seq: int = 0  # the log position the result stands at
     seconds: float = 0.0
+    rows_replaced: int = 0  # a rebuild: live rows it found wrong, missing or extra, and set right
 
     @property
     def events_per_second(self) -> float:
@@ -454,7 +455,7 @@ async def rebuild(
                 await conn.execute("SET LOCAL work_mem = '256MB'")  # the swap's hash joins stay in memory
                 await build.run_until(position, in_transaction=True)
                 for table in build.tables:
-                    await swap_in(conn, table, build.schema, workspace)
+                    build.stats.rows_replaced += await swap_in(conn, table, build.schema, workspace)
             build.stats.last_seq = position
             build.finish_progress()
         finally:
@@ -554,25 +555,26 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
         out.put(("exit",))
 
 
-async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> None:
+async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: str) -> int:
     """Make the workspace's live rows of ``table`` exactly the rebuilt ones, writing only the rows
     that differ (as REFRESH MATERIALIZED VIEW CONCURRENTLY does): one join by primary key finds the
     live rows without a binary-identical rebuilt one (``*=``) and the rebuilt rows without an
     identical live one; only those are deleted and inserted. A rebuild that finds the read models
     right rewrites nothing (no index writes, no bloat, a short hold of the projector's lock).
     Row addresses (ctid) stay valid between the statements: the caller holds the live projector's
-    row lock, and only the projector writes read-model rows."""
+    row lock, and only the projector writes read-model rows. Returns how many rows differed (by
+    key: changed, missing, or extra)."""
     columns, key = await _columns(conn, table)
     live, rebuilt = f"public.{ident(table)}", f"{ident(schema)}.{ident(table)}"
     names = ", ".join(map(ident, columns))
-    if not key:  # no primary key: replace every row
+    if not key:  # no primary key (no read model today): replace every row, each counted
         await conn.execute(f"DELETE FROM {live} WHERE workspace = $1", workspace)
-        await conn.execute(
+        status = await conn.execute(
             f"INSERT INTO {live} ({names}) OVERRIDING SYSTEM VALUE"
             f" SELECT {names} FROM {rebuilt} WHERE workspace = $1",
             workspace,
         )
-        return
+        return int(status.rsplit(" ", 1)[1])
     keys = ", ".join(f"t.{ident(c)}" for c in key)
     # row_ctid: a name no read-model column has (touch_events has a column "at").
     side = "(SELECT t.ctid AS row_ctid, t AS whole, {keys} FROM {table} AS t WHERE t.workspace = $1)"
@@ -593,6 +595,7 @@ async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: 
             f" SELECT {names} FROM {rebuilt} WHERE ctid = ANY($1::tid[])",
             came,
         )
+    return len(differing)
 
 
 async def build_snapshot(

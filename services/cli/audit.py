@@ -156,7 +156,9 @@ def replay(
     elif snapshot:
         console.print(f"snapshot [bold]{name}[/bold] of {workspace}: {summary}; read it with ?snapshot={name}")
     else:
-        console.print(f"rebuilt workspace [bold]{workspace}[/bold]: {summary}")
+        repaired = (f"{stats.rows_replaced:,} read-model row(s) differed from the log and were set right"
+                    if stats.rows_replaced else "the read models matched the log")
+        console.print(f"rebuilt workspace [bold]{workspace}[/bold]: {summary}; {repaired}")
 
 
 def audit(
