@@ -88,9 +88,9 @@ EXTERNAL_PRODUCERS = (
 )
 
 
-def revoke_producer(settings: Settings, workspace: str, user: str) -> int:
+def revoke_producer(settings: Settings, workspace: str, user: str) -> None:
     """Take the producer out of the embedded NATS's configuration and reload the server, which
-    closes the producer's connections; the exit code."""
+    closes the producer's connections."""
     from services.cli.attach import embedded_nats_root, refuse
 
     if settings.nats_url:
@@ -100,4 +100,3 @@ def revoke_producer(settings: Settings, workspace: str, user: str) -> int:
         refuse(f"no NATS producer {user!r} in workspace {workspace!r}", 1)
     if not nats_auth.reload_running_server(root):
         print("no embedded NATS runs on this data dir: the next `touchline up` refuses the producer", file=sys.stderr)
-    return 0
