@@ -269,6 +269,7 @@ class Build:
         self.unlogged = unlogged
         self.deferred_indexes: list[str] = []  # CREATE INDEX statements of the scratch schema
         self.reader = LogReader(js, workspace, batch_max)
+        self.first_left_out: int | None = None  # the lowest seq ``received_by`` kept out
         self.dedupe = FirstCopies()
         self.stats = ReplayStats()
         self.expected = 0
@@ -355,7 +356,10 @@ class Build:
         while the previous batch is in PostgreSQL."""
         firsts = self.dedupe.first_copies(decode_messages(messages))  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
-            firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
+            late = [logged.seq for logged in firsts if logged.received_at > self.received_by]
+            if late:
+                self.first_left_out = min(late + ([self.first_left_out] if self.first_left_out else []))
+                firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
         return prepare_batch(self.projections, firsts)
 
     async def _apply(self, firsts: PreparedBatch) -> None:
@@ -616,11 +620,15 @@ async def build_snapshot(
         kept = False
         try:
             await build.create()
-            if until_seq is not None:
-                await build.run_until(until_seq)
-            else:
-                info = await js.stream_info(LOG_STREAM)
-                await build.run_until(info.state.last_seq)
+            log_end = (await js.stream_info(LOG_STREAM)).state.last_seq
+            await build.run_until(min(until_seq, log_end) if until_seq is not None else log_end)
+            # Where it stands: every event of the workspace up to this seq is in it, and it never
+            # moves (what `?min_seq=` on it is checked against). Every one up to log_end was in the
+            # log when the build started; a time keeps out those received later, which arrive in
+            # about, not exactly, their log order: it stands before the first one it left out.
+            build.stats.last_seq = min(until_seq, log_end) if until_seq is not None else log_end
+            if build.first_left_out is not None:
+                build.stats.last_seq = min(build.stats.last_seq, build.first_left_out - 1)
             await build.build_indexes()  # readers query it like the live tables
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7215004)")

@@ -330,14 +330,12 @@ async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snap
     check_seq("min_seq", min_seq)
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
+    if snapshot is not None:
+        # A snapshot never moves: checked against what it stands at when the read holds it
+        # (``_snapshot_connection``), not here, where a replacement could still come in between.
+        request.state.snapshot_min_seq = min_seq
+        return
     if min_seq is not None:
-        if snapshot is not None:
-            # A snapshot never moves: what it stands at is all it will ever have applied.
-            stands_at = await snapshot_position(services_of(request).pool, request.path_params.get("ws"), snapshot)
-            if min_seq > stands_at:
-                raise ApiError(400, f"min_seq: snapshot {snapshot!r} stands at log seq {stands_at} and never moves;"
-                                    f" it will never have applied {min_seq}")
-            return
         applied = await readiness.wait_applied(services_of(request).pool, min_seq, wait_ms / 1000)
         if applied < min_seq:
             raise ApiError(503, "stale", headers={"Retry-After": "1"}, applied_seq=applied)
@@ -350,39 +348,29 @@ def read_connection(request: Request, snapshot: str | None = None) -> AsyncConte
     pool = services_of(request).pool
     if snapshot is None:
         return pool.acquire()  # the pool's own context manager: nothing else on the hot path
-    return _snapshot_connection(pool, request.path_params.get("ws"), snapshot)
-
-
-async def snapshot_schema(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> str:
-    """The schema that holds the workspace's snapshot; 404 if there is none of that name."""
-    return (await _snapshot_row(db, workspace, snapshot))["schema_name"]
-
-
-async def snapshot_position(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> int:
-    """The log sequence the snapshot stands at (its --until-seq, or the last it read for an --until)."""
-    row = await _snapshot_row(db, workspace, snapshot)
-    return row["until_seq"] if row["until_seq"] is not None else row["last_seq"]
-
-
-async def _snapshot_row(db: asyncpg.Pool | asyncpg.Connection, workspace: str | None, snapshot: str) -> asyncpg.Record:
-    row = await db.fetchrow(
-        "SELECT schema_name, until_seq, last_seq FROM public.snapshots WHERE workspace = $1 AND name = $2",
-        workspace, snapshot,
-    )
-    if row is None:
-        raise ApiError(404, f"unknown snapshot {snapshot!r}")
-    return row
+    return _snapshot_connection(pool, request.path_params.get("ws"), snapshot,
+                                request.state.get("snapshot_min_seq"))
 
 
 @contextlib.asynccontextmanager
-async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str) -> AsyncIterator[asyncpg.Connection]:
+async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str,
+                               min_seq: int | None) -> AsyncIterator[asyncpg.Connection]:
     from services.replay import hold_snapshot
 
     async with pool.acquire() as conn:
         async with conn.transaction(readonly=True):
             # Held before its schema is looked up: a drop or a replacement waits for this read.
             await hold_snapshot(conn, workspace, snapshot)  # type: ignore[arg-type]
-            schema = await snapshot_schema(conn, workspace, snapshot)
+            row = await conn.fetchrow(
+                "SELECT schema_name, last_seq FROM public.snapshots WHERE workspace = $1 AND name = $2",
+                workspace, snapshot,
+            )
+            if row is None:
+                raise ApiError(404, f"unknown snapshot {snapshot!r}")
+            schema, stands_at = row["schema_name"], row["last_seq"]  # every event up to last_seq is in
+            if min_seq is not None and min_seq > stands_at:
+                raise ApiError(400, f"min_seq: snapshot {snapshot!r} stands at log seq {stands_at} and never moves;"
+                                    f" it will never have applied {min_seq}")
             # Tables of the snapshot first; anything it does not hold (not a read model) from public.
             # For this transaction only: nothing of it outlives the request, even a cancelled one.
             await conn.execute("SELECT set_config('search_path', $1, true)", f'"{schema}", public')

@@ -221,7 +221,7 @@ def test_until_seq_and_until_time_match_the_state_at_that_prefix(stack):
     ws, auth = stack.new_workspace()
     events = history(11, 300)
     first, second = events[:150], events[150:]
-    stack.ingest(ws, auth, first)
+    first_logged = stack.ingest(ws, auth, first)
     settle(stack, ws, auth)
     middle = stream_states(stack)[LOG_STREAM]
     then = read_everything(stack, ws, auth)
@@ -247,6 +247,11 @@ def test_until_seq_and_until_time_match_the_state_at_that_prefix(stack):
     assert by_time.returncode == 0, by_time.stdout + by_time.stderr
     name = by_time.stdout.split("snapshot ")[1].split(" ")[0]
     assert read_everything(stack, ws, auth, snapshot=name) == then
+    # It stands where the first event it left out (received later: the second half, or a follow-up
+    # the dispatcher logged after T) begins, not at the end of what it read: an outside audit got
+    # 200s for a min_seq of an event the snapshot did not hold.
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot=name, min_seq=first_logged).status_code == 200
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot=name, min_seq=middle + 1).status_code == 400
 
     assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot="nope").status_code == 404
     # A snapshot never moves: min_seq within it is answered at once, past it refused (it waited

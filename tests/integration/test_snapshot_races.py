@@ -61,3 +61,45 @@ def test_a_snapshot_read_during_a_drop_or_a_replacement_is_the_snapshot_or_a_404
     asyncio.run(scenario())
     assert set(statuses) <= {200, 404}, sorted(set(statuses))  # no deadlock's 503
     assert statuses.count(200) > 100 and live["stages"] != {}
+
+
+def test_min_seq_on_a_snapshot_is_judged_against_the_snapshot_the_read_gets(stack):
+    """An outside audit: `?min_seq=` was checked against the snapshot before the read held it, so
+    a replacement in between gave 200s with the older snapshot's numbers."""
+    ws, auth = stack.new_workspace()
+    then = stack.ingest(ws, auth, [event("marketing.engaged", f"c{n}", channel="ads", action="click")
+                                   for n in range(30)])
+    now = stack.ingest(ws, auth, [event("sales.deal.won", f"c{n}", deal_id=f"d{n}", amount="10", currency="EUR")
+                                  for n in range(30)])
+    wait_applied(stack, ws, auth, now)
+    path = f"/v1/workspaces/{ws}/funnel"
+    seen: dict[int, set] = {200: set(), 400: set()}
+
+    async def scenario() -> None:
+        async with connected(stack.servers, "snapshot-min-seq") as (nc, pool):
+            js = nc.jetstream()
+            await replay.build_snapshot(pool, js, ws, "moving", until_seq=now)
+            newer = stack.get(path, auth, snapshot="moving").text
+            stop = asyncio.Event()
+
+            async def read() -> None:
+                async with httpx.AsyncClient(base_url=stack.base, headers=auth, timeout=30) as client:
+                    while not stop.is_set():
+                        answer = await client.get(path, params={"snapshot": "moving", "min_seq": now})
+                        assert answer.status_code in seen, answer.text
+                        seen[answer.status_code].add(answer.text)
+
+            readers = [asyncio.create_task(read()) for _ in range(4)]
+            try:
+                for _ in range(8):
+                    await replay.build_snapshot(pool, js, ws, "moving", until_seq=then)
+                    await replay.build_snapshot(pool, js, ws, "moving", until_seq=now)
+            finally:
+                stop.set()
+                await asyncio.gather(*readers)
+            assert seen[200] == {newer}  # never the older snapshot's numbers
+            assert all("stands at log seq" in text for text in seen[400])
+            await replay.drop_snapshot(pool, ws, "moving")
+
+    asyncio.run(scenario())
+    assert seen[400] and seen[200]
