@@ -15,13 +15,19 @@ from tests.integration.test_replay import wait_applied
 from tests.support import connected, event
 
 
-def test_a_snapshot_read_during_a_drop_or_a_replacement_is_the_snapshot_or_a_404(stack):
+def two_states(stack, contacts: int) -> tuple[str, dict, int, int]:
+    """A workspace whose log has two states to snapshot: `then` (contacts engaged), `now` (they bought)."""
     ws, auth = stack.new_workspace()
     then = stack.ingest(ws, auth, [event("marketing.engaged", f"c{n}", channel="ads", action="click")
-                                   for n in range(40)])
+                                   for n in range(contacts)])
     now = stack.ingest(ws, auth, [event("sales.deal.won", f"c{n}", deal_id=f"d{n}", amount="10", currency="EUR")
-                                  for n in range(40)])
+                                  for n in range(contacts)])
     wait_applied(stack, ws, auth, now)
+    return ws, auth, then, now
+
+
+def test_a_snapshot_read_during_a_drop_or_a_replacement_is_the_snapshot_or_a_404(stack):
+    ws, auth, then, now = two_states(stack, 40)
     live = stack.get(f"/v1/workspaces/{ws}/funnel", auth).json()
     paths = [f"/v1/workspaces/{ws}/{what}" for what in ("funnel", "touches", "goals", "contacts")]
     fixed = {"as_of": "2026-11-01T00:00:00Z"}  # the goals' as_of is now by default, which moves
@@ -66,12 +72,7 @@ def test_a_snapshot_read_during_a_drop_or_a_replacement_is_the_snapshot_or_a_404
 def test_min_seq_on_a_snapshot_is_judged_against_the_snapshot_the_read_gets(stack):
     """An outside audit: `?min_seq=` was checked against the snapshot before the read held it, so
     a replacement in between gave 200s with the older snapshot's numbers."""
-    ws, auth = stack.new_workspace()
-    then = stack.ingest(ws, auth, [event("marketing.engaged", f"c{n}", channel="ads", action="click")
-                                   for n in range(30)])
-    now = stack.ingest(ws, auth, [event("sales.deal.won", f"c{n}", deal_id=f"d{n}", amount="10", currency="EUR")
-                                  for n in range(30)])
-    wait_applied(stack, ws, auth, now)
+    ws, auth, then, now = two_states(stack, 30)
     path = f"/v1/workspaces/{ws}/funnel"
     seen: dict[int, set] = {200: set(), 400: set()}
 
