@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from typing import Annotated
 
 import asyncpg
 import msgspec
 from litestar import Litestar, Request, Response, delete, get, post
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
+from litestar.params import Parameter
 
 from events.upcasting import decode_exact
 from events.validation import (
@@ -145,10 +147,17 @@ async def list_tokens(request: Request, ws: str) -> TokenList:
     responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no token of this id in it."}),
     guards=[authorized("admin")],
 )
-async def revoke_token(request: Request, ws: str, token_id: str) -> auth.TokenRecord:
+async def revoke_token(
+    request: Request,
+    ws: str,
+    token_id: Annotated[str, Parameter(description="The token's `id`, as its creation and the list answer it",
+                                       schema_extra={"pattern": "^" + auth.TOKEN_ID.pattern + "$"})],
+) -> auth.TokenRecord:
     if not auth.TOKEN_ID.fullmatch(token_id):
-        raise ApiError(400, f"token_id: expected the {len(auth.token_id(''))} hex digits a token's `id` is, got {token_id!r}")
-    record = await auth.revoke_token(services_of(request).pool, ws, token_id)
+        # Never echoed when it looks like a token itself: the answer may end up in a log.
+        shown = "a token, not its id" if token_id.startswith(auth.TOKEN_PREFIX) else repr(token_id[:40])
+        raise ApiError(400, f"token_id: expected the {len(auth.token_id(''))} hex digits a token's `id` is, got {shown}")
+    record, _ = await auth.revoke_token(services_of(request).pool, ws, token_id)
     if record is None:
         raise ApiError(404, f"no token {token_id!r} in workspace {ws!r}")
     return json_response(record)  # type: ignore[return-value]
@@ -497,7 +506,8 @@ async def list_rejected(
 
 @get(
     "/v1/status",
-    summary="Each projector's applied sequence, lag and recent rate; the log's last sequence (admin)",
+    summary="Each projector's applied sequence, lag, recent rate and writing process; the log's last sequence;"
+            " the NATS inbox's backlog (admin)",
     security=docs.BEARER,
     responses=docs.OPERATOR_ERRORS,
     guards=[authorized("admin", in_workspace=False)],

@@ -35,8 +35,11 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
+TOKEN_PREFIX = "tl_"
+
+
 def new_token() -> str:
-    return "tl_" + secrets.token_urlsafe(32)
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 class TokenBook:
@@ -114,16 +117,21 @@ async def list_tokens(pool: asyncpg.Pool, workspace: str) -> list[TokenRecord]:
     return [_record(row) for row in rows]
 
 
-async def revoke_token(pool: asyncpg.Pool, workspace: str, identity: str) -> TokenRecord | None:
-    """Revoke the workspace's token of this id (``TOKEN_ID``); None if it has none. Revoking a
-    revoked token changes nothing: its record keeps the first revocation's time."""
-    row = await pool.fetchrow(
-        "UPDATE tokens SET revoked_at = coalesce(revoked_at, now())"
-        " WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3"
-        " RETURNING " + _RECORD_COLUMNS,
-        workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
-    )
-    return None if row is None else _record(row)
+async def revoke_token(pool: asyncpg.Pool, workspace: str, identity: str) -> tuple[TokenRecord | None, bool]:
+    """Revoke the workspace's token of this id (``TOKEN_ID``): its record (None if it has none),
+    and whether it had been revoked before (then nothing changes: it keeps its first time)."""
+    async with pool.acquire() as conn, conn.transaction():
+        before = await conn.fetchval(
+            "SELECT revoked_at FROM tokens WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3 FOR UPDATE",
+            workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
+        )
+        row = await conn.fetchrow(
+            "UPDATE tokens SET revoked_at = coalesce(revoked_at, now())"
+            " WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3"
+            " RETURNING " + _RECORD_COLUMNS,
+            workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
+        )
+    return (None if row is None else _record(row)), before is not None
 
 
 async def workspace_exists(pool: asyncpg.Pool, workspace: str) -> bool:

@@ -264,7 +264,8 @@ MAX_WAIT_MS = 60_000  # a minute: past that, a client asking again costs less th
 # check them, with their own words: ``wait_applied``, ``check_limit``).
 MinSeq = Annotated[int | None, Parameter(
     description="Answer only once every read model has applied the log up to this sequence (an ingest"
-                " answer's `seq` or `last_seq`); 503 `stale` if not within `wait_ms`",
+                " answer's `seq` or `last_seq`); 503 `stale` if not within `wait_ms`. With `snapshot`: answered"
+                " at once if the snapshot stands at this sequence or later, else 400 (a snapshot never moves)",
     schema_extra={"minimum": 0, "maximum": MAX_SEQ},
 )]
 WaitMs = Annotated[int, Parameter(description="How long to wait for `min_seq`, in milliseconds",

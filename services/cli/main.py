@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +12,7 @@ import typer
 from events.validation import is_workspace_id
 from services.api import auth
 from services.cli.attach import DataDir, database, refuse, require_known
-from services.cli.output import stdout_console
+from services.cli.output import shown_time, stdout_console
 from services.settings import Settings
 
 
@@ -141,8 +142,6 @@ def token_list(
     import msgspec
     from rich.table import Table
 
-    from services.cli.output import shown_time
-
     settings = Settings.from_env(data_dir=data_dir)
 
     async def run() -> list[auth.TokenRecord]:
@@ -154,13 +153,14 @@ def token_list(
     if nats:
         from services.cli.producers import embedded_producers
 
-        users = [producer.user for producer in embedded_producers(settings, workspace)]
+        producers = embedded_producers(settings, workspace)
         if as_json:
-            print(msgspec.json.encode({"workspace": workspace, "producers": users}).decode())
+            print(msgspec.json.encode({"workspace": workspace, "producers": [
+                {"user": p.user, "revoked_at": p.revoked_at} for p in producers]}).decode())
         else:
-            table = Table("user", title=f"NATS producers of {workspace}", title_justify="left")
-            for user in users:
-                table.add_row(user)
+            table = Table("user", "revoked", title=f"NATS producers of {workspace}", title_justify="left")
+            for p in producers:
+                table.add_row(p.user, shown_time(dt.datetime.fromisoformat(p.revoked_at)) if p.revoked_at else "-")
             console.print(table)
         return
     if as_json:
@@ -191,24 +191,31 @@ def token_revoke(
                 await require_known(pool, workspace)
 
         asyncio.run(known())
-        revoke_producer(settings, workspace, identity)
-        console.print(f"revoked NATS producer [bold]{identity}[/bold] of {workspace}")
+        producer, before = revoke_producer(settings, workspace, identity)
+        if before:
+            console.print(f"NATS producer [bold]{identity}[/bold] of {workspace} was already revoked,"
+                          f" at {shown_time(dt.datetime.fromisoformat(producer.revoked_at))}")
+        else:
+            console.print(f"revoked NATS producer [bold]{identity}[/bold] of {workspace}")
         return
-    if identity.startswith("tl_"):  # the token itself, as printed by `token create`
+    if identity.startswith(auth.TOKEN_PREFIX):  # the token itself, as printed by `token create`
         identity = auth.token_id(identity)
     if not auth.TOKEN_ID.fullmatch(identity):
         raise typer.BadParameter("expected a token's id as `touchline token list` shows it, or the token itself",
                                  param_hint="ID")
 
-    async def run() -> auth.TokenRecord | None:
+    async def run() -> tuple[auth.TokenRecord | None, bool]:
         async with database(settings) as pool:
             await require_known(pool, workspace)
             return await auth.revoke_token(pool, workspace, identity)
 
-    record = asyncio.run(run())
+    record, before = asyncio.run(run())
     if record is None:
         refuse(f"no token {identity!r} in workspace {workspace!r}", 1)
-    console.print(f"revoked token [bold]{record.id}[/bold] ({', '.join(record.scopes)}) of {workspace}")
+    if before:
+        console.print(f"token [bold]{record.id}[/bold] of {workspace} was already revoked, at {shown_time(record.revoked_at)}")
+    else:
+        console.print(f"revoked token [bold]{record.id}[/bold] ({', '.join(record.scopes)}) of {workspace}")
 
 
 from services.cli import audit as _audit_commands  # noqa: E402  replay, audit, status, snapshot

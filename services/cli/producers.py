@@ -74,29 +74,33 @@ def create_producer(settings: Settings, workspace: str) -> int:
 
 
 def embedded_producers(settings: Settings, workspace: str) -> list[nats_auth.Producer]:
-    """The workspace's producers on the embedded NATS (an external NATS's operator keeps its own)."""
+    """The workspace's producers on the embedded NATS, revoked ones too (an external NATS's operator
+    keeps its own)."""
     from services.cli.attach import embedded_nats_root, refuse
 
     if settings.nats_url:
-        refuse(EXTERNAL_PRODUCERS)
+        refuse("TOUCHLINE_NATS_URL names an external NATS, whose producers its operator keeps (the users of the"
+               " PRODUCERS account in its servers' configuration): Touchline has no list of them")
     return [p for p in nats_auth.load_producers(embedded_nats_root(settings)) if p.workspace == workspace]
 
 
-EXTERNAL_PRODUCERS = (
+EXTERNAL_PRODUCERS_REVOKE = (
     "TOUCHLINE_NATS_URL names an external NATS, whose producers its operator keeps: remove the user's entry"
     " from the PRODUCERS account on every server of the cluster and reload each (nats-server --signal reload=PID)"
 )
 
 
-def revoke_producer(settings: Settings, workspace: str, user: str) -> None:
+def revoke_producer(settings: Settings, workspace: str, user: str) -> tuple[nats_auth.Producer, bool]:
     """Take the producer out of the embedded NATS's configuration and reload the server, which
-    closes the producer's connections."""
+    closes the producer's connections: its record, and whether it had been revoked before."""
     from services.cli.attach import embedded_nats_root, refuse
 
     if settings.nats_url:
-        refuse(EXTERNAL_PRODUCERS)
+        refuse(EXTERNAL_PRODUCERS_REVOKE)
     root = embedded_nats_root(settings)
-    if not nats_auth.remove_producer(root, workspace, user):
+    record, before = nats_auth.revoke_producer(root, workspace, user)
+    if record is None:
         refuse(f"no NATS producer {user!r} in workspace {workspace!r}", 1)
-    if not nats_auth.reload_running_server(root):
+    if not before and not nats_auth.reload_running_server(root):
         print("no embedded NATS runs on this data dir: the next `touchline up` refuses the producer", file=sys.stderr)
+    return record, before

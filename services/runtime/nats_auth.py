@@ -8,8 +8,9 @@ Everything lives under ``<data dir>/nats`` and is readable by its owner only (06
   name, workspace, bcrypt hash. The password itself is printed once and never kept.
 * ``auth.conf``: the ``authorization`` block that ``nats.conf`` includes, generated from both.
   Adding a producer rewrites it and sends the running server SIGHUP (a config reload: existing
-  connections stay up, the new user can connect at once). Removing one (``touchline token revoke
-  --nats``) does the same, and the reload closes that user's open connections.
+  connections stay up, the new user can connect at once). Revoking one (``touchline token revoke
+  --nats``) keeps its record in ``producers.json`` with ``revoked_at``, leaves it out of
+  ``auth.conf`` and reloads the server, which closes that user's open connections.
 
 Two accounts. ``TOUCHLINE`` holds JetStream and the internal user, and exports the inbox subjects
 ``touchline.in.*`` as a service; ``PRODUCERS`` holds the producer users and imports that service.
@@ -28,6 +29,7 @@ import os
 import secrets
 import signal
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -91,6 +93,7 @@ class Producer:
     user: str
     workspace: str
     password_hash: str
+    revoked_at: str | None = None  # ISO 8601, UTC; a revoked producer stays on record, out of auth.conf
 
     @property
     def inbox_prefix(self) -> str:
@@ -116,7 +119,7 @@ def load_producers(root: Path) -> list[Producer]:
         records = json.loads((root / "producers.json").read_text())
     except (OSError, ValueError):
         return []
-    return [Producer(r["user"], r["workspace"], r["password_hash"]) for r in records]
+    return [Producer(r["user"], r["workspace"], r["password_hash"], r.get("revoked_at")) for r in records]
 
 
 def write_auth_config(root: Path, producers: list[Producer] | None = None) -> None:
@@ -126,7 +129,8 @@ def write_auth_config(root: Path, producers: list[Producer] | None = None) -> No
     if producers is not None:
         _write_private(
             root / "producers.json",
-            json.dumps([{"user": p.user, "workspace": p.workspace, "password_hash": p.password_hash} for p in producers], indent=1),
+            json.dumps([{"user": p.user, "workspace": p.workspace, "password_hash": p.password_hash,
+                         **({"revoked_at": p.revoked_at} if p.revoked_at else {})} for p in producers], indent=1),
         )
     else:
         producers = load_producers(root)
@@ -142,7 +146,7 @@ def write_auth_config(root: Path, producers: list[Producer] | None = None) -> No
         "  }",
         "  PRODUCERS {",
         "    users: [",
-        *(f"      {producer.config_entry()}" for producer in producers),
+        *(f"      {producer.config_entry()}" for producer in producers if producer.revoked_at is None),
         "    ]",
         f'    imports: [{{service: {{account: TOUCHLINE, subject: "{INBOX_SUBJECTS}"}}}}]',
         "  }",
@@ -163,18 +167,22 @@ def add_producer(root: Path, workspace: str) -> tuple[Producer, str]:
     return producer, password
 
 
-def remove_producer(root: Path, workspace: str, user: str) -> bool:
-    """Take the workspace's producer ``user`` out of the configuration; False if it has none."""
+def revoke_producer(root: Path, workspace: str, user: str) -> tuple[Producer | None, bool]:
+    """Take the workspace's producer ``user`` out of the server's configuration, keeping its record
+    with the time: its record (None if the workspace has no such producer), and whether it had been
+    revoked before (then nothing changes)."""
+    import datetime as dt
     import fcntl
 
     with open(root / "producers.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         producers = load_producers(root)
-        kept = [p for p in producers if not (p.user == user and p.workspace == workspace)]
-        if len(kept) == len(producers):
-            return False
-        write_auth_config(root, kept)
-    return True
+        found = next((p for p in producers if p.user == user and p.workspace == workspace), None)
+        if found is None or found.revoked_at is not None:
+            return found, found is not None
+        revoked = dataclasses.replace(found, revoked_at=dt.datetime.now(dt.timezone.utc).isoformat())
+        write_auth_config(root, [revoked if p is found else p for p in producers])
+    return revoked, False
 
 
 def running_server(root: Path) -> psutil.Process | None:

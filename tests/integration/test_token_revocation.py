@@ -81,6 +81,7 @@ def test_only_the_workspace_admin_lists_and_revokes_its_own_tokens(stack):
     assert stack.get(f"/v1/workspaces/{other}/funnel", bearer(theirs["token"])).status_code == 200
     answer = stack.http.delete(f"/v1/workspaces/{ws}/tokens/{theirs['token']}", headers=admin)
     assert answer.status_code == 400 and answer.json()["error"].startswith("token_id: expected the 12 hex digits")
+    assert theirs["token"] not in answer.text and "got a token, not its id" in answer.text  # never echoed
 
 
 def cli(servers, *args: str) -> subprocess.CompletedProcess:
@@ -106,6 +107,8 @@ def test_the_cli_lists_and_revokes_a_token_by_its_id_or_by_the_token_itself(stac
     assert f"revoked token {ids[0]} (read) of {ws}" in by_token.stdout
     by_id = cli(stack.servers, "token", "revoke", "--workspace", ws, second["id"])
     assert by_id.returncode == 0, by_id.stderr
+    again = cli(stack.servers, "token", "revoke", "--workspace", ws, second["id"])
+    assert again.returncode == 0 and f"token {second['id']} of {ws} was already revoked, at" in again.stdout
     refused_within(stack, f"/v1/workspaces/{ws}/funnel", bearer(token), TOKEN_CACHE_SECONDS + 5)
     table = cli(stack.servers, "token", "list", "--workspace", ws)
     assert table.stdout.count("UTC") == 5, table.stdout  # three made, two of them revoked
@@ -120,7 +123,7 @@ def test_a_revoked_nats_producer_is_disconnected_and_refused(stack):
     ws, _ = stack.new_workspace()
     creds = create_producer(stack.servers, ws)
     listed = cli(stack.servers, "token", "list", "--workspace", ws, "--nats", "--json")
-    assert json.loads(listed.stdout) == {"workspace": ws, "producers": [creds["user"]]}
+    assert json.loads(listed.stdout) == {"workspace": ws, "producers": [{"user": creds["user"], "revoked_at": None}]}
 
     async def connect(**kwargs) -> nats.NATS:
         async def quiet(_err: Exception) -> None:
@@ -150,7 +153,10 @@ def test_a_revoked_nats_producer_is_disconnected_and_refused(stack):
             raise AssertionError("the revoked producer connected again")
 
     asyncio.run(scenario())
-    listed = cli(stack.servers, "token", "list", "--workspace", ws, "--nats", "--json")
-    assert json.loads(listed.stdout)["producers"] == []
+    # Kept on record with its time, as a revoked token is; revoking it again changes nothing.
+    (listed,) = json.loads(cli(stack.servers, "token", "list", "--workspace", ws, "--nats", "--json").stdout)["producers"]
+    assert listed["user"] == creds["user"] and listed["revoked_at"]
     again = cli(stack.servers, "token", "revoke", "--workspace", ws, "--nats", creds["user"])
-    assert again.returncode == 1 and "no NATS producer" in again.stderr
+    assert again.returncode == 0 and "was already revoked, at" in again.stdout, again.stdout + again.stderr
+    unknown = cli(stack.servers, "token", "revoke", "--workspace", ws, "--nats", "producer-nobody")
+    assert unknown.returncode == 1 and "no NATS producer" in unknown.stderr
