@@ -356,10 +356,10 @@ class Build:
         while the previous batch is in PostgreSQL."""
         firsts = self.dedupe.first_copies(decode_messages(messages))  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
-            late = [logged.seq for logged in firsts if logged.received_at > self.received_by]
-            if late:
-                self.first_left_out = min(late + ([self.first_left_out] if self.first_left_out else []))
-                firsts = [logged for logged in firsts if logged.received_at <= self.received_by]
+            kept = [logged for logged in firsts if logged.received_at <= self.received_by]
+            if len(kept) < len(firsts) and self.first_left_out is None:  # batches come in log order
+                self.first_left_out = next(logged.seq for logged in firsts if logged.received_at > self.received_by)
+            firsts = kept
         return prepare_batch(self.projections, firsts)
 
     async def _apply(self, firsts: PreparedBatch) -> None:
