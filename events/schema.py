@@ -73,6 +73,9 @@ def event_schema(
     return schema, components
 
 
+_INLINE_PREFIX = "#/$defs/"
+
+
 def inline_event_schema(types: Iterable[type[Envelope]] = EXTERNAL_TYPES) -> dict[str, Any]:
     """``event_schema`` with every reference replaced by what it names: one self-contained schema,
     for a generator that takes no named schemas from outside (FastStream's, through pydantic)."""
@@ -85,8 +88,6 @@ def inline_schema(union: Any) -> dict[str, Any]:
     (schema,), components = msgspec.json.schema_components([union], ref_template=_INLINE_PREFIX + "{name}")
     return _inlined(schema, components)
 
-
-_INLINE_PREFIX = "#/$defs/"
 
 
 def _inlined(schema: dict[str, Any], components: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -237,7 +237,6 @@ CommandPayload = Annotated[dict, WithJsonSchema({
 }), Field(title="Command")]
 
 
-
 class ProducerCredentials(NatsUserPassword):
     """How a producer connects, for the AsyncAPI description only (never used to connect)."""
 
