@@ -34,6 +34,10 @@ def configure(service: str) -> structlog.stdlib.BoundLogger:
     root.handlers = [handler]
     root.setLevel(logging.WARNING)
     logging.getLogger("asyncio").addFilter(_without_tls_eof_noise)
+    if service == "cli":
+        # A command says in one line that PostgreSQL went away (``attach.connection_lost``); asyncpg's
+        # pool meanwhile logged a traceback each time it failed to reconnect.
+        logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
     return structlog.get_logger().bind(service=service)
 
 

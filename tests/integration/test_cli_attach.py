@@ -206,3 +206,33 @@ def test_redriving_a_sequence_that_is_not_parked_says_so(stack, tmp_path):
         "touchline: no event parked by projector 'main' at sequence 987654321 (`touchline parked list`)"), done.stderr
     done = touchline("parked", "redrive", "--seq", "-3", "--data-dir", data_dir, cwd=tmp_path)
     assert done.returncode == 2 and "--seq" in done.stderr
+
+
+def test_a_command_whose_postgresql_stops_answering_still_ends(servers, tmp_path):
+    """An outside audit stopped the stack under a running `touchline replay`: once in three tries it
+    never ended, Ctrl-C included. A pool's close waits for each connection's goodbye; a server that
+    does not answer (here its backends are frozen) held the command's end for ever."""
+    import os
+    import signal
+    import time
+
+    from services.cli.attach import CLOSE_SECONDS, database
+    from services.settings import Settings
+
+    settings = Settings(data_dir=tmp_path, database_url=servers.database_url)
+
+    async def scenario() -> float:
+        frozen: list[int] = []
+        try:
+            async with database(settings) as pool:
+                async with pool.acquire() as one, pool.acquire() as two:
+                    frozen = [await one.fetchval("SELECT pg_backend_pid()"), await two.fetchval("SELECT pg_backend_pid()")]
+                for pid in frozen:
+                    os.kill(pid, signal.SIGSTOP)
+                started = time.monotonic()
+            return time.monotonic() - started
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 60)) < CLOSE_SECONDS + 5
