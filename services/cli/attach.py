@@ -208,12 +208,13 @@ async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str)
         refuse(f"unknown workspace {workspace!r}")
 
 
-def with_workspace(data_dir: Optional[Path], workspace: str, work):
-    """``with_database`` for a command about one workspace, which must exist."""
+def with_workspace(data_dir: Optional[Path], workspace: str, work=None):
+    """``with_database`` for a command about one workspace, which must exist; without ``work``,
+    only that check (for a command whose work is not in PostgreSQL)."""
 
     async def checked(pool):
         await require_known(pool, workspace)
-        return await work(pool)
+        return None if work is None else await work(pool)
 
     return with_database(data_dir, checked)
 

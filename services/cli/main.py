@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from pathlib import Path
 from typing import Optional
@@ -11,7 +10,7 @@ import typer
 
 from events.validation import is_workspace_id
 from services.api import auth
-from services.cli.attach import DataDir, database, refuse, require_known
+from services.cli.attach import DataDir, refuse, with_database, with_workspace
 from services.cli.output import shown_time, stdout_console
 from services.settings import Settings
 
@@ -92,11 +91,7 @@ def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None
     if not is_workspace_id(workspace):
         raise typer.BadParameter("a workspace id is 1-64 of a-z 0-9 -", param_hint="WORKSPACE")
 
-    async def run() -> bool:
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            return await auth.create_workspace(pool, workspace)
-
-    if not asyncio.run(run()):
+    if not with_database(data_dir, lambda pool: auth.create_workspace(pool, workspace)):
         refuse(f"workspace {workspace!r} exists", 1)
     console.print(f"created workspace [bold]{workspace}[/bold]")
 
@@ -120,14 +115,10 @@ def token_create(
 
         if set(scope) != {"ingest"}:
             raise typer.BadParameter("NATS credentials only ingest: use --scope ingest", param_hint="--scope")
+        with_workspace(data_dir, workspace)
         raise typer.Exit(create_producer(Settings.from_env(data_dir=data_dir), workspace))
 
-    async def run() -> str:
-        async with database(Settings.from_env(data_dir=data_dir)) as pool:
-            await require_known(pool, workspace)
-            return await auth.create_token(pool, workspace, scope)
-
-    print(asyncio.run(run()))
+    print(with_workspace(data_dir, workspace, lambda pool: auth.create_token(pool, workspace, scope)))
 
 
 @token_app.command("list")
@@ -142,18 +133,11 @@ def token_list(
     import msgspec
     from rich.table import Table
 
-    settings = Settings.from_env(data_dir=data_dir)
-
-    async def run() -> list[auth.TokenRecord]:
-        async with database(settings) as pool:
-            await require_known(pool, workspace)
-            return [] if nats else await auth.list_tokens(pool, workspace)
-
-    tokens = asyncio.run(run())
     if nats:
         from services.cli.producers import embedded_producers
 
-        producers = embedded_producers(settings, workspace)
+        with_workspace(data_dir, workspace)
+        producers = embedded_producers(Settings.from_env(data_dir=data_dir), workspace)
         if as_json:
             print(msgspec.json.encode({"workspace": workspace, "producers": [
                 {"user": p.user, "revoked_at": p.revoked_at} for p in producers]}).decode())
@@ -163,6 +147,7 @@ def token_list(
                 table.add_row(p.user, shown_time(dt.datetime.fromisoformat(p.revoked_at)) if p.revoked_at else "-")
             console.print(table)
         return
+    tokens = with_workspace(data_dir, workspace, lambda pool: auth.list_tokens(pool, workspace))
     if as_json:
         print(msgspec.json.encode({"tokens": tokens}).decode())  # as GET /v1/workspaces/{ws}/tokens
         return
@@ -182,16 +167,11 @@ def token_revoke(
 ) -> None:
     """Revoke a bearer token: every API process refuses it within 5 seconds. With --nats: take a
     producer out of the embedded NATS, which closes its connections at once."""
-    settings = Settings.from_env(data_dir=data_dir)
     if nats:
         from services.cli.producers import revoke_producer
 
-        async def known() -> None:
-            async with database(settings) as pool:
-                await require_known(pool, workspace)
-
-        asyncio.run(known())
-        producer, before = revoke_producer(settings, workspace, identity)
+        with_workspace(data_dir, workspace)
+        producer, before = revoke_producer(Settings.from_env(data_dir=data_dir), workspace, identity)
         if before:
             console.print(f"NATS producer [bold]{identity}[/bold] of {workspace} was already revoked,"
                           f" at {shown_time(dt.datetime.fromisoformat(producer.revoked_at))}")
@@ -204,12 +184,7 @@ def token_revoke(
         raise typer.BadParameter("expected a token's id as `touchline token list` shows it, or the token itself",
                                  param_hint="ID")
 
-    async def run() -> tuple[auth.TokenRecord | None, bool]:
-        async with database(settings) as pool:
-            await require_known(pool, workspace)
-            return await auth.revoke_token(pool, workspace, identity)
-
-    record, before = asyncio.run(run())
+    record, before = with_workspace(data_dir, workspace, lambda pool: auth.revoke_token(pool, workspace, identity))
     if record is None:
         refuse(f"no token {identity!r} in workspace {workspace!r}", 1)
     if before:

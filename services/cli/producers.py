@@ -38,14 +38,9 @@ def _answer(url: str | None, producer: nats_auth.Producer, password: str, **extr
 
 
 def create_producer(settings: Settings, workspace: str) -> int:
-    """Print the producer's credentials as JSON; the exit code."""
-    from services.cli.attach import database, embedded_nats_root, require_known
+    """Print the producer's credentials as JSON (for a workspace the caller found); the exit code."""
+    from services.cli.attach import embedded_nats_root
 
-    async def known() -> None:
-        async with database(settings) as pool:
-            await require_known(pool, workspace)
-
-    asyncio.run(known())
     if settings.nats_url:
         producer, password = nats_auth.new_producer(workspace)
         print(_answer(nats_auth.without_credentials(settings.nats_url), producer, password,
