@@ -674,9 +674,11 @@ async def drop_snapshot(pool: asyncpg.Pool, workspace: str, name: str) -> bool:
     return schema is not None
 
 
-async def snapshot_schema_of(conn: asyncpg.Connection, workspace: str, name: str) -> str | None:
-    return await conn.fetchval(
-        "SELECT schema_name FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, name
+async def snapshot_row(conn: asyncpg.Connection, workspace: str, name: str) -> asyncpg.Record | None:
+    """(schema_name, last_seq) of the workspace's snapshot ``name``, or None; read it under
+    ``hold_snapshot``. Every event of the workspace up to ``last_seq`` is in the snapshot."""
+    return await conn.fetchrow(
+        "SELECT schema_name, last_seq FROM public.snapshots WHERE workspace = $1 AND name = $2", workspace, name
     )
 
 

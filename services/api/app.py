@@ -44,6 +44,7 @@ from services.api.common import (
     page_size,
     read_connection,
     services_of,
+    allowed_methods,
     before_handler,
     wait_applied,
     unavailable_response,
@@ -156,7 +157,7 @@ async def revoke_token(
     if not auth.TOKEN_ID.fullmatch(token_id):
         # Never echoed when it looks like a token itself: the answer may end up in a log.
         shown = "a token, not its id" if token_id.startswith(auth.TOKEN_PREFIX) else repr(token_id[:40])
-        raise ApiError(400, f"token_id: expected the {len(auth.token_id(''))} hex digits a token's `id` is, got {shown}")
+        raise ApiError(400, f"token_id: expected the {2 * auth.TOKEN_ID_BYTES} hex digits a token's `id` is, got {shown}")
     record, _ = await auth.revoke_token(services_of(request).pool, ws, token_id)
     if record is None:
         raise ApiError(404, f"no token {token_id!r} in workspace {ws!r}")
@@ -556,5 +557,6 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
     docs.add_event_schemas(app.openapi_schema)
     docs.add_retry_after(app.openapi_schema)
     docs.add_workspace_pattern(app.openapi_schema)
+    app.state.allowed_methods = allowed_methods(app.routes)
     return app
 

@@ -120,18 +120,15 @@ async def list_tokens(pool: asyncpg.Pool, workspace: str) -> list[TokenRecord]:
 async def revoke_token(pool: asyncpg.Pool, workspace: str, identity: str) -> tuple[TokenRecord | None, bool]:
     """Revoke the workspace's token of this id (``TOKEN_ID``): its record (None if it has none),
     and whether it had been revoked before (then nothing changes: it keeps its first time)."""
-    async with pool.acquire() as conn, conn.transaction():
-        before = await conn.fetchval(
-            "SELECT revoked_at FROM tokens WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3 FOR UPDATE",
-            workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
-        )
-        row = await conn.fetchrow(
-            "UPDATE tokens SET revoked_at = coalesce(revoked_at, now())"
-            " WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3"
-            " RETURNING " + _RECORD_COLUMNS,
-            workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
-        )
-    return (None if row is None else _record(row)), before is not None
+    row = await pool.fetchrow(
+        # The row as it was, locked, beside the update: RETURNING sees only the new values.
+        "WITH target AS (SELECT hash AS target_hash, revoked_at AS revoked_before FROM tokens"
+        " WHERE workspace = $1 AND substring(hash FROM 1 FOR $2) = $3 FOR UPDATE)"
+        " UPDATE tokens SET revoked_at = coalesce(revoked_at, now()) FROM target WHERE hash = target_hash"
+        " RETURNING " + _RECORD_COLUMNS + ", revoked_before IS NOT NULL AS revoked_before",
+        workspace, TOKEN_ID_BYTES, bytes.fromhex(identity),
+    )
+    return (None, False) if row is None else (_record(row), row["revoked_before"])
 
 
 async def workspace_exists(pool: asyncpg.Pool, workspace: str) -> bool:

@@ -122,20 +122,19 @@ async def before_handler(request: Request) -> Response | None:
     return None
 
 
-_ALLOWED: dict[int, dict[str, str]] = {}  # per app: path template -> its Allow header
+def allowed_methods(routes: list) -> dict[str, str]:
+    """Each path template's ``Allow`` header: every method its handlers serve, and OPTIONS."""
+    return {route.path_format: ", ".join(sorted(set(route.methods) | {"OPTIONS"}))
+            for route in routes if isinstance(route, HTTPRoute)}
 
 
 def options_answer(request: Request) -> Response:
-    """204 with every method of the path in ``Allow``. Litestar 2's own answer names only the methods
-    of the first handler registered on a path (litestar#4169, fixed in Litestar 3): `PUT` was
-    missing from the rules' and `GET`, `DELETE` from the webhooks'."""
-    allowed = _ALLOWED.get(id(request.app))
-    if allowed is None:
-        allowed = _ALLOWED[id(request.app)] = {
-            route.path_format: ", ".join(sorted(set(route.methods) | {"OPTIONS"}))
-            for route in request.app.routes if isinstance(route, HTTPRoute)
-        }
-    return Response(content=None, status_code=204, headers={"Allow": allowed[request.scope["path_template"]]})
+    """204 with every method of the path in ``Allow`` (``create_app`` keeps them in the app's state).
+    Litestar 2's own answer names only the methods of the first handler registered on a path
+    (litestar#4169, fixed in Litestar 3): `PUT` was missing from the rules' and `GET`, `DELETE` from
+    the webhooks'."""
+    allow = request.app.state.allowed_methods[request.scope["path_template"]]
+    return Response(content=None, status_code=204, headers={"Allow": allow})
 
 
 async def strict_query(request: Request) -> None:
@@ -235,10 +234,10 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
         raise ApiError(400, f"{name}: expected a time in the years 1 to 9999 UTC, got {text!r}") from None
 
 
-def choice(allowed: tuple[str, ...], description: str | None = None) -> Any:
+def choice(allowed: tuple[str, ...]) -> Any:
     """The type of a query parameter that ``one_of`` checks, with its values in the OpenAPI document
     (as documentation: ``one_of`` answers a wrong one, naming it)."""
-    return Annotated[str | None, Parameter(description=description, schema_extra={"enum": list(allowed)})]
+    return Annotated[str | None, Parameter(schema_extra={"enum": list(allowed)})]
 
 
 # A read of a snapshot instead of the live read models (CONTRACT.md section 1, `replay --until`).
@@ -356,16 +355,13 @@ def read_connection(request: Request, snapshot: str | None = None) -> AsyncConte
 @contextlib.asynccontextmanager
 async def _snapshot_connection(pool: asyncpg.Pool, workspace: str | None, snapshot: str,
                                min_seq: int | None) -> AsyncIterator[asyncpg.Connection]:
-    from services.replay import hold_snapshot
+    from services.replay import hold_snapshot, snapshot_row
 
     async with pool.acquire() as conn:
         async with conn.transaction(readonly=True):
             # Held before its schema is looked up: a drop or a replacement waits for this read.
             await hold_snapshot(conn, workspace, snapshot)  # type: ignore[arg-type]
-            row = await conn.fetchrow(
-                "SELECT schema_name, last_seq FROM public.snapshots WHERE workspace = $1 AND name = $2",
-                workspace, snapshot,
-            )
+            row = await snapshot_row(conn, workspace, snapshot)  # type: ignore[arg-type]
             if row is None:
                 raise ApiError(404, f"unknown snapshot {snapshot!r}")
             schema, stands_at = row["schema_name"], row["last_seq"]  # every event up to last_seq is in
