@@ -45,8 +45,62 @@ def is_workspace_id(value: str) -> bool:
     return bool(WORKSPACE_ID.fullmatch(value))
 
 
-def _field_error(err: msgspec.ValidationError | msgspec.DecodeError) -> str:
-    """Turn msgspec's "Expected `str`, got `int` - at `$.data.channel`" into "data.channel: expected ..."."""
+# msgspec's names of JSON types, in the words of the contract's own errors.
+_TYPE_WORDS = {
+    "str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+    "decimal": "a decimal (a JSON number or a numeric string)", "object": "a JSON object",
+    "array": "a JSON array", "null": "null",
+    "datetime": "an RFC 3339 time with an offset, like 2026-05-01T09:30:00Z", "date": "a date, like 2026-05-01",
+}
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`")
+_LENGTH = re.compile(r"Expected `(?P<want>str|array)` of length (?P<op>[<>]=) (?P<n>[0-9]+)")
+_BOUND = re.compile(r"Expected `(?P<want>int|float)` (?P<bound>[<>]=? \S+)")
+_ENUM = re.compile(r"Invalid enum value .*", re.S)
+_NO_OFFSET = "Expected `datetime` with a timezone component"
+_RFC3339 = re.compile(r"Invalid RFC3339 encoded (?P<what>datetime|date)")
+_UNKNOWN = object()
+_show_json = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def type_in_words(name: str) -> str:
+    """msgspec's name of a type (``str``, ``str | null``) as the API's errors say it."""
+    return " or ".join(_TYPE_WORDS.get(part, f"`{part}`") for part in name.split(" | "))
+
+
+def _shown(value: object) -> str:
+    return _show_json(value).decode()[:100]
+
+
+def _in_words(text: str, value: object, allowed: tuple | None) -> str | None:
+    """msgspec's error about one field in the contract's words: what was expected, and the value
+    that came (as JSON, when the event's JSON could be read), or None for a text not known here."""
+    got = "" if value is _UNKNOWN else f", got {_shown(value)}"
+    if expected := _EXPECTED.fullmatch(text):
+        return f"expected {type_in_words(expected['want'])}, got " + (
+            type_in_words(expected["got"]) if value is _UNKNOWN else _shown(value))
+    if length := _LENGTH.fullmatch(text):
+        n, unit = int(length["n"]), "characters" if length["want"] == "str" else "items"
+        if isinstance(value, (str, list)) and length["op"] == "<=":  # a count says more than the value cut
+            got = f", got {len(value)} {unit}"
+        if length["op"] == ">=" and n == 1:
+            return f"expected a non-empty {'string' if length['want'] == 'str' else 'array'}{got}"
+        many = "at least" if length["op"] == ">=" else "at most"
+        return f"expected {type_in_words(length['want'])} of {many} {n} {unit}{got}"
+    if bound := _BOUND.fullmatch(text):
+        return f"expected {type_in_words(bound['want'])} {bound['bound']}{got}"
+    if _ENUM.fullmatch(text) and allowed:
+        choices = ", ".join(_shown(choice) for choice in allowed)
+        return f"expected {choices if len(allowed) == 1 else 'one of ' + choices}{got}"
+    if text == _NO_OFFSET:
+        return f"expected {type_in_words('datetime')}{got}"
+    if rfc3339 := _RFC3339.fullmatch(text):
+        return f"expected {type_in_words(rfc3339['what'])}{got}"
+    return None
+
+
+def _field_error(err: msgspec.ValidationError | msgspec.DecodeError, probe: dict | None = None) -> str:
+    """Turn msgspec's "Expected `str`, got `int` - at `$.data.channel`" into "data.channel: expected
+    a string, got 5"; ``probe`` is the event's JSON, read without its schema, for the value."""
     match = _AT.match(str(err))
     assert match is not None
     text, path = match["text"], (match["path"] or "").lstrip(".")
@@ -57,12 +111,37 @@ def _field_error(err: msgspec.ValidationError | msgspec.DecodeError) -> str:
     own = re.match(r"^([a-z_]+): (.*)$", text, re.S)
     if own:
         return f"{path + '.' if path else ''}{own[1]}: {own[2]}"
-    if (pattern := _PATTERN.fullmatch(text)) and pattern[1] in _PATTERN_WORDS:
-        return f"{path}: expected {_PATTERN_WORDS[pattern[1]]}"
     if path == "type" and text.startswith("Invalid value"):
         return f"type: unknown event type {text.removeprefix('Invalid value ')}"
+    value = _UNKNOWN if probe is None or not path else _lookup(probe, path, _UNKNOWN)
+    if (pattern := _PATTERN.fullmatch(text)) and pattern[1] in _PATTERN_WORDS:
+        return f"{path}: expected {_PATTERN_WORDS[pattern[1]]}" + ("" if value is _UNKNOWN else f", got {_shown(value)}")
+    if path and probe is not None:
+        if (words := _in_words(text, value, _allowed_values(probe.get("type"), path))) is not None:
+            return f"{path}: {words}"
     text = text[0].lower() + text[1:] if text else text
     return f"{path}: {text}" if path else text
+
+
+def _allowed_values(kind: object, path: str) -> tuple | None:
+    """The values a field of a Literal type allows, by the field's path in an event of type ``kind``."""
+    if not isinstance(kind, str) or kind not in TYPES_BY_NAME:
+        return None
+    node: object = msgspec.inspect.type_info(TYPES_BY_NAME[kind])
+    for name in path.split("."):
+        fields = {field.encode_name: field.type for field in getattr(node, "fields", ())}
+        if name not in fields:
+            return None
+        node = fields[name]
+        while isinstance(node, (msgspec.inspect.Metadata, msgspec.inspect.UnionType)):
+            if isinstance(node, msgspec.inspect.Metadata):
+                node = node.type
+            else:
+                kinds = [t for t in node.types if not isinstance(t, msgspec.inspect.NoneType)]
+                if len(kinds) != 1:
+                    return None
+                node = kinds[0]
+    return node.values if isinstance(node, msgspec.inspect.LiteralType) else None
 
 
 def parse_event(raw: bytes) -> Envelope:
@@ -193,13 +272,13 @@ def check_subject(event: Envelope) -> None:
 
 def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     """Prefer the most useful message when the envelope itself is not an object of a known type."""
-    message = _field_error(err)
     try:
         probe = _decode_probe(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return "event: expected a JSON object"
     except RecursionError:
         return "event: nested too deeply"
+    message = _field_error(err, probe)
     kind = probe.get("type")
     if isinstance(kind, str) and kind in TYPES_BY_NAME and TYPES_BY_NAME[kind].internal:
         return f"type: {kind} is written by Touchline, never accepted from outside"
@@ -223,9 +302,11 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     return message
 
 
-def _lookup(document: object, path: str) -> object:
+def _lookup(document: object, path: str, absent: object = None) -> object:
     for part in path.split("."):
-        document = document.get(part) if isinstance(document, dict) else None
+        if not isinstance(document, dict) or part not in document:
+            return absent
+        document = document[part]
     return document
 
 

@@ -21,6 +21,7 @@ from litestar.routes import HTTPRoute
 from nats.aio.client import Client as NatsClient
 
 from events.log import MAX_SEQ
+from events.validation import type_in_words
 from services.api import auth, contact_paths
 from services.ingest import Ingestor
 from services.store import readiness
@@ -67,12 +68,10 @@ def error_response(request: Request, exc: HTTPException) -> Response:
 # failed in `extra`: the answer names the field instead, in the words of the API's other errors.
 _EXPECTED = re.compile(r"Expected `([^`]+)`, got `([^`]+)`")
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
-_KINDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false",
-          "object": "a JSON object", "array": "a JSON array", "null": "null"}
 
 
 def _kind(name: str) -> str:
-    return _KINDS.get(name.removesuffix(" | null"), f"`{name}`")
+    return type_in_words(name.removesuffix(" | null"))
 
 
 def validation_error(request: Request, exc: ValidationException) -> str:

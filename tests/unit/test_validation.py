@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from decimal import Decimal
 
 import pytest
@@ -238,8 +239,38 @@ def test_workspace_ids(workspace, ok):
 def test_a_currency_is_three_upper_case_letters_and_nothing_after_them(currency):
     """$ matched before a final newline: "EUR\n" was stored, a currency of its own in revenue."""
     body = event("sales.deal.won", "dana", deal_id="d1", amount="10", currency=currency)
-    with pytest.raises(InvalidEvent, match=r"^data\.currency: expected three upper-case letters \(an ISO 4217 code, like EUR\)$"):
+    expected = "data.currency: expected three upper-case letters (an ISO 4217 code, like EUR), got " + json.dumps(currency)
+    with pytest.raises(InvalidEvent, match="^" + re.escape(expected) + "$"):
         parse_event(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize("kind,change,message", [
+    ("sales.deal.won", {"amount": None}, "data.amount: expected a decimal (a JSON number or a numeric string), got null"),
+    ("sales.deal.won", {"deal_id": 5}, "data.deal_id: expected a string, got 5"),
+    ("sales.deal.won", {"deal_id": ""}, 'data.deal_id: expected a non-empty string, got ""'),
+    ("sales.deal.won", {"deal_id": "d" * 129}, "data.deal_id: expected a string of at most 128 characters, got 129 characters"),
+    ("marketing.engaged", {"action": "poke"},
+     'data.action: expected one of "click", "comment", "like", "open", "reply", "share", "view", "visit", got "poke"'),
+    ("marketing.engaged", {"action": ["like"]}, 'data.action: expected a string, got ["like"]'),
+    ("sales.lead.disqualified", {"reason": {"a": 1}}, 'data.reason: expected a string or null, got {"a":1}'),
+    ("envelope", {"time": "2026-05-01T09:30:00"},
+     'time: expected an RFC 3339 time with an offset, like 2026-05-01T09:30:00Z, got "2026-05-01T09:30:00"'),
+    ("envelope", {"time": 5}, "time: expected an RFC 3339 time with an offset, like 2026-05-01T09:30:00Z, got 5"),
+    ("envelope", {"specversion": "0.3"}, 'specversion: expected "1.0", got "0.3"'),
+    ("envelope", {"id": 1.5}, "id: expected a string, got 1.5"),
+    ("envelope", {"data": [1]}, "data: expected a JSON object, got [1]"),
+])
+def test_errors_say_what_was_expected_and_what_came_in_words(kind, change, message):
+    """msgspec's own wording (expected `str`, got `int`; invalid enum value) told a producer's
+    developer the type's Python name, not the value at fault nor the values allowed."""
+    if kind == "envelope":
+        body = {**event("sales.lead.qualified", "dana"), **change}
+    else:
+        body = event(kind, "dana", **{"deal_id": "d1", "amount": "10", "currency": "EUR", "channel": "web",
+                                      "action": "like"} | change)
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(json.dumps(body).encode())
+    assert str(raised.value) == message
 
 
 def test_a_snapshot_name_is_whole():
