@@ -3,8 +3,8 @@
 One stream, ``TOUCHLINE_LOG``, holds every accepted event of every workspace under
 ``touchline.log.{ws}``; its stream sequence is the ``seq`` that ingest answers and
 ``min_seq`` waits for. The message body is the event's structured-mode CloudEvent JSON,
-as the producer sent it (so unknown fields and exact decimals survive); the workspace and
-the time Touchline received it travel in headers.
+as the producer sent it (so unknown fields and exact decimals survive); the workspace is the
+subject's last token, and the time Touchline received it travels in a header.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collections import defaultdict
 import math
 from decimal import Decimal, localcontext
 from fractions import Fraction
-from typing import Iterable, Literal
+from typing import Iterable
 
 import asyncpg
 import msgspec
@@ -32,7 +32,6 @@ from projections.contacts import decimal_text
 from projections.numbers import PRECISION, exact_decimal, micros, scale_of
 from projections.touches import all_touches
 
-Model = Literal["first", "last", "linear", "position", "time_decay"]
 MODELS: tuple[str, ...] = ("first", "last", "linear", "position", "time_decay")
 DEFAULT_MODEL = "linear"
 DEFAULT_LOOKBACK_DAYS = 30

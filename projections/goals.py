@@ -97,8 +97,13 @@ class GoalsView(msgspec.Struct):
     goals: list[GoalView]
 
 
-def elapsed_fraction(g: Goal, as_of: dt.datetime) -> Fraction:
-    start, end = g.bounds
+# Section 5's pacing and reverse funnel, here once: the goals view and the goal-at-risk rule
+# (services/rules/logic.py, with its own running totals) both answer with them.
+
+
+def elapsed_fraction(period_start: dt.date, period_end: dt.date, as_of: dt.datetime) -> Fraction:
+    """f: the elapsed fraction of [period_start, period_end) at ``as_of``, clamped to [0, 1]."""
+    start, end = utc_midnight(period_start), utc_midnight(period_end)
     if as_of <= start:
         return Fraction(0)
     if as_of >= end:
@@ -106,33 +111,51 @@ def elapsed_fraction(g: Goal, as_of: dt.datetime) -> Fraction:
     return Fraction(micros(as_of - start), micros(end - start))
 
 
-def derived(target: Decimal, actual: Decimal, totals: Totals) -> Derived:
-    avg = Fraction(totals.won_sum) / totals.won_count if totals.won_count else None
-    remaining = max(Fraction(0), Fraction(target) - Fraction(actual))
-    deals_needed = ceil_div(remaining, avg) if avg else None
-    # win_rate = customers / opportunities; lead_to_opportunity = opportunities / leads.
+def remaining(target: Decimal, actual: Decimal) -> Fraction:
+    return max(Fraction(0), Fraction(target) - Fraction(actual))
+
+
+def average_deal(won_sum: Decimal, won_count: int) -> Fraction | None:
+    return Fraction(won_sum) / won_count if won_count else None
+
+
+def deals_needed(remaining: Fraction, avg_deal: Fraction | None) -> int | None:
+    """⌈remaining / avg_deal⌉; None while avg_deal is unknown or 0."""
+    return ceil_div(remaining, avg_deal) if avg_deal else None
+
+
+def funnel_needed(deals: int | None, leads: int, opportunities: int, customers: int) -> tuple[int | None, int | None]:
+    """(opportunities_needed, leads_needed) for ``deals`` more won deals, at the all-time rates
+    win_rate = customers / opportunities and lead_to_opportunity = opportunities / leads."""
     opportunities_needed = (
-        ceil_div(deals_needed * Fraction(totals.opportunities), Fraction(totals.customers))
-        if deals_needed is not None and totals.customers and totals.opportunities
+        ceil_div(deals * Fraction(opportunities), Fraction(customers))
+        if deals is not None and customers and opportunities
         else None
     )
     leads_needed = (
-        ceil_div(opportunities_needed * Fraction(totals.leads), Fraction(totals.opportunities))
-        if opportunities_needed is not None and totals.opportunities and totals.leads
+        ceil_div(opportunities_needed * Fraction(leads), Fraction(opportunities))
+        if opportunities_needed is not None and opportunities and leads
         else None
     )
+    return opportunities_needed, leads_needed
+
+
+def derived(target: Decimal, actual: Decimal, totals: Totals) -> Derived:
+    avg = average_deal(totals.won_sum, totals.won_count)
+    deals = deals_needed(remaining(target, actual), avg)
+    opportunities_needed, leads_needed = funnel_needed(deals, totals.leads, totals.opportunities, totals.customers)
     return Derived(
         avg_deal=None if avg is None else decimal_text(exact_decimal(avg, scale_of(totals.won_sum))),
         win_rate=ratio(totals.customers, totals.opportunities),
         lead_to_opportunity=ratio(totals.opportunities, totals.leads),
-        deals_needed=deals_needed,
+        deals_needed=deals,
         opportunities_needed=opportunities_needed,
         leads_needed=leads_needed,
     )
 
 
 def view(g: Goal, actual: Decimal, as_of: dt.datetime, totals: Totals | None) -> GoalView:
-    f = elapsed_fraction(g, as_of)
+    f = elapsed_fraction(g.period_start, g.period_end, as_of)
     done = Fraction(actual)
     expected = Fraction(g.target) * f
     return GoalView(

@@ -14,8 +14,8 @@ from events.catalog import Envelope
 STAGES: tuple[str, ...] = ("aware", "interested", "lead", "qualified", "opportunity", "customer")
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 
+# An engagement of any other action (like, comment, share, click, reply) implies "interested".
 AWARE_ACTIONS = frozenset({"view", "open", "visit"})
-INTEREST_ACTIONS = frozenset({"like", "comment", "share", "click", "reply"})
 
 TouchKind = Literal["marketing", "sales"]
 

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Iterable
 from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
+from fractions import Fraction
 
 import msgspec
 
@@ -33,15 +34,15 @@ from events.commands import (
     timer_id,
 )
 from events.log import LoggedEvent
+from projections import goals as goal_model
 from projections.deals import Deal, add_won, won_deal
 from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
-from projections.numbers import EXACT
+from projections.numbers import EXACT, exact_decimal, scale_of
 
 FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
 ALERT_RULES = ("metric-anomaly", "goal-at-risk")
 ALL_RULES = FOLLOWUP_RULES + ALERT_RULES
 
-DAY = dt.timedelta(days=1)
 RECENT_SALES = dt.timedelta(days=7)
 RESPOND_WITHIN = dt.timedelta(hours=24)
 POST_SALE_DUE = dt.timedelta(days=7)
@@ -50,8 +51,8 @@ ONE_MICROSECOND = dt.timedelta(microseconds=1)  # times keep microseconds: the n
 WARM_TOUCHES = 5
 ANOMALY_MIN_REPORTS = 3
 ANOMALY_FACTOR = 3
-GOAL_MIN_ELAPSED = 0.25
-GOAL_RISK_SHARE = Decimal("0.8")
+GOAL_MIN_ELAPSED = Fraction(1, 4)
+GOAL_RISK_SHARE = Fraction(4, 5)
 
 # The stages whose contact counts feed a revenue goal's derived numbers.
 COUNTED_STAGES = ("lead", "opportunity", "customer")
@@ -541,7 +542,7 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
         out.append(_followup(ws_id, subject, contact, rule, reason, trigger_time=t, due_at=t + RESPOND_WITHIN,
                              source=event.source, trigger_id=event.id, now=now))
 
-    if isinstance(event, c.Engaged) and data.action in VERBS and settings.enabled("hot-engagement"):
+    if isinstance(event, c.Engaged) and implied_stage(event) == "interested" and settings.enabled("hot-engagement"):
         if may_follow_up(contact, t):
             what = f"your post {campaign}" if campaign else "your content"
             fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}: reach out within 24 hours")
@@ -652,12 +653,6 @@ def goal_actual(ws: WorkspaceRules, goal: Goal) -> Decimal:
     return total
 
 
-def elapsed_fraction(goal: Goal, now: dt.datetime) -> float:
-    start = dt.datetime.combine(goal.period_start, dt.time(), dt.timezone.utc)
-    end = dt.datetime.combine(goal.period_end, dt.time(), dt.timezone.utc)
-    return min(1.0, max(0.0, (now - start) / (end - start)))
-
-
 def check_goals(ws_id: str, ws: WorkspaceRules, now: dt.datetime, *, caused_by: tuple[str, str] | None,
                 only: set[str] | None = None) -> list[RaiseAlert]:
     """goal-at-risk: at least a quarter of the period gone and projected under 80 % of target.
@@ -672,12 +667,12 @@ def check_goals(ws_id: str, ws: WorkspaceRules, now: dt.datetime, *, caused_by: 
             continue
         if ws.goal_alerted.get(gid) == today:
             continue
-        f = elapsed_fraction(goal, now)
-        if f < GOAL_MIN_ELAPSED or f >= 1.0:
+        f = goal_model.elapsed_fraction(goal.period_start, goal.period_end, now)
+        if f < GOAL_MIN_ELAPSED or f >= 1:
             continue
         actual = goal_actual(ws, goal)
-        projected = actual / Decimal(repr(f))
-        if projected >= GOAL_RISK_SHARE * goal.target:
+        projected = Fraction(actual) / f  # as GET /goals computes it, exactly
+        if projected >= GOAL_RISK_SHARE * Fraction(goal.target):
             continue
         ws.goal_alerted[gid] = today
         reason = goal_reason(ws, gid, goal, actual, projected, f)
@@ -686,31 +681,27 @@ def check_goals(ws_id: str, ws: WorkspaceRules, now: dt.datetime, *, caused_by: 
     return out
 
 
-def goal_reason(ws: WorkspaceRules, gid: str, goal: Goal, actual: Decimal, projected: Decimal, f: float) -> str:
+def goal_reason(ws: WorkspaceRules, gid: str, goal: Goal, actual: Decimal, projected: Fraction, f: Fraction) -> str:
     unit = f" {goal.currency}" if goal.metric == "revenue" else ""
-    remaining = max(Decimal(0), goal.target - actual)
+    remaining = goal_model.remaining(goal.target, actual)
+    gap_places = max(scale_of(goal.target), scale_of(actual))  # the difference of the two, exactly
     text = (
         f"Goal {gid!r} ({goal.metric.replace('_', ' ')}) is at risk: {_amount(actual)}{unit} of"
         f" {_amount(goal.target)}{unit} with {round(f * 100)}% of the period gone, projected"
-        f" {_amount(projected.quantize(Decimal('0.01')))}{unit}. Gap: {_amount(remaining)}{unit}"
+        f" {_amount(exact_decimal(round(projected, 2), 2))}{unit}. Gap: {_amount(exact_decimal(remaining, gap_places))}{unit}"
     )
     deals = opportunities = leads = None
-    customers = ws.stage_counts.get("customer", 0)
-    opps = ws.stage_counts.get("opportunity", 0)
-    lead_count = ws.stage_counts.get("lead", 0)
     if goal.metric == "revenue":
-        count = ws.won_count.get(goal.currency or "", 0)
-        if count:
-            avg = ws.won_sum[goal.currency] / count
-            deals = math.ceil(remaining / avg) if avg > 0 else None
+        currency = goal.currency or ""
+        deals = goal_model.deals_needed(
+            remaining, goal_model.average_deal(ws.won_sum.get(currency, Decimal(0)), ws.won_count.get(currency, 0)))
     elif goal.metric == "deals_won":
         deals = math.ceil(remaining)
     elif goal.metric == "leads":
         leads = math.ceil(remaining)
-    if deals is not None and customers and opps:
-        opportunities = math.ceil(Decimal(deals) * opps / customers)
-        if lead_count:
-            leads = math.ceil(Decimal(opportunities) * lead_count / opps)
+    if deals is not None:
+        opportunities, leads = goal_model.funnel_needed(
+            deals, ws.stage_counts.get("lead", 0), ws.stage_counts.get("opportunity", 0), ws.stage_counts.get("customer", 0))
     needs = [f"{n} more {what}" for n, what in ((deals, "deals"), (opportunities, "opportunities"), (leads, "leads"))
              if n is not None]
     if goal.metric == "conversations":

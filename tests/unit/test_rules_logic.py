@@ -479,3 +479,23 @@ def test_a_sales_touch_after_the_offer_that_arrives_after_its_stalled_offer_make
     assert command.followup_id in state.contact(WS, "dana").open
     run([ev("sales.conversation.held", at=T0 + 2 * D, channel="phone")], state=state)
     assert command.followup_id not in state.contact(WS, "dana").open
+
+
+def test_goal_at_risk_states_the_numbers_the_goals_view_derives():
+    """The rule worked the reverse funnel out again in 28-digit decimals: with an average deal of
+    1/3 EUR, 2 EUR still to win took "7 more deals" there and 6 in GET /goals."""
+    history = [
+        ev("sales.deal.won", "ann", day(10, 10), deal_id="d1", amount="0.33", currency="EUR"),
+        ev("sales.deal.won", "bob", day(10, 11), deal_id="d2", amount="0.33", currency="EUR"),
+        ev("sales.deal.won", "cy", day(10, 12), deal_id="d3", amount="0.34", currency="EUR"),
+        ev("sales.offer.made", "dee", day(10, 13), deal_id="d4", amount="50", currency="EUR"),
+        ev("marketing.lead.captured", "eve", day(10, 14), channel="web"),
+        ev("marketing.lead.captured", "fay", day(10, 15), channel="web"),
+        _goal(target="2"),
+    ]
+    _, effects = run(history)
+    [alert] = [command for command in effects.commands if command.rule == "goal-at-risk"]
+    [view] = goals.reference([logged.event for logged in history], NOW).goals
+    derived = view.derived
+    assert (derived.deals_needed, derived.opportunities_needed, derived.leads_needed) == (6, 8, 12)
+    assert alert.reason.endswith(": about 6 more deals, 8 more opportunities, 12 more leads needed.")
