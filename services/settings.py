@@ -20,6 +20,12 @@ class Settings:
     # Replicas of each JetStream stream on a cluster (TOUCHLINE_NATS_REPLICAS). None: a new stream
     # gets the server's one, and an existing stream keeps what it has (an operator's `--replicas 3`).
     nats_replicas: int | None = None
+    # How long the dispatcher's consumer waits for a command's ack before redelivering it to
+    # another dispatcher (TOUCHLINE_DISPATCHER_ACK_WAIT, seconds; read when the consumer is made).
+    dispatcher_ack_wait: float = 30.0
+    # How often the rules worker checks every goal for goal-at-risk besides when its actual
+    # changes (TOUCHLINE_GOAL_CHECK_SECONDS; the contract asks at least hourly).
+    goal_check_seconds: float = 600.0
 
     @classmethod
     def from_env(cls, **flags: object) -> "Settings":
@@ -32,6 +38,10 @@ class Settings:
             admin_token=env.get("TOUCHLINE_ADMIN_TOKEN") or None,
             api_workers=_positive_int(env.get("TOUCHLINE_API_WORKERS"), "TOUCHLINE_API_WORKERS") or default_api_workers(),
             nats_replicas=_positive_int(env.get("TOUCHLINE_NATS_REPLICAS"), "TOUCHLINE_NATS_REPLICAS"),
+            dispatcher_ack_wait=_seconds(env.get("TOUCHLINE_DISPATCHER_ACK_WAIT"), "TOUCHLINE_DISPATCHER_ACK_WAIT")
+            or cls.dispatcher_ack_wait,
+            goal_check_seconds=_seconds(env.get("TOUCHLINE_GOAL_CHECK_SECONDS"), "TOUCHLINE_GOAL_CHECK_SECONDS")
+            or cls.goal_check_seconds,
         )
         given = {name: value for name, value in flags.items() if value is not None}
         if "data_dir" in given:
@@ -79,6 +89,18 @@ def http_address(value: str) -> str:
 
 def default_api_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _seconds(value: str | None, name: str) -> float | None:
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not 0 < number < float("inf"):
+        raise SystemExit(f"touchline: {name} must be a number of seconds above 0, got {value!r}")
+    return number
 
 
 def _positive_int(value: str | None, name: str) -> int | None:

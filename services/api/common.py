@@ -95,11 +95,12 @@ def validation_error(request: Request, exc: ValidationException) -> str:
 # so `min_seq=null` would skip the wait it asks for) and keeps the last of a repeated parameter.
 # Both are a client's mistake better named than guessed at.
 _INTEGER = re.compile(r"-?[0-9]+")
-_QUERY_NAMES: dict[int, tuple[frozenset[str], frozenset[str]]] = {}  # handler -> (parameters, integers)
+# handler -> (parameters, integers); keyed by the handler itself (an id could be a dead one's).
+_QUERY_NAMES: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}
 
 
 def _query_names(handler: Any) -> tuple[frozenset[str], frozenset[str]]:
-    known = _QUERY_NAMES.get(id(handler))
+    known = _QUERY_NAMES.get(handler)
     if known is None:
         fields = {  # by the name the query string uses (`from` for `from_`)
             getattr(field.kwarg_definition, "query", None) or name: field
@@ -109,7 +110,7 @@ def _query_names(handler: Any) -> tuple[frozenset[str], frozenset[str]]:
             name for name, field in fields.items()
             if any(kind.is_subclass_of(int) for kind in (field.inner_types if field.is_optional else (field,)))
         }
-        known = _QUERY_NAMES[id(handler)] = (frozenset(fields), frozenset(integers))
+        known = _QUERY_NAMES[handler] = (frozenset(fields), frozenset(integers))
     return known
 
 
@@ -161,16 +162,13 @@ class Services:
     def __post_init__(self) -> None:
         if self.workspaces is None:
             self.workspaces = auth.KnownWorkspaces(self.pool)
-        # The API keeps no session state on its connections (a snapshot's search_path is set for
-        # its transaction only), so a connection going back to the pool needs no reset query
-        # (asyncpg's default costs a round trip per request). asyncpg still rolls back an open
-        # transaction and drops listeners on release. Same as create_pool(reset=...).
-        if getattr(self.pool, "_reset", False) is None:
-            self.pool._reset = _nothing_to_reset
 
 
-async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
-    return None
+async def nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """The API pool's ``reset``: the API keeps no session state on its connections (a snapshot's
+    search_path is set for its transaction only), so a connection going back to the pool needs no
+    reset query (asyncpg's default costs a round trip per request). asyncpg still rolls back an
+    open transaction and drops listeners on release."""
 
 
 def services_of(request: Request) -> Services:
@@ -190,20 +188,24 @@ def bearer_token(scope: Any) -> str | None:
     return token if kind.lower() == "bearer" and token else None
 
 
-async def authorize(request: Request, workspace: str | None, scope: str) -> auth.Grant:
-    token = bearer_token(request.scope)
+async def check_access(services: Services, asgi_scope: Any, workspace: str | None, scope: str) -> None:
+    """Raise the ApiError a request deserves unless its token has ``scope`` on ``workspace`` (None:
+    the operator's token) and the workspace exists. Litestar's guard and the plain reads' path
+    (``fast_reads``) both ask this."""
+    token = bearer_token(asgi_scope)
     if token is None:
         raise ApiError(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    grant = await services_of(request).tokens.grant_for(token)
+    grant = await services.tokens.grant_for(token)
     if grant is None:
         raise ApiError(401, "invalid token", headers={"WWW-Authenticate": "Bearer"})
     if workspace is None:
         if grant.workspace != auth.ANY_WORKSPACE or scope not in grant.scopes:
             raise ApiError(403, f"this needs the operator's {scope} token")
-        return grant
+        return
     if not grant.allows(workspace, scope):
         raise ApiError(403, f"this token has no {scope} scope on workspace {workspace!r}")
-    return grant
+    if not await services.workspaces(workspace):
+        raise ApiError(404, f"unknown workspace {workspace!r}")
 
 
 # The {contact} path parameter of the contact routes, as the OpenAPI document describes it.
@@ -310,16 +312,9 @@ def authorized(scope: str, *, in_workspace: bool = True) -> Callable[[ASGIConnec
 
     async def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
         workspace = connection.path_params["ws"] if in_workspace else None
-        await authorize(connection, workspace, scope)  # type: ignore[arg-type]
-        if workspace is not None:
-            await require_workspace(connection, workspace)  # type: ignore[arg-type]
+        await check_access(connection.app.state.services, connection.scope, workspace, scope)
 
     return guard
-
-
-async def require_workspace(request: Request, workspace: str) -> None:
-    if not await services_of(request).workspaces(workspace):
-        raise ApiError(404, f"unknown workspace {workspace!r}")
 
 
 async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snapshot: str | None = None) -> None:

@@ -24,11 +24,15 @@ import urllib.parse
 from typing import Any, Awaitable, Callable
 
 import asyncpg
+import structlog
 from litestar import Litestar
 
 from projections import contacts, funnel, goals, touches
 from services.api import contact_paths
-from services.api.common import Services, bearer_token, encode_json
+from services.api.common import ApiError, Services, check_access, encode_json
+from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
+
+log = structlog.get_logger()
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -176,16 +180,14 @@ class FastReads:
         """The view's JSON, or None for Litestar to answer whatever else this request deserves."""
         services: Services = self.app.state.services
         try:
-            token = bearer_token(scope)
-            if token is None:
-                return None
-            grant = await services.tokens.grant_for(token)
-            if grant is None or not grant.allows(ws, "read") or not await services.workspaces(ws):
-                return None
+            await check_access(services, scope, ws, "read")
             if self.lane is None:
                 self.lane = ReadLane(services.pool, self.lane_size)
             async with self.lane.connection() as conn:
                 answer = await (contacts.query(conn, ws, contact) if contact else WORKSPACE_VIEWS[view](conn, ws))
-        except Exception:  # a database outage, say: Litestar's handlers answer it, in one format
+        except (ApiError, *DATABASE_UNAVAILABLE):  # Litestar's handlers answer them, in one format
+            return None
+        except Exception as err:  # the same, but written down: a fault of this path's own
+            log.warning("api.fast_read_failed", path=scope["path"], error=repr(err), exc_info=err)
             return None
         return None if answer is None else encode_json(answer)

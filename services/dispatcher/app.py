@@ -16,7 +16,6 @@ address) or ``faststream docs gen services.dispatcher.app:app`` (with an example
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -48,6 +47,7 @@ from events.commands import (
 from services.dispatcher import deadletter, webhooks
 from services.ingest import Ingestor, LogUnavailable
 from services.nats_io import nats_connection
+from services.settings import Settings
 
 log = structlog.get_logger()
 
@@ -56,21 +56,21 @@ CONSUMER = "dispatcher"
 # is retried with these delays, then parked.
 COMMAND_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 COMMAND_MAX_ATTEMPTS = 10
-# Redelivery when a dispatcher dies holding a message: the first step is the ack wait. Parking is
-# always our decision (at the workspace's max_attempts), so max_deliver is only a far backstop.
-ACK_WAIT = float(os.environ.get("TOUCHLINE_DISPATCHER_ACK_WAIT", "30"))
+# Redelivery when a dispatcher dies holding a message comes after the consumer's ack wait
+# (Settings.dispatcher_ack_wait). Parking is always our decision (at the workspace's
+# max_attempts), so max_deliver is only a far backstop.
 MAX_DELIVER = 100
 
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 
-def consumer_config() -> ConsumerConfig:
+def consumer_config(ack_wait: float) -> ConsumerConfig:
     # No BackOff: JetStream counts a delayed nak against the backoff step of that delivery (the
     # redelivery comes after delay - ack_wait + backoff[n]), which stretched a webhook's own
     # backoff_seconds by 30, 90, ... s. A message whose dispatcher died comes back after ack_wait.
     return ConsumerConfig(
         durable_name=CONSUMER,
-        ack_wait=ACK_WAIT,
+        ack_wait=ack_wait,
         max_deliver=MAX_DELIVER,
         max_ack_pending=1000,
     )
@@ -255,6 +255,7 @@ class ProducerCredentials(NatsUserPassword):
 
 
 def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | None = None, *,
+          ack_wait: float = Settings.dispatcher_ack_wait,
           server_description: str | None = None, documented_security: NatsUserPassword | None = None) -> FastStream:
     """The FastStream application: the broker, the command subscriber and the dead-letter publisher.
     ``server_description`` and ``documented_security``: what the AsyncAPI description says of the
@@ -271,7 +272,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
         COMMANDS_SUBJECTS,
         stream=JStream(COMMANDS_STREAM, declare=False),
         durable=CONSUMER,
-        config=consumer_config(),
+        config=consumer_config(ack_wait),
         pull_sub=PullSub(batch_size=8, timeout=1.0),
         ack_policy=AckPolicy.MANUAL,
         title="touchline.cmd.{workspace}:dispatch",

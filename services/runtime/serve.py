@@ -23,7 +23,7 @@ from services.projector.runner import Projector
 from services.runtime.loop import cancel_and_wait
 from services.settings import Settings
 from services.store import readiness
-from services.store.db import create_pool, migrate
+from services.store.db import Reset, create_pool, migrate
 
 log = structlog.get_logger()
 
@@ -57,11 +57,11 @@ def require_external(settings: Settings) -> tuple[str, str]:
     return settings.nats_url, settings.database_url
 
 
-async def open_backends(settings: Settings, name: str, pool_size: int = 8) -> Backends:
+async def open_backends(settings: Settings, name: str, pool_size: int = 8, reset: Reset | None = None) -> Backends:
     nats_url, database_url = require_external(settings)
     nc = await connect(nats_url, name=f"touchline-{name}")
     js = nc.jetstream(timeout=10)
-    pool = await create_pool(database_url, max_size=pool_size)
+    pool = await create_pool(database_url, max_size=pool_size, reset=reset)
     return Backends(nc, js, pool)
 
 
@@ -107,8 +107,6 @@ def listen(host: str, port: int, patience: float = 0.0, *, share: bool = False) 
     evenly (one socket handed to all of them let the first awake worker take every connection of
     a burst: the bench's four ingest connections all went to one worker, the other idle). A port
     still held is tried again for ``patience`` seconds: a stack killed just before lets go soon."""
-    import time
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:  # a host name that does not resolve
@@ -144,7 +142,7 @@ async def serve_api(settings: Settings) -> None:
 
     from services.api.app import create_app
     from services.api.auth import KnownWorkspaces, TokenBook
-    from services.api.common import Services
+    from services.api.common import Services, nothing_to_reset
     from services.api.fast_reads import FastReads
     from services.inbox import InboxReader, start_inbox
     from services.runtime.http_server import CoalescingHttpToolsProtocol
@@ -156,7 +154,7 @@ async def serve_api(settings: Settings) -> None:
     readers: list[InboxReader] = []
 
     async def services() -> Services:
-        backends = await open_backends(settings, "api")
+        backends = await open_backends(settings, "api", reset=nothing_to_reset)
         opened.append(backends)
         await prepare(backends, settings)
         ingestor = Ingestor(backends.nc, backends.pool)
@@ -219,9 +217,7 @@ async def serve_rules(settings: Settings) -> None:
     logs.configure("rules")
     backends = await open_backends(settings, "rules", pool_size=4)
     await prepare(backends, settings)
-    worker = RulesWorker(
-        backends.js, backends.pool, goal_check_seconds=float(os.environ.get("TOUCHLINE_GOAL_CHECK_SECONDS", "600"))
-    )
+    worker = RulesWorker(backends.js, backends.pool, goal_check_seconds=settings.goal_check_seconds)
     tasks = [
         asyncio.create_task(worker.run()),
         asyncio.create_task(readiness.heartbeat(backends.pool, "rules")),
@@ -244,7 +240,7 @@ async def serve_dispatcher(settings: Settings) -> None:
     await prepare(backends, settings)
     async with httpx.AsyncClient(follow_redirects=False) as http:
         dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
-        broker = build(settings.nats_url, dispatcher).broker
+        broker = build(settings.nats_url, dispatcher, ack_wait=settings.dispatcher_ack_wait).broker
         await update_consumer(backends.js)
         await broker.start()
         # Ready while its broker's own connection answers: FastStream gives up reconnecting for good

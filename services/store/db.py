@@ -42,13 +42,19 @@ UNAVAILABLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.e
 SESSION_SETTINGS = {"backend_flush_after": "256kB"}
 
 
-async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8, deadline: float = 60.0) -> asyncpg.Pool:
-    """Connect with retries: a PostgreSQL in crash recovery refuses connections for a while."""
+Reset = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+async def create_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, deadline: float = 60.0, reset: Reset | None = None,
+) -> asyncpg.Pool:
+    """Connect with retries: a PostgreSQL in crash recovery refuses connections for a while.
+    ``reset``: what a connection going back to the pool runs (asyncpg's default: a reset query)."""
     started = time.monotonic()
     while True:
         try:
             return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60,
-                                             server_settings=SESSION_SETTINGS)
+                                             server_settings=SESSION_SETTINGS, reset=reset)
         except RETRYABLE + (asyncpg.exceptions.InvalidCatalogNameError,) as err:
             if time.monotonic() - started > deadline:
                 raise

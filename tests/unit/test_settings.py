@@ -52,6 +52,22 @@ def test_api_workers_default_to_the_cores_and_can_be_set(monkeypatch):
             Settings.from_env()
 
 
+@pytest.mark.parametrize("name,field,default", [
+    ("TOUCHLINE_DISPATCHER_ACK_WAIT", "dispatcher_ack_wait", 30.0),
+    ("TOUCHLINE_GOAL_CHECK_SECONDS", "goal_check_seconds", 600.0),
+])
+def test_the_services_timings_are_settings_named_in_one_line_when_wrong(monkeypatch, name, field, default):
+    """Both were read where they were used (one at import), and a wrong value was a traceback."""
+    monkeypatch.delenv(name, raising=False)
+    assert getattr(Settings.from_env(), field) == default
+    monkeypatch.setenv(name, "2.5")
+    assert getattr(Settings.from_env(), field) == 2.5
+    for wrong in ("0", "soon", "-1", "inf", "nan"):
+        monkeypatch.setenv(name, wrong)
+        with pytest.raises(SystemExit, match=f"^touchline: {name} must be a number of seconds above 0, got '{wrong}'$"):
+            Settings.from_env()
+
+
 def test_the_http_address_is_host_and_a_real_port_or_one_line_naming_the_setting(monkeypatch):
     import pytest
 
