@@ -101,7 +101,7 @@ class InboxReader:
                 log.warning("inbox.retry", reader=self.name, error=str(err) or repr(err))
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
             except Exception as err:  # keep the way in alive whatever happens; start again
-                log.error("inbox.failed", reader=self.name, error=repr(err))
+                log.error("inbox.failed", reader=self.name, error=repr(err), exc_info=err)
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
 
     async def _run_from_committed_position(self) -> None:

@@ -8,7 +8,8 @@ import sys
 import structlog
 
 
-def configure(service: str) -> structlog.stdlib.BoundLogger:
+def configure(service: str) -> None:
+    """Every line of this process, the libraries' included, names its ``service``."""
     renderer = (
         structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
     )
@@ -23,7 +24,7 @@ def configure(service: str) -> structlog.stdlib.BoundLogger:
     # among the JSON: the standard library's records go through the same renderer.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *stamped],
+        foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name, *stamped],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
@@ -38,7 +39,9 @@ def configure(service: str) -> structlog.stdlib.BoundLogger:
         # A command says in one line that PostgreSQL went away (``attach.connection_lost``); asyncpg's
         # pool meanwhile logged a traceback each time it failed to reconnect.
         logging.getLogger("asyncpg.pool").setLevel(logging.ERROR)
-    return structlog.get_logger().bind(service=service)
+    # In the context every task of the process starts from (each copies it when it is created).
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(service=service)
 
 
 def _without_tls_eof_noise(record: logging.LogRecord) -> bool:

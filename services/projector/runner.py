@@ -453,7 +453,8 @@ class Projector:
         except (Fenced, *RETRYABLE):
             raise
         except Exception as err:
-            log.warning("projector.batch_failed", projector=self.name, position=batch.ready.last, error=repr(err))
+            log.warning("projector.batch_failed", projector=self.name, position=batch.ready.last, error=repr(err),
+                        exc_info=err)
             return False
         self._committed(batch.ready, applied, batch.started)
         return True
@@ -532,6 +533,9 @@ class Projector:
                             except RETRYABLE:
                                 raise
                             except Exception as err:
+                                # The traceback goes to the log; the parked row keeps the error.
+                                log.error("projector.event_failed", projector=self.name, seq=logged.seq,
+                                          workspace=logged.workspace, exc_info=err)
                                 poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                 await park(conn, self.name, [p for p in poisons if p.seq > committed])
                 await self.committed.advance(conn, last, len(fresh))

@@ -426,6 +426,7 @@ class RulesWorker:
                             state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS)
                         )
                     except Exception as err:  # a rule that cannot judge this event must not stop the others
+                        log.error("rules.event_failed", seq=logged.seq, workspace=logged.workspace, exc_info=err)
                         poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
                         continue
                     effects.extend(decided)

@@ -24,6 +24,23 @@ def test_a_library_warning_with_a_traceback_is_one_json_line():
     assert (record["event"], record["logger"], record["level"]) == (
         "Failed to restore the pool connection floor", "asyncpg.pool", "warning")
     assert "ZeroDivisionError" in record["exception"]
+    assert record["service"] == "projector"
+
+
+def test_every_line_names_its_service_in_every_task():
+    """configure() returned a logger bound with the service that every caller dropped: no line
+    said which service wrote it."""
+    code = (
+        "import asyncio, structlog\n"
+        "from services import logs\n"
+        "logs.configure('rules')\n"
+        "async def task():\n    structlog.get_logger().info('in.a.task', seq=5)\n"
+        "async def main():\n    await asyncio.create_task(task())\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    [record] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert (record["event"], record["service"], record["seq"]) == ("in.a.task", "rules", 5)
 
 
 def test_asyncios_tls_eof_warning_is_not_written():
