@@ -36,6 +36,7 @@ LOG_STREAM_CONFIG = StreamConfig(
     allow_atomic=True,
 )
 
+INBOX_DUPLICATE_WINDOW = 0.1  # seconds: nats-server refuses less than 100 ms
 # A Limits stream, not a work queue: on a work queue with fsync every ack is a synced removal,
 # which held the drain near 1,000 messages/s. The inbox reader (services/inbox.py) reads it with an
 # ordered consumer from its position committed in PostgreSQL and purges what it has committed.
@@ -45,7 +46,12 @@ INBOX_STREAM_CONFIG = StreamConfig(
     subjects=[INBOX_SUBJECTS],
     retention=RetentionPolicy.LIMITS,
     storage=StorageType.FILE,
-    duplicate_window=120.0,
+    # JetStream drops a message whose Nats-Msg-Id the stream saw within this window, and the one
+    # inbox holds every workspace's producers: with two minutes, a producer of one workspace could
+    # publish another's (guessable) ids first and have that workspace's events acked as duplicates
+    # and never stored (an outside audit). The server's minimum; Touchline dedupes by (source, id)
+    # for ever in PostgreSQL, so a producer's retry stored twice is judged a duplicate anyway.
+    duplicate_window=INBOX_DUPLICATE_WINDOW,
     # Producers may publish many events as one atomic batch (one fsync): far faster than one by one.
     allow_atomic=True,
 )

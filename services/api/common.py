@@ -181,9 +181,12 @@ def json_response(value: Any, status_code: int = 200, headers: dict[str, str] | 
 
 def bearer_token(scope: Any) -> str | None:
     """The request's bearer token, from the raw ASGI headers (names are lower case there): no
-    Headers object per request."""
-    header = next((value for name, value in scope["headers"] if name == b"authorization"), b"").decode("latin-1")
-    kind, _, token = header.partition(" ")
+    Headers object per request. Two ``Authorization`` fields are refused (RFC 9110 allows one):
+    a proxy that checked the other one would not see what Touchline sees."""
+    given = [value for name, value in scope["headers"] if name == b"authorization"]
+    if len(given) > 1:
+        raise ApiError(400, "Authorization: given more than once")
+    kind, _, token = (given[0] if given else b"").decode("latin-1").partition(" ")
     token = token.strip()
     return token if kind.lower() == "bearer" and token else None
 

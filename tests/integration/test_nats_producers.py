@@ -127,6 +127,30 @@ def test_producer_publishes_only_to_its_own_workspace(stack):
     assert stack.get(f"/v1/workspaces/{other}/contacts/zoe", other_auth).status_code == 404
 
 
+def test_a_producer_cannot_have_another_workspaces_events_dropped_as_duplicates(stack):
+    """One inbox holds every workspace's producers, and JetStream drops a message whose
+    Nats-Msg-Id it saw within the stream's window: with two minutes, a producer of one workspace
+    published another's guessable ids first, and that workspace's events were acked as duplicates
+    and stored nowhere (an outside audit). The window is now the server's least, 100 ms."""
+    ws, auth = stack.new_workspace()
+    victim, victim_auth = stack.new_workspace()
+    attacker, owner = create_producer(stack.servers, ws), create_producer(stack.servers, victim)
+
+    async def publish(creds: dict, workspace: str, contact: str) -> bool:
+        nc = await connect_client(creds["url"], user=creds["user"], password=creds["password"],
+                                  inbox_prefix=creds["inbox_prefix"])
+        body = json.dumps(event("marketing.engaged", contact, channel="shop", action="click")).encode()
+        ack = await nc.jetstream().publish(inbox_subject(workspace), body, headers={"Nats-Msg-Id": "/shop:order-1001"})
+        await nc.close()
+        return bool(ack.duplicate)
+
+    assert asyncio.run(publish(attacker, ws, "mallory")) is False
+    time.sleep(0.5)  # past the window (and the server's purge, at most 50 ms behind it)
+    assert asyncio.run(publish(owner, victim, "buyer")) is False
+    contact = wait_for(lambda: stack.get(f"/v1/workspaces/{victim}/contacts/buyer", victim_auth).json().get("touches"), 90)
+    assert contact["total"] == 1
+
+
 def test_unauthenticated_and_wrong_password_are_refused(stack):
     ws, _ = stack.new_workspace()
     creds = create_producer(stack.servers, ws)

@@ -98,6 +98,18 @@ def test_every_route_refuses_a_foreign_token(stack, method, template, body):
         assert victim not in answer.text or "workspace" in answer.json().get("error", ""), answer.text[:200]
 
 
+def test_two_authorization_fields_are_refused_on_every_route(stack):
+    """The first one was taken: a proxy in front that checked the last would not see what the API
+    saw (an outside audit). RFC 9110 allows one."""
+    ws, auth = stack.new_workspace(("ingest", "read", "admin"))
+    for method, template, _ in every_route():
+        headers = [("Authorization", auth["Authorization"]), ("Authorization", "Bearer tl_other"),
+                   ("Content-Type", "application/json")]
+        answer = stack.http.request(method, fill(template, ws), content=b"{}", headers=headers)
+        assert (answer.status_code, answer.json()) == (400, {"error": "Authorization: given more than once"}), (
+            method, template, answer.text[:200])
+
+
 @pytest.mark.parametrize("method,template,body", every_route(), ids=lambda v: v if isinstance(v, str) else "")
 def test_every_route_checks_the_token_before_it_reads_the_body(stack, method, template, body):
     """The routes with a JSON body answered 400 naming a field of it (or "body: 'data'") to a
