@@ -362,7 +362,7 @@ async def ingest_nats(stack: Services, workspaces: list[Workspace], progress: Pr
 
     import asyncpg
 
-    from services.projector.runner import CommittedPosition
+    from services.log_position import CommittedPosition
 
     db = await asyncpg.connect(stack.database_url)
     inbox = CommittedPosition("inbox_positions", "main")
@@ -422,7 +422,7 @@ async def _log_last_seq(stack: Services) -> int:
 
 
 async def project(stack: Services, pool, progress: Progress) -> dict:
-    from services.projector.runner import CommittedPosition
+    from services.log_position import CommittedPosition
 
     projector = CommittedPosition("projector_positions", "main")
     last = await _log_last_seq(stack)

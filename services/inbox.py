@@ -39,7 +39,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from events.log import workspace_of_subject
 from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
-from services.projector.runner import CommittedPosition, Fenced
+from services.log_position import Backoff, CommittedPosition, Fenced
 from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE, UNAVAILABLE as DATABASE_UNAVAILABLE
 from services.stream_reader import StreamMessage
@@ -88,15 +88,18 @@ class InboxReader:
 
     async def run(self) -> None:
         # A closed connection is the service stopping (connect() reconnects for ever otherwise).
+        fenced = Backoff("inbox.fenced", log.info, reader=self.name)
         while not self._stopping.is_set() and not self.ingestor.nc.is_closed:
+            handled = self.handled_total
             try:
                 await self._retire_work_queue_inbox()
                 await self._run_from_committed_position()
             except asyncio.CancelledError:
                 raise
             except Fenced as err:
-                log.info("inbox.fenced", reader=self.name, reason=str(err))
-                await asyncio.sleep(0.2)
+                if self.handled_total != handled:
+                    fenced.got_on()  # it was the reader until now
+                await fenced.pause(reason=str(err))
             except (LogUnavailable, *RETRYABLE, OSError, asyncpg.InterfaceError, nats.errors.Error) as err:
                 log.warning("inbox.retry", reader=self.name, error=str(err) or repr(err))
                 await asyncio.sleep(RETRY_DELAY_SECONDS)

@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 from events.log import LoggedEvent, decode_logged, index_key, workspace_of_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
+from services.log_position import Backoff, CommittedPosition, Fenced
 from services.nats_io import read_log
 from services.projector.parking import Poison, park
 from services.runtime.loop import cancel_and_wait
@@ -51,10 +52,6 @@ ANALYZE_AFTER_EVENTS = 20_000
 ANALYZE_AFTER_GROWTH = 0.25
 
 
-# A standby waiting for the writer's lock (below), or a projector fenced again and again, tries less
-# and less often, and takes over within 5 s of the writer's end.
-FENCED_PAUSES = (0.5, 1.0, 2.0, 5.0)
-
 # The writer of a projector's read models holds this session lock, on a connection of its own, for
 # as long as it projects; another process of the same projector waits as a standby until it is
 # free. The position's row lock alone let two live processes take turns, and a batch's work before
@@ -71,52 +68,6 @@ _NAME_WRITER = "SELECT set_config('application_name', $1, false)"
 
 def writer_name() -> str:
     return f"touchline projector on {socket.gethostname()} pid {os.getpid()}"[:63]  # PostgreSQL keeps 63 bytes
-
-
-class Fenced(RuntimeError):
-    """Another process moved this projector's position: start again from where it is."""
-
-
-class CommittedPosition:
-    """How far a log reader has got: one row of ``table`` (name, position, applied), moved in the
-    same transaction as the reader's effects, so that the position is exactly what is applied."""
-
-    def __init__(self, table: str, name: str) -> None:
-        self.table = table
-        self.name = name
-
-    async def load(self, pool: asyncpg.Pool) -> int:
-        position = await self.read(pool)
-        if position is None:
-            await pool.execute(f"INSERT INTO {self.table} (name) VALUES ($1) ON CONFLICT DO NOTHING", self.name)
-            position = 0
-        return position
-
-    async def read(self, db: asyncpg.Pool | asyncpg.Connection) -> int | None:
-        return await db.fetchval(f"SELECT position FROM {self.table} WHERE name = $1", self.name)
-
-    async def hold(self, conn: asyncpg.Connection) -> int | None:
-        """Lock the row for this transaction, whatever it holds: the reader's batches wait meanwhile."""
-        return await conn.fetchval(f"SELECT position FROM {self.table} WHERE name = $1 FOR UPDATE", self.name)
-
-    async def lock(self, conn: asyncpg.Connection, expected: int) -> int:
-        """Lock the row for this transaction; fenced if another process moved it meanwhile."""
-        committed = await self.hold(conn)
-        if committed != expected:
-            raise Fenced(f"position is {committed}, expected {expected}")
-        return committed
-
-    async def rewind(self, conn: asyncpg.Connection) -> None:
-        """Back to the start (the stream read was recreated); under ``hold`` or ``lock``."""
-        await conn.execute(f"UPDATE {self.table} SET position = 0, updated_at = now() WHERE name = $1", self.name)
-
-    async def advance(self, conn: asyncpg.Connection, last: int, applied: int) -> None:
-        await conn.execute(
-            f"UPDATE {self.table} SET position = $2, applied = applied + $3, updated_at = now() WHERE name = $1",
-            self.name,
-            last,
-            applied,
-        )
 
 
 def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
@@ -278,12 +229,12 @@ class Projector:
     async def run(self) -> None:
         gc_tuning.tune_for_streaming()
         lead_key = LEAD_KEY_PREFIX + self.name
-        waits = 0  # in a row, as a standby
+        standby = Backoff("projector.standby", log.info, projector=self.name)
         while not self._stopping.is_set():
             try:
                 async with self.pool.acquire() as lead:
                     if await lead.fetchval(_TAKE_LEAD, lead_key):
-                        waits = 0
+                        standby.got_on()
                         await lead.execute(_NAME_WRITER, writer_name())
                         try:
                             await self._project_while_leading(lead)
@@ -291,8 +242,7 @@ class Projector:
                             with contextlib.suppress(Exception):  # a broken connection holds nothing
                                 await lead.fetchval(_LEAVE_LEAD, lead_key)
                         continue
-                await self._back_off("projector.standby", waits, log.info)
-                waits += 1
+                await standby.pause()
             except RETRYABLE as err:
                 log.warning("projector.postgres_unavailable", projector=self.name, error=str(err))
                 await asyncio.sleep(1.0)
@@ -319,25 +269,18 @@ class Projector:
             log.warning("projector.lead_lost", projector=self.name)
 
     async def _project(self) -> None:
-        fences = 0  # in a row, without applying anything between
+        fenced = Backoff("projector.fenced", projector=self.name)
         while not self._stopping.is_set():
             applied = self.applied_total
             try:
                 await self._run_from_committed_position()
             except Fenced:
                 if self.applied_total != applied:
-                    fences = 0  # it was the writer until now
-                await self._back_off("projector.fenced", fences, log.warning)
-                fences += 1
+                    fenced.got_on()  # it was the writer until now
+                await fenced.pause()
             except RETRYABLE as err:
                 log.warning("projector.postgres_unavailable", projector=self.name, error=str(err))
                 await asyncio.sleep(1.0)
-
-    async def _back_off(self, event: str, tries: int, first) -> None:
-        """Wait longer and longer before the next try; said once at ``first``'s level, then at debug."""
-        pause = FENCED_PAUSES[min(tries, len(FENCED_PAUSES) - 1)]
-        (first if tries == 0 else log.debug)(event, projector=self.name, retry_in_s=pause)
-        await asyncio.sleep(pause)
 
     def stop(self) -> None:
         self._stopping.set()

@@ -49,7 +49,8 @@ from events.commands import (
 from events.log import LoggedEvent
 from services.nats_io import last_log_seq, read_log
 from services.projector.parking import Poison, park
-from services.projector.runner import CommittedPosition, Fenced, decode_messages, first_copies
+from services.log_position import Backoff, CommittedPosition, Fenced
+from services.projector.runner import decode_messages, first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
 from services.runtime.loop import cancel_and_wait
@@ -357,12 +358,15 @@ class RulesWorker:
 
     async def _forever(self, loop: str, body, pause: float = 0.0) -> None:
         """Run ``body`` again and again until stopped; a fence or an outage only pauses it."""
+        fenced = Backoff("rules.fenced", loop=loop)
         while not self._stopping.is_set():
+            position = self.position
             try:
                 await body()
             except Fenced as err:
-                log.warning("rules.fenced", loop=loop, error=str(err))
-                await asyncio.sleep(0.5)
+                if self.position != position:
+                    fenced.got_on()  # it was the writer until now
+                await fenced.pause(error=str(err))
                 continue
             except RETRYABLE + (asyncio.TimeoutError, nats.errors.Error) as err:
                 log.warning("rules.unavailable", loop=loop, error=repr(err))
