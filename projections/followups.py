@@ -47,6 +47,34 @@ class Alert(msgspec.Struct):
     caused_by_id: str | None
 
 
+# --- the answers (GET /followups, /alerts, and the webhooks' bodies) -------------------------------
+
+
+class CausedBy(msgspec.Struct):
+    source: str | None
+    id: str | None
+
+
+class FollowupView(msgspec.Struct):
+    followup_id: str
+    contact: str
+    rule: str
+    reason: str
+    due_at: dt.datetime
+    status: str
+    caused_by: CausedBy
+
+
+class AlertView(msgspec.Struct, omit_defaults=True):
+    alert_id: str
+    rule: str
+    reason: str
+    at: dt.datetime
+    caused_by: CausedBy | None
+    campaign_id: str | None = None
+    goal_id: str | None = None
+
+
 class Summary(msgspec.Struct):
     followups: dict[tuple[str, str], Followup] = msgspec.field(default_factory=dict)
     last_sales: dict[tuple[str, str], dt.datetime] = msgspec.field(default_factory=dict)

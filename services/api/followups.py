@@ -10,6 +10,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post, put
 
 from projections import followups as model
+from projections.followups import AlertView, CausedBy, FollowupView
 from services.api import docs
 from services.api.common import (
     choice,
@@ -29,31 +30,6 @@ from services.api.common import (
 )
 from services.dispatcher import webhooks
 from services.rules.logic import ALERT_RULES, ALL_RULES
-
-
-class CausedBy(msgspec.Struct):
-    source: str | None
-    id: str | None
-
-
-class FollowupView(msgspec.Struct):
-    followup_id: str
-    contact: str
-    rule: str
-    reason: str
-    due_at: dt.datetime
-    status: str
-    caused_by: CausedBy
-
-
-class AlertView(msgspec.Struct, omit_defaults=True):
-    alert_id: str
-    rule: str
-    reason: str
-    at: dt.datetime
-    caused_by: CausedBy | None
-    campaign_id: str | None = None
-    goal_id: str | None = None
 
 
 @get(

@@ -34,6 +34,7 @@ from pydantic import Field, WithJsonSchema
 
 from events import catalog as c
 from events.schema import EXTERNAL_TYPES, inline_event_schema, inline_schema
+from projections.followups import AlertView, CausedBy, FollowupView
 from events.commands import (
     COMMANDS_STREAM,
     COMMANDS_SUBJECTS,
@@ -155,24 +156,13 @@ def logged_event(command: RequestFollowup | RaiseAlert) -> tuple[c.Envelope, str
 def webhook_body(command: RequestFollowup | RaiseAlert, seq: int | None) -> bytes:
     """The JSON a webhook receives: the follow-up (or alert) as the API lists it, plus its log seq."""
     if isinstance(command, RequestFollowup):
-        return _encode({
-            "type": "touchline.followup.requested",
-            "workspace": command.workspace,
-            "seq": seq,
-            "followup": {
-                "followup_id": command.followup_id,
-                "contact": command.contact,
-                "rule": command.rule,
-                "reason": command.reason,
-                "due_at": command.due_at,
-                "status": "open",
-                "caused_by": {"source": command.caused_by_source, "id": command.caused_by_id},
-            },
-        })
-    caused_by = {"source": command.caused_by_source, "id": command.caused_by_id} if command.caused_by_id else None
-    alert = {"alert_id": command.alert_id, "rule": command.rule, "reason": command.reason, "at": command.at,
-             "caused_by": caused_by}
-    alert.update({"campaign_id": command.campaign_id} if command.campaign_id else {"goal_id": command.goal_id})
+        followup = FollowupView(command.followup_id, command.contact, command.rule, command.reason, command.due_at,
+                                "open", CausedBy(command.caused_by_source, command.caused_by_id))
+        return _encode({"type": "touchline.followup.requested", "workspace": command.workspace, "seq": seq,
+                        "followup": followup})
+    caused_by = CausedBy(command.caused_by_source, command.caused_by_id) if command.caused_by_id else None
+    alert = AlertView(command.alert_id, command.rule, command.reason, command.at, caused_by,
+                      campaign_id=command.campaign_id, goal_id=command.goal_id)
     return _encode({"type": "touchline.alert.raised", "workspace": command.workspace, "seq": seq, "alert": alert})
 
 
