@@ -25,6 +25,11 @@ TIMERS_FIRED = "touchline.timer.fired.>"
 # The source of every event the dispatcher writes to the log.
 RULES_SOURCE = "/touchline/rules"
 
+# The rules of CONTRACT.md section 6, by the names their commands carry (``rule``).
+FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
+ALERT_RULES = ("metric-anomaly", "goal-at-risk")
+ALL_RULES = FOLLOWUP_RULES + ALERT_RULES
+
 
 def command_subject(workspace: str) -> str:
     return f"touchline.cmd.{workspace}"

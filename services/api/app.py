@@ -122,9 +122,8 @@ async def create_workspace(request: Request, data: WorkspaceIn) -> WorkspaceOut:
     guards=[authorized("admin")],
 )
 async def create_token(request: Request, ws: str, data: TokenIn) -> TokenOut:
-    unknown = sorted(set(data.scopes) - set(auth.SCOPES))
-    if not data.scopes or unknown:
-        raise ApiError(400, f"scopes: expected some of {list(auth.SCOPES)}, got {unknown or data.scopes}")
+    if problem := auth.invalid_scopes(data.scopes):
+        raise ApiError(400, f"scopes: {problem}")
     token = await auth.create_token(services_of(request).pool, ws, data.scopes)
     return json_response(TokenOut(token, auth.token_id(token), ws, sorted(set(data.scopes))), 201)  # type: ignore[return-value]
 

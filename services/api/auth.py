@@ -31,6 +31,14 @@ class Grant:
         return scope in self.scopes or "admin" in self.scopes
 
 
+def invalid_scopes(scopes: list[str]) -> str | None:
+    """Why ``scopes`` cannot be a token's, or None (the API and the CLI both ask)."""
+    unknown = sorted(set(scopes) - set(SCOPES))
+    if not scopes or unknown:
+        return f"expected some of {list(SCOPES)}, got {unknown or scopes}"
+    return None
+
+
 def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 import msgspec
 from litestar import Request, Response, delete, get, post, put
 
+from events.commands import ALERT_RULES, ALL_RULES
 from projections import followups as model
 from projections.followups import AlertView, CausedBy, FollowupView
 from services.api import docs
@@ -28,8 +29,7 @@ from services.api.common import (
     read_connection,
     services_of,
 )
-from services.dispatcher import webhooks
-from services.rules.logic import ALERT_RULES, ALL_RULES
+from services import webhooks
 
 
 @get(

@@ -107,9 +107,8 @@ def token_create(
 
     With --nats: a NATS user that may publish only to touchline.in.WORKSPACE; prints its URL,
     user, password and inbox prefix as JSON (the password once; only its bcrypt hash is kept)."""
-    unknown = sorted(set(scope) - set(auth.SCOPES))
-    if unknown:
-        raise typer.BadParameter(f"unknown scope {unknown}; expected {list(auth.SCOPES)}", param_hint="--scope")
+    if problem := auth.invalid_scopes(scope):
+        raise typer.BadParameter(problem, param_hint="--scope")
     if nats:
         from services.cli.producers import create_producer
 

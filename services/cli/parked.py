@@ -25,7 +25,7 @@ def parked_list(
     data_dir: Optional[Path] = DataDir,
 ) -> None:
     """Every parked event: projector, log sequence, workspace, error."""
-    from services.projector.parking import waiting
+    from services.parking import waiting
 
     async def run():
         async with backends(Settings.from_env(data_dir=data_dir)) as (pool, _js):
@@ -52,7 +52,7 @@ def parked_redrive(
 ) -> None:
     """Apply parked events again (after a fix); those that still fail stay parked. Exit 1 if any did."""
     from projections.registry import all_projections
-    from services.projector.parking import redrive
+    from services.parking import redrive
     from services.rules.worker import PARKED_AS
 
     if projector == PARKED_AS:

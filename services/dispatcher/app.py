@@ -45,7 +45,8 @@ from events.commands import (
     RequestFollowup,
     decode_command,
 )
-from services.dispatcher import deadletter, webhooks
+from services import webhooks
+from services.dispatcher import deadletter
 from services.ingest import Ingestor, LogUnavailable
 from services.nats_io import nats_connection
 from services.settings import Settings

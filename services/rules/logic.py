@@ -25,6 +25,7 @@ import msgspec
 
 from events import catalog as c
 from events.commands import (
+    FOLLOWUP_RULES,
     RULES_SOURCE,
     RaiseAlert,
     RequestFollowup,
@@ -38,10 +39,6 @@ from projections import goals as goal_model
 from projections.deals import Deal, add_won, won_deal
 from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
 from projections.numbers import EXACT, exact_decimal, scale_of
-
-FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
-ALERT_RULES = ("metric-anomaly", "goal-at-risk")
-ALL_RULES = FOLLOWUP_RULES + ALERT_RULES
 
 RECENT_SALES = dt.timedelta(days=7)
 RESPOND_WITHIN = dt.timedelta(hours=24)

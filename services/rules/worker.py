@@ -48,9 +48,9 @@ from events.commands import (
 )
 from events.log import LoggedEvent
 from services.nats_io import last_log_seq, read_log
-from services.projector.parking import Poison, park
+from services.parking import Poison, decode_messages, park
 from services.log_position import Backoff, CommittedPosition, Fenced
-from services.projector.runner import decode_messages, first_copies
+from services.first_copies import first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
 from services.runtime.loop import cancel_and_wait

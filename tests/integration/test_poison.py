@@ -14,7 +14,7 @@ import pytest
 from events.log import LOG_STREAM, log_subject
 from projections.contacts import ContactsProjection
 from services.nats_io import last_log_seq
-from services.projector.parking import redrive, waiting
+from services.parking import redrive, waiting
 from services.projector.runner import Projector
 from services.store.db import create_pool
 from tests.support import event

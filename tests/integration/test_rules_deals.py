@@ -14,6 +14,7 @@ from importlib import resources
 
 import asyncpg
 
+from events.commands import ALL_RULES
 from events.log import LoggedEvent
 from events.validation import parse_event
 from services.rules import logic
@@ -40,7 +41,7 @@ def test_an_earlier_report_in_a_later_batch_moves_the_deal_in_the_stored_goal_fa
             # No commands: nothing for a dispatcher of another test to take.
             await pool.execute("INSERT INTO rule_settings (workspace, disabled) VALUES ($1, $2)"
                                " ON CONFLICT (workspace) DO UPDATE SET disabled = excluded.disabled",
-                               WS, list(logic.ALL_RULES))
+                               WS, list(ALL_RULES))
             worker = RulesWorker(nc.jetstream(), pool, name="test-rules-deals")
             # From just before its events: no timer another test decided is in its range.
             await pool.execute("INSERT INTO rules_positions (name, position) VALUES ($1, $2)", worker.name, SEQ)

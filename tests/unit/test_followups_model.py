@@ -9,7 +9,7 @@ import msgspec
 
 from events import catalog as c
 from projections import followups as model
-from services.dispatcher import webhooks
+from services import webhooks
 
 T0 = dt.datetime(2026, 11, 1, 10, tzinfo=dt.timezone.utc)
 H = dt.timedelta(hours=1)

@@ -82,7 +82,7 @@ def test_the_values_a_parameter_takes_are_documented(openapi):
     from projections import attribution
     from projections import followups
     from projections.ladder import STAGES, STATUSES
-    from services.rules.logic import ALERT_RULES
+    from events.commands import ALERT_RULES
 
     def parameter(path: str, name: str) -> dict:
         return next(p for p in openapi["paths"][path]["get"]["parameters"] if p["name"] == name)["schema"]

@@ -1,5 +1,6 @@
 """Poison events: park what cannot be applied, go on with the rest, re-drive after a fix.
 
+The projector and the rules worker park here (``parked_events``, one row per reader and sequence).
 A parked event keeps only its position: the log still holds the event itself, so re-driving
 reads it back from JetStream by sequence. Every read model is a fold that does not depend on
 the order events are applied in, so applying a parked event later gives the same state as
@@ -14,7 +15,7 @@ import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LOG_STREAM, decode_logged
+from events.log import LOG_STREAM, LoggedEvent, decode_logged, workspace_of_subject
 
 log = structlog.get_logger()
 
@@ -26,10 +27,22 @@ class Poison:
     error: str
 
 
+def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
+    """The log messages as events; those this code cannot decode become poison to park."""
+    batch: list[LoggedEvent] = []
+    poisons: list[Poison] = []
+    for msg in messages:
+        try:
+            batch.append(decode_logged(msg.seq, msg.subject, msg.headers, msg.data))
+        except Exception as err:  # a shape this code does not know
+            poisons.append(Poison(msg.seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
+    return batch, poisons
+
+
 async def park(conn: asyncpg.Connection, projector: str, poisons: list[Poison]) -> None:
     if not poisons:
         return
-    log.error("projector.parked", projector=projector, seqs=[p.seq for p in poisons], error=poisons[0].error)
+    log.error("events.parked", reader=projector, seqs=[p.seq for p in poisons], error=poisons[0].error)
     await conn.executemany(
         "INSERT INTO parked_events (projector, seq, workspace, error) VALUES ($1, $2, $3, $4)"
         " ON CONFLICT (projector, seq) DO UPDATE SET error = excluded.error, attempts = parked_events.attempts + 1,"
@@ -48,7 +61,7 @@ async def waiting(pool: asyncpg.Pool, projector: str | None = None) -> list[asyn
 
 async def redrive(pool: asyncpg.Pool, js: JetStreamContext, projector: str, projections, seqs=None) -> dict[int, str | None]:
     """Apply parked events again; returns each seq's new error, or None where it was applied."""
-    from services.projector.runner import first_copies
+    from services.first_copies import first_copies
 
     outcome: dict[int, str | None] = {}
     for row in await waiting(pool, projector):
