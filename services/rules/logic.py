@@ -342,18 +342,37 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     ws = state.workspace(ws_id)
     effects = Effects()
     t = utc(event.time)
+    if not event.contact_event or event.subject is None:
+        _workspace_event(ws_id, ws, event, t, effects, now, settings)
+        return effects
+    subject = event.subject
+    contact = state.contact(ws_id, subject)
+    if state.dismissed_unknown:
+        _claim_dismissals(state, ws_id, subject, event)
+    if _contact_bookkeeping(state, ws_id, contact, event, t):
+        return effects
+    changed_metrics = _goal_facts(ws, contact, event, t)
+    changed_metrics |= _touch(ws_id, ws, subject, contact, event, t, effects, now, settings)
+    changed_metrics |= _deal(state, ws_id, ws, subject, contact, event, t, effects, now, settings)
+    if changed_metrics and settings.enabled("goal-at-risk"):
+        affected = {gid for gid, goal in ws.goals.items() if goal.metric in changed_metrics}
+        if affected:
+            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
+    return effects
 
+
+def _workspace_event(ws_id: str, ws: WorkspaceRules, event: c.Envelope, t: dt.datetime, effects: Effects,
+                     now: dt.datetime, settings: Settings) -> None:
+    """An event about the workspace, not a contact: campaigns' names, metrics, goals."""
     if isinstance(event, c.CampaignLaunched):
         if event.data.name:
             ws.campaign_names[event.data.campaign_id] = event.data.name
-        return effects
-    if isinstance(event, c.MetricsReported):
+    elif isinstance(event, c.MetricsReported):
         if settings.enabled("metric-anomaly"):
             effects.commands.extend(_metric_anomaly(ws_id, ws, event, now))
         else:
             _count_metric(ws, event)
-        return effects
-    if isinstance(event, c.GoalSet):
+    elif isinstance(event, c.GoalSet):
         goal = Goal(t, event.source, event.id, event.data.metric, event.data.target, event.data.period_start,
                     event.data.period_end, event.data.currency)
         known = ws.goals.get(event.data.goal_id)
@@ -361,21 +380,16 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
             ws.goals[event.data.goal_id] = goal
         if settings.enabled("goal-at-risk"):
             effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only={event.data.goal_id}))
-        return effects
-    if isinstance(event, c.AlertRaised) or not event.contact_event or event.subject is None:
-        return effects
 
+
+def _contact_bookkeeping(state: RulesState, ws_id: str, contact: ContactRules, event: c.Envelope, t: dt.datetime) -> bool:
+    """Follow-ups made and dismissed, and consent: what the guards read. True if ``event`` was one."""
     subject = event.subject
-    contact = state.contact(ws_id, subject)
-    changed_metrics: set[str] = set()
-    if state.dismissed_unknown:
-        _claim_dismissals(state, ws_id, subject, event)
-
     if isinstance(event, c.FollowupRequested):
         # Written by the dispatcher; when the rules run again from the start, this keeps what was
         # open then open now (a follow-up a timer caused is not re-derived at the same point).
         made(state, ws_id, subject, event.data.followup_id, utc(event.data.trigger_time or event.time))
-        return effects
+        return True
     if isinstance(event, c.FollowupDismissed):
         # It names its follow-up by id, so it closes it whichever contact its subject is (the
         # followups read model marks it dismissed either way, and its contact then has one fewer),
@@ -391,57 +405,76 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
             state.followup_contacts[(ws_id, fid)] = ""
             state.dismissed_unknown = True
         (about or contact).dismiss(fid)
-        return effects
+        return True
     if isinstance(event, (c.OptedOut, c.OptedIn)):
         latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")
         if contact.consent is None or latest.key > contact.consent.key:
             contact.consent = latest
-        return effects
+        return True
+    return False
 
-    # Facts for the goals: leads (earliest reached[lead]) and the stage counts.
+
+def _goal_facts(ws: WorkspaceRules, contact: ContactRules, event: c.Envelope, t: dt.datetime) -> set[str]:
+    """Leads (the earliest reached[lead]) and the stage counts a revenue goal's reason reads; the
+    goal metrics that changed."""
     stage = implied_stage(event)
-    if stage is not None and STAGE_RANK[stage] >= STAGE_RANK["lead"]:
-        if contact.lead_at is None or t < contact.lead_at:
-            if contact.lead_at is not None:
-                _day(ws, contact.lead_at).leads -= 1
-            _day(ws, t).leads += 1
-            contact.lead_at = t
-            changed_metrics.add("leads")
-        for counted in COUNTED_STAGES:
-            if STAGE_RANK[counted] <= STAGE_RANK[stage] and counted not in contact.stages:
-                contact.stages.append(counted)
-                ws.stage_counts[counted] = ws.stage_counts.get(counted, 0) + 1
+    if stage is None or STAGE_RANK[stage] < STAGE_RANK["lead"]:
+        return set()
+    changed = set()
+    if contact.lead_at is None or t < contact.lead_at:
+        if contact.lead_at is not None:
+            _day(ws, contact.lead_at).leads -= 1
+        _day(ws, t).leads += 1
+        contact.lead_at = t
+        changed.add("leads")
+    for counted in COUNTED_STAGES:
+        if STAGE_RANK[counted] <= STAGE_RANK[stage] and counted not in contact.stages:
+            contact.stages.append(counted)
+            ws.stage_counts[counted] = ws.stage_counts.get(counted, 0) + 1
+    return changed
 
+
+def _touch(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope, t: dt.datetime,
+           effects: Effects, now: dt.datetime, settings: Settings) -> set[str]:
+    """A marketing touch's rules; a sales touch's effect on follow-ups, conversations and offers'
+    timers. The goal metrics that changed."""
     kind = touch_kind(event)
     if kind == "marketing":
         contact.marketing_since_sales += 1
         effects.commands.extend(_marketing_rules(ws_id, ws, subject, contact, event, t, now, settings))
-    elif kind == "sales":
-        contact.sales_times.append(t)
-        contact.sales_times.sort()
-        contact.marketing_since_sales = 0
-        # A sales touch at or after a follow-up's trigger makes it done.
-        for fid, trigger in list(contact.open.items()):
-            if t >= trigger:
-                del contact.open[fid]
-        _note_activity(contact, event, t)
-        if isinstance(event, c.ConversationHeld):
-            _day(ws, t).conversations += 1
-            changed_metrics.add("conversations")
-        if isinstance(event, c.OfferMade) and settings.enabled("stalled-offer"):
-            tid = timer_id(ws_id, event.source, event.id)
-            contact.offers[tid] = Offer(t, event.source, event.id, event.data.deal_id, event.data.amount,
-                                        event.data.currency)
-            effects.timers.append(Timer(tid, ws_id, subject, t + STALLED_AFTER))
+        return set()
+    if kind != "sales":
+        return set()
+    contact.sales_times.append(t)
+    contact.sales_times.sort()
+    contact.marketing_since_sales = 0
+    # A sales touch at or after a follow-up's trigger makes it done.
+    for fid, trigger in list(contact.open.items()):
+        if t >= trigger:
+            del contact.open[fid]
+    _note_activity(contact, event, t)
+    if isinstance(event, c.OfferMade) and settings.enabled("stalled-offer"):
+        tid = timer_id(ws_id, event.source, event.id)
+        contact.offers[tid] = Offer(t, event.source, event.id, event.data.deal_id, event.data.amount,
+                                    event.data.currency)
+        effects.timers.append(Timer(tid, ws_id, subject, t + STALLED_AFTER))
+    if isinstance(event, c.ConversationHeld):
+        _day(ws, t).conversations += 1
+        return {"conversations"}
+    return set()
 
-    if isinstance(event, (c.DealWon, c.DealLost)):
+
+def _deal(state: RulesState, ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope,
+          t: dt.datetime, effects: Effects, now: dt.datetime, settings: Settings) -> set[str]:
+    """A deal's outcome: post-sale, the won deals and revenue the goals count. The goal metrics that changed."""
+    if isinstance(event, c.DealLost):
         _note_activity(contact, event, t)
-    if isinstance(event, c.DealWon):
+    elif isinstance(event, c.DealWon):
+        _note_activity(contact, event, t)
         # The first deal.won of the deal in log order: deal ids are one namespace per workspace (as
         # in the deals read model), so a second contact's report of a won deal is not a new sale.
         first = (ws_id, event.data.deal_id) not in state.deals and event.data.deal_id not in contact.won_deals
-        if _count_won(state, ws_id, ws, contact, event):
-            changed_metrics.update(("revenue", "deals_won"))
+        changed = {"revenue", "deals_won"} if _count_won(state, ws_id, ws, contact, event) else set()
         if event.data.deal_id not in contact.won_deals:
             contact.won_deals.append(event.data.deal_id)
         if first and settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
@@ -452,16 +485,12 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
             effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
                                               due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id,
                                               now=now))
-    if isinstance(event, c.DealRefunded):
+        return changed
+    elif isinstance(event, c.DealRefunded):
         day = _day(ws, t)
         day.revenue[event.data.currency] = EXACT.subtract(day.revenue.get(event.data.currency, Decimal(0)), event.data.amount)
-        changed_metrics.add("revenue")
-
-    if changed_metrics and settings.enabled("goal-at-risk"):
-        affected = {gid for gid, goal in ws.goals.items() if goal.metric in changed_metrics}
-        if affected:
-            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
-    return effects
+        return {"revenue"}
+    return set()
 
 
 def made(state: RulesState, workspace: str, subject: str, fid: str, trigger_time: dt.datetime) -> None:
