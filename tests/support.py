@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +23,26 @@ from services.store.db import create_pool, migrate
 
 ADMIN_TOKEN = "test-admin-token"
 _ids = itertools.count(1)
+
+
+def touchline_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None,
+                  timeout: float = 120) -> subprocess.CompletedProcess:
+    """The CLI in a process of its own, as a newcomer runs it: none of this process's TOUCHLINE_*
+    variables, only those ``env`` gives; 200 columns unless ``env`` says otherwise."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
+    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=cwd,
+                          env={**clean, "COLUMNS": "200", **(env or {})}, capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(check, timeout: float = 90, what: str = "condition"):
+    """``check()``'s first true value, asked every 0.1 s; TimeoutError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
 
 
 def event(type_: str, subject: str | None = None, time: str = "2026-11-01T10:00:00Z", *,

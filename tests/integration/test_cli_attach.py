@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from services.runtime.embedded import free_port
+from tests.support import touchline_cli
 
 ADMIN_COMMANDS = [
     ("workspace", "create", "zeta"),
@@ -42,10 +43,8 @@ ADMIN_COMMANDS = [
 
 
 def touchline(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
-    """The CLI as a newcomer runs it: no TOUCHLINE_* variable unless given."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], cwd=cwd,
-                          env={**clean, "COLUMNS": "80", **env}, capture_output=True, text=True, timeout=120)
+    """The CLI as a newcomer runs it, in 80 columns: no TOUCHLINE_* variable unless given."""
+    return touchline_cli(*args, cwd=cwd, env={"COLUMNS": "80", **env})
 
 
 def refused(done: subprocess.CompletedProcess) -> str:

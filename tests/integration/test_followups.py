@@ -24,7 +24,7 @@ import asyncpg
 
 from events.commands import COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
 from events.log import LOG_STREAM
-from tests.support import event
+from tests.support import event, wait_for
 from services.nats_io import connect_client
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -32,16 +32,6 @@ NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 def iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def wait_for(check, timeout: float = 90, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 async def _pipeline_state(stack, ws: str) -> tuple[int, int, int]:

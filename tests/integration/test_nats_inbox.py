@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 
 from events.log import inbox_subject
-from tests.support import event
+from tests.support import event, wait_for
 from services.nats_io import connect_client
 
 
@@ -21,15 +20,6 @@ async def publish(url: str, subject: str, bodies: list, msg_ids: bool = False) -
         acks.append(await js.publish(subject, raw))
     await nc.close()
     return acks
-
-
-def wait_for(check, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 def test_events_published_on_nats_reach_the_log_once(stack):

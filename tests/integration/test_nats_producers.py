@@ -16,19 +16,14 @@ import pytest
 from nats.js.errors import NoStreamResponseError
 
 from events.log import INBOX_STREAM, LOG_STREAM, inbox_subject, log_subject
-from tests.integration.test_nats_inbox import wait_for
-from tests.support import event
+from tests.support import event, touchline_cli, wait_for
 from services.nats_io import connect_client
 
 
 def create_producer(servers, workspace: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    env["TOUCHLINE_DATABASE_URL"] = servers.database_url  # the embedded NATS is found in the data dir
-    done = subprocess.run(
-        [sys.executable, "-m", "services.cli.main", "token", "create", "--workspace", workspace,
-         "--scope", "ingest", "--nats", "--data-dir", str(servers.root)],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    # The embedded NATS is found in the data dir.
+    done = touchline_cli("token", "create", "--workspace", workspace, "--scope", "ingest", "--nats",
+                         "--data-dir", str(servers.root), env={"TOUCHLINE_DATABASE_URL": servers.database_url})
     assert done.returncode == 0, done.stderr + done.stdout
     return json.loads(done.stdout)
 

@@ -16,17 +16,14 @@ import asyncpg
 from events.log import HEADER_CATALOG_VERSION, HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from projections import contacts as contact_model
 from tests.histories import first_copies, history
-from tests.support import ADMIN_TOKEN, event, without_followups
+from tests.support import ADMIN_TOKEN, event, touchline_cli, without_followups
 from services.nats_io import connect_client
 
 READ_ENDPOINTS = ("contacts", "funnel", "touches", "goals", "attribution")
 
 
 def cli(stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args],
-        env={**stack.env, "COLUMNS": "200"}, capture_output=True, text=True, timeout=timeout,
-    )
+    return touchline_cli(*args, env=stack.env, timeout=timeout)
 
 
 def wait_applied(stack, ws: str, auth: dict, seq: int) -> None:

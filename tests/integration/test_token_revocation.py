@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
 
 import nats
@@ -15,7 +13,7 @@ import nats
 from events.log import inbox_subject
 from services.nats_io import connect_client
 from tests.integration.test_nats_producers import create_producer
-from tests.support import event
+from tests.support import event, touchline_cli
 
 TOKEN_CACHE_SECONDS = 5.0  # services.api.auth.TokenBook's ttl: how long an API process may still accept it
 
@@ -85,10 +83,8 @@ def test_only_the_workspace_admin_lists_and_revokes_its_own_tokens(stack):
 
 
 def cli(servers, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    env["TOUCHLINE_DATABASE_URL"] = servers.database_url  # the embedded NATS is found in the data dir
-    return subprocess.run([sys.executable, "-m", "services.cli.main", *args, "--data-dir", str(servers.root)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    # The embedded NATS is found in the data dir.
+    return touchline_cli(*args, "--data-dir", str(servers.root), env={"TOUCHLINE_DATABASE_URL": servers.database_url})
 
 
 def test_the_cli_lists_and_revokes_a_token_by_its_id_or_by_the_token_itself(stack):

@@ -18,7 +18,7 @@ import pytest
 
 from services.runtime.embedded import free_port
 from services.runtime.processes import listens_on
-from tests.support import event, without_followups
+from tests.support import event, touchline_cli, without_followups
 
 pytestmark = pytest.mark.slow
 ADMIN = "up-admin"
@@ -62,9 +62,7 @@ def wait_refused(base: str, timeout: float = 30) -> None:
 
 
 def cli(data_dir: Path, *args: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    done = subprocess.run([sys.executable, "-m", "services.cli.main", *args, "--data-dir", str(data_dir)],
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = touchline_cli(*args, "--data-dir", str(data_dir))
     assert done.returncode == 0, done.stderr + done.stdout
     return done.stdout.strip()
 

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
+from tests.support import touchline_cli
+
 
 def touchline(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
-    return subprocess.run([sys.executable, "-m", "services.cli.main", *args], env={**env, "COLUMNS": "200"},
-                          capture_output=True, text=True, timeout=60)
+    return touchline_cli(*args, timeout=60)
 
 
 def help_of(*command: str) -> str:
