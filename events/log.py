@@ -31,6 +31,9 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_CATALOG_VERSION = "Touchline-Catalog-Version"
 
 
+EventKey = tuple[str, str, str]  # (workspace, source, id): an event's identity, for ever
+
+
 def log_subject(workspace: str) -> str:
     return f"touchline.log.{workspace}"
 

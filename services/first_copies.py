@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from events.log import LoggedEvent, index_key
+from events.log import EventKey, LoggedEvent, index_key
 
 
 # Look every key up first (one index probe each: a join would hash the whole index), and write
@@ -33,15 +33,14 @@ SELECT seq FROM looked_up WHERE known_seq < seq
 INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
 
 
-Key = tuple[str, str, str]  # (workspace, source, id)
 
 
-def index_keys(batch: list[LoggedEvent], earlier: frozenset[Key] = frozenset()) -> tuple[list[tuple[Key, int]], set[Key]]:
+def index_keys(batch: list[LoggedEvent], earlier: frozenset[EventKey] = frozenset()) -> tuple[list[tuple[EventKey, int]], set[EventKey]]:
     """Each (workspace, source, id) of the batch with its lowest seq (the candidates for a first
     copy), and every key of the batch. Keys in ``earlier`` (those of the batch before, still in its
     transaction) are left out: their copies here are later ones, and looking them up would wait for
     that transaction's index rows."""
-    seen: dict[Key, int] = {}
+    seen: dict[EventKey, int] = {}
     for logged in batch:
         event = logged.event
         seen.setdefault((logged.workspace, event.source, event.id), logged.seq)

@@ -22,7 +22,7 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import HEADER_MSG_ID, LOG_STREAM, arrival_headers, event_digest, index_key_of, log_subject
+from events.log import HEADER_MSG_ID, LOG_STREAM, EventKey, arrival_headers, event_digest, index_key_of, log_subject
 from events.upcasting import decode_exact
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
 from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
@@ -111,18 +111,17 @@ INSERT INTO rejected (workspace, via, reason, body)
 SELECT w, $1, r, b FROM unnest($2::text[], $3::text[], $4::bytea[]) AS t(w, r, b)
 """
 
-Key = tuple[str, str, str]  # (workspace, source, id)
 
 
-class Digests(dict[Key, bytes]):
+class Digests(dict[EventKey, bytes]):
     """Each key's ``event_digest``, hashed once: the log's ``Nats-Msg-Id`` is its hex, the index's
     key its first bytes."""
 
-    def __missing__(self, key: Key) -> bytes:
+    def __missing__(self, key: EventKey) -> bytes:
         digest = self[key] = event_digest(*key)
         return digest
 
-    def index_keys(self, keys: list[Key]) -> list[bytes]:
+    def index_keys(self, keys: list[EventKey]) -> list[bytes]:
         return [index_key_of(self[key]) for key in keys]
 
 
@@ -132,13 +131,13 @@ class Appended:
 
     judged: list[tuple[str, Judged]]
     results: list[Result | None]
-    fresh: dict[Key, list[int]] = field(default_factory=dict)  # key -> positions in the batch
-    known: dict[Key, int] = field(default_factory=dict)  # stored before: key -> first seq
-    to_publish: list[Key] = field(default_factory=list)
+    fresh: dict[EventKey, list[int]] = field(default_factory=dict)  # key -> positions in the batch
+    known: dict[EventKey, int] = field(default_factory=dict)  # stored before: key -> first seq
+    to_publish: list[EventKey] = field(default_factory=list)
     stored: list[tuple[int, bool]] = field(default_factory=list)  # (seq, duplicate) of to_publish
     digests: Digests = field(default_factory=Digests)
 
-    def seqs(self) -> dict[Key, int]:
+    def seqs(self) -> dict[EventKey, int]:
         """Every key of the batch with the seq of its first copy, as far as this batch knows."""
         return {**self.known, **{key: seq for key, (seq, _) in zip(self.to_publish, self.stored)}}
 
@@ -169,7 +168,7 @@ class Ingestor:
 
     async def append_many(
         self, judged: list[tuple[str, Judged]], via: str, *, db: asyncpg.Connection | None = None,
-        earlier: dict[Key, int] | None = None,
+        earlier: dict[EventKey, int] | None = None,
     ) -> Appended:
         """``ingest_many`` up to the log append: rejections recorded, the index looked up, the new
         events durably in the log; ``index_appended`` (or ``write_index``) finishes. ``earlier``:
@@ -219,11 +218,11 @@ class Ingestor:
 
     async def write_index(
         self, appended: Appended, *, db: asyncpg.Connection | None = None
-    ) -> dict[Key, tuple[int, bool]]:
+    ) -> dict[EventKey, tuple[int, bool]]:
         """Write the batch's index rows, for a caller that answers no one (the NATS inbox)."""
         return await self._index(appended.to_publish, appended.stored, appended.digests, db)
 
-    async def _lookup(self, keys: list[Key], digests: Digests, db: asyncpg.Connection | None = None) -> dict[Key, int]:
+    async def _lookup(self, keys: list[EventKey], digests: Digests, db: asyncpg.Connection | None = None) -> dict[EventKey, int]:
         index_keys = digests.index_keys(keys)
         try:
             rows = await (db or self.pool).fetch(_LOOKUP, index_keys)
@@ -235,7 +234,7 @@ class Ingestor:
         return {key_of[index_key]: seq for index_key, seq in rows}
 
     async def _append(
-        self, keys: list[Key], events: list[Judged], received_at: dt.datetime, digests: Digests,
+        self, keys: list[EventKey], events: list[Judged], received_at: dt.datetime, digests: Digests,
         db: asyncpg.Connection | None = None,
     ) -> list[tuple[int, bool]]:
         """Publish to the log; every (seq, duplicate) once durably acked.
@@ -262,14 +261,14 @@ class Ingestor:
                 raise outcome
         return [ack for outcome in outcomes for ack in outcome]
 
-    async def _append_chunk(self, keys: list[Key], messages, digests: Digests, db) -> list[tuple[int, bool]]:
+    async def _append_chunk(self, keys: list[EventKey], messages, digests: Digests, db) -> list[tuple[int, bool]]:
         """One atomic batch. JetStream refuses a whole batch when one of its ids is in its dedupe
         window, without saying which: most likely a concurrent request stored it a moment ago, so
         look the keys up again (after a short wait for that request's index write) and publish the
         rest atomically again. After DUPLICATE_RETRIES such rounds, or when the outcome is unknown,
         publish one by one with the same ``Nats-Msg-Id``s, which answers each with its first copy's
         sequence (each message then fsynced alone: far slower)."""
-        outcome: dict[Key, tuple[int, bool]] = {}
+        outcome: dict[EventKey, tuple[int, bool]] = {}
         pending = list(zip(keys, messages))
         maybe_committed = False
         for attempt in range(DUPLICATE_RETRIES + 1):
@@ -331,8 +330,8 @@ class Ingestor:
         return [(ack.seq, bool(ack.duplicate)) for ack in acks]
 
     async def _index(
-        self, keys: list[Key], stored: list[tuple[int, bool]], digests: Digests, db: asyncpg.Connection | None = None
-    ) -> dict[Key, tuple[int, bool]]:
+        self, keys: list[EventKey], stored: list[tuple[int, bool]], digests: Digests, db: asyncpg.Connection | None = None
+    ) -> dict[EventKey, tuple[int, bool]]:
         """Record the first copy's sequence for ever; a lower one already there wins. Through ``db``
         (a caller's transaction) a failure is raised, for the caller to roll back and redo."""
         outcome = {key: (seq, dup) for key, (seq, dup) in zip(keys, stored)}

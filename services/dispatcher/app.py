@@ -297,12 +297,12 @@ def event_payload(title: str, description: str, types: tuple[type[c.Envelope], .
                      Field(title=title)]
 
 
-InboxEvent = event_payload(
+InboxEventPayload = event_payload(
     "CloudEvent",
     "One event in CloudEvents 1.0 structured mode (JSON), of a type of the catalog (its `type`).",
     EXTERNAL_TYPES,
 )
-LoggedEvent = event_payload(
+LoggedEventPayload = event_payload(
     "LoggedEvent",
     "An accepted event as received (structured mode), or one the dispatcher wrote.",
     c.ALL_TYPES,
@@ -333,11 +333,12 @@ def describe(nats_url: str | None = None) -> FastStream:
             " exactly once (position committed in PostgreSQL) into the log or the rejected list."
             " Connect with the user, password and inbox prefix of `touchline token create --workspace W"
             " --scope ingest --nats` (without the prefix the publish is stored but its ack never arrives);"
-            " an event is at most 64 KiB; leave Nats-Msg-Id unset or unique per event (a repeated one is"
-            " dropped for 2 minutes, its ack saying duplicate)."
+            " an event is at most 64 KiB; leave Nats-Msg-Id unset: Touchline deduplicates by source and id"
+            " for ever, and the inbox, shared by every workspace's producers, drops a message whose"
+            " Nats-Msg-Id it saw in the last 100 ms (its ack saying duplicate)."
         ),
     )
-    async def ingest(body: InboxEvent) -> None:
+    async def ingest(body: InboxEventPayload) -> None:
         raise RuntimeError("described only: the inbox is read by services/inbox.py")
 
     broker.publisher(
@@ -348,7 +349,7 @@ def describe(nats_url: str | None = None) -> FastStream:
             " received, headers Nats-Msg-Id, Touchline-Received-At, Touchline-Catalog-Version (the"
             " workspace is the subject's last token). Its stream sequence is the seq of ingest answers and min_seq."
         ),
-        schema=LoggedEvent,
+        schema=LoggedEventPayload,
     )
     return application
 

@@ -23,10 +23,10 @@ import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LoggedEvent
+from events.log import EventKey, LoggedEvent
 from projections.batching import PreparedBatch
 from services import gc_tuning
-from services.first_copies import INDEX_KEYS, Key, first_copies, index_keys
+from services.first_copies import INDEX_KEYS, first_copies, index_keys
 from services.log_position import Backoff, CommittedPosition, Fenced
 from services.nats_io import read_log
 from services.parking import Poison, decode_messages, park
@@ -271,7 +271,7 @@ class Projector:
                  ms=round((time.perf_counter() - started) * 1000, 1))
 
     async def _read_ahead(self, sub, ready: asyncio.Queue[ReadyBatch]) -> None:
-        previous: frozenset[Key] = frozenset()
+        previous: frozenset[EventKey] = frozenset()
         while True:
             messages = await sub.next_batch(self.batch_max, self.wait)
             if messages:
@@ -280,7 +280,7 @@ class Projector:
                 previous = frozenset(item.batch.prepared[INDEX_KEYS][1])
                 await ready.put(item)
 
-    def prepare_messages(self, messages, previous_keys: frozenset[Key] = frozenset()) -> ReadyBatch:
+    def prepare_messages(self, messages, previous_keys: frozenset[EventKey] = frozenset()) -> ReadyBatch:
         """Decode, and do every projection's pure work (no I/O): the batch as its transaction needs
         it. ``previous_keys``: those of the batch before, whose copies here are not first copies."""
         events, poisons = decode_messages(messages)

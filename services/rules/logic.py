@@ -37,7 +37,7 @@ from events.commands import (
 from events.log import LoggedEvent
 from projections import goals as goal_model
 from projections.deals import Deal, add_won, won_deal
-from projections.ladder import STAGE_RANK, implied_stage, touch_kind, utc
+from projections.ladder import STAGE_RANK, OrderKey, implied_stage, touch_kind, utc
 from projections.numbers import EXACT, exact_decimal, scale_of
 
 RECENT_SALES = dt.timedelta(days=7)
@@ -56,8 +56,6 @@ COUNTED_STAGES = ("lead", "opportunity", "customer")
 
 VERBS = {"like": "liked", "comment": "commented on", "share": "shared", "click": "clicked", "reply": "replied to"}
 
-Key = tuple[dt.datetime, str, str]
-
 
 # --- state -------------------------------------------------------------------------------
 
@@ -71,7 +69,7 @@ class Offer(msgspec.Struct, array_like=True):
     currency: str
 
     @property
-    def key(self) -> Key:
+    def key(self) -> OrderKey:
         return (self.time, self.source, self.id)
 
 
@@ -82,7 +80,7 @@ class Latest(msgspec.Struct, array_like=True):
     value: str = ""
 
     @property
-    def key(self) -> Key:
+    def key(self) -> OrderKey:
         return (self.time, self.source, self.id)
 
 
@@ -134,7 +132,7 @@ class Goal(msgspec.Struct):
     currency: str | None = None
 
     @property
-    def key(self) -> Key:
+    def key(self) -> OrderKey:
         return (self.time, self.source, self.id)
 
 
