@@ -37,7 +37,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 
 from events.log import workspace_of_subject
-from services.ingest import Appended, Ingestor, Judged, LogUnavailable, judge
+from services.ingest import Appended, Ingestor, Judged, IngestUnavailable, judge
 from services.nats_io import INBOX_STREAM_CONFIG, read_log
 from services.log_position import Backoff, CommittedPosition, Fenced
 from services.runtime.loop import cancel_and_wait
@@ -100,7 +100,7 @@ class InboxReader:
                 if self.handled_total != handled:
                     fenced.got_on()  # it was the reader until now
                 await fenced.pause(reason=str(err))
-            except (LogUnavailable, *RETRYABLE, OSError, asyncpg.InterfaceError, nats.errors.Error) as err:
+            except (IngestUnavailable, *RETRYABLE, OSError, asyncpg.InterfaceError, nats.errors.Error) as err:
                 log.warning("inbox.retry", reader=self.name, error=str(err) or repr(err))
                 await asyncio.sleep(RETRY_DELAY_SECONDS)
             except Exception as err:  # keep the way in alive whatever happens; start again
@@ -223,7 +223,7 @@ class InboxReader:
         try:
             return await self.known_workspace(workspace)
         except DATABASE_UNAVAILABLE as err:
-            raise LogUnavailable(f"workspaces cannot be read: {err}") from err
+            raise IngestUnavailable(f"workspaces cannot be read: {err}") from err
 
     async def _store(
         self, judged: list[tuple[str, Judged]], unknown: list[tuple[str, bytes, str]], db=None

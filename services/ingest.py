@@ -48,12 +48,14 @@ class Result(msgspec.Struct, omit_defaults=True):
     error: str | None = None
 
 
-class LogUnavailable(RuntimeError):
-    """The log could not be written, and nothing was stored; the caller answers 503 and may retry
-    the whole request."""
+class IngestUnavailable(RuntimeError):
+    """Ingest cannot go on for now: the log, the dedupe index or the rejected list could not be
+    written. Raised before anything is stored (the HTTP API answers 503: retry the whole request),
+    or, inside a caller's transaction (the NATS inbox), for the caller to roll back and read the
+    batch again (what reached the log then comes back as duplicates)."""
 
 
-class OutcomeUnknown(LogUnavailable):
+class OutcomeUnknown(IngestUnavailable):
     """The log took a batch's commit but never confirmed it, for longer than the ingestor waits:
     the events may or may not be stored. Retrying the whole request is safe (a stored event is
     answered ``duplicate`` with its seq); the HTTP API answers 504."""
@@ -227,7 +229,7 @@ class Ingestor:
         try:
             rows = await (db or self.pool).fetch(_LOOKUP, index_keys)
         except DATABASE_UNAVAILABLE as err:
-            raise LogUnavailable(f"the dedupe index is unavailable: {err}") from err
+            raise IngestUnavailable(f"the dedupe index is unavailable: {err}") from err
         if not rows:  # the usual answer: none of them stored before
             return {}
         key_of = dict(zip(index_keys, keys))
@@ -281,7 +283,7 @@ class Ingestor:
             except AtomicBatchError as err:
                 if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
                     log.error("log.unavailable", error=str(err))
-                    raise LogUnavailable(f"the log could not be written: {err}") from err
+                    raise IngestUnavailable(f"the log could not be written: {err}") from err
                 maybe_committed = err.maybe_committed
                 if err.err_code != DUPLICATE_IN_BATCH or maybe_committed or attempt == DUPLICATE_RETRIES:
                     break
@@ -306,9 +308,9 @@ class Ingestor:
         while True:
             try:
                 if not self.nc.is_connected:  # asked on the next connection, not queued for it
-                    raise LogUnavailable("not connected to NATS")
+                    raise IngestUnavailable("not connected to NATS")
                 return await self._append_one_by_one(messages, min(self.publish_timeout, give_up - time.monotonic()))
-            except LogUnavailable as err:
+            except IngestUnavailable as err:
                 if time.monotonic() >= give_up:
                     raise OutcomeUnknown(
                         f"the log did not confirm the write within {self.confirm_seconds:g}s: the events may"
@@ -326,7 +328,7 @@ class Ingestor:
             acks = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
             log.error("log.unavailable", error=repr(err))
-            raise LogUnavailable(f"the log could not be written: {err!r}") from err
+            raise IngestUnavailable(f"the log could not be written: {err!r}") from err
         return [(ack.seq, bool(ack.duplicate)) for ack in acks]
 
     async def _index(
@@ -342,7 +344,7 @@ class Ingestor:
             rows = await (db or self.pool).fetch(_INDEX, index_keys, [seq for seq, _ in stored])
         except DATABASE_UNAVAILABLE as err:
             if db is not None:
-                raise LogUnavailable(f"the dedupe index could not be written: {err}") from err
+                raise IngestUnavailable(f"the dedupe index could not be written: {err}") from err
             # The events are durably in the log; the projector indexes them as it applies them.
             log.warning("index.deferred", error=str(err))
             return outcome
@@ -373,4 +375,4 @@ class Ingestor:
         try:
             await (db or self.pool).execute(_REJECT, via, workspaces, reasons, bodies)
         except DATABASE_UNAVAILABLE as err:
-            raise LogUnavailable(f"the rejected list could not be written: {err}") from err
+            raise IngestUnavailable(f"the rejected list could not be written: {err}") from err

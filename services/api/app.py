@@ -51,7 +51,7 @@ from services.api.common import (
     unexpected_response,
 )
 from services import gc_tuning
-from services.ingest import Judged, LogUnavailable, OutcomeUnknown, Result, judge
+from services.ingest import Judged, IngestUnavailable, OutcomeUnknown, Result, judge
 from services.status import StatusReport, status_report
 from services.store import readiness
 from services.store.db import RETRYABLE
@@ -374,14 +374,14 @@ async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     except Refused as refused:
         try:
             await ingestor.record_rejected(ws, [(refused.kept, str(refused.detail))], via="http")
-        except LogUnavailable as err:
+        except IngestUnavailable as err:
             raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
         raise
     try:
         results = await ingestor.ingest(ws, judged, via="http")
     except OutcomeUnknown as err:
         raise ApiError(504, str(err), headers={"Retry-After": "1"}) from None
-    except LogUnavailable as err:
+    except IngestUnavailable as err:
         raise ApiError(503, str(err), headers={"Retry-After": "1"}) from None
     seqs = [result.seq for result in results if result.seq is not None]
     return json_response(IngestAnswer(results, max(seqs) if seqs else None))  # type: ignore[return-value]

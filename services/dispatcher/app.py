@@ -47,7 +47,7 @@ from events.commands import (
 )
 from services import webhooks
 from services.dispatcher import deadletter
-from services.ingest import Ingestor, LogUnavailable
+from services.ingest import Ingestor, IngestUnavailable
 from services.nats_io import nats_connection
 from services.settings import Settings
 
@@ -210,7 +210,7 @@ async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMe
             return "parked"
         delay = COMMAND_BACKOFF[min(attempt, len(COMMAND_BACKOFF)) - 1]
         await msg.nack(delay=delay)
-        level = bound.warning if isinstance(err, LogUnavailable) else bound.error
+        level = bound.warning if isinstance(err, IngestUnavailable) else bound.error
         level("dispatcher.retry", error=error, in_s=delay)
         return "retry"
     await raw.ack_sync()  # acked only now that the log append and the delivery are durable

@@ -10,7 +10,7 @@ import asyncio
 import asyncpg
 import pytest
 
-from services.ingest import Digests, Ingestor, LogUnavailable
+from services.ingest import Digests, Ingestor, IngestUnavailable
 from services.store.db import RETRYABLE, UNAVAILABLE
 
 MID_OPERATION = asyncpg.exceptions.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
@@ -31,7 +31,7 @@ def test_ingest_meets_it_as_the_index_being_unavailable():
     ingestor = Ingestor.__new__(Ingestor)
     ingestor.pool = DroppedPool()
     key = ("acme", "/shop", "e1")
-    with pytest.raises(LogUnavailable, match="the dedupe index is unavailable"):
+    with pytest.raises(IngestUnavailable, match="the dedupe index is unavailable"):
         asyncio.run(ingestor._lookup([key], Digests()))
     # After the log append: the events are stored; the index is deferred to the projector.
     assert asyncio.run(ingestor._index([key], [(7, False)], Digests())) == {key: (7, False)}
