@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import zlib
 from typing import Annotated
 
 import asyncpg
@@ -13,15 +12,7 @@ from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.params import Parameter
 
-from events.upcasting import decode_exact
-from events.validation import (
-    MAX_BATCH_BYTES,
-    MAX_BATCH_EVENTS,
-    MAX_EVENT_BYTES,
-    binary_to_structured,
-    header_error,
-    is_workspace_id,
-)
+from events.validation import MAX_BATCH_BYTES, is_workspace_id
 from projections import contacts as contact_model
 from projections import followups as followup_model
 from projections.ladder import STAGES, STATUSES
@@ -51,13 +42,11 @@ from services.api.common import (
     unexpected_response,
 )
 from services import gc_tuning
-from services.ingest import Judged, IngestUnavailable, OutcomeUnknown, Result, judge
+from services.api.ingest_body import Refused, read_events
+from services.ingest import IngestUnavailable, OutcomeUnknown, Result
 from services.status import StatusReport, status_report
 from services.store import readiness
 from services.store.db import RETRYABLE
-
-_decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
-
 
 # --- health, workspaces, tokens ---------------------------------------------------------
 
@@ -171,175 +160,6 @@ class IngestAnswer(msgspec.Struct):
     last_seq: int | None
 
 
-class Refused(ApiError):
-    """A request refused whole (400, 413, 415): its body (the first 64 KiB) is kept in the rejected
-    list like any refused event's, with the answer's error as the reason."""
-
-    def __init__(self, status_code: int, error: str, kept: bytes) -> None:
-        super().__init__(status_code, error)
-        self.kept = kept[:MAX_EVENT_BYTES]
-
-
-def _charset(content_type: str) -> str | None:
-    """The media type's charset parameter, lower case, unquoted; None without one."""
-    for parameter in content_type.split(";")[1:]:
-        name, _, value = parameter.partition("=")
-        if name.strip().lower() == "charset":
-            return value.strip().strip('"').lower()
-    return None
-
-
-def _split_request(content_type: str, headers: dict[str, str], body: bytes) -> list[Judged]:
-    kind = content_type.split(";", 1)[0].strip().lower()
-    charset = _charset(content_type)
-    if charset not in (None, "utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259): another was read as UTF-8 all the same
-        raise Refused(415, f"charset {charset[:40]!r} is not supported: send the body in UTF-8", body)
-    if kind == "application/cloudevents+json":
-        if len(body) > MAX_EVENT_BYTES:
-            raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", body)
-        _require_json(body, body)
-        return [judge(body)]
-    if kind == "application/cloudevents-batch+json":
-        try:
-            elements = _decode_batch(body)
-        except msgspec.ValidationError:
-            # msgspec stops at the first character that is not an array's: `{not json` is not JSON.
-            _require_json(body, body)
-            raise Refused(400, "a batch must be a JSON array of events", body) from None
-        except msgspec.DecodeError as err:
-            raise Refused(400, f"the body is not JSON: {err}", body) from None
-        except RecursionError:
-            raise Refused(400, "the body is nested too deeply", body) from None
-        if len(elements) > MAX_BATCH_EVENTS:
-            raise Refused(413, f"a batch is at most {MAX_BATCH_EVENTS} events", body)
-        return [judge(bytes(element)) for element in elements]
-    if _binary_mode(kind, headers):
-        structured, error = binary_to_structured(headers, body)
-        if len(body) > MAX_EVENT_BYTES:
-            raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", structured)
-        if body.strip():  # no body: an event without data
-            _require_json(body, structured)
-        item = Judged(structured, error=error) if error else judge(structured)
-        if item.error:
-            item.error = header_error(item.error)
-        return [item]
-    raise Refused(
-        415,
-        "send application/cloudevents+json, application/cloudevents-batch+json,"
-        " or application/json with ce-* headers",
-        body,
-    )
-
-
-def _binary_mode(content_type: str, headers: dict[str, str]) -> bool:
-    """``application/json`` with ``ce-*`` headers: the CloudEvents HTTP binding's binary mode."""
-    kind = content_type.split(";", 1)[0].strip().lower()
-    return kind == "application/json" and any(name.startswith("ce-") for name in headers)
-
-
-def _require_json(body: bytes, kept: bytes) -> None:
-    try:
-        decode_exact(body)
-    except msgspec.DecodeError as err:
-        raise Refused(400, f"the body is not JSON: {err}", kept) from None
-    except UnicodeDecodeError:
-        # msgspec's offset is within the string it was reading; the body's own is more use.
-        try:
-            body.decode()
-            where = ""
-        except UnicodeDecodeError as err:
-            where = f" at byte {err.start}"
-        raise Refused(400, f"the body is not JSON: invalid UTF-8{where}", kept) from None
-    except RecursionError:
-        raise Refused(400, "the body is nested too deeply", kept) from None
-
-
-# Content codings a producer may compress a body with (RFC 9110 section 8.4.1), and the zlib
-# window bits that read each: "deflate" is the zlib format, as the RFC says.
-_CONTENT_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
-
-
-class _Inflater:
-    """A compressed body decompressed as it arrives. A gzip body may be several gzip members one
-    after another (RFC 1952 section 2.2: what a streaming compressor that starts afresh, or a
-    ``cat`` of .gz files, sends); they are read as one. A zlib stream (deflate) is one stream."""
-
-    def __init__(self, coding: str) -> None:
-        self.wbits = _CONTENT_CODINGS[coding]
-        self.members = coding != "deflate"
-        self.stream = zlib.decompressobj(self.wbits)
-
-    def decompress(self, chunk: bytes, room: int) -> bytes:
-        """What ``chunk`` adds, at most ``room`` (> 0) bytes; raises zlib.error."""
-        data, out = self.stream.unconsumed_tail + chunk, []
-        while True:
-            piece = self.stream.decompress(data, room)
-            out.append(piece)
-            room -= len(piece)
-            if not (self.members and self.stream.eof and self.stream.unused_data and room > 0):
-                return b"".join(out)
-            data, self.stream = self.stream.unused_data, zlib.decompressobj(self.wbits)
-
-    @property
-    def ended(self) -> bool:
-        return self.stream.eof
-
-    @property
-    def trailing(self) -> bytes:
-        return self.stream.unused_data
-
-
-async def _read_body(request: Request) -> bytes:
-    """The body, up to MAX_BATCH_BYTES; past that, Refused with its start kept. A body announced
-    larger is refused before any of it is read (a client may announce a gigabyte and send nothing).
-    A compressed body (``Content-Encoding: gzip`` or ``deflate``) is decompressed as it arrives and
-    held to the same limit once decompressed (a small body may expand a thousandfold); as sent it
-    may be up to twice that (stored or fixed-code deflate blocks are a little larger than their
-    content). A body in another coding is read too, for the rejected list to keep its start."""
-    # Two Content-Encoding headers are one list (RFC 9110 section 5.3): "gzip, gzip", not "gzip".
-    coding = ", ".join(request.headers.getall("content-encoding", [])).strip().lower()
-    compressed = coding in _CONTENT_CODINGS
-    unsupported = coding not in ("", "identity") and not compressed
-    limit = 2 * MAX_BATCH_BYTES if compressed else MAX_BATCH_BYTES
-    announced = request.headers.get("content-length", "")
-    if announced.isdigit() and int(announced) > limit:
-        raise Refused(413, f"a request is at most {limit} bytes; this one announced {announced}"
-                           " (its body was not read)", b"")
-    inflate = _Inflater(coding) if compressed else None
-    chunks: list[bytes] = []
-    size = received = 0
-    sent = b""  # the start of the body as sent: what a body that does not decompress is kept as
-    async for chunk in request.stream():
-        received += len(chunk)
-        if compressed or unsupported:
-            if len(sent) < MAX_EVENT_BYTES:
-                sent += chunk[:MAX_EVENT_BYTES - len(sent)]
-            if received > limit:
-                raise Refused(413, f"a request is at most {limit} bytes as sent", sent)
-        if unsupported:
-            continue
-        if inflate is not None:
-            try:
-                # At most one byte past the limit: enough to know the body is over it.
-                chunk = inflate.decompress(chunk, MAX_BATCH_BYTES + 1 - size)
-            except zlib.error as err:
-                raise Refused(400, f"the body is not valid {coding}: {err}", sent) from None
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BATCH_BYTES:
-            once = " once decompressed" if inflate is not None else ""
-            raise Refused(413, f"a request is at most {MAX_BATCH_BYTES} bytes{once}", b"".join(chunks))
-    if unsupported:
-        raise Refused(415, f"Content-Encoding {coding[:100]!r} is not supported: send the body as it is,"
-                           " or compressed with gzip or deflate", sent)
-    if inflate is not None and not inflate.ended:
-        raise Refused(400, f"the body is not valid {coding}: it ends before its compressed data does", sent)
-    if inflate is not None and inflate.trailing:
-        raise Refused(400, f"the body is not valid {coding}: bytes follow the end of its compressed data"
-                           " (one compressed stream a request)", sent)
-    return b"".join(chunks)
-
-
 @post(
     "/v1/workspaces/{ws:str}/events",
     summary="Ingest one CloudEvent or a batch; answered once accepted events are durably logged",
@@ -353,24 +173,16 @@ async def _read_body(request: Request) -> bytes:
     status_code=200,
     security=docs.BEARER,
     responses=docs.INGEST_ERRORS,
-    # The body is read by the handler (_read_body), not by Litestar: its schema is documentation only.
+    # The body is read by the handler (ingest_body.read_events), not by Litestar: its schema is documentation only.
     operation_class=docs.IngestOperation,
-    # Read and limited by _read_body, which keeps the start of a refused body.
+    # Read and limited by ingest_body.read_body, which keeps the start of a refused body.
     request_max_body_size=2**40,
     guards=[authorized("ingest")],
 )
 async def ingest_events(request: Request, ws: str) -> IngestAnswer:
     ingestor = services_of(request).ingestor
-    headers = {name.lower(): value for name, value in request.headers.items()}
-    content_type = headers.get("content-type", "")
     try:
-        try:
-            body = await _read_body(request)
-        except Refused as refused:
-            if _binary_mode(content_type, headers):  # kept as the event it was, ce-* and all
-                refused.kept = binary_to_structured(headers, refused.kept)[0][:MAX_EVENT_BYTES]
-            raise
-        judged = _split_request(content_type, headers, body)
+        judged = await read_events(request)
     except Refused as refused:
         try:
             await ingestor.record_rejected(ws, [(refused.kept, str(refused.detail))], via="http")

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from services.api.app import _Inflater
+from services.api.ingest_body import Inflater as _Inflater
 
 TEXT = b'[{"specversion": "1.0", "id": "e1"}, {"specversion": "1.0", "id": "e2"}]' * 50
 
