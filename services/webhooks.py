@@ -83,6 +83,11 @@ async def configure(pool: asyncpg.Pool, workspace: str, url: str, *, max_attempt
     return Webhook(workspace, url, secret, max_attempts, tuple(map(float, backoff_seconds)), float(timeout_seconds))
 
 
+async def remove(pool: asyncpg.Pool, workspace: str) -> None:
+    """No more deliveries: commands from now on are logged without a webhook call."""
+    await pool.execute("DELETE FROM webhooks WHERE workspace = $1", workspace)
+
+
 async def webhook_of(conn: asyncpg.Pool | asyncpg.Connection, workspace: str) -> Webhook | None:
     row = await conn.fetchrow(
         "SELECT url, secret, max_attempts, backoff_seconds, timeout_seconds FROM webhooks WHERE workspace = $1", workspace

@@ -164,7 +164,7 @@ async def get_webhook(request: Request, ws: str) -> WebhookOut:
     guards=[authorized("admin")],
 )
 async def delete_webhook(request: Request, ws: str) -> None:
-    await services_of(request).pool.execute("DELETE FROM webhooks WHERE workspace = $1", ws)
+    await webhooks.remove(services_of(request).pool, ws)
 
 
 # --- rule settings ----------------------------------------------------------------------
