@@ -91,25 +91,22 @@ def default_api_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 4))
 
 
-def _seconds(value: str | None, name: str) -> float | None:
+def _positive(value: str | None, name: str, kind: type, wanted: str) -> float | int | None:
+    """A variable's number above 0 (None when unset), or one line naming it."""
     if not value:
         return None
     try:
-        number = float(value)
+        number = kind(value)
     except ValueError:
-        number = 0.0
+        number = 0
     if not 0 < number < float("inf"):
-        raise SystemExit(f"touchline: {name} must be a number of seconds above 0, got {value!r}")
+        raise SystemExit(f"touchline: {name} must be {wanted}, got {value!r}")
     return number
+
+
+def _seconds(value: str | None, name: str) -> float | None:
+    return _positive(value, name, float, "a number of seconds above 0")
 
 
 def _positive_int(value: str | None, name: str) -> int | None:
-    if not value:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        raise SystemExit(f"touchline: {name} must be a whole number of at least 1, got {value!r}")
-    return number
+    return _positive(value, name, int, "a whole number of at least 1")
