@@ -27,7 +27,7 @@ from nats.aio.client import Client
 # refused with err_code 10199, so checking here saves sending a doomed batch.
 MAX_ATOMIC_BATCH = 1000
 
-_BATCH_ID = "Nats-Batch-Id"
+BATCH_ID_HEADER = "Nats-Batch-Id"
 _BATCH_SEQ = "Nats-Batch-Sequence"
 _BATCH_COMMIT = "Nats-Batch-Commit"
 _EXPECTED_STREAM = "Nats-Expected-Stream"
@@ -45,10 +45,12 @@ class AtomicBatchError(Exception):
     (refused with 10201 if the first attempt landed) or a read of the stream can tell.
     """
 
-    def __init__(self, message: str, *, err_code: int | None = None, maybe_committed: bool = False) -> None:
+    def __init__(self, message: str, *, err_code: int | None = None, maybe_committed: bool = False,
+                 batch_id: str | None = None) -> None:
         super().__init__(message)
         self.err_code = err_code
         self.maybe_committed = maybe_committed
+        self.batch_id = batch_id  # the batch's Nats-Batch-Id, which its stored messages keep
 
 
 def _check_reply(data: bytes, what: str) -> dict | None:
@@ -92,7 +94,7 @@ def _frames(messages, batch_id: str, start: int) -> bytes:
     out: list[bytes] = []
     append = out.append
     for position, (subject, payload, headers) in enumerate(messages, start=start):
-        hdr = f"NATS/1.0\r\n{_header_lines(headers)}{_BATCH_ID}: {batch_id}\r\n{_BATCH_SEQ}: {position}\r\n\r\n".encode()
+        hdr = f"NATS/1.0\r\n{_header_lines(headers)}{BATCH_ID_HEADER}: {batch_id}\r\n{_BATCH_SEQ}: {position}\r\n\r\n".encode()
         append(f"HPUB {subject}  {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
         append(hdr)
         append(payload)
@@ -144,7 +146,7 @@ async def publish_atomic(
     async def request(position: int) -> dict | None:
         subject, payload, headers = subject_and_payloads[position - 1]
         # Copy: the caller's dicts must not carry our batch headers into a later publish.
-        hdr = {**headers, _BATCH_ID: batch_id, _BATCH_SEQ: str(position)}
+        hdr = {**headers, BATCH_ID_HEADER: batch_id, _BATCH_SEQ: str(position)}
         last = position == count
         if last:
             hdr[_BATCH_COMMIT] = "1"
@@ -162,10 +164,10 @@ async def publish_atomic(
             # Before the commit nothing can be stored (the server drops the staged batch after
             # 10 s of silence); on the commit itself we cannot know.
             raise AtomicBatchError(
-                f"message {position}: no reply within {timeout}s", maybe_committed=last
+                f"message {position}: no reply within {timeout}s", maybe_committed=last, batch_id=batch_id
             ) from err
         except nats.errors.Error as err:
-            raise AtomicBatchError(f"message {position}: {err!r}", maybe_committed=last) from err
+            raise AtomicBatchError(f"message {position}: {err!r}", maybe_committed=last, batch_id=batch_id) from err
         return _check_reply(reply.data, f"message {position}")
 
     # Ask for a reply on the first message so a refusal (stream missing, atomic disabled, too
@@ -180,7 +182,7 @@ async def publish_atomic(
 
     # The ack belongs to the commit; make sure it is ours and complete before trusting its seq.
     if not ack or ack.get("batch") != batch_id or ack.get("count") != count or ack.get("stream") != stream:
-        raise AtomicBatchError(f"unexpected commit ack {ack!r}", maybe_committed=True)
+        raise AtomicBatchError(f"unexpected commit ack {ack!r}", maybe_committed=True, batch_id=batch_id)
     last_seq: int = ack["seq"]
     return list(range(last_seq - count + 1, last_seq + 1))
 

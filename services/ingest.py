@@ -25,7 +25,7 @@ from events.catalog import Envelope
 from events.log import HEADER_MSG_ID, LOG_STREAM, EventKey, arrival_headers, event_digest, index_key_of, log_subject
 from events.upcasting import decode_exact
 from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
-from services.atomic_publish import MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
+from services.atomic_publish import BATCH_ID_HEADER, MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = structlog.get_logger()
@@ -272,7 +272,7 @@ class Ingestor:
         sequence (each message then fsynced alone: far slower)."""
         outcome: dict[EventKey, tuple[int, bool]] = {}
         pending = list(zip(keys, messages))
-        maybe_committed = False
+        maybe_committed, batch_id = False, None
         for attempt in range(DUPLICATE_RETRIES + 1):
             try:
                 seqs = await publish_atomic(
@@ -284,7 +284,7 @@ class Ingestor:
                 if err.err_code not in (DUPLICATE_IN_BATCH, TOO_MANY_BATCHES) and not err.maybe_committed:
                     log.error("log.unavailable", error=str(err))
                     raise IngestUnavailable(f"the log could not be written: {err}") from err
-                maybe_committed = err.maybe_committed
+                maybe_committed, batch_id = err.maybe_committed, err.batch_id
                 if err.err_code != DUPLICATE_IN_BATCH or maybe_committed or attempt == DUPLICATE_RETRIES:
                     break
                 await asyncio.sleep(0.01 * 2**attempt)
@@ -294,10 +294,34 @@ class Ingestor:
                 if not pending:
                     return [outcome[key] for key in keys]
         messages = [message for _, message in pending]
-        acks = await (self._confirm(messages) if maybe_committed else self._append_one_by_one(messages))
-        # After an unknown outcome, a copy found in the window is most likely our own batch.
-        outcome.update((key, (seq, dup and not maybe_committed)) for (key, _), (seq, dup) in zip(pending, acks))
+        if maybe_committed:
+            acks = await self.settle_unknown(messages, batch_id)
+        else:
+            acks = await self._append_one_by_one(messages)
+        outcome.update((key, ack) for (key, _), ack in zip(pending, acks))
         return [outcome[key] for key in keys]
+
+    async def settle_unknown(self, messages, batch_id: str | None) -> list[tuple[int, bool]]:
+        """(seq, duplicate) of each message of an atomic batch whose commit went unanswered. Asked
+        again one by one with the same ``Nats-Msg-Id``s (``_confirm``), the log answers each with its
+        stored copy, if any. A batch is stored whole or not at all, and with an id already in the
+        window it is refused whole: so the copies are all this batch's own (accepted) when one of
+        them carries its ``Nats-Batch-Id``, else another request's (duplicates; an outside audit saw
+        two requests both answered "accepted" for one event when a concurrent retry stored it
+        while this batch's commit was lost)."""
+        acks = await self._confirm(messages)
+        found = next((seq for seq, duplicate in acks if duplicate), None)
+        ours = found is not None and batch_id is not None and await self._stored_by(found, batch_id)
+        return [(seq, duplicate and not ours) for seq, duplicate in acks]
+
+    async def _stored_by(self, seq: int, batch_id: str) -> bool:
+        """Whether the log's message ``seq`` came in the atomic batch ``batch_id``."""
+        try:
+            stored = await self.js.get_msg(LOG_STREAM, seq)
+        except (asyncio.TimeoutError, nats.errors.Error, nats.js.errors.Error) as err:
+            raise OutcomeUnknown(f"the log stored these events, but could not say for which request: {err!r};"
+                                 " retrying the same request is safe") from err
+        return (stored.headers or {}).get(BATCH_ID_HEADER) == batch_id
 
     async def _confirm(self, messages) -> list[tuple[int, bool]]:
         """The fate of a batch whose commit went unanswered: publish its messages one by one with the

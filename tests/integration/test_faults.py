@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -17,11 +18,13 @@ from pathlib import Path
 import httpx
 import pytest
 
+from events.log import HEADER_MSG_ID, LOG_STREAM, arrival_headers, log_subject, message_id
+from services.atomic_publish import BATCH_ID_HEADER
 from services.ingest import Ingestor, OutcomeUnknown, judge
 from services.runtime.embedded import EmbeddedPostgres
 from services.store.db import create_pool, migrate
 from tests.integration.test_contacts_projector import all_contacts
-from tests.support import Servers, Stack, event
+from tests.support import Servers, Stack, connected, event
 from services.nats_io import connect_client, ensure_streams
 
 pytestmark = pytest.mark.slow
@@ -176,6 +179,31 @@ def test_a_commit_unconfirmed_for_too_long_is_reported_as_unknown(tmp_path):
         servers.stop()
     assert isinstance(refused, OutcomeUnknown), refused
     assert [(r.status, r.seq) for r in retried] == [("duplicate", 1)]
+
+
+def test_a_lost_commit_is_accepted_only_if_its_own_batch_stored_the_events(servers):
+    """A request whose commit went unanswered asks the log again with the same ids, and the log
+    answers with the stored copies. They are this request's only if its own atomic batch stored
+    them: a concurrent retry that stored them while this batch was lost (nats-server killed
+    mid-commit) made both requests answer "accepted" for one event (an outside audit)."""
+    raws = [json.dumps(event("sales.lead.qualified", f"lost-{n}", id=f"lost-{n}-{time.time_ns()}")).encode()
+            for n in range(3)]
+    received = dt.datetime.now(dt.timezone.utc)
+
+    async def run():
+        async with connected(servers, "test-lost-commit") as (nc, pool):
+            ingestor = Ingestor(nc, pool)
+            stored = await ingestor.ingest("acme", [judge(raw) for raw in raws], via="http")  # the retry
+            seqs = [result.seq for result in stored]
+            messages = [(log_subject("acme"), raw, {HEADER_MSG_ID: message_id("acme", "/test", json.loads(raw)["id"]),
+                                                     **arrival_headers(received)}) for raw in raws]
+            its_batch = (await nc.jetstream().get_msg(LOG_STREAM, seqs[0])).headers[BATCH_ID_HEADER]
+            return (seqs, await ingestor.settle_unknown(messages, "a-batch-the-server-lost"),
+                    await ingestor.settle_unknown(messages, its_batch))
+
+    seqs, lost, landed = asyncio.run(run())
+    assert lost == [(seq, True) for seq in seqs]  # another request's copies: duplicates
+    assert landed == [(seq, False) for seq in seqs]  # its own batch's: accepted
 
 
 def test_an_unusable_data_dir_is_a_clear_error_not_a_hang(tmp_path):
