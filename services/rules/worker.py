@@ -330,6 +330,7 @@ class RulesWorker:
         self.wait = wait
         self.goal_check_seconds = goal_check_seconds
         self.position = 0
+        self.applied_batches = 0  # committed by this process: a fenced one that had applied was the writer
         self.committed = CommittedPosition("rules_positions", name)
         self._stopping = asyncio.Event()
 
@@ -360,11 +361,11 @@ class RulesWorker:
         """Run ``body`` again and again until stopped; a fence or an outage only pauses it."""
         fenced = Backoff("rules.fenced", loop=loop)
         while not self._stopping.is_set():
-            position = self.position
+            applied = self.applied_batches
             try:
                 await body()
             except Fenced as err:
-                if self.position != position:
+                if self.applied_batches != applied:
                     fenced.got_on()  # it was the writer until now
                 await fenced.pause(error=str(err))
                 continue
@@ -401,6 +402,7 @@ class RulesWorker:
         last = last if last is not None else batch[-1].seq
         effects = await knowing_early_dismissals(lambda known: self._apply(batch, list(poisons), last, known))
         self.position = last
+        self.applied_batches += 1
         log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),
                   position=last, ms=round((time.perf_counter() - started) * 1000, 1))
 
