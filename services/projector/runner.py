@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,7 +25,7 @@ from events.log import EventKey, LoggedEvent
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.first_copies import INDEX_KEYS, first_copies, index_keys
-from services.log_position import Backoff, CommittedPosition, Fenced
+from services.log_position import Backoff, CommittedPosition, Fenced, lead
 from services.nats_io import read_log
 from services.parking import Poison, decode_messages, park
 from services.runtime.loop import cancel_and_wait
@@ -53,22 +51,9 @@ ANALYZE_AFTER_EVENTS = 20_000
 ANALYZE_AFTER_GROWTH = 0.25
 
 
-# The writer of a projector's read models holds this session lock, on a connection of its own, for
-# as long as it projects; another process of the same projector waits as a standby until it is
-# free. The position's row lock alone let two live processes take turns, and a batch's work before
-# its row lock (``_commit``'s early part) then met the other's in a deadlock (an outside audit ran
-# two: three deadlocks in 10,000 events). The row lock still fences: exactly-once never rests on this.
-_TAKE_LEAD = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
-_LEAVE_LEAD = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
-# The lock's key, which `touchline status` looks up in pg_locks to name the writer.
+# The key of the projector's writer lock (``log_position.lead``), which `touchline status` looks up in
+# pg_locks to name the writer.
 LEAD_KEY_PREFIX = "touchline.projector."
-# The writer's connection names its process (`application_name`, shown by `touchline status`);
-# the pool's reset on release (RESET ALL) gives the connection its own name back.
-_NAME_WRITER = "SELECT set_config('application_name', $1, false)"
-
-
-def writer_name() -> str:
-    return f"touchline projector on {socket.gethostname()} pid {os.getpid()}"[:63]  # PostgreSQL keeps 63 bytes
 
 
 def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> PreparedBatch:
@@ -136,45 +121,8 @@ class Projector:
 
     async def run(self) -> None:
         gc_tuning.tune_for_streaming()
-        lead_key = LEAD_KEY_PREFIX + self.name
-        standby = Backoff("projector.standby", log.info, projector=self.name)
-        while not self._stopping.is_set():
-            try:
-                async with self.pool.acquire() as lead:
-                    if await lead.fetchval(_TAKE_LEAD, lead_key):
-                        standby.got_on()
-                        await lead.execute(_NAME_WRITER, writer_name())
-                        try:
-                            await self._project_while_leading(lead)
-                        finally:
-                            with contextlib.suppress(Exception):  # a broken connection holds nothing
-                                await lead.fetchval(_LEAVE_LEAD, lead_key)
-                        continue
-                await standby.pause()
-            except RETRYABLE as err:
-                log.warning("projector.postgres_unavailable", projector=self.name, error=str(err))
-                await asyncio.sleep(1.0)
-
-    async def _project_while_leading(self, lead: asyncpg.Connection) -> None:
-        """Project until stopped, or until the connection that holds the writer's lock is lost (a
-        standby may hold it then: this process goes back to waiting for it)."""
-        lost = asyncio.Event()
-
-        def on_lost(_conn: asyncpg.Connection) -> None:
-            lost.set()
-
-        lead.add_termination_listener(on_lost)  # kept across a release to the pool: removed below
-        work = asyncio.create_task(self._project())
-        watch = asyncio.create_task(lost.wait())
-        try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            await cancel_and_wait(work, watch)
-            lead.remove_termination_listener(on_lost)
-        if work.done() and not work.cancelled():
-            work.result()  # its error, if any
-        else:
-            log.warning("projector.lead_lost", projector=self.name)
+        await lead(self.pool, LEAD_KEY_PREFIX + self.name, "projector", self._project, self._stopping,
+                   projector=self.name)
 
     async def _project(self) -> None:
         fenced = Backoff("projector.fenced", projector=self.name)

@@ -49,7 +49,7 @@ from events.commands import (
 from events.log import LoggedEvent
 from services.nats_io import last_log_seq, read_log
 from services.parking import Poison, decode_messages, park
-from services.log_position import Backoff, CommittedPosition, Fenced
+from services.log_position import Backoff, CommittedPosition, Fenced, lead
 from services.first_copies import first_copies
 from services.rules import logic
 from services.rules.logic import Effects, RulesState, Timer
@@ -312,6 +312,10 @@ def _made_by_timer(state: RulesState, made: TimerFollowup) -> None:
 PARKED_AS = "rules"
 
 
+# The key of the rules worker's writer lock (``log_position.lead``): one writer, the others standbys.
+LEAD_KEY_PREFIX = "touchline.rules."
+
+
 class RulesWorker:
     def __init__(
         self,
@@ -332,13 +336,23 @@ class RulesWorker:
         self.position = 0
         self.applied_batches = 0  # committed by this process: a fenced one that had applied was the writer
         self.committed = CommittedPosition("rules_positions", name)
-        self._stopping = asyncio.Event()
+        self._stopping = asyncio.Event()  # the process stops
+        self._over = asyncio.Event()  # the loops end: stopping, or no longer the writer
 
     def stop(self) -> None:
         self._stopping.set()
+        self._over.set()
 
     async def run(self) -> None:
-        """The log loop, the timer loop and the goal tick, until stopped; any of them failing ends all."""
+        """The rules, while this process is the writer (``log_position.lead``); a standby meanwhile."""
+        await lead(self.pool, LEAD_KEY_PREFIX + self.name, "rules", self._run_loops, self._stopping)
+
+    async def _run_loops(self) -> None:
+        """The log loop, the timer loop and the goal tick, until stopped or no longer the writer;
+        any of them failing ends all."""
+        self._over = asyncio.Event()
+        if self._stopping.is_set():
+            return
         tasks = [
             asyncio.create_task(self._forever("log", self._run_from_committed_position)),
             asyncio.create_task(self._forever("timers", self._consume_timers)),
@@ -350,8 +364,8 @@ class RulesWorker:
                 if task.exception():
                     raise task.exception()
         finally:
-            # Stopping, too: a loop whose cancellation was lost still ends at its next turn.
-            self._stopping.set()
+            # Over, too: a loop whose cancellation was lost still ends at its next turn.
+            self._over.set()
             # Their subscriptions are gone before the connection drains (see ``_consume_timers``).
             await cancel_and_wait(*tasks)
 
@@ -360,7 +374,7 @@ class RulesWorker:
     async def _forever(self, loop: str, body, pause: float = 0.0) -> None:
         """Run ``body`` again and again until stopped; a fence or an outage only pauses it."""
         fenced = Backoff("rules.fenced", loop=loop)
-        while not self._stopping.is_set():
+        while not self._over.is_set():
             applied = self.applied_batches
             try:
                 await body()
@@ -375,7 +389,7 @@ class RulesWorker:
                 continue
             if pause:
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                    await asyncio.wait_for(self._over.wait(), pause)
 
     async def _run_from_committed_position(self) -> None:
         self.position = await self.committed.load(self.pool)
@@ -383,7 +397,7 @@ class RulesWorker:
         sub = await read_log(self.js, self.position + 1)
         checked = time.monotonic()
         try:
-            while not self._stopping.is_set():
+            while not self._over.is_set():
                 messages = await sub.next_batch(self.batch_max, self.wait)
                 if messages:
                     batch, poisons = decode_messages(messages)
@@ -454,7 +468,7 @@ class RulesWorker:
             config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=60, max_deliver=-1, max_ack_pending=1000),
         )
         try:
-            while not self._stopping.is_set():
+            while not self._over.is_set():
                 try:
                     messages = await sub.fetch(16, timeout=1.0)
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):

@@ -215,7 +215,8 @@ async def serve_rules(settings: Settings) -> None:
     from services.rules.worker import RulesWorker
 
     logs.configure("rules")
-    backends = await open_backends(settings, "rules", pool_size=4)
+    # Two for the batches and the timers, one for the goal tick, one for the heartbeat, one holding the lead.
+    backends = await open_backends(settings, "rules", pool_size=5)
     await prepare(backends, settings)
     worker = RulesWorker(backends.js, backends.pool, goal_check_seconds=settings.goal_check_seconds)
     tasks = [

@@ -14,7 +14,8 @@ import json
 import pytest
 
 from projections.audit import ContactEventsProjection
-from services.projector.runner import Projector, writer_name
+from services.log_position import writer_name
+from services.projector.runner import Projector
 from services.status import projector_writers as writers
 from services.store.db import create_pool
 from tests.integration.test_poison import append_raw, projector_of_our_own
@@ -59,13 +60,13 @@ async def test_a_second_projector_waits_as_a_standby_and_takes_over_when_the_wri
             await _until_at(pool, name, last)
             await asyncio.sleep(1.0)  # a standby tries again after 0.5 s, then 1 s
             assert standby_reads == []  # it never read the log, nor wrote, beside a live writer
-            assert (await writers(pool)).get(name) == writer_name()  # one process: both are this one
+            assert (await writers(pool)).get(name) == writer_name("projector")  # one process: both are this one
 
             writer.stop()
             await asyncio.wait_for(writing, 10)
             last = await append(8)
             await _until_at(pool, name, last)  # within 2 s of the writer's end
-            assert (await writers(pool)).get(name) == writer_name()
+            assert (await writers(pool)).get(name) == writer_name("projector")
             assert len(standby_reads) == 1
             rows = await pool.fetchval("SELECT count(*) FROM contact_events WHERE workspace = $1", ws)
             assert rows == 12 + 30 + 8  # each event once, whoever wrote it

@@ -61,7 +61,7 @@ def test_a_fenced_reader_tries_again_less_and_less_often(slept, reader):
         run = process._project
     else:
         process = RulesWorker.__new__(RulesWorker)
-        process.applied_batches, process._stopping = 0, asyncio.Event()
+        process.applied_batches, process._stopping, process._over = 0, asyncio.Event(), asyncio.Event()
         run = lambda: process._forever("log", fenced)  # noqa: E731
 
     asyncio.run(run())
