@@ -16,7 +16,9 @@ def configure(service: str) -> None:
     stamped = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *stamped, structlog.processors.format_exc_info, renderer],
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write a line (print() writes the line and its newline apart): the services of `up`
+        # share one stderr, and two lines could run into one (an outside audit found four).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=True,
     )
