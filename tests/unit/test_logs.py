@@ -54,3 +54,22 @@ def test_asyncios_tls_eof_warning_is_not_written():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["Unclosed client session"]
+
+
+def test_services_sharing_one_stderr_write_whole_lines(tmp_path):
+    """`up`'s services share its stderr. print() wrote a line and its newline apart, and lines from
+    two processes ran into one (`…}{…`: 13,947 of 80,000 in a trial of four processes)."""
+    code = (
+        "import structlog\n"
+        "from services import logs\n"
+        "logs.configure('rules')\n"
+        "for n in range(5000):\n    structlog.get_logger().info('line', n=n, pad='p' * 100)\n"
+    )
+    shared = tmp_path / "stderr.log"
+    with shared.open("ab") as stderr:
+        writers = [subprocess.Popen([sys.executable, "-c", code], stderr=stderr) for _ in range(3)]
+        for writer in writers:
+            assert writer.wait(timeout=60) == 0
+    lines = shared.read_text().splitlines()
+    assert len(lines) == 15000
+    assert all(json.loads(line)["event"] == "line" for line in lines)
