@@ -25,7 +25,7 @@ AwareTime = Annotated[dt.datetime, msgspec.Meta(tz=True)]
 
 def _require_amount(field: str, value: Decimal | None) -> None:
     if value is not None and (not value.is_finite() or value < 0):
-        raise ValueError(f"{field}: expected a non-negative decimal, got {str(value)[:60]!r}")
+        raise ValueError(f"{field}: expected a non-negative decimal, got {str(value)[:60]}")
 
 
 class Data(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -148,7 +148,7 @@ class GoalSetData(Data):
 
     def __post_init__(self) -> None:
         if not self.target.is_finite() or self.target <= 0:
-            raise ValueError(f"target: expected a decimal greater than 0, got {str(self.target)[:60]!r}")
+            raise ValueError(f"target: expected a decimal greater than 0, got {str(self.target)[:60]}")
         if self.period_end <= self.period_start:
             raise ValueError("period_end: must be after period_start")
         if self.metric == "revenue" and self.currency is None:

@@ -67,17 +67,30 @@ def type_in_words(name: str) -> str:
     return " or ".join(_TYPE_WORDS.get(part, f"`{part}`") for part in name.split(" | "))
 
 
-def _shown(value: object) -> str:
-    return _show_json(value).decode()[:100]
+SHOWN_CHARACTERS = 100  # of a value an error shows
+
+
+def shown(value: object) -> str:
+    """A value as an error shows it: its JSON, a long string cut whole-character with its length said
+    (never inside an escape, always closed), a long object or array cut with an ellipsis."""
+    text = _show_json(value).decode()
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    if isinstance(value, str):
+        cut = value[:SHOWN_CHARACTERS]
+        while len(_show_json(cut)) > SHOWN_CHARACTERS:
+            cut = cut[: len(cut) * 3 // 4]
+        return f"{_show_json(cut).decode()}… ({len(value)} characters)"
+    return text[:SHOWN_CHARACTERS] + "…"
 
 
 def _in_words(text: str, value: object, allowed: tuple | None) -> str | None:
     """msgspec's error about one field in the contract's words: what was expected, and the value
     that came (as JSON, when the event's JSON could be read), or None for a text not known here."""
-    got = "" if value is _UNKNOWN else f", got {_shown(value)}"
+    got = "" if value is _UNKNOWN else f", got {shown(value)}"
     if expected := _EXPECTED.fullmatch(text):
         return f"expected {type_in_words(expected['want'])}, got " + (
-            type_in_words(expected["got"]) if value is _UNKNOWN else _shown(value))
+            type_in_words(expected["got"]) if value is _UNKNOWN else shown(value))
     if length := _LENGTH.fullmatch(text):
         n, unit = int(length["n"]), "characters" if length["want"] == "str" else "items"
         if isinstance(value, (str, list)) and length["op"] == "<=":  # a count says more than the value cut
@@ -88,8 +101,10 @@ def _in_words(text: str, value: object, allowed: tuple | None) -> str | None:
         return f"expected {type_in_words(length['want'])} of {many} {n} {unit}{got}"
     if bound := _BOUND.fullmatch(text):
         return f"expected {type_in_words(bound['want'])} {bound['bound']}{got}"
+    if text == "Number out of range":
+        return f"expected a number within a double's range{got}"
     if _ENUM.fullmatch(text) and allowed:
-        choices = ", ".join(_shown(choice) for choice in allowed)
+        choices = ", ".join(shown(choice) for choice in allowed)
         return f"expected {choices if len(allowed) == 1 else 'one of ' + choices}{got}"
     if text == _NO_OFFSET:
         return f"expected {type_in_words('datetime')}{got}"
@@ -112,10 +127,11 @@ def _field_error(err: msgspec.ValidationError | msgspec.DecodeError, probe: dict
     if own:
         return f"{path + '.' if path else ''}{own[1]}: {own[2]}"
     if path == "type" and text.startswith("Invalid value"):
-        return f"type: unknown event type {text.removeprefix('Invalid value ')}"
+        kind = probe.get("type") if probe is not None else None
+        return f"type: unknown event type {shown(kind) if isinstance(kind, str) else text.removeprefix('Invalid value ')}"
     value = _UNKNOWN if probe is None or not path else _lookup(probe, path, _UNKNOWN)
     if (pattern := _PATTERN.fullmatch(text)) and pattern[1] in _PATTERN_WORDS:
-        return f"{path}: expected {_PATTERN_WORDS[pattern[1]]}" + ("" if value is _UNKNOWN else f", got {_shown(value)}")
+        return f"{path}: expected {_PATTERN_WORDS[pattern[1]]}" + ("" if value is _UNKNOWN else f", got {shown(value)}")
     if path and probe is not None:
         if (words := _in_words(text, value, _allowed_values(probe.get("type"), path))) is not None:
             return f"{path}: {words}"
@@ -148,6 +164,8 @@ def parse_event(raw: bytes) -> Envelope:
     """Validate one structured-mode CloudEvent (its JSON bytes) against the catalog."""
     if len(raw) > MAX_EVENT_BYTES:
         raise InvalidEvent(f"event: larger than {MAX_EVENT_BYTES} bytes")
+    if not raw.strip():
+        raise InvalidEvent("event: empty (expected a JSON object)")
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -199,7 +217,7 @@ def _check_source(source: str) -> None:
     if not is_uri_reference(source):
         raise InvalidEvent(
             f"source: expected a URI-reference (RFC 3986: no spaces, other characters percent-encoded),"
-            f" got {source[:100]!r}"
+            f" got {shown(source)}"
         )
 
 
@@ -285,18 +303,18 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     if message.endswith(": invalid decimal string"):
         path = message.removesuffix(": invalid decimal string")
         value = _lookup(probe, path)
-        return f"{path}: expected a non-negative decimal, got {msgspec.json.encode(value).decode()[:100]}"
+        return f"{path}: expected a non-negative decimal, got {shown(value)}"
     if message.startswith("type:") or "missing required field `type`" in str(err):
         if kind is None:
             return "type: required field missing"
         if not isinstance(kind, str):
-            return f"type: expected a string, got {type(kind).__name__}"
+            return f"type: expected a string, got {shown(kind)}"
         if kind not in TYPES_BY_NAME:
-            return f"type: unknown event type {kind[:200]!r}"
+            return f"type: unknown event type {shown(kind)}"
     if message.startswith("data_base64:"):
         return "data_base64: not accepted: an event's data is a JSON object, sent as data"
     if message.startswith("datacontenttype:"):
-        return f"datacontenttype: expected application/json, got {msgspec.json.encode(probe.get('datacontenttype')).decode()[:100]}"
+        return f"datacontenttype: expected application/json, got {shown(probe.get('datacontenttype'))}"
     if message.startswith("expected `object`") or message.startswith("expected object"):
         return "event: expected a JSON object"
     return message

@@ -75,7 +75,7 @@ WON = VALID[9]
 GOAL = VALID[-1]
 INVALID = [
     (_with(WON, data__amount="ten"), 'data.amount: expected a non-negative decimal, got "ten"'),
-    (_with(WON, data__amount=-1), "data.amount: expected a non-negative decimal, got '-1'"),
+    (_with(WON, data__amount=-1), "data.amount: expected a non-negative decimal, got -1"),
     (_with(WON, data__amount="NaN"), "data.amount: expected a non-negative decimal"),
     (_with(WON, data__currency="eur"), "data.currency:"),
     (_with(WON, data__deal_id=...), "data.deal_id: required field missing"),
@@ -215,7 +215,7 @@ def test_numbers_no_double_holds_are_judged_like_any_other_value():
     raw = json.dumps(VALID[2]).replace('"spring"}', '"spring", "extra": 1e400}').encode()
     assert b"1e400" in raw and parse_event(raw).data.channel == "instagram"
     raw = json.dumps(VALID[1]).replace("1200", "1e400").encode()
-    with pytest.raises(InvalidEvent, match=r"^data\.value: number out of range$"):
+    with pytest.raises(InvalidEvent, match=r"^data\.value: expected a number within a double's range, got 1E\+400$"):
         parse_event(raw)
     structured, error = binary_to_structured({**BINARY, "ce-type": "touchline.marketing.engaged"},
                                              b'{"channel": "ig", "action": "like", "extra": 1e400}')
@@ -322,3 +322,36 @@ def test_seven_decimals_elsewhere_leave_the_time_alone():
     parsed = parse_event(raw)
     assert parsed.time == dt.datetime(2025, 1, 31, 23, 59, 59, 250000, tzinfo=dt.timezone.utc)
     assert parsed.data.amount == Decimal("1.1234567")
+
+
+def test_a_long_value_is_shown_cut_whole_and_closed():
+    """Cut at 100 characters of its JSON, a value lost its closing quote, or ended inside an escape
+    (`got "aaa…aaa\\u`: an outside audit)."""
+    from events.validation import shown
+
+    text = shown("a" * 97 + "\u0007" * 5)
+    assert text.startswith('"aaa') and text.endswith('"… (102 characters)')
+    assert "\\u000" not in text.split('"… (')[0][-5:]  # no escape cut in two
+    assert shown([1] * 300).endswith("…") and len(shown([1] * 300)) == 101
+    assert shown("short") == '"short"'
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"type": "touchline.nope"}, 'type: unknown event type "touchline.nope"'),
+    ({"type": {"a": 1}}, 'type: expected a string, got {"a":1}'),
+    ({"source": "not a uri"}, 'source: expected a URI-reference (RFC 3986: no spaces, other characters'
+                              ' percent-encoded), got "not a uri"'),
+])
+def test_values_in_errors_are_json_not_python(change, message):
+    """Python's repr and type names (`got 'x'`, `got dict`) stood where the rest show JSON."""
+    with pytest.raises(InvalidEvent) as raised:
+        parse_event(json.dumps({**event("sales.lead.qualified", "dana"), **change}).encode())
+    assert str(raised.value) == message
+
+
+def test_an_empty_message_and_a_number_out_of_range_say_so():
+    with pytest.raises(InvalidEvent, match=r"^event: empty \(expected a JSON object\)$"):
+        parse_event(b" ")
+    body = json.dumps(event("marketing.metrics.reported", None, campaign_id="c", metric="m", value=1)).encode()
+    with pytest.raises(InvalidEvent, match=r"^data\.value: expected a number within a double's range, got 1E\+400$"):
+        parse_event(body.replace(b'"value": 1', b'"value": 1e400'))
