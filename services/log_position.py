@@ -38,6 +38,7 @@ _NAME_WRITER = "SELECT set_config('application_name', $1, false)"
 def writer_name(service: str) -> str:
     return f"touchline {service} on {socket.gethostname()} pid {os.getpid()}"[:63]  # PostgreSQL keeps 63 bytes
 
+
 # A reader fenced again and again (a second process beside a live one) tries less and less often:
 # each try reads a batch for nothing (an audit counted 46 tries of a standby projector in a run),
 # and a standby still takes over within 5 s of the writer's end.
