@@ -41,7 +41,7 @@ def _charset(content_type: str) -> str | None:
     return None
 
 
-def split_request(content_type: str, headers: dict[str, str], body: bytes) -> list[Judged]:
+def split_request(content_type: str, headers: dict[str, str], body: bytes, repeated: tuple[str, ...] = ()) -> list[Judged]:
     kind = content_type.split(";", 1)[0].strip().lower()
     charset = _charset(content_type)
     if charset not in (None, "utf-8", "utf8"):  # JSON is UTF-8 (RFC 8259): another was read as UTF-8 all the same
@@ -67,6 +67,9 @@ def split_request(content_type: str, headers: dict[str, str], body: bytes) -> li
         return [judge(bytes(element)) for element in elements]
     if _binary_mode(kind, headers):
         structured, error = binary_to_structured(headers, body)
+        # Two values of one attribute: which one the producer meant cannot be known (the last
+        # one was taken, silently: an outside audit).
+        error = next((f"{name}: given more than once" for name in repeated), None) or error
         if len(body) > MAX_EVENT_BYTES:
             raise Refused(413, f"an event is at most {MAX_EVENT_BYTES} bytes", structured)
         if body.strip():  # no body: an event without data
@@ -197,10 +200,12 @@ async def read_events(request: Request) -> list[Judged]:
     refuse (a binary-mode event's kept as the structured event it was, ce-* headers and all)."""
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = headers.get("content-type", "")
+    names = [name.lower() for name, _ in request.scope["headers"] if name[:3].lower() == b"ce-"]
+    repeated = tuple(sorted({name.decode("latin-1") for name in names if names.count(name) > 1}))
     try:
         body = await read_body(request)
     except Refused as refused:
         if _binary_mode(content_type, headers):
             refused.kept = binary_to_structured(headers, refused.kept)[0][:MAX_EVENT_BYTES]
         raise
-    return split_request(content_type, headers, body)
+    return split_request(content_type, headers, body, repeated)

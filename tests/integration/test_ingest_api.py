@@ -179,6 +179,20 @@ def test_binary_mode_identity_headers_and_data(stack):
     assert second["type"] == "touchline.sales.lead.qualified"
 
 
+def test_binary_mode_refuses_an_attribute_given_twice(stack):
+    """Two ce-subject headers (or ce-id): the last one was taken, silently (an outside audit)."""
+    ws, auth = stack.new_workspace()
+    headers = [*auth.items(), ("Content-Type", "application/json"), ("ce-specversion", "1.0"), ("ce-id", "twice"),
+               ("ce-source", "/crm"), ("ce-type", "touchline.sales.conversation.held"),
+               ("ce-time", "2026-11-02T09:00:00Z"), ("ce-subject", "c9"), ("CE-Subject", "c10")]
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", content='{"channel": "phone"}', headers=headers)
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["results"]
+    assert (result["status"], result["error"]) == ("rejected", "ce-subject: given more than once")
+    rejected = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]
+    assert [item["reason"] for item in rejected] == ["ce-subject: given more than once"]
+
+
 def test_binary_mode_amounts_written_as_json_numbers_stay_exact(stack):
     ws, auth = stack.new_workspace()
     headers = {**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "won-1",
