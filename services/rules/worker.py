@@ -488,6 +488,9 @@ class RulesWorker:
         target = await last_log_seq(self.js)
         waited = time.monotonic()
         while await self.committed.read(self.pool) < target:
+            if self._over.is_set():  # stopping, or no longer the writer: the next writer decides it
+                await msg.nak()
+                return
             if time.monotonic() - waited > 10:
                 await msg.in_progress()
                 waited = time.monotonic()

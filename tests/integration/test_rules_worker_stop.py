@@ -8,7 +8,7 @@ import asyncio
 from services.nats_io import last_log_seq
 from services.rules.worker import RulesWorker
 from services.store.db import create_pool
-from tests.support import connected
+from tests.support import Servers, connected
 
 
 def test_a_stopped_rules_worker_holds_no_subscription(servers):
@@ -39,11 +39,13 @@ def test_a_stopped_rules_worker_holds_no_subscription(servers):
     assert left == 0
 
 
-def test_a_second_rules_worker_waits_as_a_standby_and_takes_over_when_the_writer_stops(servers):
+def test_a_second_rules_worker_waits_as_a_standby_and_takes_over_when_the_writer_stops(tmp_path):
     """Fenced only by the position's row lock, two rules workers took turns, each fencing the other
     and reading batches for nothing (an outside audit ran two beside `up`). The writer now holds a
-    session lock, as the projector's does; the other waits for it."""
+    session lock, as the projector's does; the other waits for it. Servers of its own: a worker
+    takes fired timers from the one durable consumer, which the suite's other tests' timers use."""
     name = "test-rules-standby"
+    servers = Servers(tmp_path)
 
     async def run() -> tuple[list[str], list[str]]:
         async with connected(servers, name) as (nc, pool):
@@ -73,7 +75,10 @@ def test_a_second_rules_worker_waits_as_a_standby_and_takes_over_when_the_writer
             await other_pool.close()
             return beside_a_writer, reads
 
-    beside_a_writer, reads = asyncio.run(run())
+    try:
+        beside_a_writer, reads = asyncio.run(run())
+    finally:
+        servers.stop()
     assert beside_a_writer == ["first"]  # the second never read the log beside a live writer
     assert reads == ["first", "second"]
 
