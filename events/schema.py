@@ -89,7 +89,6 @@ def inline_schema(union: Any) -> dict[str, Any]:
     return _inlined(schema, components)
 
 
-
 def _inlined(schema: dict[str, Any], components: dict[str, dict[str, Any]]) -> dict[str, Any]:
     def resolve(node: Any) -> Any:
         if isinstance(node, dict):

@@ -36,6 +36,7 @@ from services.api.common import (
     read_connection,
     services_of,
     allowed_methods,
+    query_names,
     before_handler,
     wait_applied,
     unavailable_response,
@@ -369,5 +370,6 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
     docs.add_retry_after(app.openapi_schema)
     docs.add_workspace_pattern(app.openapi_schema)
     app.state.allowed_methods = allowed_methods(app.routes)
+    app.state.query_names = query_names(app.routes)
     return app
 

@@ -95,23 +95,24 @@ def validation_error(request: Request, exc: ValidationException) -> str:
 # so `min_seq=null` would skip the wait it asks for) and keeps the last of a repeated parameter.
 # Both are a client's mistake better named than guessed at.
 _INTEGER = re.compile(r"-?[0-9]+")
-# handler -> (parameters, integers); keyed by the handler itself (an id could be a dead one's).
-_QUERY_NAMES: dict[Any, tuple[frozenset[str], frozenset[str]]] = {}
 
 
-def _query_names(handler: Any) -> tuple[frozenset[str], frozenset[str]]:
-    known = _QUERY_NAMES.get(handler)
-    if known is None:
-        fields = {  # by the name the query string uses (`from` for `from_`)
-            getattr(field.kwarg_definition, "query", None) or name: field
-            for name, field in handler.parsed_fn_signature.parameters.items()
-        }
-        integers = {
-            name for name, field in fields.items()
-            if any(kind.is_subclass_of(int) for kind in (field.inner_types if field.is_optional else (field,)))
-        }
-        known = _QUERY_NAMES[handler] = (frozenset(fields), frozenset(integers))
-    return known
+def query_names(routes: list) -> dict[Any, tuple[frozenset[str], frozenset[str]]]:
+    """Each handler's query parameters, and those of them that are integers (``create_app`` keeps
+    them in the app's state, as it keeps ``allowed_methods``)."""
+    names = {}
+    for route in routes:
+        for handler in route.route_handlers if isinstance(route, HTTPRoute) else ():
+            fields = {  # by the name the query string uses (`from` for `from_`)
+                getattr(field.kwarg_definition, "query", None) or name: field
+                for name, field in handler.parsed_fn_signature.parameters.items()
+            }
+            integers = {
+                name for name, field in fields.items()
+                if any(kind.is_subclass_of(int) for kind in (field.inner_types if field.is_optional else (field,)))
+            }
+            names[handler] = (frozenset(fields), frozenset(integers))
+    return names
 
 
 async def before_handler(request: Request) -> Response | None:
@@ -139,7 +140,7 @@ def options_answer(request: Request) -> Response:
 
 async def strict_query(request: Request) -> None:
     """Before every handler: each of its query parameters given once, and an integer one as digits."""
-    names, integers = _query_names(request.route_handler)
+    names, integers = request.app.state.query_names[request.route_handler]
     seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name not in names:
