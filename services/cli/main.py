@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 from typing import Optional
 
@@ -143,7 +142,7 @@ def token_list(
         else:
             table = Table("user", "revoked", title=f"NATS producers of {workspace}", title_justify="left")
             for p in producers:
-                table.add_row(p.user, shown_time(dt.datetime.fromisoformat(p.revoked_at)) if p.revoked_at else "-")
+                table.add_row(p.user, shown_time(p.revoked_time))
             console.print(table)
         return
     tokens = with_workspace(data_dir, workspace, lambda pool: auth.list_tokens(pool, workspace))
@@ -173,7 +172,7 @@ def token_revoke(
         producer, before = revoke_producer(Settings.from_env(data_dir=data_dir), workspace, identity)
         if before:
             console.print(f"NATS producer [bold]{identity}[/bold] of {workspace} was already revoked,"
-                          f" at {shown_time(dt.datetime.fromisoformat(producer.revoked_at))}")
+                          f" at {shown_time(producer.revoked_time)}")
         else:
             console.print(f"revoked NATS producer [bold]{identity}[/bold] of {workspace}")
         return

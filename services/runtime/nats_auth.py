@@ -24,12 +24,13 @@ there, in the log; across a service import the reply is remapped and stays in ``
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import os
 import secrets
 import signal
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -98,6 +99,10 @@ class Producer:
     @property
     def inbox_prefix(self) -> str:
         return f"_INBOX_{self.user}"
+
+    @property
+    def revoked_time(self) -> dt.datetime | None:
+        return None if self.revoked_at is None else dt.datetime.fromisoformat(self.revoked_at)
 
     def config_entry(self) -> str:
         """This producer as a user entry of a nats-server ``users`` list."""
@@ -171,7 +176,6 @@ def revoke_producer(root: Path, workspace: str, user: str) -> tuple[Producer | N
     """Take the workspace's producer ``user`` out of the server's configuration, keeping its record
     with the time: its record (None if the workspace has no such producer), and whether it had been
     revoked before (then nothing changes)."""
-    import datetime as dt
     import fcntl
 
     with open(root / "producers.lock", "w") as lock:
