@@ -33,8 +33,6 @@ SELECT seq FROM looked_up WHERE known_seq < seq
 INDEX_KEYS = "first_copies"  # the batch's key columns, in a PreparedBatch
 
 
-
-
 def index_keys(batch: list[LoggedEvent], earlier: frozenset[EventKey] = frozenset()) -> tuple[list[tuple[EventKey, int]], set[EventKey]]:
     """Each (workspace, source, id) of the batch with its lowest seq (the candidates for a first
     copy), and every key of the batch. Keys in ``earlier`` (those of the batch before, still in its

@@ -16,6 +16,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, workspace_of_subject
+from services.first_copies import first_copies
 
 log = structlog.get_logger()
 
@@ -61,8 +62,6 @@ async def waiting(pool: asyncpg.Pool, projector: str | None = None) -> list[asyn
 
 async def redrive(pool: asyncpg.Pool, js: JetStreamContext, projector: str, projections, seqs=None) -> dict[int, str | None]:
     """Apply parked events again; returns each seq's new error, or None where it was applied."""
-    from services.first_copies import first_copies
-
     outcome: dict[int, str | None] = {}
     for row in await waiting(pool, projector):
         if seqs is not None and row["seq"] not in seqs:

@@ -621,12 +621,13 @@ async def build_snapshot(
         try:
             await build.create()
             log_end = (await js.stream_info(LOG_STREAM)).state.last_seq
-            await build.run_until(min(until_seq, log_end) if until_seq is not None else log_end)
+            read_to = min(until_seq, log_end) if until_seq is not None else log_end
+            await build.run_until(read_to)
             # Where it stands: every event of the workspace up to this seq is in it, and it never
             # moves (what `?min_seq=` on it is checked against). Every one up to log_end was in the
             # log when the build started; a time keeps out those received later, which arrive in
             # about, not exactly, their log order: it stands before the first one it left out.
-            build.stats.last_seq = min(until_seq, log_end) if until_seq is not None else log_end
+            build.stats.last_seq = read_to
             if build.first_left_out is not None:
                 build.stats.last_seq = min(build.stats.last_seq, build.first_left_out - 1)
             await build.build_indexes()  # readers query it like the live tables

@@ -5,6 +5,7 @@ and binary modes), each judged; or ``Refused`` whole, its start kept for the rej
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 
 import msgspec
 from litestar import Request
@@ -200,8 +201,9 @@ async def read_events(request: Request) -> list[Judged]:
     refuse (a binary-mode event's kept as the structured event it was, ce-* headers and all)."""
     headers = {name.lower(): value for name, value in request.headers.items()}
     content_type = headers.get("content-type", "")
-    names = [name.lower() for name, _ in request.scope["headers"] if name[:3].lower() == b"ce-"]
-    repeated = tuple(sorted({name.decode("latin-1") for name in names if names.count(name) > 1}))
+    # The raw ASGI headers, names in lower case: the Headers object above keeps one value a name.
+    given = Counter(name for name, _ in request.scope["headers"] if name.startswith(b"ce-"))
+    repeated = tuple(sorted(name.decode("latin-1") for name, count in given.items() if count > 1))
     try:
         body = await read_body(request)
     except Refused as refused:
