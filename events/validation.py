@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import functools
+import json
 import re
 import urllib.parse
 from decimal import Decimal
@@ -172,12 +173,15 @@ def parse_event(raw: bytes) -> Envelope:
         raise InvalidEvent(f"event: not valid UTF-8 (byte {err.start})") from None
     # The substring test first: the regex (with its look-behind) costs more than decoding the event.
     if b"\\u0000" in raw and _ESCAPED_NUL.search(raw):
-        raise InvalidEvent("event: a string holds the NUL character (\\u0000), which is not allowed")
+        raise InvalidEvent(string_holding(raw, _NUL, "the NUL character ({}), which is not allowed")
+                           or "event: a string holds the NUL character (\\u0000), which is not allowed")
     try:
         event = decode_event(raw)
     except msgspec.ValidationError as err:
         raise InvalidEvent(_explain_envelope(raw, err)) from None
     except msgspec.DecodeError as err:
+        if b"\\u" in raw and (error := string_holding(raw, _LONE_SURROGATE, "a lone UTF-16 surrogate ({}), which is no character")):
+            raise InvalidEvent(error) from None
         raise InvalidEvent(f"event: not valid JSON ({err})") from None
     except RecursionError:
         raise InvalidEvent("event: nested too deeply") from None
@@ -189,6 +193,52 @@ def parse_event(raw: bytes) -> Envelope:
     if type(event) in _DECIMAL_FIELDS:
         _check_decimals(event, raw, _DECIMAL_FIELDS[type(event)])
     return event
+
+
+# What Python's json makes of a UTF-16 surrogate escape not in a pair (``"\\ud800"``): grammatical JSON
+# (RFC 8259 section 8.2) but no character, so msgspec refuses the text and no event can hold it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_NUL = re.compile("\x00")
+
+
+def _not_json(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+# Python's json keeps lone surrogate escapes as they are, where msgspec refuses the whole text;
+# told to refuse what JSON has not (NaN, Infinity), it reads exactly the grammar of RFC 8259.
+LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json)
+
+
+def read_leniently(text: str) -> object:
+    """A JSON text that msgspec may have refused; ValueError or RecursionError if it is not JSON."""
+    return LENIENT_JSON.decode(text)
+
+
+def string_holding(raw: bytes, pattern: re.Pattern, what: str) -> str | None:
+    """The error for the first string of an event's JSON (a value or a key) with a match of
+    ``pattern``, naming it as errors name fields (``id``, ``data.tags[2]``, ``data: a key``):
+    "{where}: holds {what}", ``{}`` in ``what`` standing for the match's JSON escape; None if there
+    is none, or the JSON cannot be read even leniently."""
+    try:
+        document = read_leniently(raw.decode())
+    except (ValueError, RecursionError):
+        return None
+    pending: list[tuple[str, object]] = [("event", document)]
+    while pending:
+        path, node = pending.pop()
+        found, where = None, f"{path}:"
+        if isinstance(node, str):
+            found = pattern.search(node)
+        elif isinstance(node, dict):
+            found = next(filter(None, map(pattern.search, node)), None)
+            where = f"{path}: a key"
+            pending.extend((key if path == "event" else f"{path}.{key}", value) for key, value in reversed(node.items()))
+        elif isinstance(node, list):
+            pending.extend((f"{path}[{n}]", value) for n, value in reversed(list(enumerate(node))))
+        if found:
+            return f"{where} holds " + what.format(f"\\u{ord(found[0]):04x}")
+    return None
 
 
 # RFC 3986: the characters of a URI-reference, its parts (appendix B), a scheme, an authority.

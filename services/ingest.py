@@ -24,7 +24,7 @@ from nats.aio.client import Client as NatsClient
 from events.catalog import Envelope
 from events.log import HEADER_MSG_ID, LOG_STREAM, EventKey, arrival_headers, event_digest, index_key_of, log_subject
 from events.upcasting import decode_exact
-from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event
+from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event, read_leniently
 from services.atomic_publish import BATCH_ID_HEADER, MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
@@ -84,12 +84,27 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
     """source and id of a rejected event, when they can be read at all."""
     try:
         probe = decode_exact(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+    except msgspec.DecodeError:
+        try:  # grammatical JSON that msgspec refuses (a lone surrogate escape somewhere)
+            probe = read_leniently(raw.decode())
+        except (ValueError, RecursionError):
+            return None, None
+    except (UnicodeDecodeError, RecursionError):
         return None, None
     if not isinstance(probe, dict):
         return None, None
-    source, event_id = probe.get("source"), probe.get("id")
-    return (source if isinstance(source, str) else None, event_id if isinstance(event_id, str) else None)
+    return _text(probe.get("source")), _text(probe.get("id"))
+
+
+def _text(value: object) -> str | None:
+    """A string an answer can carry: not one with a lone surrogate, which has no UTF-8."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 # event_index is keyed by a digest of (workspace, source, id) (migration 015, ``events.log.index_key``).

@@ -17,6 +17,8 @@ from events.validation import (
     MAX_EVENT_BYTES,
     binary_to_structured,
     header_error,
+    LENIENT_JSON,
+    read_leniently,
 )
 from services.api.common import ApiError
 from services.ingest import Judged, judge
@@ -60,7 +62,9 @@ def split_request(content_type: str, headers: dict[str, str], body: bytes, repea
             _require_json(body, body)
             raise Refused(400, "a batch must be a JSON array of events", body) from None
         except msgspec.DecodeError as err:
-            raise Refused(400, f"the body is not JSON: {err}", body) from None
+            elements = _elements_leniently(body)
+            if elements is None:
+                raise Refused(400, f"the body is not JSON: {err}", body) from None
         except RecursionError:
             raise Refused(400, "the body is nested too deeply", body) from None
         if len(elements) > MAX_BATCH_EVENTS:
@@ -93,10 +97,50 @@ def _binary_mode(content_type: str, headers: dict[str, str]) -> bool:
     return kind == "application/json" and any(name.startswith("ce-") for name in headers)
 
 
+def _elements_leniently(body: bytes) -> list[bytes] | None:
+    """A batch msgspec refused, split into its elements' JSON by Python's json, which reads lone
+    surrogate escapes (``"\\ud800"``: grammatical JSON, RFC 8259 section 8.2, but no character): each
+    element then gets its own result, the one holding it rejected by name. None if the body is not
+    a JSON array even so."""
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    elements, at, end = [], _skip_space(text, 0), len(text)
+    if text[at:at + 1] != "[":
+        return None
+    at = _skip_space(text, at + 1)
+    while text[at:at + 1] != "]":
+        try:
+            _, after = LENIENT_JSON.raw_decode(text, at)
+        except (ValueError, RecursionError):
+            return None
+        elements.append(text[at:after].encode())
+        at = _skip_space(text, after)
+        if text[at:at + 1] == ",":
+            at = _skip_space(text, at + 1)
+            if text[at:at + 1] == "]":  # a trailing comma
+                return None
+        elif text[at:at + 1] != "]":
+            return None
+    return elements if _skip_space(text, at + 1) == end else None
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\n\r":
+        at += 1
+    return at
+
+
 def _require_json(body: bytes, kept: bytes) -> None:
     try:
         decode_exact(body)
     except msgspec.DecodeError as err:
+        try:  # grammatical JSON msgspec cannot hold (a lone surrogate escape): judged as an event
+            read_leniently(body.decode())
+            return
+        except (ValueError, RecursionError):
+            pass
         raise Refused(400, f"the body is not JSON: {err}", kept) from None
     except UnicodeDecodeError:
         # msgspec's offset is within the string it was reading; the body's own is more use.

@@ -36,6 +36,31 @@ def test_batch_gets_one_result_per_element(stack):
     assert results[5]["error"] == results[6]["error"] == "event: expected a JSON object"
 
 
+def test_a_lone_surrogate_rejects_its_own_event_not_the_whole_batch(stack):
+    """``"\\ud800"`` is grammatical JSON (RFC 8259 section 8.2) that no event can hold: a batch used
+    to be refused whole (400) for one such element, and a single event with a 400 naming nothing."""
+    ws, auth = stack.new_workspace()
+    url = f"/v1/workspaces/{ws}/events"
+    good = json.dumps(event("marketing.engaged", "dana", channel="email", action="open")).encode()
+    lone = json.dumps(event("marketing.engaged", "dana", channel="email", action="open")).encode()
+    lone = lone.replace(b'"email"', b'"e\\udc00"')
+    message = "data.channel: holds a lone UTF-16 surrogate (\\udc00), which is no character"
+    answer = stack.http.post(url, content=b"[" + good + b", " + lone + b"]",
+                             headers={**auth, "Content-Type": "application/cloudevents-batch+json"})
+    assert answer.status_code == 200, answer.text
+    assert [(r["status"], r.get("error")) for r in answer.json()["results"]] == [("accepted", None), ("rejected", message)]
+    answer = stack.http.post(url, content=lone, headers={**auth, "Content-Type": "application/cloudevents+json"})
+    assert answer.status_code == 200, answer.text
+    assert [(r["status"], r["id"], r["error"]) for r in answer.json()["results"]] == [("rejected", json.loads(lone)["id"], message)]
+    in_id = lone.replace(b'"id": "', b'"id": "\\ud800')  # an id an answer cannot carry: left out
+    answer = stack.http.post(url, content=in_id, headers={**auth, "Content-Type": "application/cloudevents+json"})
+    assert answer.json()["results"] == [{"source": json.loads(lone)["source"], "id": None, "status": "rejected",
+                                         "error": "id: holds a lone UTF-16 surrogate (\\ud800), which is no character"}]
+    kept = stack.get(url.replace("/events", "/rejected"), auth).json()["rejected"][1:]
+    assert [item["reason"] for item in kept] == [message, message]
+    assert kept[0]["body"] == lone.decode()
+
+
 def test_single_event_modes(stack):
     ws, auth = stack.new_workspace()
     structured = stack.http.post(

@@ -355,3 +355,26 @@ def test_an_empty_message_and_a_number_out_of_range_say_so():
     body = json.dumps(event("marketing.metrics.reported", None, campaign_id="c", metric="m", value=1)).encode()
     with pytest.raises(InvalidEvent, match=r"^data\.value: expected a number within a double's range, got 1E\+400$"):
         parse_event(body.replace(b'"value": 1', b'"value": 1e400'))
+
+
+ENGAGED = json.dumps(event("marketing.engaged", "dana", channel="email", action="open", tags=["a", "b"])).encode()
+
+
+@pytest.mark.parametrize("old,new,message", [
+    (b'"email"', b'"em\\udc00ail"', "data.channel: holds a lone UTF-16 surrogate (\\udc00), which is no character"),
+    (b'"b"', b'"\\ud800"', "data.tags[1]: holds a lone UTF-16 surrogate (\\ud800), which is no character"),
+    (b'"action"', b'"act\\ud800ion"', "data: a key holds a lone UTF-16 surrogate (\\ud800), which is no character"),
+    (b'"dana"', b'"da\\u0000na"', "subject: holds the NUL character (\\u0000), which is not allowed"),
+    (b'"subject"', b'"sub\\u0000ject"', "event: a key holds the NUL character (\\u0000), which is not allowed"),
+])
+def test_a_string_no_event_can_hold_is_named_by_its_field(old, new, message):
+    """A lone surrogate escape is grammatical JSON (RFC 8259 section 8.2) that msgspec refuses whole;
+    it and NUL used to be reported for the event ("event: not valid JSON"), not for the field."""
+    assert old in ENGAGED
+    with pytest.raises(InvalidEvent) as err:
+        parse_event(ENGAGED.replace(old, new))
+    assert str(err.value) == message
+
+
+def test_a_surrogate_pair_is_a_character_and_accepted():
+    assert parse_event(ENGAGED.replace(b'"email"', b'"\\ud83d\\ude00"')).data.channel == "\U0001F600"
