@@ -180,7 +180,7 @@ def parse_event(raw: bytes) -> Envelope:
     except msgspec.ValidationError as err:
         raise InvalidEvent(_explain_envelope(raw, err)) from None
     except msgspec.DecodeError as err:
-        if b"\\u" in raw and (error := string_holding(raw, _LONE_SURROGATE, "a lone UTF-16 surrogate ({}), which is no character")):
+        if b"\\u" in raw and (error := string_holding(raw, _LONE_SURROGATE, LONE_SURROGATE)):
             raise InvalidEvent(error) from None
         raise InvalidEvent(f"event: not valid JSON ({err})") from None
     except RecursionError:
@@ -198,6 +198,7 @@ def parse_event(raw: bytes) -> Envelope:
 # What Python's json makes of a UTF-16 surrogate escape not in a pair (``"\\ud800"``): grammatical JSON
 # (RFC 8259 section 8.2) but no character, so msgspec refuses the text and no event can hold it.
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+LONE_SURROGATE = "a lone UTF-16 surrogate ({}), which is no character"
 _NUL = re.compile("\x00")
 
 
@@ -215,16 +216,17 @@ def read_leniently(text: str) -> object:
     return LENIENT_JSON.decode(text)
 
 
-def string_holding(raw: bytes, pattern: re.Pattern, what: str) -> str | None:
+def string_holding(raw: bytes, pattern: re.Pattern, what: str, root: str = "event") -> str | None:
     """The error for the first string of an event's JSON (a value or a key) with a match of
     ``pattern``, naming it as errors name fields (``id``, ``data.tags[2]``, ``data: a key``):
     "{where}: holds {what}", ``{}`` in ``what`` standing for the match's JSON escape; None if there
-    is none, or the JSON cannot be read even leniently."""
+    is none, or the JSON cannot be read even leniently. ``root`` names the text itself (binary
+    mode's body is ``data``)."""
     try:
         document = read_leniently(raw.decode())
     except (ValueError, RecursionError):
         return None
-    pending: list[tuple[str, object]] = [("event", document)]
+    pending: list[tuple[str, object]] = [(root, document)]
     while pending:
         path, node = pending.pop()
         found, where = None, f"{path}:"
@@ -408,7 +410,9 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> tuple[bytes, s
             decode_exact(body)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
             document["data_base64"] = base64.b64encode(body).decode()
-            error = error or ("data: nested too deeply" if isinstance(err, RecursionError) else "data: the body is not valid JSON")
+            error = error or ("data: nested too deeply" if isinstance(err, RecursionError) else
+                              string_holding(body, _LONE_SURROGATE, LONE_SURROGATE, root="data")
+                              or "data: the body is not valid JSON")
         else:
             # As sent, not decoded and encoded again: an amount written as a JSON number would
             # pass through a binary float and lose digits (123456789012345.6789 came out .67).

@@ -56,7 +56,12 @@ def test_a_lone_surrogate_rejects_its_own_event_not_the_whole_batch(stack):
     answer = stack.http.post(url, content=in_id, headers={**auth, "Content-Type": "application/cloudevents+json"})
     assert answer.json()["results"] == [{"source": json.loads(lone)["source"], "id": None, "status": "rejected",
                                          "error": "id: holds a lone UTF-16 surrogate (\\ud800), which is no character"}]
-    kept = stack.get(url.replace("/events", "/rejected"), auth).json()["rejected"][1:]
+    binary = {**auth, "Content-Type": "application/json", "ce-specversion": "1.0", "ce-id": "b1", "ce-source": "/crm",
+              "ce-type": "touchline.marketing.engaged", "ce-time": "2026-11-02T09:00:00Z", "ce-subject": "ana"}
+    answer = stack.http.post(url, content=b'{"channel": "e\\udc00", "action": "open"}', headers=binary)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0]["error"] == message
+    kept = stack.get(url.replace("/events", "/rejected"), auth).json()["rejected"][2:]
     assert [item["reason"] for item in kept] == [message, message]
     assert kept[0]["body"] == lone.decode()
 
