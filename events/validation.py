@@ -189,6 +189,7 @@ def parse_event(raw: bytes) -> Envelope:
         raise InvalidEvent(f"type: {event.__struct_config__.tag} is written by Touchline, never accepted from outside")
     check_subject(event)
     _check_source(event.source)
+    _check_characters(event)
     _check_calendar(event)
     if type(event) in _DECIMAL_FIELDS:
         _check_decimals(event, raw, _DECIMAL_FIELDS[type(event)])
@@ -271,6 +272,25 @@ def _check_source(source: str) -> None:
             f"source: expected a URI-reference (RFC 3986: no spaces, other characters percent-encoded),"
             f" got {shown(source)}"
         )
+
+
+# CloudEvents 1.0 strings ("Type System") exclude the control characters U+0000-U+001F and
+# U+007F-U+009F and the noncharacters; surrogates cannot reach here (see _LONE_SURROGATE).
+_NOT_IN_CLOUDEVENTS_STRINGS = re.compile(
+    "[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef" + "".join(f"{chr(plane << 16 | 0xFFFE)}{chr(plane << 16 | 0xFFFF)}" for plane in range(17)) + "]"
+)
+
+
+def _check_characters(event: Envelope) -> None:
+    """``id`` and ``subject`` hold only characters CloudEvents allows: a tab or a newline in a
+    contact id made a contact no one could name in a URL or see in a table."""
+    for name in ("id", "subject"):
+        value = getattr(event, name)
+        # isprintable() first: in C, true for nearly every id; the class decides the rest (a
+        # zero-width joiner, U+00A0, are not printable and are allowed).
+        if value is not None and not value.isprintable() and (found := _NOT_IN_CLOUDEVENTS_STRINGS.search(value)):
+            kind = "a noncharacter" if ord(found[0]) > 0x9F else "a control character"
+            raise InvalidEvent(f"{name}: holds {kind} (U+{ord(found[0]):04X}), which CloudEvents does not allow")
 
 
 # Event times and goal periods are kept within years Touchline can count from: a follow-up due a

@@ -378,3 +378,21 @@ def test_a_string_no_event_can_hold_is_named_by_its_field(old, new, message):
 
 def test_a_surrogate_pair_is_a_character_and_accepted():
     assert parse_event(ENGAGED.replace(b'"email"', b'"\\ud83d\\ude00"')).data.channel == "\U0001F600"
+
+
+@pytest.mark.parametrize("attribute,value,message", [
+    ("id", "order\t1", "id: holds a control character (U+0009), which CloudEvents does not allow"),
+    ("subject", "dana\n", "subject: holds a control character (U+000A), which CloudEvents does not allow"),
+    ("id", "a\u0085", "id: holds a control character (U+0085), which CloudEvents does not allow"),
+    ("subject", "d\ufdd0", "subject: holds a noncharacter (U+FDD0), which CloudEvents does not allow"),
+    ("id", "a\U0010ffff", "id: holds a noncharacter (U+10FFFF), which CloudEvents does not allow"),
+    ("id", "a\u200db\u00a0\u00e9\U0001F600", None),  # not printable, but characters CloudEvents allows
+])
+def test_ids_and_contacts_hold_only_characters_cloudevents_allows(attribute, value, message):
+    body = {**json.loads(ENGAGED), attribute: value}
+    if message is None:
+        assert getattr(parse_event(json.dumps(body).encode()), attribute) == value
+        return
+    with pytest.raises(InvalidEvent) as err:
+        parse_event(json.dumps(body).encode())
+    assert str(err.value) == message
