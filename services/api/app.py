@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from typing import Annotated
 
@@ -272,12 +273,22 @@ async def list_contacts(
     return json_response(ContactPage(page, page[-1].contact if len(rows) > limit else None))  # type: ignore[return-value]
 
 
-class RejectedItem(msgspec.Struct):
+class RejectedItem(msgspec.Struct, omit_defaults=True):
     id: int
     received_at: dt.datetime
     via: str
     reason: str
-    body: str
+    body: str  # as text; bytes that are not UTF-8 shown as U+FFFD
+    body_base64: str | None = None  # only when the body is not UTF-8 text: its exact bytes
+
+    @classmethod
+    def of(cls, row) -> RejectedItem:
+        raw = bytes(row["body"])
+        try:
+            return cls(row["id"], row["received_at"], row["via"], row["reason"], raw.decode())
+        except UnicodeDecodeError:
+            return cls(row["id"], row["received_at"], row["via"], row["reason"], raw.decode("utf-8", "replace"),
+                       base64.b64encode(raw).decode())
 
 
 class RejectedPage(msgspec.Struct):
@@ -310,10 +321,7 @@ async def list_rejected(
         before,
         limit + 1,
     )
-    items = [
-        RejectedItem(r["id"], r["received_at"], r["via"], r["reason"], bytes(r["body"]).decode("utf-8", "replace"))
-        for r in rows[:limit]
-    ]
+    items = [RejectedItem.of(row) for row in rows[:limit]]
     return json_response(RejectedPage(items, items[-1].id if len(rows) > limit else None))  # type: ignore[return-value]
 
 

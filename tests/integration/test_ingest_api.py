@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 
@@ -149,6 +150,9 @@ def test_refused_requests_are_kept_in_the_rejected_list(stack):
     assert [item["via"] for item in listed] == ["http"] * len(sent)
     for marker, item in zip(("R1", "R2", "R3", "R4"), listed):
         assert marker in item["body"]
+    # A body that is not UTF-8 is also given exactly, in base64 (its text shows U+FFFD); only that one.
+    assert base64.b64decode(listed[1]["body_base64"]) == b'{"a": "\xff R2"}' and "\ufffd R2" in listed[1]["body"]
+    assert [item for item in listed if "body_base64" in item] == [listed[1]]
     assert len(listed[3]["body"]) == 65_536
     # Announced (Content-Length) over 4 MiB: refused before a byte of it is read.
     assert listed[5]["body"] == "" and "its body was not read" in listed[5]["reason"]
