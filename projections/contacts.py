@@ -10,6 +10,7 @@ transaction.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Collection
 from decimal import Decimal
 
 import asyncpg
@@ -20,6 +21,7 @@ from events.catalog import Envelope
 from events.log import LoggedEvent
 from projections import followups
 from projections.batching import prepared
+from projections import deals as deal_model
 from projections.deals import add_won
 from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
 from projections.numbers import EXACT
@@ -167,10 +169,11 @@ def merge(state: ContactState, other: ContactState) -> ContactState:
     return state
 
 
-def revenue(state: ContactState) -> dict[str, Decimal]:
+def revenue(state: ContactState, won_elsewhere: Collection[str] = ()) -> dict[str, Decimal]:
     totals: dict[str, Decimal] = {}
-    for deal in state.deals.values():
-        totals[deal.currency] = EXACT.add(totals.get(deal.currency, Decimal(0)), deal.amount)
+    for deal_id, deal in state.deals.items():
+        if deal_id not in won_elsewhere:
+            totals[deal.currency] = EXACT.add(totals.get(deal.currency, Decimal(0)), deal.amount)
     for currency, refunded in state.refunds.items():
         totals[currency] = EXACT.subtract(totals.get(currency, Decimal(0)), refunded)
     return dict(sorted(totals.items()))
@@ -204,7 +207,11 @@ class ContactView(msgspec.Struct):
     open_followups: int
 
 
-def render(contact: str, state: ContactState, open_followups: int = 0) -> ContactView:
+def render(contact: str, state: ContactState, open_followups: int = 0, won_elsewhere: Collection[str] = ()) -> ContactView:
+    """The public view. ``won_elsewhere``: deal ids the contact reported won that another contact of
+    the workspace won earlier; a deal_id is one deal in a workspace (CONTRACT.md section 5, "Deals",
+    as goals and attribution count it), so they are not this contact's deals nor its revenue. The
+    state keeps every deal the contact reported, as the contact's own events are all it folds."""
     return ContactView(
         contact=contact,
         stage=state.stage,
@@ -214,28 +221,48 @@ def render(contact: str, state: ContactState, open_followups: int = 0) -> Contac
         touches_before_conversion=state.touches_before_conversion,
         first_touch_at=state.first_touch_at,
         last_touch_at=state.last_touch_at,
-        deals_won=len(state.deals),
-        revenue={currency: decimal_text(amount) for currency, amount in revenue(state).items()},
+        deals_won=sum(1 for deal_id in state.deals if deal_id not in won_elsewhere),
+        revenue={currency: decimal_text(amount) for currency, amount in revenue(state, won_elsewhere).items()},
         do_not_contact=state.consent is not None and state.consent.value == "out",
         open_followups=open_followups,
     )
 
 
+# A column of a query over ``contacts c``: the deal ids of the contact's state that the workspace's
+# deals table (projections/deals.py) gives to another contact; null for nearly every contact.
+# (The CASE spares the subquery its cost on the contacts without deals: the read's hot path.)
+WON_ELSEWHERE = """CASE WHEN c.state ? 'deals' THEN (SELECT array_agg(d.deal_id) FROM deals d
+    WHERE d.workspace = c.workspace AND d.deal_id IN (SELECT jsonb_object_keys(c.state -> 'deals'))
+    AND d.contact <> c.contact) END AS won_elsewhere"""
+
+_VIEW = f"""
+SELECT c.state, (SELECT count(*) {followups.OPEN_OF_CONTACT.format(contact="= $3")}) AS open_followups, {WON_ELSEWHERE}
+FROM contacts c WHERE c.workspace = $1 AND c.contact = $3
+"""
+
+
 async def query(conn: asyncpg.Connection, workspace: str, contact: str) -> ContactView | None:
-    """One contact's view (None: no such contact), in one round trip."""
-    row = await followups.state_with_open_count(conn, workspace, contact)
+    """One contact's view (None: no such contact), in one round trip (the contact read's hot path)."""
+    row = await conn.fetchrow(_VIEW, workspace, dt.datetime.now(dt.timezone.utc), contact)
     if row is None:
         return None
-    return render(contact, decode_state(row["state"]), row["open_followups"])
+    return render(contact, decode_state(row["state"]), row["open_followups"], row["won_elsewhere"] or ())
 
 
 def fold(events: list[Envelope]) -> dict[str, ContactState]:
-    """Every contact's state from a set of (already de-duplicated) events; the test oracle."""
+    """Every contact's state from a set of (already de-duplicated) events."""
     states: dict[str, ContactState] = {}
     for event in events:
         if event.contact_event and event.subject is not None:
             apply(states.setdefault(event.subject, ContactState()), event)
     return states
+
+
+def views(events: list[Envelope]) -> dict[str, ContactView]:
+    """Every contact's view from a set of (already de-duplicated) events; the test oracle."""
+    winners = {deal_id: deal.contact for deal_id, deal in deal_model.fold(events)[0].items()}
+    return {contact: render(contact, state, won_elsewhere=[d for d in state.deals if winners[d] != contact])
+            for contact, state in fold(events).items()}
 
 
 # --- storage ---------------------------------------------------------------------------

@@ -206,13 +206,13 @@ ORDER BY followup_id LIMIT $6
 """
 
 # A contact's follow-ups that count as open (the contact view's ``open_followups``), $2 = now.
-_OPEN_OF_CONTACT = f"""
+OPEN_OF_CONTACT = f"""
 FROM followups f LEFT JOIN followup_sales s USING (workspace, contact)
 WHERE f.workspace = $1 AND f.contact {{contact}} AND f.requested AND {_STATUS_SQL} IN ('open', 'overdue')
 """
 
 COUNT_OPEN = f"""
-SELECT f.contact, count(*) AS n {_OPEN_OF_CONTACT.format(contact="= ANY($3::text[])")}
+SELECT f.contact, count(*) AS n {OPEN_OF_CONTACT.format(contact="= ANY($3::text[])")}
 GROUP BY f.contact
 """
 
@@ -221,17 +221,6 @@ SELECT alert_id, rule, reason, at, campaign_id, goal_id, caused_by_source, cause
 WHERE workspace = $1 AND ($2::text IS NULL OR rule = $2)
 ORDER BY at DESC, alert_id LIMIT $3
 """
-
-
-STATE_WITH_OPEN = f"""
-SELECT c.state, (SELECT count(*) {_OPEN_OF_CONTACT.format(contact="= $3")}) AS open_followups
-FROM contacts c WHERE c.workspace = $1 AND c.contact = $3
-"""
-
-
-async def state_with_open_count(conn: asyncpg.Connection, workspace: str, contact: str) -> asyncpg.Record | None:
-    """A contact's stored state and its open follow-ups in one round trip (the contact view's hot path)."""
-    return await conn.fetchrow(STATE_WITH_OPEN, workspace, dt.datetime.now(dt.timezone.utc), contact)
 
 
 async def open_counts(conn: asyncpg.Connection, workspace: str, contacts: list[str]) -> dict[str, int]:

@@ -256,9 +256,9 @@ async def list_contacts(
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
         rows = await conn.fetch(
-            "SELECT contact, state FROM contacts WHERE workspace = $1"
-            " AND ($2::text IS NULL OR stage = $2) AND ($3::text IS NULL OR status = $3)"
-            " AND ($4::text IS NULL OR contact > $4) ORDER BY contact LIMIT $5",
+            f"SELECT c.contact, c.state, {contact_model.WON_ELSEWHERE} FROM contacts c WHERE c.workspace = $1"
+            " AND ($2::text IS NULL OR c.stage = $2) AND ($3::text IS NULL OR c.status = $3)"
+            " AND ($4::text IS NULL OR c.contact > $4) ORDER BY c.contact LIMIT $5",
             ws,
             stage,
             status,
@@ -267,7 +267,8 @@ async def list_contacts(
         )
         open_followups = await followup_model.open_counts(conn, ws, [row["contact"] for row in rows[:limit]])
     page = [
-        contact_model.render(row["contact"], contact_model.decode_state(row["state"]), open_followups.get(row["contact"], 0))
+        contact_model.render(row["contact"], contact_model.decode_state(row["state"]), open_followups.get(row["contact"], 0),
+                             row["won_elsewhere"] or ())
         for row in rows[:limit]
     ]
     return json_response(ContactPage(page, page[-1].contact if len(rows) > limit else None))  # type: ignore[return-value]

@@ -10,7 +10,7 @@ import time
 import msgspec
 
 from events.validation import parse_event
-from projections.contacts import fold, render
+from projections.contacts import views
 from services.api.contact_paths import segment
 from tests.support import event, without_followups
 
@@ -45,7 +45,7 @@ def sample_history(contacts: int, per_contact: int, seed: int = 1) -> list[dict]
 def expected_contacts(bodies: list[dict]) -> dict[str, dict]:
     unique = {(b["source"], b["id"]): b for b in reversed(bodies)}  # the first copy wins
     events = [parse_event(json.dumps(b).encode()) for b in unique.values()]
-    return {c: without_followups(json.loads(_encode(render(c, s)))) for c, s in fold(events).items()}
+    return {c: without_followups(json.loads(_encode(view))) for c, view in views(events).items()}
 
 
 def all_contacts(stack, ws, auth, min_seq) -> dict[str, dict]:

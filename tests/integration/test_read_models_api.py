@@ -130,6 +130,28 @@ def test_late_reports_across_batches(stack):
     assert credit["campaigns"] == [{"campaign_id": "fall", "leads": 1.0, "deals": 1.0, "revenue": {"EUR": "250.50"}}]
 
 
+def test_a_deal_won_for_two_contacts_is_the_earliest_ones_in_every_read(stack):
+    """A deal_id is one deal in a workspace: the contact read counted it for each contact that
+    reported it won, while goals and attribution gave it to the earliest report (an outside audit:
+    contacts' deals_won summed to 2 where the deals_won goal counted 1). The later report arrives
+    first, so the earlier one must take the deal from a contact already stored."""
+    ws, auth = stack.new_workspace()
+    ben = event("sales.deal.won", "ben", "2026-03-06T00:00:00Z", deal_id="D", amount="200", currency="EUR")
+    ann = event("sales.deal.won", "ann", "2026-03-05T00:00:00Z", deal_id="D", amount="100", currency="EUR")
+    own = event("sales.deal.won", "ben", "2026-03-07T00:00:00Z", deal_id="E", amount="7", currency="USD")
+    goal = event("goal.set", None, "2026-03-01T00:00:00Z", goal_id="g", metric="deals_won", target="2",
+                 period_start="2026-03-01", period_end="2026-04-01")
+    last = stack.ingest(ws, auth, [ben, own, goal])
+    assert read(stack, ws, auth, "contacts/ben", last)["deals_won"] == 2
+    last = stack.ingest(ws, auth, [ann])
+    contacts = {c["contact"]: c for c in read(stack, ws, auth, "contacts", last)["contacts"]}
+    for name, deals_won, revenue in (("ann", 1, {"EUR": "100"}), ("ben", 1, {"USD": "7"})):
+        assert (contacts[name]["deals_won"], contacts[name]["revenue"]) == (deals_won, revenue), name
+        assert read(stack, ws, auth, f"contacts/{name}", last) == contacts[name]
+    assert contacts["ben"]["stage"] == "customer" and contacts["ben"]["status"] == "won"  # its events still say so
+    assert read(stack, ws, auth, "goals", last, as_of="2026-04-01T00:00:00Z")["goals"][0]["actual"] == "2"
+
+
 def test_currency_and_derived_are_null_for_goals_other_than_revenue(stack):
     ws, auth = stack.new_workspace()
     period = {"period_start": "2026-11-01", "period_end": "2026-12-01"}
