@@ -6,8 +6,9 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install clean
 
+# --exit-with-parent: make passes no SIGTERM on to its command; killed, it would leave `up` running.
 run: $(STAMP)
-	$(BIN)/touchline up
+	$(BIN)/touchline up --exit-with-parent
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -55,6 +55,11 @@ def up(
     http: Optional[str] = typer.Option(
         None, "--http", envvar="TOUCHLINE_HTTP", help="HOST:PORT the HTTP API listens on (default 127.0.0.1:8080)"
     ),
+    exit_with_parent: bool = typer.Option(
+        False, "--exit-with-parent",
+        help="Stop, cleanly, when the process that started it exits (`make run` uses it: make does not pass"
+             " a SIGTERM on to its command)",
+    ),
 ) -> None:
     """Start everything: NATS (JetStream) and PostgreSQL, embedded under the data dir unless
     TOUCHLINE_NATS_URL / TOUCHLINE_DATABASE_URL name external ones, then the HTTP API, projector,
@@ -64,7 +69,7 @@ def up(
     TOUCHLINE_API_WORKERS sets how many API processes share the port (default: one per core, at most 4)."""
     from services.runtime.up import up as run_up
 
-    run_up(Settings.from_env(data_dir=data_dir, http=http))
+    run_up(Settings.from_env(data_dir=data_dir, http=http), exit_with_parent=exit_with_parent)
 
 
 @app.command()

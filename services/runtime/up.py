@@ -72,7 +72,12 @@ def hold_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def up(settings: Settings) -> None:
+def up(settings: Settings, *, exit_with_parent: bool = False) -> None:
+    """``exit_with_parent``: stop, cleanly, once the process that started this one has exited. GNU
+    make neither passes a SIGTERM on to the command it runs nor waits for it then: `make run`
+    killed by a supervisor (or a test harness) left `touchline up` running without it, holding
+    the port and the data dir (an outside audit)."""
+    parent = os.getppid()
     logs.configure("up")
     check_data_dir(settings.data_dir)
     hold_data_dir(settings.data_dir)
@@ -114,6 +119,9 @@ def up(settings: Settings) -> None:
         )
         while not stop["now"]:
             time.sleep(0.2)
+            if exit_with_parent and os.getppid() != parent:
+                log.info("touchline.parent_exited", parent=parent)
+                break
             if nats is not None and nats.process.poll() is not None and not stop["now"]:
                 _restart_nats(nats)
             for number, child in enumerate(children):

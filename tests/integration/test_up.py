@@ -137,6 +137,46 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
             up.wait(60)
 
 
+def test_make_run_stops_cleanly_however_make_is_ended(tmp_path):
+    """A supervisor (or a test harness) holds the `make run` process, not `touchline up`. GNU make
+    passes a SIGTERM on to its command; a SIGINT it does not (it expects the terminal to have sent
+    it to the whole group) and waits; a SIGKILL, the usual next step, left `touchline up` running
+    without it, holding the port and the data dir (an outside audit). `make run` starts it with
+    --exit-with-parent."""
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "TOUCHLINE_ADMIN_TOKEN": ADMIN, "TOUCHLINE_DATA_DIR": str(data_dir),
+           "TOUCHLINE_HTTP": f"127.0.0.1:{port}"}
+    for name in ("TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_API_WORKERS", "MAKEFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
+    log = tmp_path / "make.log"
+    started: list[psutil.Process] = []  # `up`: its command line does not name the data dir (the environment does)
+    try:
+        for ending in (signal.SIGTERM, signal.SIGKILL):
+            make = subprocess.Popen(["make", "--no-print-directory", "-C", str(Path(__file__).parents[2]), "run"],
+                                    env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+            wait_healthy(base)
+            started += psutil.Process(make.pid).children()
+            if ending == signal.SIGKILL:
+                make.send_signal(signal.SIGINT)  # to make alone: it waits for `up`, which never hears of it
+                time.sleep(1)
+                assert make.poll() is None and httpx.get(f"{base}/v1/health", timeout=5).status_code == 200
+            make.send_signal(ending)
+            make.wait(10)
+            wait_refused(base)
+            deadline = time.monotonic() + 60
+            while left := [p for p in our_processes(data_dir) if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+                assert time.monotonic() < deadline, [p.cmdline() for p in left]
+                time.sleep(0.2)
+            assert log.read_text().count("touchline.stopped") == (1 if ending == signal.SIGTERM else 2)
+            assert not any(up.is_running() and up.status() != psutil.STATUS_ZOMBIE for up in started)
+        assert log.read_text().count("touchline.parent_exited") == 1
+    finally:
+        for process in started + our_processes(data_dir):
+            with contextlib.suppress(psutil.Error):
+                process.send_signal(signal.SIGINT)
+
+
 def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
     """kill -9 of the embedded nats-server alone: `up` starts it again on its port with its data, the
     services reconnect, and nothing acknowledged is lost (health stayed 503 until a restart)."""
