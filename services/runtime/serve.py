@@ -234,14 +234,15 @@ async def serve_dispatcher(settings: Settings) -> None:
     """The dispatcher: a FastStream subscriber on the work queue; log appends and webhooks."""
     import httpx
 
-    from services.dispatcher.app import Dispatcher, build, update_consumer
+    from services.dispatcher.app import Dispatcher, InFlight, build, update_consumer
 
     logs.configure("dispatcher")
     backends = await open_backends(settings, "dispatcher", pool_size=4)
     await prepare(backends, settings)
     async with httpx.AsyncClient(follow_redirects=False) as http:
         dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
-        broker = build(settings.nats_url, dispatcher, ack_wait=settings.dispatcher_ack_wait).broker
+        in_flight = InFlight(settings.dispatcher_ack_wait)
+        broker = build(settings.nats_url, dispatcher, ack_wait=settings.dispatcher_ack_wait, in_flight=in_flight).broker
         await update_consumer(backends.js)
         await broker.start()
         # Ready while its broker's own connection answers: FastStream gives up reconnecting for good
@@ -251,6 +252,7 @@ async def serve_dispatcher(settings: Settings) -> None:
         try:
             await _until_signal(*tasks)
         finally:
+            await in_flight.stop()  # before the broker: their acks and naks go through its connection
             with contextlib.suppress(Exception):
                 await broker.stop()
             await backends.close()

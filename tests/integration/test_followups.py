@@ -418,8 +418,10 @@ class Receiver:
     """A webhook receiver on loopback: answers each POST with the next status of ``plan`` (the last
     repeats), checks the signature with the secret, and keeps every request."""
 
-    def __init__(self, plan: list[int]) -> None:
+    def __init__(self, plan: list[int], hold: threading.Event | None = None) -> None:
         self.plan = plan
+        self.hold = hold  # when given, every answer waits until it is set
+        self.arrived = 0  # requests begun, answered or not
         self.secret = ""
         self.requests: list[dict] = []
         receiver = self
@@ -427,6 +429,9 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.arrived += 1
+                if receiver.hold is not None:
+                    receiver.hold.wait(60)
                 status = receiver.plan[min(len(receiver.requests), len(receiver.plan) - 1)]
                 receiver.requests.append({
                     "body": body,
@@ -509,6 +514,32 @@ def test_webhook_fails_twice_then_succeeds_signed(stack):
         # A tampered body does not verify.
         assert not receiver.verify(receiver.requests[0]["headers"]["Touchline-Signature"], b"{}")
     finally:
+        receiver.close()
+
+
+def test_a_webhook_that_does_not_answer_holds_up_no_other_workspace(stack):
+    """The dispatcher took a batch of commands and the next only once all of that batch was done:
+    one workspace's receiver that kept its request open held every other workspace's follow-ups
+    (an outside audit: 19 s). Here it keeps it open until the other workspace's follow-up is listed,
+    longer than the stack's ack wait (2 s), and is asked once: the command is kept meanwhile."""
+    slow_ws, slow_auth = stack.new_workspace()
+    ws, auth = stack.new_workspace()
+    hold = threading.Event()
+    receiver = Receiver([200], hold=hold)
+    try:
+        register(stack, slow_ws, receiver, timeout_seconds=20, max_attempts=1)
+        stack.ingest(slow_ws, slow_auth, [event("marketing.engaged", "sam", iso(NOW), channel="instagram", action="like")])
+        wait_for(lambda: receiver.arrived, what="the slow delivery begun")
+        stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(NOW), channel="instagram", action="like")])
+        wait_for(lambda: followups(stack, ws, auth), timeout=20, what="the other workspace's follow-up, meanwhile")
+        time.sleep(2.5)  # past the ack wait, while the slow request is still open
+        hold.set()
+        wait_for(lambda: receiver.requests, what="the slow delivery answered")
+        settle(stack, slow_ws, slow_auth)
+        time.sleep(1)
+        assert receiver.arrived == len(receiver.requests) == 1 and [f["rule"] for f in followups(stack, slow_ws, slow_auth)] == ["hot-engagement"]
+    finally:
+        hold.set()
         receiver.close()
 
 
