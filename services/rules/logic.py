@@ -50,6 +50,11 @@ ANOMALY_MIN_REPORTS = 3
 ANOMALY_FACTOR = 3
 GOAL_MIN_ELAPSED = Fraction(1, 4)
 GOAL_RISK_SHARE = Fraction(4, 5)
+# An event received longer ago than this is history being caught up (`touchline rules reset`, a
+# worker back after a stop): a goal is judged by what the log held then but at today's share of
+# its period, which said "at risk: 0 of 10" of goals on track today (an outside audit). Such
+# checks wait until the worker has caught up (``Effects.goals_deferred``).
+LIVE_WINDOW = dt.timedelta(minutes=5)
 
 # The stages whose contact counts feed a revenue goal's derived numbers.
 COUNTED_STAGES = ("lead", "opportunity", "customer")
@@ -211,10 +216,12 @@ class Timer(msgspec.Struct, frozen=True):
 class Effects:
     commands: list[RequestFollowup | RaiseAlert] = field(default_factory=list)
     timers: list[Timer] = field(default_factory=list)
+    goals_deferred: bool = False  # a goal check left for when the worker has caught up (LIVE_WINDOW)
 
     def extend(self, other: "Effects") -> None:
         self.commands.extend(other.commands)
         self.timers.extend(other.timers)
+        self.goals_deferred = self.goals_deferred or other.goals_deferred
 
 
 @dataclass(frozen=True)
@@ -340,8 +347,9 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     ws = state.workspace(ws_id)
     effects = Effects()
     t = utc(event.time)
+    live = logged.received_at >= now - LIVE_WINDOW
     if not event.contact_event or event.subject is None:
-        _workspace_event(ws_id, ws, event, t, effects, now, settings)
+        _workspace_event(ws_id, ws, event, t, effects, now, settings, live=live)
         return effects
     subject = event.subject
     contact = state.contact(ws_id, subject)
@@ -355,12 +363,20 @@ def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, setting
     if changed_metrics and settings.enabled("goal-at-risk"):
         affected = {gid for gid, goal in ws.goals.items() if goal.metric in changed_metrics}
         if affected:
-            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=affected))
+            _check_goals_if_live(ws_id, ws, event, now, effects, affected, live=live)
     return effects
 
 
+def _check_goals_if_live(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.datetime, effects: Effects,
+                         goal_ids: set[str], *, live: bool) -> None:
+    if live:
+        effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only=goal_ids))
+    else:
+        effects.goals_deferred = True
+
+
 def _workspace_event(ws_id: str, ws: WorkspaceRules, event: c.Envelope, t: dt.datetime, effects: Effects,
-                     now: dt.datetime, settings: Settings) -> None:
+                     now: dt.datetime, settings: Settings, *, live: bool) -> None:
     """An event about the workspace, not a contact: campaigns' names, metrics, goals."""
     if isinstance(event, c.CampaignLaunched):
         if event.data.name:
@@ -377,7 +393,7 @@ def _workspace_event(ws_id: str, ws: WorkspaceRules, event: c.Envelope, t: dt.da
         if known is None or goal.key > known.key:
             ws.goals[event.data.goal_id] = goal
         if settings.enabled("goal-at-risk"):
-            effects.commands.extend(check_goals(ws_id, ws, now, caused_by=(event.source, event.id), only={event.data.goal_id}))
+            _check_goals_if_live(ws_id, ws, event, now, effects, {event.data.goal_id}, live=live)
 
 
 def _contact_bookkeeping(state: RulesState, ws_id: str, contact: ContactRules, event: c.Envelope, t: dt.datetime) -> bool:

@@ -335,6 +335,7 @@ class RulesWorker:
         self.goal_check_seconds = goal_check_seconds
         self.position = 0
         self.applied_batches = 0  # committed by this process: a fenced one that had applied was the writer
+        self.goals_deferred = False  # a goal check left for when the log is caught up
         self.committed = CommittedPosition("rules_positions", name)
         self._stopping = asyncio.Event()  # the process stops
         self._over = asyncio.Event()  # the loops end: stopping, or no longer the writer
@@ -402,6 +403,9 @@ class RulesWorker:
                 if messages:
                     batch, poisons = decode_messages(messages)
                     await self.apply_batch(batch, poisons, last=messages[-1].seq)
+                elif self.goals_deferred:  # caught up: the goals as they stand now (logic.LIVE_WINDOW)
+                    await with_retry(self.pool, self.check_goals)
+                    self.goals_deferred = False
                 elif time.monotonic() - checked > 2.0:
                     # Idle: notice a position moved by someone else (`touchline rules reset`).
                     checked = time.monotonic()
@@ -415,6 +419,7 @@ class RulesWorker:
         started = time.perf_counter()
         last = last if last is not None else batch[-1].seq
         effects = await knowing_early_dismissals(lambda known: self._apply(batch, list(poisons), last, known))
+        self.goals_deferred = self.goals_deferred or effects.goals_deferred
         self.position = last
         self.applied_batches += 1
         log.debug("rules.batch", events=len(batch), commands=len(effects.commands), timers=len(effects.timers),

@@ -23,7 +23,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import asyncpg
 
 from events.commands import COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
-from events.log import LOG_STREAM
+from events.log import LOG_STREAM, log_headers, log_subject
+from events.validation import parse_event
 from tests.support import event, wait_for
 from services.nats_io import connect_client
 
@@ -166,6 +167,39 @@ def test_each_rule_fires_and_each_guard_holds(stack):
     assert anomaly["campaign_id"] == "c1" and "reach of campaign 'Spring sale' is 400" in anomaly["reason"]
     goal = next(alert for alert in raised if alert["rule"] == "goal-at-risk")
     assert goal["goal_id"] == "q" and "at risk" in goal["reason"] and "more deals" in goal["reason"]
+
+
+async def _log_as_received(stack, ws: str, bodies: list[dict], received_at: dt.datetime) -> None:
+    """Append events to the log as if received at ``received_at``: the history that `rules reset`,
+    or a worker back after a stop, catches up on."""
+    nc = await connect_client(stack.servers.nats_url)
+    try:
+        js = nc.jetstream()
+        for body in bodies:
+            raw = json.dumps(body).encode()
+            await js.publish(log_subject(ws), raw, stream=LOG_STREAM, headers=log_headers(ws, parse_event(raw), received_at))
+    finally:
+        await nc.close()
+
+
+def test_goals_are_judged_as_they_stand_once_history_is_caught_up(stack):
+    """Caught up on history, the rules judged each goal by what the log held at each point but at
+    today's share of its period: a goal on track today was alerted "at risk: 0 of 10" at its
+    goal.set (an outside audit, after `touchline rules reset`). Now such checks wait until the
+    worker has caught up, and then judge every goal as it stands."""
+    ws, auth = stack.new_workspace()
+    start = (NOW - dt.timedelta(days=15)).date()
+    period = {"metric": "leads", "period_start": start.isoformat(), "period_end": (start + dt.timedelta(days=30)).isoformat()}
+    history = [event("goal.set", time=iso(NOW - dt.timedelta(days=14)), goal_id="on-track", target="10", **period),
+               event("goal.set", time=iso(NOW - dt.timedelta(days=14)), goal_id="behind", target="1000", **period)]
+    history += [event("marketing.lead.captured", f"lead-{n}", iso(NOW - dt.timedelta(days=10)), channel="web")
+                for n in range(11)]
+    asyncio.run(_log_as_received(stack, ws, history, NOW - dt.timedelta(hours=1)))
+    wait_for(lambda: alerts(stack, ws, auth), what="the goals judged once caught up")
+    settle(stack, ws, auth)
+    [alert] = alerts(stack, ws, auth)
+    assert (alert["rule"], alert["goal_id"], alert["caused_by"]) == ("goal-at-risk", "behind", None)
+    assert alert["reason"].startswith("Goal 'behind' (leads) is at risk: 11 of 1000")
 
 
 def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):

@@ -324,14 +324,27 @@ def test_goal_at_risk_fires_once_per_day_with_gap_and_needs():
     _, more = run([ev("sales.deal.won", "a", deal_id="d1", amount="1000", currency="EUR")], state=state)
     assert rules(more) == ["post-sale"]
     # Next day it may fire again, with the derived numbers.
-    _, next_day = run([ev("sales.deal.refunded", "a", deal_id="d1", amount="0", currency="EUR")], state=state,
-                      now=NOW + D)
+    refund = ev("sales.deal.refunded", "a", deal_id="d1", amount="0", currency="EUR")
+    _, next_day = run([msgspec.structs.replace(refund, received_at=NOW + D)], state=state, now=NOW + D)
     [alert] = next_day.commands
     assert alert.goal_id == "g1" and alert.rule == "goal-at-risk"
     # avg deal 1000, gap 9000 -> 9 deals; 2 opportunities : 1 customer -> 18; 2 leads : 2 opps -> 18 leads
     assert "Gap: 9000 EUR" in alert.reason
     assert "about 9 more deals, 18 more opportunities, 18 more leads needed" in alert.reason
     assert alert.alert_id != effects.commands[0].alert_id
+
+
+def test_goal_at_risk_is_not_judged_on_history_being_caught_up():
+    """Events received long ago (a rules reset, a worker back after a stop) hold what the log held
+    then, not now: judged at today's share of the period, a goal on track today was said to be at
+    risk with 0 of 10 (an outside audit). The check waits until the worker has caught up."""
+    history = [_goal(metric="leads", target="10")] + [ev("marketing.lead.captured", f"c{n}", channel="web") for n in range(11)]
+    later = NOW + logic.LIVE_WINDOW + dt.timedelta(seconds=1)
+    state, effects = run(history, now=later)
+    assert "goal-at-risk" not in rules(effects) and effects.goals_deferred  # new-lead follow-ups, as ever
+    assert logic.check_goals(WS, state.workspace(WS), later, caused_by=None) == []  # on track as it stands
+    _, live = run(history[:1], now=NOW)  # received just now: the goal, with no lead yet, is at risk
+    assert rules(live) == ["goal-at-risk"] and not live.goals_deferred
 
 
 @pytest.mark.parametrize(
