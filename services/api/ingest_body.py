@@ -12,12 +12,12 @@ from litestar import Request
 
 from events.upcasting import decode_exact
 from events.validation import (
+    LENIENT_JSON,
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
     MAX_EVENT_BYTES,
     binary_to_structured,
     header_error,
-    LENIENT_JSON,
     read_leniently,
 )
 from services.api.common import ApiError
