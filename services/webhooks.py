@@ -12,6 +12,8 @@ alert id: the same for every retry of one item, so receivers can deduplicate.
 
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 import secrets
@@ -114,8 +116,12 @@ async def post(client: httpx.AsyncClient, hook: Webhook, body: bytes, *, item_id
         "User-Agent": "Touchline-Webhooks/1",
     }
     try:
-        answer = await client.post(hook.url, content=body, headers=headers, timeout=hook.timeout_seconds)
-    except httpx.TimeoutException as err:
+        # httpx's timeout bounds each read, not the whole request: a receiver that answered and then
+        # sent its body a byte every few seconds kept a delivery open as long as it liked (an outside
+        # audit); timeout_seconds is the whole attempt's.
+        async with asyncio.timeout(hook.timeout_seconds):
+            answer = await client.post(hook.url, content=body, headers=headers, timeout=hook.timeout_seconds)
+    except (httpx.TimeoutException, TimeoutError) as err:
         raise DeliveryFailed(f"timed out after {hook.timeout_seconds}s: {err!r}") from err
     except httpx.HTTPError as err:
         raise DeliveryFailed(f"request failed: {err!r}") from err

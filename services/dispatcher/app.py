@@ -40,6 +40,7 @@ from nats.js.api import ConsumerConfig
 from pydantic import Field, WithJsonSchema
 
 from events import catalog as c
+from events.log import workspace_of_subject
 from events.schema import EXTERNAL_TYPES, inline_event_schema, inline_schema
 from projections.followups import AlertView, CausedBy, FollowupView
 from events.commands import (
@@ -99,44 +100,60 @@ async def update_consumer(js: JetStreamContext) -> None:
         log.info("dispatcher.consumer_updated", consumer=CONSUMER, removed="backoff")
 
 
-# Commands carried out at once by one dispatcher: past this many (all waiting on slow webhooks),
-# the subscriber waits for one to end before it takes another.
-IN_FLIGHT = 64
+# Commands carried out at once by one dispatcher, and by one workspace of it. Past the first
+# (all of them waiting on slow webhooks), the subscriber waits for one to end before it takes
+# another; past the second, a workspace's commands wait their turn without holding up others'.
+IN_FLIGHT = 256
+IN_FLIGHT_PER_WORKSPACE = 8
 
 
 class InFlight:
-    """Commands being carried out beside the subscriber, each acked or nak'ed by its own task. While
-    one runs, its message is kept from redelivery (``in_progress`` every third of the ack wait): a
-    webhook slower than the ack wait would otherwise be posted again, by another dispatcher."""
+    """Commands being carried out beside the subscriber, each acked or nak'ed by its own task.
 
-    def __init__(self, ack_wait: float, limit: int = IN_FLIGHT) -> None:
+    From the moment it is taken until it is settled, a command's message is kept from redelivery
+    (``in_progress`` at once, then every third of the ack wait), while it waits for a slot too: a
+    command that waited out the ack wait was posted a second time, by a redelivered copy (an
+    outside audit, past 64 in flight). A workspace has at most ``IN_FLIGHT_PER_WORKSPACE`` carried
+    out at once, so one whose receiver does not answer leaves the other slots to the others."""
+
+    def __init__(self, ack_wait: float, limit: int = IN_FLIGHT, per_workspace: int = IN_FLIGHT_PER_WORKSPACE) -> None:
         self.ack_wait = ack_wait
         self.slots = asyncio.Semaphore(limit)
+        self.per_workspace = per_workspace
+        self.workspaces: dict[str, asyncio.Semaphore] = {}
         self.tasks: set[asyncio.Task] = set()
 
-    async def start(self, work: Coroutine, raw) -> None:
-        await self.slots.acquire()
-        task = asyncio.create_task(self._run(work, raw))
+    async def start(self, work: Coroutine, raw, workspace: str) -> None:
+        keeping = asyncio.create_task(self._keep(raw))
+        try:
+            await self.slots.acquire()
+        except BaseException:
+            keeping.cancel()
+            work.close()
+            raise
+        task = asyncio.create_task(self._run(work, keeping, workspace))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, work: Coroutine, raw) -> None:
-        keeping = asyncio.create_task(self._keep(raw))
+    async def _run(self, work: Coroutine, keeping: asyncio.Task, workspace: str) -> None:
+        turn = self.workspaces.setdefault(workspace, asyncio.Semaphore(self.per_workspace))
         try:
-            await work
+            async with turn:
+                await work
         except Exception:  # noqa: BLE001 - handle_message settles its message itself; this is a bug of ours
             log.exception("dispatcher.command_failed")
         finally:
+            work.close()  # never started, if cancelled while waiting for its turn
             keeping.cancel()
             self.slots.release()
 
     async def _keep(self, raw) -> None:
         while True:
-            await asyncio.sleep(self.ack_wait / 3)
             try:
                 await raw.in_progress()
             except Exception:  # noqa: BLE001 - the connection is gone: redelivery will tell
                 return
+            await asyncio.sleep(self.ack_wait / 3)
 
     async def stop(self) -> None:
         """Abandon what is in flight: unacked, each command comes back after the ack wait (its
@@ -332,7 +349,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
     async def dispatch(body: CommandPayload, msg: NatsMessage) -> None:
         if dispatcher is None:
             raise RuntimeError("this application was built for its description only")
-        await in_flight.start(handle_message(dispatcher, broker, msg), msg.raw_message)
+        await in_flight.start(handle_message(dispatcher, broker, msg), msg.raw_message, workspace_of_subject(msg.raw_message.subject))
 
     return FastStream(
         broker,

@@ -25,6 +25,7 @@ import asyncpg
 from events.commands import COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
 from events.log import LOG_STREAM, log_headers, log_subject
 from events.validation import parse_event
+from services.dispatcher.app import IN_FLIGHT_PER_WORKSPACE
 from tests.support import event, wait_for
 from services.nats_io import connect_client
 
@@ -554,24 +555,31 @@ def test_webhook_fails_twice_then_succeeds_signed(stack):
 def test_a_webhook_that_does_not_answer_holds_up_no_other_workspace(stack):
     """The dispatcher took a batch of commands and the next only once all of that batch was done:
     one workspace's receiver that kept its request open held every other workspace's follow-ups
-    (an outside audit: 19 s). Here it keeps it open until the other workspace's follow-up is listed,
-    longer than the stack's ack wait (2 s), and is asked once: the command is kept meanwhile."""
+    (an outside audit: 19 s). Here it keeps its requests open until the other workspace's follow-up
+    is listed, longer than the stack's ack wait (2 s), for more commands than a workspace may have
+    carried out at once: the ones waiting their turn are kept too, and each is posted once (waiting
+    out the ack wait, some were posted twice: the re-check audit)."""
     slow_ws, slow_auth = stack.new_workspace()
     ws, auth = stack.new_workspace()
     hold = threading.Event()
     receiver = Receiver([200], hold=hold)
+    triggers = IN_FLIGHT_PER_WORKSPACE + 4
     try:
         register(stack, slow_ws, receiver, timeout_seconds=20, max_attempts=1)
-        stack.ingest(slow_ws, slow_auth, [event("marketing.engaged", "sam", iso(NOW), channel="instagram", action="like")])
-        wait_for(lambda: receiver.arrived, what="the slow delivery begun")
+        stack.ingest(slow_ws, slow_auth, [event("marketing.engaged", f"sam-{n}", iso(NOW), channel="instagram", action="like")
+                                          for n in range(triggers)])
+        wait_for(lambda: receiver.arrived >= IN_FLIGHT_PER_WORKSPACE, what="the slow deliveries begun")
         stack.ingest(ws, auth, [event("marketing.engaged", "dana", iso(NOW), channel="instagram", action="like")])
         wait_for(lambda: followups(stack, ws, auth), timeout=20, what="the other workspace's follow-up, meanwhile")
-        time.sleep(2.5)  # past the ack wait, while the slow request is still open
+        time.sleep(2.5)  # past the ack wait, while the slow requests are still open
+        assert receiver.arrived == IN_FLIGHT_PER_WORKSPACE  # the rest wait their workspace's turn
         hold.set()
-        wait_for(lambda: receiver.requests, what="the slow delivery answered")
+        wait_for(lambda: len(receiver.requests) >= triggers, what="the slow deliveries answered")
         settle(stack, slow_ws, slow_auth)
         time.sleep(1)
-        assert receiver.arrived == len(receiver.requests) == 1 and [f["rule"] for f in followups(stack, slow_ws, slow_auth)] == ["hot-engagement"]
+        delivered = [r["headers"]["Touchline-Delivery"] for r in receiver.requests]
+        assert receiver.arrived == len(delivered) == len(set(delivered)) == triggers
+        assert len(followups(stack, slow_ws, slow_auth)) == triggers
     finally:
         hold.set()
         receiver.close()
