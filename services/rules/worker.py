@@ -336,6 +336,9 @@ class RulesWorker:
         self.position = 0
         self.applied_batches = 0  # committed by this process: a fenced one that had applied was the writer
         self.goals_deferred = False  # a goal check left for when the log is caught up
+        # Whether the log loop has read to the end since it (re)started: until then the saved state
+        # is behind the log, and the goal tick would judge it at today's share of each period.
+        self.caught_up = False
         self.committed = CommittedPosition("rules_positions", name)
         self._stopping = asyncio.Event()  # the process stops
         self._over = asyncio.Event()  # the loops end: stopping, or no longer the writer
@@ -393,6 +396,7 @@ class RulesWorker:
                     await asyncio.wait_for(self._over.wait(), pause)
 
     async def _run_from_committed_position(self) -> None:
+        self.caught_up = False
         self.position = await self.committed.load(self.pool)
         log.info("rules.started", position=self.position)
         sub = await read_log(self.js, self.position + 1)
@@ -403,7 +407,10 @@ class RulesWorker:
                 if messages:
                     batch, poisons = decode_messages(messages)
                     await self.apply_batch(batch, poisons, last=messages[-1].seq)
-                elif self.goals_deferred:  # caught up: the goals as they stand now (logic.LIVE_WINDOW)
+                elif not self.caught_up or self.goals_deferred:
+                    # Caught up (since a start, or after history: logic.LIVE_WINDOW): the goals as
+                    # they stand now; the tick's from here on.
+                    self.caught_up = True
                     await with_retry(self.pool, self.check_goals)
                     self.goals_deferred = False
                 elif time.monotonic() - checked > 2.0:
@@ -529,7 +536,11 @@ class RulesWorker:
     # --- goal checks -----------------------------------------------------------------
 
     async def _check_goals_now(self) -> None:
-        await with_retry(self.pool, self.check_goals)
+        """The goal tick; skipped while the log loop is catching up (a worker back after a stop
+        judged the state saved before it stopped, at today's share of the period: a false alert
+        that the re-check audit saw within a second of the restart)."""
+        if self.caught_up:
+            await with_retry(self.pool, self.check_goals)
 
     async def check_goals(self, conn: asyncpg.Connection) -> Effects:
         """goal-at-risk for every running goal of every workspace, at least this often."""

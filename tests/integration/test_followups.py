@@ -203,6 +203,42 @@ def test_goals_are_judged_as_they_stand_once_history_is_caught_up(stack):
     assert alert["reason"].startswith("Goal 'behind' (leads) is at risk: 11 of 1000")
 
 
+async def _goal_tick(stack, *, caught_up: bool) -> None:
+    """The goal tick of a rules worker just started (not yet caught up with the log), or not."""
+    from services.rules.worker import RulesWorker
+    from services.store.db import create_pool
+
+    nc = await connect_client(stack.servers.nats_url)
+    pool = await create_pool(stack.servers.database_url, max_size=2)
+    try:
+        worker = RulesWorker(nc.jetstream(), pool)
+        worker.caught_up = caught_up
+        await worker._check_goals_now()
+    finally:
+        await pool.close()
+        await nc.close()
+
+
+def test_a_worker_just_started_judges_no_goal_before_it_has_caught_up(stack):
+    """A rules worker back after a stop ran its goal tick at once, on the state saved before it
+    stopped, at today's share of the period: a false alert within a second of the restart for a
+    goal the events it had not yet read put on track (the re-check audit)."""
+    ws, auth = stack.new_workspace()
+    assert stack.http.put(f"/v1/workspaces/{ws}/rules", json={"disabled": ["goal-at-risk"]},
+                          headers=stack.admin()).status_code == 200
+    start = (NOW - dt.timedelta(days=15)).date()
+    stack.ingest(ws, auth, [event("goal.set", time=iso(NOW - dt.timedelta(days=14)), goal_id="g", metric="leads",
+                                  target="10", period_start=start.isoformat(),
+                                  period_end=(start + dt.timedelta(days=30)).isoformat())])
+    settle(stack, ws, auth)
+    assert stack.http.put(f"/v1/workspaces/{ws}/rules", json={"disabled": []}, headers=stack.admin()).status_code == 200
+    asyncio.run(_goal_tick(stack, caught_up=False))
+    settle(stack, ws, auth)
+    assert alerts(stack, ws, auth) == []
+    asyncio.run(_goal_tick(stack, caught_up=True))  # the same state, once caught up: at risk indeed
+    wait_for(lambda: alerts(stack, ws, auth), what="the goal judged once caught up")
+
+
 def test_statuses_open_overdue_done_dismissed_and_open_followups(stack):
     ws, auth = stack.new_workspace()
     t = NOW - dt.timedelta(hours=30)  # due 6 hours ago: overdue now, open before
