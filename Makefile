@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test install clean
 
-# --exit-with-parent: make passes no SIGTERM on to its command; killed, it would leave `up` running.
+# --exit-with-parent make's pid: make passes no SIGINT on to its command, and killed it would leave
+# `up` running; exec keeps make the parent ($$PPID is make's pid in the recipe's shell).
 run: $(STAMP)
-	$(BIN)/touchline up --exit-with-parent
+	exec $(BIN)/touchline up --exit-with-parent $$PPID
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -55,10 +55,10 @@ def up(
     http: Optional[str] = typer.Option(
         None, "--http", envvar="TOUCHLINE_HTTP", help="HOST:PORT the HTTP API listens on (default 127.0.0.1:8080)"
     ),
-    exit_with_parent: bool = typer.Option(
-        False, "--exit-with-parent",
-        help="Stop, cleanly, when the process that started it exits (`make run` uses it: make does not pass"
-             " a SIGTERM on to its command)",
+    exit_with_parent: Optional[int] = typer.Option(
+        None, "--exit-with-parent", metavar="PID",
+        help="Stop, cleanly, once process PID, the one that started it, has exited (`make run` gives its"
+             " own pid: make does not pass a SIGINT on to its command)",
     ),
 ) -> None:
     """Start everything: NATS (JetStream) and PostgreSQL, embedded under the data dir unless

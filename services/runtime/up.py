@@ -72,13 +72,16 @@ def hold_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def up(settings: Settings, *, exit_with_parent: bool = False) -> None:
-    """``exit_with_parent``: stop, cleanly, once the process that started this one has exited. GNU
-    make neither passes a SIGTERM on to the command it runs nor waits for it then: `make run`
-    killed by a supervisor (or a test harness) left `touchline up` running without it, holding
-    the port and the data dir (an outside audit)."""
-    parent = os.getppid()
+def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
+    """``exit_with_parent``: the pid of the process that started this one (`make run` gives its
+    own): stop, cleanly, once that is no longer the parent. A SIGINT to make alone is not passed on,
+    and make waits; killed after that, make left `touchline up` running without it, holding the
+    port and the data dir (an outside audit). The pid is given, not read here, because make may
+    be gone before this process gets that far (the re-check audit killed it 0.3 s in)."""
     logs.configure("up")
+    if exit_with_parent is not None and os.getppid() != exit_with_parent:
+        log.info("touchline.parent_exited", parent=exit_with_parent)
+        return
     check_data_dir(settings.data_dir)
     hold_data_dir(settings.data_dir)
     # A port taken by something else fails now, in plain words, not later in a child.
@@ -119,8 +122,8 @@ def up(settings: Settings, *, exit_with_parent: bool = False) -> None:
         )
         while not stop["now"]:
             time.sleep(0.2)
-            if exit_with_parent and os.getppid() != parent:
-                log.info("touchline.parent_exited", parent=parent)
+            if exit_with_parent is not None and os.getppid() != exit_with_parent:
+                log.info("touchline.parent_exited", parent=exit_with_parent)
                 break
             if nats is not None and nats.process.poll() is not None and not stop["now"]:
                 _restart_nats(nats)

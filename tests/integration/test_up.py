@@ -177,6 +177,20 @@ def test_make_run_stops_cleanly_however_make_is_ended(tmp_path):
                 time.sleep(0.2)
             assert log.read_text().count("touchline.stopped") == (1 if ending == signal.SIGTERM else 2)
         assert log.read_text().count("touchline.parent_exited") == 1
+        # Killed before `up` has even started: it was reparented before it could note make's pid
+        # (the re-check audit killed make 0.3 s in); make now gives it.
+        make = subprocess.Popen(["make", "--no-print-directory", "-C", str(Path(__file__).parents[2]), "run"],
+                                env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+        time.sleep(0.2)
+        make.kill()
+        make.wait(10)
+        deadline = time.monotonic() + 60
+        while left := [p for p in psutil.process_iter(["cmdline"]) if "--exit-with-parent" in (p.info["cmdline"] or [])
+                       and str(make.pid) in (p.info["cmdline"] or []) and _alive(p)] + [p for p in our_processes(data_dir) if _alive(p)]:
+            started += left
+            assert time.monotonic() < deadline, [p.cmdline() for p in left]
+            time.sleep(0.2)
+        assert log.read_text().count("touchline.parent_exited") == 2
     finally:
         for process in started + our_processes(data_dir):
             with contextlib.suppress(psutil.Error):
