@@ -209,7 +209,9 @@ def _not_json(name: str) -> object:
 
 # Python's json keeps lone surrogate escapes as they are, where msgspec refuses the whole text;
 # told to refuse what JSON has not (NaN, Infinity), it reads exactly the grammar of RFC 8259.
-LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json)
+# Integers are kept as their text: Python refuses to make an int of over 4,300 digits, which would
+# refuse a whole batch for one such number beside a lone surrogate (the re-check audit).
+LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=str)
 
 
 def read_leniently(text: str) -> object:
@@ -227,18 +229,19 @@ def string_holding(raw: bytes, pattern: re.Pattern, what: str, root: str = "even
         document = read_leniently(raw.decode())
     except (ValueError, RecursionError):
         return None
-    pending: list[tuple[str, object]] = [(root, document)]
+    pending: list[tuple[str, object]] = [("", document)]  # "": the text itself, called ``root``
     while pending:
         path, node = pending.pop()
-        found, where = None, f"{path}:"
+        found, where = None, f"{path or root}:"
         if isinstance(node, str):
             found = pattern.search(node)
         elif isinstance(node, dict):
             found = next(filter(None, map(pattern.search, node)), None)
-            where = f"{path}: a key"
-            pending.extend((key if path == "event" else f"{path}.{key}", value) for key, value in reversed(node.items()))
+            where = f"{path or root}: a key"
+            prefix = f"{path}." if path else ("" if root == "event" else f"{root}.")
+            pending.extend((f"{prefix}{key}", value) for key, value in reversed(node.items()))
         elif isinstance(node, list):
-            pending.extend((f"{path}[{n}]", value) for n, value in reversed(list(enumerate(node))))
+            pending.extend((f"{path or root}[{n}]", value) for n, value in reversed(list(enumerate(node))))
         if found:
             return f"{where} holds " + what.format(f"\\u{ord(found[0]):04x}")
     return None

@@ -61,6 +61,21 @@ class OutcomeUnknown(IngestUnavailable):
     answered ``duplicate`` with its seq); the HTTP API answers 504."""
 
 
+def kept_start(raw: bytes) -> bytes:
+    """What the rejected list keeps of a body: its first 64 KiB, cut before a character that the
+    cut would split (cut inside one, a body of UTF-8 text came back as bytes that are not: the
+    list showed it as body_base64 and a U+FFFD at its end; the re-check audit)."""
+    if len(raw) <= MAX_EVENT_BYTES:
+        return raw
+    kept = raw[:MAX_EVENT_BYTES]
+    try:
+        kept.decode()
+    except UnicodeDecodeError as err:
+        if err.reason == "unexpected end of data" and err.start >= len(kept) - 3:
+            return kept[: err.start]
+    return kept
+
+
 @dataclass
 class Judged:
     raw: bytes
@@ -410,7 +425,7 @@ class Ingestor:
         self, items: list[tuple[str, bytes, str]], via: str, *, db: asyncpg.Connection | None = None
     ) -> None:
         """Keep refused input (cut at 64 KiB) with its reason; if that fails, nothing is answered."""
-        workspaces, reasons, bodies = zip(*((ws, reason, raw[:MAX_EVENT_BYTES]) for ws, raw, reason in items))
+        workspaces, reasons, bodies = zip(*((ws, reason, kept_start(raw)) for ws, raw, reason in items))
         try:
             await (db or self.pool).execute(_REJECT, via, workspaces, reasons, bodies)
         except DATABASE_UNAVAILABLE as err:

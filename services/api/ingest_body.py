@@ -21,7 +21,7 @@ from events.validation import (
     read_leniently,
 )
 from services.api.common import ApiError
-from services.ingest import Judged, judge
+from services.ingest import Judged, judge, kept_start
 
 _decode_batch = msgspec.json.Decoder(list[msgspec.Raw]).decode
 
@@ -32,7 +32,7 @@ class Refused(ApiError):
 
     def __init__(self, status_code: int, error: str, kept: bytes) -> None:
         super().__init__(status_code, error)
-        self.kept = kept[:MAX_EVENT_BYTES]
+        self.kept = kept_start(kept)
 
 
 def _charset(content_type: str) -> str | None:
@@ -61,10 +61,11 @@ def split_request(content_type: str, headers: dict[str, str], body: bytes, repea
             # msgspec stops at the first character that is not an array's: `{not json` is not JSON.
             _require_json(body, body)
             raise Refused(400, "a batch must be a JSON array of events", body) from None
-        except msgspec.DecodeError as err:
+        except msgspec.DecodeError:
             elements = _elements_leniently(body)
             if elements is None:
-                raise Refused(400, f"the body is not JSON: {err}", body) from None
+                _require_json(body, body)  # JSON (a lone surrogate escape in it), but not an array
+                raise Refused(400, "a batch must be a JSON array of events", body) from None
         except RecursionError:
             raise Refused(400, "the body is nested too deeply", body) from None
         if len(elements) > MAX_BATCH_EVENTS:
@@ -136,12 +137,15 @@ def _require_json(body: bytes, kept: bytes) -> None:
     try:
         decode_exact(body)
     except msgspec.DecodeError as err:
-        try:  # grammatical JSON msgspec cannot hold (a lone surrogate escape): judged as an event
+        try:  # grammatical JSON msgspec cannot hold (a lone surrogate escape, a huge integer): judged as an event
             read_leniently(body.decode())
             return
-        except (ValueError, RecursionError):
-            pass
-        raise Refused(400, f"the body is not JSON: {err}", kept) from None
+        except RecursionError:
+            raise Refused(400, "the body is nested too deeply", kept) from None
+        except ValueError as lenient:
+            # With a lone surrogate escape in it, msgspec names that, not what makes the text no JSON.
+            why = lenient if b"\\u" in body and not isinstance(lenient, UnicodeDecodeError) else err
+        raise Refused(400, f"the body is not JSON: {why}", kept) from None
     except UnicodeDecodeError:
         # msgspec's offset is within the string it was reading; the body's own is more use.
         try:
@@ -252,6 +256,6 @@ async def read_events(request: Request) -> list[Judged]:
         body = await read_body(request)
     except Refused as refused:
         if _binary_mode(content_type, headers):
-            refused.kept = binary_to_structured(headers, refused.kept)[0][:MAX_EVENT_BYTES]
+            refused.kept = kept_start(binary_to_structured(headers, refused.kept)[0])
         raise
     return split_request(content_type, headers, body, repeated)
