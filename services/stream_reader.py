@@ -163,6 +163,13 @@ class StreamMessage:
         return f"StreamMessage(seq={self.seq}, subject={self.subject!r}, data={self.data[:60]!r})"
 
 
+def _pending(reply: bytes) -> int:
+    """How many messages the stream held for the consumer after this one when it was delivered
+    (the reply subject's ``<pending>``)."""
+    tokens = reply.split(b".")
+    return int(tokens[8] if len(tokens) == 9 else tokens[10])
+
+
 def _sequences(reply: bytes) -> tuple[int, int]:
     """(stream sequence, consumer sequence) from a JetStream reply subject: ``$JS.ACK.<stream>.
     <consumer>.<delivered>.<sseq>.<cseq>.<time>.<pending>``, or the form with domain and account."""
@@ -193,6 +200,7 @@ class OrderedConsumer:
         self.subject = subject
         self.heartbeat = heartbeat
         self.last_seq = max(start_seq, 1) - 1  # the last stream sequence handed out
+        self.pending = -1  # after the last message handed out, as the server said (-1: none yet)
         self._parser: TapParser = nc._ps
         self._items: list[tuple[bytes, bytes, bytes | None, bytes]] = []
         self._subjects: dict[bytes, str] = {}  # decoded once: a log has one subject a workspace
@@ -263,6 +271,12 @@ class OrderedConsumer:
             self._broken = True
             return False
 
+    @property
+    def drained(self) -> bool:
+        """Everything the stream held when the last message handed out was delivered has been
+        handed out (a reader that has caught up, for now)."""
+        return self.pending == 0 and not self._items
+
     async def next_batch(self, max_messages: int, wait: float) -> list[StreamMessage]:
         """Wait up to ``wait`` seconds for messages, then take at most ``max_messages`` of those here."""
         if self._broken and not await self._recreate():
@@ -311,9 +325,11 @@ class OrderedConsumer:
             if name is None:
                 name = subjects[subject] = subject.decode()
             append(StreamMessage(stream_seq, name, hdr, payload))
+            last_reply = reply
         self._consumer_seq = expected - 1
         if out:
             self.last_seq = out[-1].seq
+            self.pending = _pending(last_reply)
         if self._broken:
             self._items = []  # read again from last_seq + 1 by a new consumer
         else:

@@ -100,10 +100,9 @@ async def update_consumer(js: JetStreamContext) -> None:
         log.info("dispatcher.consumer_updated", consumer=CONSUMER, removed="backoff")
 
 
-# Commands carried out at once by one dispatcher, and by one workspace of it. Past the first
-# (all of them waiting on slow webhooks), the subscriber waits for one to end before it takes
-# another; past the second, a workspace's commands wait their turn without holding up others'.
-IN_FLIGHT = 256
+# Commands of one workspace carried out at once by one dispatcher: its others wait their turn
+# without holding up other workspaces'. How many wait in all is bounded by the consumer's
+# max_ack_pending (``consumer_config``): the server delivers no more than that unsettled.
 IN_FLIGHT_PER_WORKSPACE = 8
 
 
@@ -111,27 +110,21 @@ class InFlight:
     """Commands being carried out beside the subscriber, each acked or nak'ed by its own task.
 
     From the moment it is taken until it is settled, a command's message is kept from redelivery
-    (``in_progress`` at once, then every third of the ack wait), while it waits for a slot too: a
+    (``in_progress`` at once, then every third of the ack wait), while it waits for its turn too: a
     command that waited out the ack wait was posted a second time, by a redelivered copy (an
-    outside audit, past 64 in flight). A workspace has at most ``IN_FLIGHT_PER_WORKSPACE`` carried
-    out at once, so one whose receiver does not answer leaves the other slots to the others."""
+    outside audit). A workspace has at most ``IN_FLIGHT_PER_WORKSPACE`` carried out at once; the
+    subscriber never waits, so one workspace's backlog to a receiver that does not answer leaves
+    the others flowing (a dispatcher-wide limit of 256, taken before the workspace's turn, let
+    300 commands of one workspace stall all others for 90 s: the last re-check)."""
 
-    def __init__(self, ack_wait: float, limit: int = IN_FLIGHT, per_workspace: int = IN_FLIGHT_PER_WORKSPACE) -> None:
+    def __init__(self, ack_wait: float, per_workspace: int = IN_FLIGHT_PER_WORKSPACE) -> None:
         self.ack_wait = ack_wait
-        self.slots = asyncio.Semaphore(limit)
         self.per_workspace = per_workspace
         self.workspaces: dict[str, asyncio.Semaphore] = {}
         self.tasks: set[asyncio.Task] = set()
 
-    async def start(self, work: Coroutine, raw, workspace: str) -> None:
-        keeping = asyncio.create_task(self._keep(raw))
-        try:
-            await self.slots.acquire()
-        except BaseException:
-            keeping.cancel()
-            work.close()
-            raise
-        task = asyncio.create_task(self._run(work, keeping, workspace))
+    def start(self, work: Coroutine, raw, workspace: str) -> None:
+        task = asyncio.create_task(self._run(work, asyncio.create_task(self._keep(raw)), workspace))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -145,7 +138,6 @@ class InFlight:
         finally:
             work.close()  # never started, if cancelled while waiting for its turn
             keeping.cancel()
-            self.slots.release()
 
     async def _keep(self, raw) -> None:
         while True:
@@ -349,7 +341,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
     async def dispatch(body: CommandPayload, msg: NatsMessage) -> None:
         if dispatcher is None:
             raise RuntimeError("this application was built for its description only")
-        await in_flight.start(handle_message(dispatcher, broker, msg), msg.raw_message, workspace_of_subject(msg.raw_message.subject))
+        in_flight.start(handle_message(dispatcher, broker, msg), msg.raw_message, workspace_of_subject(msg.raw_message.subject))
 
     return FastStream(
         broker,

@@ -407,13 +407,15 @@ class RulesWorker:
                 if messages:
                     batch, poisons = decode_messages(messages)
                     await self.apply_batch(batch, poisons, last=messages[-1].seq)
-                elif not self.caught_up or self.goals_deferred:
-                    # Caught up (since a start, or after history: logic.LIVE_WINDOW): the goals as
-                    # they stand now; the tick's from here on.
+                # Caught up (the log said nothing was left after the last message, or fell silent):
+                # since a start, or after history (logic.LIVE_WINDOW), the goals as they stand now;
+                # the tick's from here on. Not "silent" alone: a log never idle for half a second
+                # (a steady trickle of events) kept the tick from ever running (the last re-check).
+                if (not self.caught_up or self.goals_deferred) and (not messages or sub.drained):
                     self.caught_up = True
                     await with_retry(self.pool, self.check_goals)
                     self.goals_deferred = False
-                elif time.monotonic() - checked > 2.0:
+                elif not messages and time.monotonic() - checked > 2.0:
                     # Idle: notice a position moved by someone else (`touchline rules reset`).
                     checked = time.monotonic()
                     committed = await self.committed.read(self.pool)

@@ -82,3 +82,27 @@ def test_recreated_when_its_consumer_is_deleted(servers) -> None:
             await nc.close()
 
     asyncio.run(main())
+
+
+def test_says_when_it_has_handed_out_all_the_stream_held(servers) -> None:
+    """The rules worker's goal tick waits until its reader has caught up; silence alone never came
+    while a steady trickle of events went on (the last re-check audit)."""
+    async def main() -> None:
+        nc = await connect_client(servers.nats_url)
+        js = nc.jetstream()
+        stream, subject = await scratch_stream(js, 10)
+        try:
+            reader = await OrderedConsumer(js, stream, subject, 1).start()
+            assert not reader.drained
+            first = await read_all(reader, 4, 4)
+            assert len(first) == 4 and reader.pending == 6 and not reader.drained
+            rest = await read_all(reader, 10, 100)
+            assert [m.seq for m in rest] == list(range(5, 11)) and reader.pending == 0 and reader.drained
+            await js.publish(subject.replace(">", "ws0"), b"one more")
+            assert [m.seq for m in await read_all(reader, 11, 100)] == [11] and reader.drained
+            await reader.unsubscribe()
+        finally:
+            await js.delete_stream(stream)
+            await nc.close()
+
+    asyncio.run(main())
