@@ -212,6 +212,9 @@ def _not_json(name: str) -> object:
 # Integers are kept as their text: Python refuses to make an int of over 4,300 digits, which would
 # refuse a whole batch for one such number beside a lone surrogate (the re-check audit).
 LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=str)
+# For naming a field and showing its value: numbers as decimals, shown as the numbers they are
+# (an id of 5,000 digits was "event: expected a JSON object": the last re-check audit).
+_PROBE_LENIENTLY = json.JSONDecoder(parse_constant=_not_json, parse_int=Decimal, parse_float=Decimal)
 
 
 def read_leniently(text: str) -> object:
@@ -368,10 +371,21 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     try:
         probe = _decode_probe(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return "event: expected a JSON object"
+        # Not an object, or an integer msgspec cannot hold (5,000 digits): read as a decimal.
+        try:
+            probe = _PROBE_LENIENTLY.decode(raw.decode())
+        except (ValueError, RecursionError):
+            return "event: expected a JSON object"
+        if not isinstance(probe, dict):
+            return "event: expected a JSON object"
     except RecursionError:
         return "event: nested too deeply"
     message = _field_error(err, probe)
+    attribute = message.split(":", 1)[0]
+    value = _lookup(probe, attribute, _UNKNOWN)
+    if attribute in ("id", "source", "subject") and value is not _UNKNOWN and not isinstance(value, str | None):
+        # A number too large for msgspec is a range error before it is a type error.
+        return f"{attribute}: expected a string, got {shown(value)}"
     kind = probe.get("type")
     if isinstance(kind, str) and kind in TYPES_BY_NAME and TYPES_BY_NAME[kind].internal:
         return f"type: {kind} is written by Touchline, never accepted from outside"

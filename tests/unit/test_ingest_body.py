@@ -59,3 +59,12 @@ def test_the_rejected_list_keeps_whole_characters():
     assert len(kept) == 65_535 and kept.decode().endswith("€")  # not 65,536 bytes ending in part of one
     assert kept_start(b"\xff" + b"a" * 70_000) == (b"\xff" + b"a" * 70_000)[:65_536]  # not text: cut as it is
     assert kept_start(b"abc") == b"abc"
+
+
+def test_an_id_too_large_a_number_for_msgspec_is_named_as_any_other():
+    """msgspec's probe cannot hold an integer of 5,000 digits: the element was "event: expected a
+    JSON object" (the last re-check audit)."""
+    body = json.loads(raw())
+    huge = json.dumps(body).encode().replace(json.dumps(body["id"]).encode(), b"7" * 5000)
+    [error] = errors(b"[" + huge + b"]")
+    assert error.startswith("id: expected a string, got 7777") and error.endswith("…")
