@@ -209,12 +209,10 @@ def _not_json(name: str) -> object:
 
 # Python's json keeps lone surrogate escapes as they are, where msgspec refuses the whole text;
 # told to refuse what JSON has not (NaN, Infinity), it reads exactly the grammar of RFC 8259.
-# Integers are kept as their text: Python refuses to make an int of over 4,300 digits, which would
-# refuse a whole batch for one such number beside a lone surrogate (the re-check audit).
-LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=str)
-# For naming a field and showing its value: numbers as decimals, shown as the numbers they are
-# (an id of 5,000 digits was "event: expected a JSON object": the last re-check audit).
-_PROBE_LENIENTLY = json.JSONDecoder(parse_constant=_not_json, parse_int=Decimal, parse_float=Decimal)
+# Numbers are read as decimals: Python makes no int of over 4,300 digits, which refused a whole
+# batch for one such number beside a lone surrogate, and an error shows a value as the number it
+# is (an id of 5,000 digits was "event: expected a JSON object"; both from the re-check audits).
+LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=Decimal, parse_float=Decimal)
 
 
 def read_leniently(text: str) -> object:
@@ -373,7 +371,7 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     except (msgspec.ValidationError, msgspec.DecodeError):
         # Not an object, or an integer msgspec cannot hold (5,000 digits): read as a decimal.
         try:
-            probe = _PROBE_LENIENTLY.decode(raw.decode())
+            probe = read_leniently(raw.decode())
         except (ValueError, RecursionError):
             return "event: expected a JSON object"
         if not isinstance(probe, dict):
