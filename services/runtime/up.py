@@ -79,8 +79,14 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
     port and the data dir (an outside audit). The pid is given, not read here, because make may
     be gone before this process gets that far (the re-check audit killed it 0.3 s in)."""
     logs.configure("up")
-    if exit_with_parent is not None and os.getppid() != exit_with_parent:
+
+    def parent_exited() -> bool:
+        if exit_with_parent is None or os.getppid() == exit_with_parent:
+            return False
         log.info("touchline.parent_exited", parent=exit_with_parent)
+        return True
+
+    if parent_exited():
         return
     check_data_dir(settings.data_dir)
     hold_data_dir(settings.data_dir)
@@ -122,8 +128,7 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
         )
         while not stop["now"]:
             time.sleep(0.2)
-            if exit_with_parent is not None and os.getppid() != exit_with_parent:
-                log.info("touchline.parent_exited", parent=exit_with_parent)
+            if parent_exited():
                 break
             if nats is not None and nats.process.poll() is not None and not stop["now"]:
                 _restart_nats(nats)
