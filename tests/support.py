@@ -7,6 +7,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,9 +15,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
-from services.nats_io import connect, ensure_streams
+from events.commands import COMMANDS_STREAM
+from events.log import LOG_STREAM
+from services.nats_io import connect, connect_client, ensure_streams
 from services.runtime.embedded import EmbeddedServers, free_port
 from services.runtime.processes import ServiceProcess
 from services.store.db import create_pool, migrate
@@ -91,6 +95,44 @@ async def connected(servers: Servers, name: str):
             await nc.close()
 
 
+async def pipeline_state(stack, ws: str) -> tuple[int, int, int]:
+    """(the log's last sequence, the rules worker's position, the workspace's commands not yet done)."""
+    nc = await connect_client(stack.servers.nats_url)
+    try:
+        js = nc.jetstream()
+        last = (await js.stream_info(LOG_STREAM)).state.last_seq
+        queued = (await js.stream_info(COMMANDS_STREAM, subjects_filter=f"touchline.cmd.{ws}")).state.subjects or {}
+        conn = await asyncpg.connect(stack.servers.database_url)
+        try:
+            position = await conn.fetchval("SELECT position FROM rules_positions WHERE name = 'main'")
+        finally:
+            await conn.close()
+        return last, position, sum(queued.values())
+    finally:
+        await nc.close()
+
+
+def settle(stack, ws: str, auth: dict) -> int:
+    """Wait until the rules have applied the whole log and the workspace's commands are all done,
+    twice in a row with the same log end; then until the read models have applied it. Returns it."""
+    previous = None
+
+    def settled():
+        nonlocal previous
+        last, position, queued = asyncio.run(pipeline_state(stack, ws))
+        done = position >= last and queued == 0
+        stable = done and previous == last
+        previous = last if done else None
+        return last if stable else None
+
+    try:
+        last = wait_for(settled, what="the rules and dispatchers to settle")
+    except TimeoutError:
+        raise TimeoutError(f"not settled: (log end, rules position, queued) = {asyncio.run(pipeline_state(stack, ws))}")
+    assert stack.get(f"/v1/workspaces/{ws}/followups", auth, min_seq=last, wait_ms=30000).status_code == 200
+    return last
+
+
 class Service(ServiceProcess):
     """One `touchline serve KIND` process, logging to its own file in the test's log dir."""
 
@@ -122,7 +164,7 @@ class Stack:
         self.projector = Service("projector", self.env, log_dir).start()
         self.rules = Service("rules", self.env, log_dir).start()
         self.dispatchers = [Service("dispatcher", self.env, log_dir).start()]
-        self.http = httpx.Client(base_url=self.base, timeout=30)
+        self.http = httpx.Client(base_url=self.base, timeout=90)  # past the longest wait_ms a test asks (60 s)
         self.wait_healthy()
 
     def wait_healthy(self, timeout: float = 60) -> None:
@@ -136,9 +178,17 @@ class Stack:
             time.sleep(0.1)
         raise TimeoutError(f"not healthy; logs in {self.log_dir}")
 
-    def restart_projector(self, kill: bool = True) -> None:
+    def restart_projector(self, kill: bool = True, wait: bool = True) -> None:
+        """``wait``: until the new process writes the read models. A read just after a restart
+        waits 5 s at most (``wait_ms``) for a projector that may still be importing on a loaded
+        machine (one failed so, made to start 4 s late)."""
         (self.projector.kill if kill else self.projector.stop)()
         self.projector = Service("projector", self.env, self.log_dir).start()
+        if wait:
+            writer = re.compile(rf"\bpid {self.projector.pid}\b")
+            wait_for(lambda: any(p["name"] == "main" and writer.search(p["writer"] or "")
+                                 for p in self.get("/v1/status", self.admin()).json()["projectors"]),
+                     what=f"the restarted projector writing; its log in {self.log_dir}")
 
     def restart_rules(self, kill: bool = True) -> None:
         (self.rules.kill if kill else self.rules.stop)()

@@ -181,7 +181,7 @@ def test_projector_killed_mid_stream_loses_and_doubles_nothing(stack):
     kills_mid_way = 0
     for _ in range(3):
         start = applied(stack)
-        stack.restart_projector(kill=True)
+        stack.restart_projector(kill=True, wait=False)  # killed as soon as it has committed a batch
         deadline = time.monotonic() + 30
         while applied(stack) == start and time.monotonic() < deadline:
             time.sleep(0.01)

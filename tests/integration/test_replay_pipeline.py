@@ -9,8 +9,8 @@ import json
 
 from events.log import HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from services import replay
-from tests.integration.test_replay import cli, live_history, settle, sql, wait_applied
-from tests.support import event
+from tests.integration.test_replay import cli, live_history, sql, wait_applied
+from tests.support import event, settle
 from services.nats_io import connect_client
 
 

