@@ -18,6 +18,9 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@echo "installing Touchline into $(VENV) (first run or pyproject.toml changed: about a minute)..."
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "Touchline needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1):" \
+	       "give another with PYTHON, for instance make PYTHON=python3.11 $(MAKECMDGOALS)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

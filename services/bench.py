@@ -864,7 +864,7 @@ def register(app) -> None:
 
     @app.command()
     def bench(
-        events: int = typer.Option(1_000_000, "--events", help="How many events the generated history has"),
+        events: int = typer.Option(1_000_000, "--events", min=1000, help="How many events the generated history has"),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table"),
     ) -> None:
         """Measure ingest, projection, rebuild, queries and rule latency on an embedded stack of its own (docs/performance.md)."""

@@ -22,8 +22,8 @@ WORKSPACE = "demo"
 
 # campaign id, channel, kind, cost (EUR), share of arriving contacts
 CAMPAIGNS = (
-    ("spring-workshops", "instagram", "social", "420.00", 0.32),
-    ("newsletter-may", "email", "newsletter", "35.00", 0.18),
+    ("workshop-reels", "instagram", "social", "420.00", 0.32),
+    ("monthly-newsletter", "email", "newsletter", "35.00", 0.18),
     ("search-pottery-classes", "google", "search", "760.00", 0.22),
     ("open-studio-day", "facebook", "event", "180.00", 0.10),
 )
@@ -160,7 +160,7 @@ def _contact(rng: random.Random, n: int, start: dt.datetime, now: dt.datetime, s
     deal = f"{contact}-{product}"
     t = later(12, 120)
     add("sales.offer.made", CRM, t, {"deal_id": deal, "amount": amount, "currency": "EUR",
-                                     "channel": rng.choice(("email", "studio"))})
+                                     "channel": rng.choice(("email", "studio-visit"))})
     if rng.random() < 0.35:
         t = later(24, 96)
         add("sales.outreach.sent", CRM, t, {"channel": sales_channel, "method": "follow-up"})

@@ -329,7 +329,7 @@ async def list_rejected(
 @get(
     "/v1/status",
     summary="Each projector's applied sequence, lag, recent rate and writing process; the log's last sequence;"
-            " the NATS inbox's backlog (admin)",
+            " the NATS inbox's backlog (the operator's admin token)",
     security=docs.BEARER,
     responses=docs.OPERATOR_ERRORS,
     guards=[authorized("admin", in_workspace=False)],

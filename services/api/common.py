@@ -230,7 +230,8 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     try:
         moment = dt.datetime.fromisoformat(text.upper())
     except ValueError:
-        raise ApiError(400, f"{name}: expected an RFC 3339 time, got {text!r}") from None
+        raise ApiError(400, f"{name}: expected an RFC 3339 time or a date, like 2026-11-15T09:30:00Z or 2026-11-15,"
+                            f" got {text!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.timezone.utc)
     try:

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import errno
 import ssl
+import urllib.parse
 from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
@@ -33,6 +34,7 @@ err_console = Console(stderr=True)
 
 DataDir = typer.Option(None, "--data-dir", envvar="TOUCHLINE_DATA_DIR",
                        help="Data dir of the `touchline up` to act on (default ./.touchline)")
+Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
 Http = typer.Option(None, "--http", envvar="TOUCHLINE_HTTP", help="HOST:PORT of the HTTP API (default 127.0.0.1:8080)")
 
 
@@ -125,6 +127,12 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    user, at, host = parts.netloc.rpartition("@")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}{at}{host}"))
+
+
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """TOUCHLINE_DATABASE_URL, or the embedded PostgreSQL under the data dir (shared with a
@@ -140,9 +148,14 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         url = EmbeddedPostgres(settings.data_dir).start()
     try:
         # 10 s, as for NATS below: a command waits out a restart, not an operator's typo.
-        pool = await create_pool(url, max_size=2, deadline=10.0)
+        pool = await create_pool(url, max_size=2, deadline=10.0, database_may_come=False)
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as err:
         refuse(f"PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL", code=1)
+    except RETRYABLE as err:  # never answered: not "stopped answering during the command"
+        where = (_without_password(settings.database_url) if settings.database_url
+                 else f"the embedded PostgreSQL of data dir {settings.data_dir.resolve()}")
+        refuse(f"no PostgreSQL answered at {where} within 10 s ({str(err).strip() or type(err).__name__});"
+               " check that it runs, and TOUCHLINE_DATABASE_URL", code=1)
     try:
         await migrate(pool)
         yield pool
@@ -190,7 +203,12 @@ async def connect_for_command(url: str):
     await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
     if connecting.done():
         refused.cancel()
-        return connecting.result()
+        try:
+            return connecting.result()
+        except CONNECTION_LOST as err:  # never answered: not "stopped answering during the command"
+            refuse(f"no NATS answered at {nats_auth.without_credentials(url)}"
+                   f" ({str(err).strip().removeprefix('nats: ') or type(err).__name__}); check that it runs,"
+                   " and TOUCHLINE_NATS_URL", code=1)
     connecting.cancel()
     with contextlib.suppress(BaseException):
         await connecting

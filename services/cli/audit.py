@@ -18,14 +18,11 @@ from rich.table import Table
 
 from events.log import MAX_SEQ
 from events.upcasting import decode_exact, encode_exact
-from services.cli.attach import DataDir, backends, refuse, with_workspace
+from services.cli.attach import DataDir, Workspace, backends, refuse, with_workspace
 from services.settings import Settings
 from services.cli.output import progress_bar, shown_time, stdout_console
 
 console = stdout_console()
-
-Workspace = typer.Option(..., "--workspace", "-w", help="The workspace")
-
 
 def shown_data(data: object) -> str:
     """An event's data for the audit table: its JSON, numbers exactly as stored."""
@@ -245,7 +242,8 @@ def snapshot_list(workspace: str = Workspace, data_dir: Optional[Path] = DataDir
     console.print(table)
 
 
-def snapshot_drop(name: str, workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
+def snapshot_drop(name: str = typer.Argument(..., help="The snapshot's name (`touchline snapshot list`)"),
+                  workspace: str = Workspace, data_dir: Optional[Path] = DataDir) -> None:
     """Drop a snapshot."""
     from services.replay import drop_snapshot
 

@@ -42,7 +42,8 @@ async def _workspace_token(settings: Settings, workspace: str) -> tuple[str, boo
 
 
 async def _take_back(settings: Settings, workspace: str, token: str, created: bool) -> None:
-    """What ``_workspace_token`` made in a Touchline that turned out not to be the one serving the API."""
+    """What ``_workspace_token`` made: its token once the demo is done, and the workspace too if the
+    Touchline serving the API turned out to be another one."""
     from services.api import auth
 
     async with database(settings) as pool:
@@ -208,7 +209,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(7, "--seed", help="Another seed makes another business under the same event ids:"
                                                    " give it a fresh data dir, or the two mix"),
     ) -> None:
-        """Load a sample business into workspace `demo` of a running Touchline; print funnel, touches and goals."""
+        """Load a sample business into workspace `demo` of a running Touchline; print funnel, touches, goals and attribution."""
         settings = Settings.from_env(data_dir=data_dir, http=http_address)
         workspace = sample.WORKSPACE
         base = f"http://{settings.http}"
@@ -237,17 +238,20 @@ def register(app: typer.Typer) -> None:
                 refuse(f"the Touchline at {base} does not know the token made in the database of {made_in}:"
                        " they are two different Touchlines; point --data-dir or TOUCHLINE_DATA_DIR (or"
                        f" TOUCHLINE_DATABASE_URL) at the one serving {base}, or --http at the one using {made_in}")
-            last, counts = _load(http, workspace, events)
-            console.print(
-                f"[bold]{workspace}[/bold]: {counts['accepted']} events accepted, {counts['duplicate']} duplicates"
-                f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; the latest of them at"
-                f" log seq {last}\n"
-            )
-            prefix = f"/v1/workspaces/{workspace}"
-            console.print(funnel_table(_read(http, f"{prefix}/funnel", last)))
-            for table in touches_tables(_read(http, f"{prefix}/touches", last)):
-                console.print(table)
-            now = dt.datetime.now(dt.timezone.utc).isoformat()
-            for table in goals_table(_read(http, f"{prefix}/goals", last, as_of=now)):
-                console.print(table)
-            console.print(attribution_table(_read(http, f"{prefix}/attribution", last, model="position")))
+            try:
+                last, counts = _load(http, workspace, events)
+                console.print(
+                    f"[bold]{workspace}[/bold]: {counts['accepted']} events accepted, {counts['duplicate']} duplicates"
+                    f" (a retrying integration, or an earlier demo), {counts['rejected']} rejected; the latest of them at"
+                    f" log seq {last}\n"
+                )
+                prefix = f"/v1/workspaces/{workspace}"
+                console.print(funnel_table(_read(http, f"{prefix}/funnel", last)))
+                for table in touches_tables(_read(http, f"{prefix}/touches", last)):
+                    console.print(table)
+                now = dt.datetime.now(dt.timezone.utc).isoformat()
+                for table in goals_table(_read(http, f"{prefix}/goals", last, as_of=now)):
+                    console.print(table)
+                console.print(attribution_table(_read(http, f"{prefix}/attribution", last, model="position")))
+            finally:  # the token was the demo's own and never shown: none is left in `token list`
+                asyncio.run(_take_back(settings, workspace, token, created=False))

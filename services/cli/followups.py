@@ -17,7 +17,8 @@ from services.cli.output import shown_time, stdout_console
 
 console = stdout_console()
 
-deadletter_app = typer.Typer(help="Commands that kept failing: list them, put them back on the work queue.",
+deadletter_app = typer.Typer(help="Follow-up commands (webhooks) that kept failing: list them, put them back on the"
+                                  " work queue. (Events a projector could not apply: `touchline parked`.)",
                              no_args_is_help=True)
 rules_app = typer.Typer(help="The rules worker.", no_args_is_help=True)
 
@@ -36,7 +37,7 @@ def deadletter_list(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Parked commands, oldest first, with the error that parked them."""
+    """Follow-up commands in the dead-letter stream, oldest first, with the error that put them there."""
     from services.dispatcher.deadletter import list_parked
 
     async def run():
@@ -54,7 +55,7 @@ def deadletter_list(
     for item in parked:
         table.add_row(str(item.seq), item.workspace, item.command, item.item_id, item.stage, str(item.attempts),
                       _shown_header_time(item.parked_at), item.error)
-    console.print(table if parked else "no parked commands")
+    console.print(table if parked else "no dead letters")
 
 
 @deadletter_app.command("redrive")
@@ -63,7 +64,7 @@ def deadletter_redrive(
     workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """Put parked commands back on the work queue (and out of the dead-letter stream)."""
+    """Put dead-lettered commands back on the work queue (and out of the dead-letter stream)."""
     from services.dispatcher.deadletter import list_parked, redrive
 
     async def run() -> tuple[int, list[int]]:
@@ -97,9 +98,10 @@ def asyncapi(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of printing"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
-    """The AsyncAPI description of the NATS side, with the NATS address producers reach:
-    TOUCHLINE_NATS_URL, else the embedded server of a `touchline up` on the data dir, else an
-    example address (`faststream docs gen services.dispatcher.app:app` always gives the example)."""
+    """The AsyncAPI description of the NATS side (JSON), with the NATS address producers reach.
+
+    That address is TOUCHLINE_NATS_URL, else the embedded server of a `touchline up` on the data dir,
+    else an example address (`faststream docs gen services.dispatcher.app:app` always gives the example)."""
     from services.dispatcher.app import describe
 
     faststream_app = describe(advertised_nats_url(Settings.from_env(data_dir=data_dir)))

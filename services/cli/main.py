@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Optional
 
@@ -9,7 +10,7 @@ import typer
 
 from events.validation import is_workspace_id
 from services.api import auth
-from services.cli.attach import DataDir, refuse, with_database, with_workspace
+from services.cli.attach import DataDir, Workspace, refuse, with_database, with_workspace
 from services.cli.output import shown_time, stdout_console
 from services.settings import Settings
 
@@ -61,9 +62,10 @@ def up(
              " own pid: make does not pass a SIGINT on to its command)",
     ),
 ) -> None:
-    """Start everything: NATS (JetStream) and PostgreSQL, embedded under the data dir unless
-    TOUCHLINE_NATS_URL / TOUCHLINE_DATABASE_URL name external ones, then the HTTP API, projector,
-    rules worker and dispatcher. Ctrl-C stops it all; the next start keeps every event.
+    """Start everything: NATS, PostgreSQL, the HTTP API, projector, rules worker and dispatcher.
+
+    NATS (JetStream) and PostgreSQL run embedded under the data dir unless TOUCHLINE_NATS_URL /
+    TOUCHLINE_DATABASE_URL name external ones. Ctrl-C stops it all; the next start keeps every event.
 
     TOUCHLINE_ADMIN_TOKEN, when set, is a bearer token with the admin scope on every workspace;
     TOUCHLINE_API_WORKERS sets how many API processes share the port (default: one per core, at most 4)."""
@@ -90,10 +92,13 @@ def serve(service: str = typer.Argument(..., help="api | projector | rules | dis
 
 
 @workspace_app.command("create")
-def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None:
+def workspace_create(
+    workspace: str = typer.Argument(..., metavar="ID", help="The new workspace's id: 1-64 of a-z 0-9 -"),
+    data_dir: Optional[Path] = DataDir,
+) -> None:
     """Create a workspace."""
     if not is_workspace_id(workspace):
-        raise typer.BadParameter("a workspace id is 1-64 of a-z 0-9 -", param_hint="WORKSPACE")
+        raise typer.BadParameter("a workspace id is 1-64 of a-z 0-9 -", param_hint="ID")
 
     if not with_database(data_dir, lambda pool: auth.create_workspace(pool, workspace)):
         refuse(f"workspace {workspace!r} exists", 1)
@@ -102,7 +107,7 @@ def workspace_create(workspace: str, data_dir: Optional[Path] = DataDir) -> None
 
 @token_app.command("create")
 def token_create(
-    workspace: str = typer.Option(..., "--workspace", "-w"),
+    workspace: str = Workspace,
     scope: list[str] = typer.Option(..., "--scope", "-s", help="ingest, read or admin; repeat for several"),
     nats: bool = typer.Option(False, "--nats", help="NATS producer credentials instead of a bearer token (--scope ingest)"),
     data_dir: Optional[Path] = DataDir,
@@ -126,7 +131,7 @@ def token_create(
 
 @token_app.command("list")
 def token_list(
-    workspace: str = typer.Option(..., "--workspace", "-w"),
+    workspace: str = Workspace,
     nats: bool = typer.Option(False, "--nats", help="The embedded NATS's producers instead of bearer tokens"),
     as_json: bool = typer.Option(False, "--json", help="JSON instead of a table"),
     data_dir: Optional[Path] = DataDir,
@@ -164,7 +169,7 @@ def token_list(
 def token_revoke(
     identity: str = typer.Argument(..., metavar="ID", help="The token's id (`token list`), or the token itself;"
                                   " with --nats, the producer's user name"),
-    workspace: str = typer.Option(..., "--workspace", "-w"),
+    workspace: str = Workspace,
     nats: bool = typer.Option(False, "--nats", help="Revoke a NATS producer of the embedded NATS"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:
@@ -216,6 +221,20 @@ _followup_commands.register(app)
 from services.cli import parked as _parked_commands  # noqa: E402  parked list|redrive
 
 _parked_commands.register(app)
+
+
+def _summaries_on_one_line(typer_app: typer.Typer) -> None:
+    """The first paragraph of each command's help as its summary in a list of commands: typer's rich
+    help keeps that paragraph's line breaks there (and only there), which leaves the list ragged."""
+    for command in typer_app.registered_commands:
+        if command.short_help is None:
+            text = command.help or inspect.getdoc(command.callback) or ""
+            command.short_help = " ".join(text.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        _summaries_on_one_line(group.typer_instance)
+
+
+_summaries_on_one_line(app)
 
 
 def main() -> None:

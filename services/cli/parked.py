@@ -16,7 +16,8 @@ from services.cli.audit import console
 from services.cli.output import shown_time
 from services.settings import Settings
 
-parked_app = typer.Typer(help="Poison events parked by a projector.", no_args_is_help=True)
+parked_app = typer.Typer(help="Events a projector could not apply, set aside (parked): list them, apply them again."
+                              " (Webhooks that kept failing: `touchline deadletter`.)", no_args_is_help=True)
 
 
 @parked_app.command("list")

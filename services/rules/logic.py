@@ -747,8 +747,8 @@ def goal_reason(ws: WorkspaceRules, gid: str, goal: Goal, actual: Decimal, proje
     if goal.metric == "conversations":
         needs = [f"{math.ceil(remaining)} more conversations"]
     if goal.metric == "revenue" and deals is None:
-        return text + f": the deals needed are not known until a deal in {goal.currency} is won."
-    return text + (": about " + ", ".join(needs) + " needed" if needs else "") + "."
+        return text + f". The deals needed are not known until a deal in {goal.currency} is won."
+    return text + (". About " + ", ".join(needs) + " needed" if needs else "") + "."
 
 
 # --- storage codecs ----------------------------------------------------------------------

@@ -47,15 +47,19 @@ Reset = Callable[[asyncpg.Connection], Awaitable[None]]
 
 async def create_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, deadline: float = 60.0, reset: Reset | None = None,
+    database_may_come: bool = True,
 ) -> asyncpg.Pool:
     """Connect with retries: a PostgreSQL in crash recovery refuses connections for a while.
-    ``reset``: what a connection going back to the pool runs (asyncpg's default: a reset query)."""
+    ``reset``: what a connection going back to the pool runs (asyncpg's default: a reset query).
+    ``database_may_come``: a missing database is waited for too, as a service starting beside the
+    embedded PostgreSQL that makes it; an admin command says at once that it is missing."""
     started = time.monotonic()
+    waited_for = RETRYABLE + ((asyncpg.exceptions.InvalidCatalogNameError,) if database_may_come else ())
     while True:
         try:
             return await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60,
                                              server_settings=SESSION_SETTINGS, reset=reset)
-        except RETRYABLE + (asyncpg.exceptions.InvalidCatalogNameError,) as err:
+        except waited_for as err:
             if time.monotonic() - started > deadline:
                 raise
             log.warning("postgres.unavailable", error=str(err))

@@ -192,6 +192,24 @@ def test_a_nats_or_postgresql_that_refuses_the_credentials_is_one_line_at_once(s
     assert done.returncode == 1 and refused(done) == (
         'touchline: PostgreSQL refused the connection (database "no_such_database" does not exist);'
         " check TOUCHLINE_DATABASE_URL"), done.stderr
+    assert "postgres.unavailable" not in done.stderr  # at once: it was tried again for 10 s first
+
+
+def test_a_nats_or_postgresql_that_never_answers_is_named_as_such(stack, tmp_path):
+    """Neither ever answered, and the command said it "stopped answering during the command",
+    with `touchline status` (the command that had just failed) as the thing to try."""
+    nobody = free_port()
+    done = touchline("status", cwd=tmp_path, TOUCHLINE_DATABASE_URL=stack.servers.database_url,
+                     TOUCHLINE_NATS_URL=f"nats://someone:secret@127.0.0.1:{nobody}")
+    assert done.returncode == 1 and refused(done) == (
+        f"touchline: no NATS answered at nats://127.0.0.1:{nobody} (no servers available for connection);"
+        " check that it runs, and TOUCHLINE_NATS_URL"), done.stderr
+    done = touchline("workspace", "create", "zeta", cwd=tmp_path, TOUCHLINE_NATS_URL=stack.servers.nats_url,
+                     TOUCHLINE_DATABASE_URL=f"postgresql://someone:secret@127.0.0.1:{nobody}/touchline")
+    line = refused(done)
+    assert done.returncode == 1 and line.startswith(
+        f"touchline: no PostgreSQL answered at postgresql://someone@127.0.0.1:{nobody}/touchline within 10 s ("), line
+    assert line.endswith("); check that it runs, and TOUCHLINE_DATABASE_URL") and "secret" not in done.stderr, line
 
 
 def test_redriving_a_sequence_that_is_not_parked_says_so(stack, tmp_path):

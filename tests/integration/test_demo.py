@@ -7,7 +7,7 @@ import re
 
 from decimal import Decimal
 
-from tests.integration.test_followups import settle
+from tests.support import settle
 from tests.integration.test_replay import cli
 
 REPORTS = (
@@ -45,3 +45,6 @@ def test_demo_loads_the_sample_business_once_and_prints_every_report(stack):
     again = cli(stack, "demo", "--contacts", "80", "--days", "30")
     assert again.returncode == 0, again.stderr
     assert loaded(again.stdout) == (0, accepted + duplicates, last)  # every event known, by its first seq
+    # Each run made a token it never showed anyone: none is left behind in `token list`.
+    tokens = stack.get("/v1/workspaces/demo/tokens", stack.admin())
+    assert tokens.status_code == 200 and tokens.json()["tokens"] == [], tokens.text

@@ -72,3 +72,34 @@ def test_the_progress_bar_fits_80_columns_without_cutting_a_figure():
     console.print(bar.make_tasks_table(bar.tasks))
     [line] = console.export_text().strip().splitlines()
     assert "54321/100000" in line and "events/s" in line and "…" not in line
+    assert "ETA " in line
+
+
+def test_a_finished_bar_says_how_long_it_took_once():
+    """It showed "ETA 0:00:00 0:00:42": the time taken beside an estimate, unnamed."""
+    from rich.console import Console
+
+    from services.cli.output import progress_bar
+
+    bar = progress_bar()
+    task = bar.add_task("replaying", total=10)
+    bar.start_task(task)
+    bar.update(task, completed=10)
+    console = Console(width=100, record=True)
+    console.print(bar.make_tasks_table(bar.tasks))
+    [line] = console.export_text().strip().splitlines()
+    assert "took 0:00:0" in line and "ETA" not in line, line
+
+
+def test_every_command_in_a_list_of_commands_has_a_one_line_summary():
+    """typer kept the line breaks of a help's first paragraph in the lists of commands (and only
+    there): `touchline --help` and `touchline token --help` were ragged."""
+    from services.cli.main import app
+
+    def commands(typer_app):
+        yield from typer_app.registered_commands
+        for group in typer_app.registered_groups:
+            yield from commands(group.typer_instance)
+
+    for command in commands(app):
+        assert command.short_help and "\n" not in command.short_help, command.name or command.callback.__name__

@@ -330,7 +330,7 @@ def test_goal_at_risk_fires_once_per_day_with_gap_and_needs():
     assert alert.goal_id == "g1" and alert.rule == "goal-at-risk"
     # avg deal 1000, gap 9000 -> 9 deals; 2 opportunities : 1 customer -> 18; 2 leads : 2 opps -> 18 leads
     assert "Gap: 9000 EUR" in alert.reason
-    assert "about 9 more deals, 18 more opportunities, 18 more leads needed" in alert.reason
+    assert "Gap: 9000 EUR. About 9 more deals, 18 more opportunities, 18 more leads needed." in alert.reason
     assert alert.alert_id != effects.commands[0].alert_id
 
 
@@ -439,7 +439,7 @@ def test_an_earlier_report_that_takes_the_deal_out_of_the_period_raises_goal_at_
 def test_a_revenue_goal_at_risk_before_any_won_deal_says_the_deals_needed_are_not_known():
     _, effects = run([_goal(target="1000")])
     [alert] = effects.commands
-    assert alert.reason.endswith(": the deals needed are not known until a deal in EUR is won.")
+    assert alert.reason.endswith(". The deals needed are not known until a deal in EUR is won.")
 
 
 def test_a_deal_id_is_one_deal_across_contacts_in_the_goal_facts_as_in_the_deals_read_model():
@@ -511,4 +511,4 @@ def test_goal_at_risk_states_the_numbers_the_goals_view_derives():
     [view] = goals.reference([logged.event for logged in history], NOW).goals
     derived = view.derived
     assert (derived.deals_needed, derived.opportunities_needed, derived.leads_needed) == (6, 8, 12)
-    assert alert.reason.endswith(": about 6 more deals, 8 more opportunities, 12 more leads needed.")
+    assert alert.reason.endswith(". About 6 more deals, 8 more opportunities, 12 more leads needed.")
