@@ -369,7 +369,7 @@ def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
     ws, auth = stack.new_workspace()
     week = dt.timedelta(days=7)
     soon = NOW.replace(microsecond=0) + dt.timedelta(seconds=1)
-    while soon <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=4):
+    while soon <= dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=6):
         soon += dt.timedelta(seconds=1)
     offer = lambda contact, at, id: event("sales.offer.made", contact, iso(at - week), id=id, deal_id=f"d-{contact}",
                                           amount="1200", currency="EUR")
@@ -381,8 +381,12 @@ def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
         # an offer already 7 days old when it arrives fires at once
         offer("late", NOW - dt.timedelta(days=1), "o-late"),
     ])
-    # Kill the rules worker once it has scheduled the timers, and keep it down past their time.
+    # Kill the rules worker once it has scheduled the timers and handled the one due at once (killed
+    # holding that one, it comes back only after the timer consumer's 60 s ack wait), and keep it
+    # down past the others' time.
     wait_for(lambda: asyncio.run(pipeline_state(stack, ws))[1] >= last, what="the rules to apply the offers")
+    wait_for(lambda: "late" in {item["contact"] for item in followups(stack, ws, auth)}, what="the late offer's follow-up")
+    wait_for(lambda: asyncio.run(_timer_consumer_idle(stack)), what="the fired timer handled")
     stack.rules.kill()
     try:
         wait_for(lambda: dt.datetime.now(dt.timezone.utc) > soon + dt.timedelta(seconds=1), what="the timers' time")
