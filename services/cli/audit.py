@@ -24,6 +24,7 @@ from services.cli.output import progress_bar, shown_time, stdout_console
 
 console = stdout_console()
 
+
 def shown_data(data: object) -> str:
     """An event's data for the audit table: its JSON, numbers exactly as stored."""
     return encode_exact(data).decode()
