@@ -126,7 +126,11 @@ def _field_error(err: msgspec.ValidationError | msgspec.DecodeError, probe: dict
     # Errors raised from __post_init__ already start with the field name.
     own = re.match(r"^([a-z_]+): (.*)$", text, re.S)
     if own:
-        return f"{path + '.' if path else ''}{own[1]}: {own[2]}"
+        field, detail = f"{path + '.' if path else ''}{own[1]}", own[2]
+        value = _UNKNOWN if probe is None else _lookup(probe, field, _UNKNOWN)
+        if value is not _UNKNOWN and ", got " in detail:  # the value as it came: "-1" a string, -1 a number
+            detail = f"{detail.rsplit(', got ', 1)[0]}, got {shown(value)}"
+        return f"{field}: {detail}"
     if path == "type" and text.startswith("Invalid value"):
         kind = probe.get("type") if probe is not None else None
         return f"type: unknown event type {shown(kind) if isinstance(kind, str) else text.removeprefix('Invalid value ')}"
@@ -365,6 +369,69 @@ def check_subject(event: Envelope) -> None:
 
 
 def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
+    """The error's message; for a key given more than once (RFC 8259 leaves its meaning open), the
+    copy that is wrong. msgspec checks every copy and keeps the last, so a bad first copy refused the
+    event with an error that showed the good last one ("data.action: expected one of …, got "view"")."""
+    message = _explain_fields(raw, err)
+    path = message.split(":", 1)[0]
+    if raw.count(b'"' + path.rsplit(".", 1)[-1].encode() + b'"') < 2:  # the key's name once: not repeated
+        return message
+    try:
+        document = json.loads(raw, object_pairs_hook=_KeyCopies, parse_constant=_not_json,
+                              parse_int=Decimal, parse_float=Decimal)
+    except (ValueError, RecursionError):
+        return message
+    copies = _lookup(document, path, _UNKNOWN)
+    if not isinstance(copies, _Copies):
+        return message
+    for value in copies.values:
+        alone = _encode_numbers(_with_copy(document, path.split("."), value))
+        try:
+            decode_event(alone)
+        except msgspec.ValidationError as wrong:
+            if (said := _explain_fields(alone, wrong)).split(":", 1)[0] == path:
+                message = said
+                break
+        except (msgspec.DecodeError, RecursionError):
+            break
+    return (f"{path}: given {len(copies.values)} times ({', '.join(shown(v) for v in copies.values)}), and every"
+            f" copy must be valid: {message.split(': ', 1)[1]}")
+
+
+class _Copies:
+    """A key's values, in order, in an object that gives the key more than once."""
+
+    def __init__(self, values: list) -> None:
+        self.values = values
+
+
+class _KeyCopies(dict):
+    """An object as Python's json reads it, except that a repeated key's value is all its copies."""
+
+    def __init__(self, pairs: list[tuple[str, object]]) -> None:
+        grouped: dict[str, list] = {}
+        for key, value in pairs:
+            grouped.setdefault(key, []).append(value)
+        super().__init__((key, values[0] if len(values) == 1 else _Copies(values)) for key, values in grouped.items())
+
+
+def _with_copy(node: object, path: list[str] | None, value: object) -> object:
+    """A ``_KeyCopies`` document as msgspec reads it (each repeated key's last copy), but with
+    ``value`` at ``path``."""
+    if isinstance(node, _Copies):
+        node = node.values[-1]
+    if isinstance(node, dict):
+        return {key: value if path == [key] else _with_copy(item, path[1:] if path and path[0] == key else None, value)
+                for key, item in node.items()}
+    if isinstance(node, list):
+        return [_with_copy(item, None, value) for item in node]
+    return node
+
+
+_encode_numbers = msgspec.json.Encoder(decimal_format="number").encode
+
+
+def _explain_fields(raw: bytes, err: msgspec.ValidationError) -> str:
     """Prefer the most useful message when the envelope itself is not an object of a known type."""
     try:
         probe = _decode_probe(raw)

@@ -76,6 +76,7 @@ GOAL = VALID[-1]
 INVALID = [
     (_with(WON, data__amount="ten"), 'data.amount: expected a non-negative decimal, got "ten"'),
     (_with(WON, data__amount=-1), "data.amount: expected a non-negative decimal, got -1"),
+    (_with(WON, data__amount="-1"), 'data.amount: expected a non-negative decimal, got "-1"'),  # as it came
     (_with(WON, data__amount="NaN"), "data.amount: expected a non-negative decimal"),
     (_with(WON, data__currency="eur"), "data.currency:"),
     (_with(WON, data__deal_id=...), "data.deal_id: required field missing"),
@@ -396,3 +397,23 @@ def test_ids_and_contacts_hold_only_characters_cloudevents_allows(attribute, val
     with pytest.raises(InvalidEvent) as err:
         parse_event(json.dumps(body).encode())
     assert str(err.value) == message
+
+
+ENGAGED_WITH = ('{"specversion":"1.0","id":"rk","source":"/rk","type":"touchline.marketing.engaged",'
+           '"time":"2026-11-20T10:00:00Z","subject":"dana","data":{"channel":"web",%s}}')
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ('"action":"poke","action":"view"', 'data.action: given 2 times ("poke", "view"), and every copy must be valid:'
+                                        ' expected one of "click", "comment", "like", "open", "reply", "share", "view",'
+                                        ' "visit", got "poke"'),
+    ('"action":"view","action":5', 'data.action: given 2 times ("view", 5), and every copy must be valid: expected'
+                                   ' a string, got 5'),
+])
+def test_a_key_given_more_than_once_names_the_copy_that_is_wrong(pairs, message):
+    """msgspec checks every copy of a repeated key and keeps the last: a bad first copy refused the
+    event with an error showing the good last one (`got "view"`), which an outside audit found."""
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event((ENGAGED_WITH % pairs).encode())
+    assert str(refused.value) == message
+    assert parse_event((ENGAGED_WITH % '"action":"view","action":"like"').encode()).data.action == "like"  # the last
