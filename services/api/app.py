@@ -126,7 +126,8 @@ async def create_token(request: Request, ws: str, data: TokenIn) -> TokenOut:
     responses=docs.WORKSPACE_ERRORS,
     guards=[authorized("admin")],
 )
-async def list_tokens(request: Request, ws: str) -> TokenList:
+async def list_tokens(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> TokenList:
+    await wait_applied(request, min_seq, wait_ms)  # not a read model, but every read takes min_seq (section 4)
     return json_response(TokenList(await auth.list_tokens(services_of(request).pool, ws)))  # type: ignore[return-value]
 
 

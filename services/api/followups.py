@@ -148,7 +148,8 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> WebhookO
     responses=docs.errors(400, 401, 403, 404, 503, said={404: "Unknown workspace, or no webhook configured."}),
     guards=[authorized("admin")],
 )
-async def get_webhook(request: Request, ws: str) -> WebhookOut:
+async def get_webhook(request: Request, ws: str, min_seq: MinSeq = None, wait_ms: WaitMs = 5000) -> WebhookOut:
+    await wait_applied(request, min_seq, wait_ms)  # not a read model, but every read takes min_seq (section 4)
     hook = await webhooks.webhook_of(services_of(request).pool, ws)
     if hook is None:
         raise ApiError(404, "no webhook configured")

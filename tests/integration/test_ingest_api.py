@@ -312,6 +312,10 @@ def test_min_seq_waits_for_the_read_models(stack):
         # The operator's status waits alike (every endpoint takes min_seq).
         status = stack.get("/v1/status", stack.admin(), min_seq=seq, wait_ms=200)
         assert status.status_code == 503 and status.json()["error"] == "stale", status.text
+        # So do the reads that are no read model (the tokens and the webhook ignored min_seq: an audit).
+        for path in ("tokens", "webhooks", "rules"):
+            answer = stack.get(f"/v1/workspaces/{ws}/{path}", stack.admin(), min_seq=seq, wait_ms=200)
+            assert answer.status_code == 503 and answer.json()["error"] == "stale", (path, answer.text)
         # A read whose parameters are wrong is a 400 at once, not a "stale" to be asked again for ever.
         for path, params in ((f"/v1/workspaces/{ws}/contacts", {"status": "garbage"}),
                              (f"/v1/workspaces/{ws}/funnel", {"from": "garbage"}),
