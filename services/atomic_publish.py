@@ -16,12 +16,15 @@ stored; the server keeps the staged batch to retry on restart.)
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 import uuid
 
 import nats.errors
-from nats.aio.client import Client
+import nats.js.api
+from nats.aio.client import NO_RESPONDERS_STATUS, Client
 
 # Server default (jetstream { limits { batch { max_msgs } } }); the 1001st message is
 # refused with err_code 10199, so checking here saves sending a doomed batch.
@@ -89,17 +92,36 @@ def _header_lines(headers: dict[str, str]) -> str:
     return "".join(lines)
 
 
-def _frames(messages, batch_id: str, start: int) -> bytes:
-    """The HPUB frames of ``messages`` (batch sequence from ``start``) as one buffer."""
+def _frames(messages, batch_id: str, start: int, reply_to: str = "") -> bytes:
+    """The HPUB frames of ``messages`` (batch sequence from ``start``) as one buffer; the first
+    asks for its reply on ``reply_to`` when given."""
     out: list[bytes] = []
     append = out.append
     for position, (subject, payload, headers) in enumerate(messages, start=start):
         hdr = f"NATS/1.0\r\n{_header_lines(headers)}{BATCH_ID_HEADER}: {batch_id}\r\n{_BATCH_SEQ}: {position}\r\n\r\n".encode()
-        append(f"HPUB {subject}  {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
+        append(f"HPUB {subject} {reply_to} {len(hdr)} {len(hdr) + len(payload)}\r\n".encode())
         append(hdr)
         append(payload)
         append(b"\r\n")
+        reply_to = ""
     return b"".join(out)
+
+
+async def _reply_box(nc: Client) -> tuple[str, asyncio.Future]:
+    """An inbox on the connection's request subscription and the future its one reply settles.
+
+    What ``nc.request`` does before it publishes, without the wait: nats-py has no public way to
+    send a request and collect its answer later.
+    """
+    if not nc._resp_sub_prefix:
+        await nc._init_request_sub()
+    token = nc._nuid.next()
+    token.extend(secrets.token_hex(2).encode())
+    key = token.decode()
+    future = asyncio.get_running_loop().create_future()
+    nc._resp_map[key] = future
+    future.add_done_callback(lambda _: nc._resp_map.pop(key, None))
+    return (nc._resp_sub_prefix[:] + token).decode(), future
 
 
 async def _send_frames(nc: Client, frames: bytes) -> None:
@@ -156,10 +178,7 @@ async def publish_atomic(
         try:
             reply = await nc.request(subject, payload, timeout=timeout, headers=hdr)
         except nats.errors.NoRespondersError as err:
-            # No responder: no stream takes the subject, or its stream has no leader right now (a
-            # node of a cluster died and its replicas are electing one).
-            raise AtomicBatchError(f"message {position}: no stream answered on {subject!r}"
-                                   " (none listens on it, or its stream is electing a leader)") from err
+            raise AtomicBatchError(_no_stream(position, subject)) from err
         except nats.errors.TimeoutError as err:
             # Before the commit nothing can be stored (the server drops the staged batch after
             # 10 s of silence); on the commit itself we cannot know.
@@ -170,19 +189,53 @@ async def publish_atomic(
             raise AtomicBatchError(f"message {position}: {err!r}", maybe_committed=last, batch_id=batch_id) from err
         return _check_reply(reply.data, f"message {position}")
 
-    # Ask for a reply on the first message so a refusal (stream missing, atomic disabled, too
-    # many batches in flight) comes back with its real reason rather than as "incomplete" on the
-    # commit. The middle ones are fire-and-forget, written as one buffer of HPUB frames (a Python
-    # publish call each cost more than the server's work for them): the server reports any loss
-    # as a gap on the commit, so waiting for each would only cost time.
-    ack = await request(1)
-    if count > 1:
-        await _send_frames(nc, _frames(subject_and_payloads[1:-1], batch_id, start=2))
-        ack = await request(count)
+    if count == 1:
+        return _sequences(await request(1), batch_id, count, stream)
 
-    # The ack belongs to the commit; make sure it is ours and complete before trusting its seq.
+    # The first message asks for a reply, so a refusal (stream missing, atomic disabled, too many
+    # batches in flight) comes back with its real reason rather than as "incomplete" on the
+    # commit; but that reply is read after the commit's, not waited for before the rest is sent:
+    # the server queues a stream's batches one after another, and waiting there made every
+    # request queue twice (measured: docs/performance.md, twentieth session). The middle ones are
+    # fire-and-forget, written with it as one buffer of HPUB frames (a Python publish call each
+    # cost more than the server's work for them): the server reports any loss as a gap on the
+    # commit.
+    reply_to, first_reply = await _reply_box(nc)
+    try:
+        await _send_frames(nc, _frames(subject_and_payloads[:-1], batch_id, start=1, reply_to=reply_to))
+        try:
+            ack = await request(count)
+        except AtomicBatchError as err:
+            if not err.maybe_committed:
+                # The server answered the first before the commit; a moment covers its delivery.
+                await asyncio.wait({first_reply}, timeout=1.0)
+            _raise_first_refusal(first_reply, subject_and_payloads[0][0])
+            raise
+    finally:
+        first_reply.cancel()
+    return _sequences(ack, batch_id, count, stream)
+
+
+def _raise_first_refusal(first_reply: asyncio.Future, subject: str) -> None:
+    """Raise the server's reason if it refused the batch's first message: then nothing was stored."""
+    if not first_reply.done() or first_reply.cancelled():
+        return
+    msg = first_reply.result()
+    if msg.headers and msg.headers.get(nats.js.api.Header.STATUS) == NO_RESPONDERS_STATUS:
+        raise AtomicBatchError(_no_stream(1, subject))
+    _check_reply(msg.data, "message 1")
+
+
+def _no_stream(position: int, subject: str) -> str:
+    # No responder: no stream takes the subject, or its stream has no leader right now (a node of
+    # a cluster died and its replicas are electing one).
+    return (f"message {position}: no stream answered on {subject!r}"
+            " (none listens on it, or its stream is electing a leader)")
+
+
+def _sequences(ack: dict | None, batch_id: str, count: int, stream: str) -> list[int]:
+    """Each message's stream sequence, once the commit ack is known to be this batch's, whole."""
     if not ack or ack.get("batch") != batch_id or ack.get("count") != count or ack.get("stream") != stream:
         raise AtomicBatchError(f"unexpected commit ack {ack!r}", maybe_committed=True, batch_id=batch_id)
     last_seq: int = ack["seq"]
     return list(range(last_seq - count + 1, last_seq + 1))
-
