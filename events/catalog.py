@@ -98,10 +98,13 @@ class OfferMadeData(Data):
     deal_id: Text
     amount: Decimal
     currency: Currency
-    channel: Text = "direct"
+    # null, as serialisers write an unset optional field, is absent here as for every other.
+    channel: Text | None = None
 
     def __post_init__(self) -> None:
         _require_amount("amount", self.amount)
+        if self.channel is None:
+            self.channel = "direct"
 
 
 class DealWonData(Data):

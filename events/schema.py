@@ -52,7 +52,7 @@ FIELD_NOTES = {
         "period_end": "UTC date, after period_start; the period ends before it.",
         "currency": "Required when metric is revenue.",
     },
-    "OfferMadeData": {"channel": 'Absent: "direct".'},
+    "OfferMadeData": {"channel": 'Absent or null: "direct".'},
 }
 
 

@@ -7,6 +7,7 @@ import json
 import re
 from decimal import Decimal
 
+import msgspec
 import pytest
 
 from events.catalog import TYPES_BY_NAME
@@ -55,6 +56,23 @@ def test_amounts_stay_exact_and_unknown_fields_are_ignored():
 def test_offer_channel_defaults_to_direct():
     parsed = parse_event(json.dumps(event("sales.offer.made", "c", deal_id="d", amount=1, currency="EUR")).encode())
     assert parsed.data.channel == "direct"
+
+
+# goal.set's currency is required with a revenue metric, so it is not simply optional.
+@pytest.mark.parametrize("body", [body for body in VALID if body["type"] != "touchline.goal.set"],
+                         ids=lambda body: body["type"])
+def test_an_optional_field_given_as_null_is_absent(body):
+    # Serialisers commonly write an unset optional field as null; an offer's channel was the one
+    # optional field that refused it ("data.channel: expected a string, got null").
+    nulled = {**body, "data": {**body.get("data", {}), **dict.fromkeys(_optional_data_fields(body["type"]))}}
+    parsed = parse_event(json.dumps(nulled).encode())
+    if body["type"] == "touchline.sales.offer.made":
+        assert parsed.data.channel == "direct"
+
+
+def _optional_data_fields(type_name: str) -> list[str]:
+    data = next(f for f in msgspec.inspect.type_info(TYPES_BY_NAME[type_name]).fields if f.name == "data").type
+    return [f.name for f in getattr(data, "fields", ()) if not f.required]
 
 
 def _with(body: dict, **changes) -> dict:
