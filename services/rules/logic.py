@@ -662,10 +662,10 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
     exact = _METRICS.multiply(metric_value(value), before.count)  # the value against the mean, times count
     mean = float(before.total) / before.count  # for the reason's words only
     if exact > _METRICS.multiply(ANOMALY_FACTOR, before.total):
-        direction = f"{value / mean:.1f}x" if mean > 0 else "far"
+        direction = _times(value / mean) if mean > 0 else "far"
         words = f"{direction} above"
     elif _METRICS.multiply(exact, ANOMALY_FACTOR) < before.total:
-        words = "far below" if value <= 0 or mean <= 0 else f"{mean / value:.1f}x below"
+        words = "far below" if value <= 0 or mean <= 0 else f"{_times(mean / value)} below"
     else:
         return []
     campaign = _campaign_words(ws, event.data.campaign_id)
@@ -678,7 +678,18 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
 
 
 def _number(value: float) -> str:
-    return f"{value:,.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{int(value):,}"
+    if value == int(value):
+        return f"{int(value):,}"
+    if abs(value) < 0.01:  # two decimals would say 0
+        return f"{value:.2g}"
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def _times(ratio: float) -> str:
+    """How many times the mean, in words a seller reads at a glance (not 31 digits of a float)."""
+    if ratio >= 1_000_000:
+        return "over a million times"
+    return f"{ratio:,.1f}x" if ratio < 1000 else f"{ratio:,.0f}x"
 
 
 def goal_actual(ws: WorkspaceRules, goal: Goal) -> Decimal:

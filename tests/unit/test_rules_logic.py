@@ -300,6 +300,21 @@ def test_metric_anomaly(values, alerts):
         assert "reach of campaign 'c1'" in alert.reason
 
 
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ([1, 2, 3, 100], "is 100, 50.0x above its mean of 2 over 3 reports"),
+        ([1.6, 1.6, 1.6, 1e-30], "is 1e-30, over a million times below its mean of 1.6"),
+        ([2, 2, 2, 0.005], "is 0.005, 400.0x below its mean of 2"),
+        ([1, 1, 1, 25_000], "is 25,000, 25,000x above"),
+    ],
+)
+def test_metric_anomaly_reason_reads_at_a_glance(values, words):
+    # A tiny value read "is 0, 1599999999999999862930413715456.0x below" (an outside audit).
+    _, effects = run([_metric(v) for v in values])
+    assert words in effects.commands[0].reason
+
+
 def _goal(metric="revenue", target="10000", start="2026-11-01", end="2026-12-01", **extra):
     data = {"goal_id": "g1", "metric": metric, "target": target, "period_start": start, "period_end": end, **extra}
     if metric == "revenue":
