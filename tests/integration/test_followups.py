@@ -21,7 +21,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-from events.commands import COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
+from events.commands import RULES_SOURCE, COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
 from events.log import LOG_STREAM, log_headers, log_subject
 from events.validation import parse_event
 from services.dispatcher.app import IN_FLIGHT_PER_WORKSPACE
@@ -256,6 +256,30 @@ def test_a_dismissal_filed_under_another_contact_still_frees_the_contact_it_name
     settle(stack, ws, auth)
     assert sorted((item["rule"], item["status"]) for item in followups(stack, ws, auth)) == [
         ("hot-engagement", "open"), ("new-lead", "dismissed")]
+
+
+def test_an_outside_event_cannot_take_the_identity_of_a_followup_to_come(stack):
+    """Follow-up ids are derived, so a producer can compute the next one; stored first under
+    Touchline's own source, it made the dispatcher's record a duplicate and the follow-up vanished
+    (an outside audit). Touchline's sources are refused from outside, by either way in."""
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(hours=3)
+    lead = event("marketing.lead.captured", "lee", iso(t), channel="web", source="/crm")
+    spoof = event("marketing.engaged", "zed", iso(t), id=followup_id(ws, "new-lead", "/crm", lead["id"]),
+                  source=RULES_SOURCE, channel="web", action="view")
+    answer = stack.send(ws, auth, [spoof, {**spoof, "source": RULES_SOURCE + "/other"}])
+    assert [r["status"] for r in answer.json()["results"]] == ["rejected", "rejected"]
+    assert answer.json()["results"][0]["error"] == (
+        'source: "/touchline/rules" is Touchline\'s own (its follow-ups and alerts), never accepted from outside')
+    kept = stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"]
+    assert len(kept) == 2 and all("Touchline's own" in item["reason"] for item in kept)
+    stack.ingest(ws, auth, [lead])
+    settle(stack, ws, auth)
+    [followup] = followups(stack, ws, auth)
+    assert (followup["contact"], followup["rule"]) == ("lee", "new-lead")
+    assert stack.get(f"/v1/workspaces/{ws}/contacts/lee", auth).json()["open_followups"] == 1
+    trail = stack.get(f"/v1/workspaces/{ws}/contacts/lee/events", auth).json()
+    assert "touchline.followup.requested" in json.dumps(trail)
 
 
 def test_a_dismissal_in_the_triggers_batch_stays_a_dismissal_once_the_followup_is_recorded(stack):
