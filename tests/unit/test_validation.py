@@ -335,6 +335,17 @@ def test_a_time_finer_than_microseconds_is_cut_not_rounded(sent, kept):
     assert decode_logged(1, "touchline.log.w", {}, raw).event.time.isoformat() == kept
 
 
+@pytest.mark.parametrize("spelled", [r"59.999999\u0039", r"5\u0039\u002e9999999", r"59\u002E9999996"])
+def test_a_finer_time_spelled_with_escaped_digits_is_cut_too(spelled):
+    # The same JSON string as 59.9999999: it was rounded to the next day (an outside audit).
+    from events.log import decode_logged
+
+    raw = json.dumps(event("sales.conversation.held", "dana", time="2025-01-31T23:59:SSZ", channel="phone"))
+    raw = raw.replace("SS", spelled).encode()
+    assert parse_event(raw).time.isoformat() == "2025-01-31T23:59:59.999999+00:00"
+    assert decode_logged(1, "touchline.log.w", {}, raw).event.time.isoformat() == "2025-01-31T23:59:59.999999+00:00"
+
+
 def test_seven_decimals_elsewhere_leave_the_time_alone():
     raw = json.dumps(event("sales.deal.won", "dana", time="2025-01-31T23:59:59.25Z", deal_id="d.1234567",
                            amount="1.1234567", currency="EUR")).encode()
