@@ -415,3 +415,20 @@ def test_a_body_in_another_charset_than_utf8_is_refused_naming_it(stack):
         assert answer.status_code == status, (charset, answer.text)
     assert answer.json()["error"] == "charset 'latin-1' is not supported: send the body in UTF-8"
     assert stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"][0]["reason"].startswith("charset 'latin-1'")
+
+
+def test_a_nul_in_an_ingest_query_parameter_is_ignored_like_any_query_parameter(stack):
+    """Ingest reads no query parameter. A NUL in one was a 400 before the token was checked (no
+    token, or another workspace's, got a 400 instead of 401 or 403) and the body was not kept."""
+    ws, auth = stack.new_workspace()
+    _, other_auth = stack.new_workspace()
+    body = json.dumps(event("marketing.engaged", "nul", channel="web", action="view"))
+
+    def post(headers):
+        return stack.http.post(f"/v1/workspaces/{ws}/events", params={"x": "\x00"}, content=body,
+                               headers={**headers, "Content-Type": "application/cloudevents+json"})
+
+    assert post({}).status_code == 401
+    assert post(other_auth).status_code == 403
+    answer = post(auth)
+    assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "accepted", answer.text
