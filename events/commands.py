@@ -22,10 +22,8 @@ TIMERS_STREAM = "TOUCHLINE_TIMERS"
 TIMERS_SUBJECTS = "touchline.timer.>"
 TIMERS_FIRED = "touchline.timer.fired.>"
 
-# Sources under this path are Touchline's own; ingest refuses them from outside.
-OWN_SOURCES = "/touchline/"
-# The source of every event the dispatcher writes to the log.
-RULES_SOURCE = OWN_SOURCES + "rules"
+# The source of every event the dispatcher writes to the log; ingest refuses it from outside.
+RULES_SOURCE = "/touchline/rules"
 
 # The rules of CONTRACT.md section 6, by the names their commands carry (``rule``).
 FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")

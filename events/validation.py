@@ -13,7 +13,7 @@ from decimal import Decimal
 import msgspec
 
 from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, Envelope, GoalSet, decode_event
-from events.commands import OWN_SOURCES
+from events.commands import RULES_SOURCE
 from events.upcasting import decode_exact
 
 MAX_EVENT_BYTES = 64 * 1024
@@ -284,7 +284,7 @@ def _check_source(source: str) -> None:
     # Follow-up and alert ids are derived, so anyone can compute the next one: an outside event
     # stored first under Touchline's source and that id made the dispatcher's own record a
     # duplicate, and the follow-up vanished from the log and every read model (an outside audit).
-    if source.startswith(OWN_SOURCES):
+    if source == RULES_SOURCE:
         raise InvalidEvent(f"source: {shown(source)} is Touchline's own (its follow-ups and alerts),"
                            " never accepted from outside")
 
