@@ -15,7 +15,7 @@ import structlog
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, SerializationException, ValidationException
 from litestar.params import Parameter
 from litestar.routes import HTTPRoute
 from nats.aio.client import Client as NatsClient
@@ -59,7 +59,15 @@ def unavailable_response(_: Request, exc: Exception) -> Response:
 
 
 def error_response(request: Request, exc: HTTPException) -> Response:
-    body: dict[str, Any] = {"error": validation_error(request, exc) if isinstance(exc, ValidationException) else exc.detail}
+    if isinstance(exc, ValidationException):
+        error = validation_error(request, exc)
+    elif isinstance(exc.__cause__, SerializationException):
+        # Litestar's body decoding says only what msgspec said ("Input data was truncated"): the
+        # answer names the body, as ingest's own "the body is not JSON" does (an outside audit).
+        error = f"body: not valid JSON ({exc.detail})"
+    else:
+        error = exc.detail
+    body: dict[str, Any] = {"error": error}
     body.update(getattr(exc, "fields", None) or {})
     return Response(content=encode_json(body), status_code=exc.status_code, media_type="application/json", headers=exc.headers)
 

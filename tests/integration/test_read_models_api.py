@@ -253,6 +253,16 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
     ):
         answer = stack.http.post(hooks, json=body, headers=stack.admin())
         assert (answer.status_code, answer.json()) == (400, {"error": error}), body
+    # A body that is not JSON named no body at all ("Input data was truncated"), on every admin route.
+    for path, raw, error in (
+        ("/v1/workspaces", b'{"id":', "body: not valid JSON (Input data was truncated)"),
+        (f"/v1/workspaces/{ws}/tokens", b"scopes=read", "body: not valid JSON (JSON is malformed: invalid character (byte 0))"),
+        (hooks, b'{"url" "x"}', "body: not valid JSON (JSON is malformed: expected ':' (byte 7))"),
+    ):
+        answer = stack.http.post(path, content=raw, headers={**stack.admin(), "Content-Type": "application/json"})
+        assert (answer.status_code, answer.json()) == (400, {"error": error}), path
+    answer = stack.http.put(f"/v1/workspaces/{ws}/rules", content=b"x", headers={**stack.admin(), "Content-Type": "application/json"})
+    assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON ("), answer.text
 
 
 def test_integers_are_digits_and_a_parameter_is_given_once(stack):
