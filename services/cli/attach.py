@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import errno
 import ssl
-import urllib.parse
 from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
@@ -28,7 +27,7 @@ from rich.console import Console
 
 from services.runtime import nats_auth
 from services.settings import Settings
-from services.store.db import RETRYABLE
+from services.store.db import RETRYABLE, without_password
 
 err_console = Console(stderr=True)
 
@@ -127,12 +126,6 @@ async def close_pool(pool: asyncpg.Pool) -> None:
         pool.terminate()
 
 
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    user, at, host = parts.netloc.rpartition("@")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}{at}{host}"))
-
-
 @contextlib.asynccontextmanager
 async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """TOUCHLINE_DATABASE_URL, or the embedded PostgreSQL under the data dir (shared with a
@@ -152,7 +145,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as err:
         refuse(f"PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL", code=1)
     except RETRYABLE as err:  # never answered: not "stopped answering during the command"
-        where = (_without_password(settings.database_url) if settings.database_url
+        where = (without_password(settings.database_url) if settings.database_url
                  else f"the embedded PostgreSQL of data dir {settings.data_dir.resolve()}")
         refuse(f"no PostgreSQL answered at {where} within 10 s ({str(err).strip() or type(err).__name__});"
                " check that it runs, and TOUCHLINE_DATABASE_URL", code=1)

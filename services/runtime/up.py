@@ -9,7 +9,6 @@ import os
 import shutil
 import signal
 import time
-import urllib.parse
 from pathlib import Path
 
 import structlog
@@ -20,23 +19,11 @@ from services.runtime.embedded import EmbeddedNats, EmbeddedPostgres
 from services.runtime.processes import ServiceProcess, api_workers
 from services.runtime.serve import listen, open_backends, prepare
 from services.settings import Settings
+from services.store.db import without_password
 
 log = structlog.get_logger()
 
 SERVICE_KINDS = ("api", "projector", "rules", "dispatcher")
-
-
-def without_password(database_url: str) -> str:
-    """A PostgreSQL URL safe to log: its password left out, in the user part and in the query; a
-    key=value connection string is not echoed at all."""
-    if "://" not in database_url:
-        return "(a connection string)"
-    parts = urllib.parse.urlsplit(database_url)
-    user, _, host = parts.netloc.rpartition("@")
-    netloc = f"{user.partition(':')[0]}@{host}" if user else host
-    query = urllib.parse.urlencode([(name, value) for name, value in urllib.parse.parse_qsl(parts.query)
-                                    if name != "password"], safe="/")
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def check_data_dir(data_dir: Path) -> None:

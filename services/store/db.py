@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+import urllib.parse
 from importlib import resources
 from typing import Awaitable, Callable, TypeVar
 
@@ -43,6 +44,19 @@ SESSION_SETTINGS = {"backend_flush_after": "256kB"}
 
 
 Reset = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
+def without_password(database_url: str) -> str:
+    """A PostgreSQL URL safe to log: its password left out, in the user part and in the query; a
+    key=value connection string is not echoed at all."""
+    if "://" not in database_url:
+        return "(a connection string)"
+    parts = urllib.parse.urlsplit(database_url)
+    user, _, host = parts.netloc.rpartition("@")
+    netloc = f"{user.partition(':')[0]}@{host}" if user else host
+    query = urllib.parse.urlencode([(name, value) for name, value in urllib.parse.parse_qsl(parts.query)
+                                    if name != "password"], safe="/")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 async def create_pool(

@@ -332,7 +332,7 @@ def test_up_against_external_servers_starts_none_of_its_own_and_names_the_ones_i
     """`up` with both URLs set runs Touchline's services against them (README, "Running it for
     real"), and logs which servers they are, without their credentials (an outside audit found no
     line naming them)."""
-    from services.runtime.up import without_password
+    from services.store.db import without_password
     from tests.support import Servers
 
     external = Servers(tmp_path / "external")

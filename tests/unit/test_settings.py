@@ -108,6 +108,6 @@ def test_an_ipv6_http_address_goes_in_brackets():
     ("host=db.example password=secret", "(a connection string)"),
 ])
 def test_up_logs_the_database_it_uses_without_its_password(url, logged):
-    from services.runtime.up import without_password
+    from services.store.db import without_password
 
     assert without_password(url) == logged
