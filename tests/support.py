@@ -151,7 +151,9 @@ class Stack:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.env = {
-            **os.environ,
+            # Not the terminal's size: the CLI's tables are read by the tests at touchline_cli's
+            # width (pytest-xdist's workers say COLUMNS=80, and a wrapped table hides its words).
+            **{name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")},
             "TOUCHLINE_NATS_URL": servers.nats_url,
             "TOUCHLINE_DATABASE_URL": servers.database_url,
             "TOUCHLINE_HTTP": f"127.0.0.1:{self.port}",

@@ -62,7 +62,9 @@ def every_route() -> list[tuple[str, str, typing.Any]]:
             for method in sorted(handler.http_methods - {"OPTIONS", "HEAD"}):
                 data = handler.parsed_fn_signature.parameters.get("data")
                 found.append((method, route.path, sample(data.annotation) if data is not None else None))
-    return found
+    # In a fixed order: a route's handlers come in no stable one, and pytest-xdist's workers must
+    # collect the same tests.
+    return sorted(found, key=lambda route: (route[1], route[0]))
 
 
 def fill(template: str, ws: str) -> str:
