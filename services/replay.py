@@ -39,7 +39,7 @@ import math
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable
 
 import asyncpg
@@ -47,10 +47,11 @@ import nats.js.errors
 import structlog
 from nats.js import JetStreamContext
 
-from events.log import LOG_STREAM, LoggedEvent, decode_logged, index_key, log_subject
+from events.log import LOG_STREAM, LoggedEvent, index_key, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
+from services.parking import decode_messages
 from services.projector.runner import prepare_batch
 from services.stream_reader import StreamMessage
 
@@ -74,6 +75,9 @@ class ReplayStats:
     last_seq: int = 0  # the log position the result stands at
     seconds: float = 0.0
     rows_replaced: int = 0  # a rebuild: live rows it found wrong, missing or extra, and set right
+    # Log messages this code cannot decode (an event of a newer catalog, a bug), left out as the
+    # live projector leaves them out: it parks them, and `touchline parked redrive` applies them later.
+    undecodable: list[int] = field(default_factory=list)
 
     @property
     def events_per_second(self) -> float:
@@ -128,10 +132,6 @@ def snapshot_schema(workspace: str, name: str) -> str:
 
 
 # --- reading the log --------------------------------------------------------------------
-
-
-def decode_messages(messages: list[StreamMessage]) -> list[LoggedEvent]:
-    return [decode_logged(msg.seq, msg.subject, msg.headers, msg.data) for msg in messages]
 
 
 class LogReader:
@@ -354,7 +354,12 @@ class Build:
     def _prepare(self, messages: list[StreamMessage]) -> PreparedBatch:
         """The batch's first copies with every projection's pure work done (``prepare``, no I/O),
         while the previous batch is in PostgreSQL."""
-        firsts = self.dedupe.first_copies(decode_messages(messages))  # before the time filter: a later copy stays a duplicate
+        decoded, undecodable = decode_messages(messages)
+        if undecodable:
+            log.warning("replay.undecodable_left_out", workspace=self.workspace,
+                        seqs=[poison.seq for poison in undecodable], error=undecodable[0].error)
+            self.stats.undecodable.extend(poison.seq for poison in undecodable)
+        firsts = self.dedupe.first_copies(decoded)  # before the time filter: a later copy stays a duplicate
         if self.received_by is not None:
             kept = [logged for logged in firsts if logged.received_at <= self.received_by]
             if len(kept) < len(firsts) and self.first_left_out is None:  # batches come in log order

@@ -144,6 +144,10 @@ def replay(
         f"{stats.read:,} events read, {stats.applied:,} applied, up to log seq {stats.last_seq},"
         f" in {stats.seconds:.2f} s ({stats.events_per_second:,.0f} events/s)"
     )
+    if stats.undecodable:
+        shown = ", ".join(str(seq) for seq in stats.undecodable[:10]) + (", ..." if len(stats.undecodable) > 10 else "")
+        summary += (f"; {len(stats.undecodable):,} event(s) this version cannot decode left out, as the live"
+                    f" projector leaves them out (log seq {shown}; `touchline parked list`)")
     if verify:
         for difference in differences:
             console.print(difference.describe(), markup=False, highlight=False, soft_wrap=True)
