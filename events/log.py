@@ -75,8 +75,10 @@ def arrival_headers(received_at: dt.datetime) -> dict[str, str]:
     return {HEADER_RECEIVED_AT: received_at.isoformat(), HEADER_CATALOG_VERSION: str(CATALOG_VERSION)}
 
 
-def log_headers(workspace: str, event: Envelope, received_at: dt.datetime) -> dict[str, str]:
-    return {HEADER_MSG_ID: message_id(workspace, event.source, event.id), **arrival_headers(received_at)}
+def log_headers(digest: bytes, arrival: dict[str, str]) -> dict[str, str]:
+    """A logged event's headers: its ``Nats-Msg-Id`` (the hex of its ``event_digest``) and its
+    arrival's (``arrival_headers``, shared by every event of a request)."""
+    return {HEADER_MSG_ID: digest.hex(), **arrival}
 
 
 class LoggedEvent(msgspec.Struct, frozen=True):
@@ -87,10 +89,6 @@ class LoggedEvent(msgspec.Struct, frozen=True):
     received_at: dt.datetime
     event: Envelope
     raw: bytes
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.event.source, self.event.id)
 
 
 # A batch's events share their arrival time: parse each distinct one once.

@@ -11,7 +11,7 @@ The version scheme
   existing type's shape changes incompatibly (a field renamed, re-typed or re-scaled).
   Adding an optional field with a default is not a new version: old events decode as they are.
 * Ingest stamps every logged event with the header ``Touchline-Catalog-Version`` (see
-  ``events.log.log_headers``): the version that judged it. A logged event without the header
+  ``events.log.arrival_headers``): the version that judged it. A logged event without the header
   was written before the header existed, by version 1.
 * Raising the version means: bump ``CATALOG_VERSION``, register for every changed type an
   upcaster ``(type, old_version) -> function`` that turns a document of the old version into

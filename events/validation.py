@@ -14,7 +14,7 @@ import msgspec
 
 from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, Envelope, GoalSet, decode_event
 from events.commands import RULES_SOURCE
-from events.upcasting import decode_exact
+from events.upcasting import decode_exact, encode_exact
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
@@ -61,7 +61,6 @@ _ENUM = re.compile(r"Invalid enum value .*", re.S)
 _NO_OFFSET = "Expected `datetime` with a timezone component"
 _RFC3339 = re.compile(r"Invalid RFC3339 encoded (?P<what>datetime|date)")
 _UNKNOWN = object()
-_show_json = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def type_in_words(name: str) -> str:
@@ -75,14 +74,14 @@ SHOWN_CHARACTERS = 100  # of a value an error shows
 def shown(value: object) -> str:
     """A value as an error shows it: its JSON, a long string cut whole-character with its length said
     (never inside an escape, always closed), a long object or array cut with an ellipsis."""
-    text = _show_json(value).decode()
+    text = encode_exact(value).decode()
     if len(text) <= SHOWN_CHARACTERS:
         return text
     if isinstance(value, str):
         cut = value[:SHOWN_CHARACTERS]
-        while len(_show_json(cut)) > SHOWN_CHARACTERS:
+        while len(encode_exact(cut)) > SHOWN_CHARACTERS:
             cut = cut[: len(cut) * 3 // 4]
-        return f"{_show_json(cut).decode()}… ({len(value)} characters)"
+        return f"{encode_exact(cut).decode()}… ({len(value)} characters)"
     return text[:SHOWN_CHARACTERS] + "…"
 
 
@@ -392,7 +391,7 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     if not isinstance(copies, _Copies):
         return message
     for value in copies.values:
-        alone = _encode_numbers(_with_copy(document, path.split("."), value))
+        alone = encode_exact(_with_copy(document, path.split("."), value))
         try:
             decode_event(alone)
         except msgspec.ValidationError as wrong:
@@ -433,9 +432,6 @@ def _with_copy(node: object, path: list[str] | None, value: object) -> object:
     if isinstance(node, list):
         return [_with_copy(item, None, value) for item in node]
     return node
-
-
-_encode_numbers = msgspec.json.Encoder(decimal_format="number").encode
 
 
 def _explain_fields(raw: bytes, err: msgspec.ValidationError) -> str:
@@ -536,4 +532,5 @@ def header_error(message: str) -> str:
 
 
 def encode_event(event: Envelope) -> bytes:
+    """An event as the log stores it: amounts as decimal strings, as the catalog writes them."""
     return _encode(event)

@@ -43,7 +43,8 @@ Credited = tuple[dt.datetime, str, str, str]
 
 
 def weights(model: str, at: dt.datetime, touches: list[Credited]) -> list[Fraction]:
-    """The share of one conversion at ``at`` each touch gets; touches earliest first."""
+    """The share of one conversion at ``at`` each touch gets; touches earliest first. The definition
+    in code (``reference``), which the tests hold the reads' ``_SHARES`` in SQL to."""
     n = len(touches)
     if n == 0:
         return []

@@ -23,7 +23,7 @@ from projections import deals as deal_model
 from projections import followups
 from projections.batching import prepared
 from projections.deals import add_won
-from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, order_key, implied_stage, touch_channel, touch_kind, utc
+from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, implied_stage, touch_channel, touch_kind, utc
 from projections.numbers import EXACT
 
 

@@ -75,6 +75,12 @@ class AlertView(msgspec.Struct, omit_defaults=True):
     goal_id: str | None = None
 
 
+def alert_cause(source: str | None, id: str | None) -> CausedBy | None:
+    """An alert's cause as the API lists it and a webhook carries it: none for an alert that no
+    single event raised (a goal at risk, judged on a tick)."""
+    return CausedBy(source, id) if id else None
+
+
 class Summary(msgspec.Struct):
     followups: dict[tuple[str, str], Followup] = msgspec.field(default_factory=dict)
     last_sales: dict[tuple[str, str], dt.datetime] = msgspec.field(default_factory=dict)
@@ -110,6 +116,8 @@ def apply(summary: Summary, workspace: str, event: c.Envelope) -> Summary:
 
 
 def status(row: Followup, last_sales_at: dt.datetime | None, as_of: dt.datetime) -> str:
+    """A follow-up's status at ``as_of`` (CONTRACT.md section 6), the definition in code; the reads
+    compute the same in SQL (``_STATUS_SQL``), so a change here changes no answer by itself."""
     if row.dismissed:
         return "dismissed"
     if last_sales_at is not None and row.trigger_time is not None and last_sales_at >= row.trigger_time:

@@ -19,12 +19,9 @@ AWARE_ACTIONS = frozenset({"view", "open", "visit"})
 
 TouchKind = Literal["marketing", "sales"]
 
-# (time, source, id): the contract's order of events; "earliest" and "latest" use it.
+# (time, source, id): the contract's order of events, by which "earliest" and "latest" are
+# decided; each kept moment (a contact's decision, a deal, a goal) has a ``key`` of this form.
 OrderKey = tuple[dt.datetime, str, str]
-
-
-def order_key(event: Envelope) -> OrderKey:
-    return (event.time, event.source, event.id)
 
 
 # Looked up by the event's exact type, once an event per read model: every catalog type is a

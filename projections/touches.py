@@ -31,10 +31,6 @@ class Touch(msgspec.Struct, frozen=True):
     channel: str
     campaign_id: str | None
 
-    @property
-    def key(self) -> tuple[dt.datetime, str, str]:
-        return (self.at, self.source, self.id)
-
 
 def touch(event: Envelope) -> Touch | None:
     kind = touch_kind(event)

@@ -5,9 +5,11 @@ or the rejected list, through the same ingestor as HTTP.
 The inbox is a Limits stream (a producer's ack still means "fsynced in the inbox"). Like the
 projector, the reader keeps its position in PostgreSQL (``inbox_positions``) and reads with an
 ordered consumer from that position + 1: no acks, no redelivery. Each batch (up to 5,000 messages,
-every workspace in it judged together) is handled inside one transaction that first locks the
-position row ``FOR UPDATE`` and checks it is still what this process expects, then appends the
-accepted events to the log (fsynced), writes the rejected ones, and moves the position. So:
+every workspace in it judged together) is handled inside one transaction that locks the position
+row ``FOR UPDATE`` and checks it is still what this process expects, appends the accepted events
+to the log (fsynced), writes the rejected ones, and moves the position. The first batch after a
+(re)start takes the lock before it appends; a batch pipelined behind another appends first, then
+asks for the lock, which it gets once the batch before has committed (``_store_in_flight``). So:
 
 * a crash before the commit re-reads the batch; the permanent ``event_index`` (and JetStream's
   ``Nats-Msg-Id`` window) answer the events already logged as duplicates: nothing is doubled;

@@ -22,9 +22,9 @@ import structlog
 from nats.aio.client import Client as NatsClient
 
 from events.catalog import Envelope
-from events.log import HEADER_MSG_ID, LOG_STREAM, EventKey, arrival_headers, event_digest, index_key_of, log_subject
+from events.log import LOG_STREAM, EventKey, arrival_headers, event_digest, index_key_of, log_headers, log_subject
 from events.upcasting import decode_exact
-from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, parse_event, read_leniently
+from events.validation import MAX_EVENT_BYTES, InvalidEvent, check_subject, encode_event, parse_event, read_leniently
 from services.atomic_publish import BATCH_ID_HEADER, MAX_ATOMIC_BATCH, AtomicBatchError, publish_atomic
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
@@ -35,9 +35,6 @@ DUPLICATE_IN_BATCH = 10201
 TOO_MANY_BATCHES = 10210
 # Times a batch refused for a duplicate id is looked up again before publishing one by one.
 DUPLICATE_RETRIES = 4
-
-
-_encode_internal = msgspec.json.Encoder(decimal_format="string").encode
 
 
 class Result(msgspec.Struct, omit_defaults=True):
@@ -279,7 +276,7 @@ class Ingestor:
             return []
         shared = arrival_headers(received_at)  # only Nats-Msg-Id differs between the batch's events
         messages = [
-            (log_subject(workspace), item.raw, {HEADER_MSG_ID: digests[workspace, source, event_id].hex(), **shared})
+            (log_subject(workspace), item.raw, log_headers(digests[workspace, source, event_id], shared))
             for (workspace, source, event_id), item in zip(keys, events)
         ]
         step = MAX_ATOMIC_BATCH
@@ -413,7 +410,7 @@ class Ingestor:
         """Append an event Touchline writes itself (a follow-up, an alert): it skips the check that
         refuses internal types from outside, and is deduplicated by (source, id) like any other."""
         check_subject(event)
-        [result] = await self.ingest(workspace, [Judged(_encode_internal(event), event=event)], via="internal")
+        [result] = await self.ingest(workspace, [Judged(encode_event(event), event=event)], via="internal")
         return result
 
     async def record_rejected(

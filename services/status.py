@@ -30,7 +30,7 @@ class ProjectorStatus(msgspec.Struct):
     lag: Annotated[int, msgspec.Meta(description="log_last_seq - applied_seq (the log is shared by all workspaces).")]
     rate_eps: Annotated[float, msgspec.Meta(description="Events applied per second lately.")]
     events_applied: int
-    parked: Annotated[int, msgspec.Meta(description="Events set aside as undecodable, not redriven.")]
+    parked: Annotated[int, msgspec.Meta(description="Events set aside (undecodable, or failing in a read model), not redriven.")]
     updated_at: dt.datetime
     writer: Annotated[str | None, msgspec.Meta(
         description="The process writing it (`touchline projector on HOST pid PID`); null when none runs.")]

@@ -7,7 +7,7 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 import msgspec
-from litestar import Request, Response, delete, get, post, put
+from litestar import Request, delete, get, post, put
 
 from events.commands import ALERT_RULES, ALL_RULES
 from projections import followups as model
@@ -87,7 +87,7 @@ async def list_alerts(
         rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
     return json_response([  # type: ignore[return-value]
         AlertView(r["alert_id"], r["rule"], r["reason"], r["at"],
-                  CausedBy(r["caused_by_source"], r["caused_by_id"]) if r["caused_by_id"] else None,
+                  model.alert_cause(r["caused_by_source"], r["caused_by_id"]),
                   r["campaign_id"], r["goal_id"])
         for r in rows
     ])

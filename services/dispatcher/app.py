@@ -42,7 +42,7 @@ from pydantic import Field, WithJsonSchema
 from events import catalog as c
 from events.log import workspace_of_subject
 from events.schema import EXTERNAL_TYPES, inline_event_schema, inline_schema
-from projections.followups import AlertView, CausedBy, FollowupView
+from projections.followups import AlertView, CausedBy, FollowupView, alert_cause
 from events.commands import (
     COMMANDS_STREAM,
     COMMANDS_SUBJECTS,
@@ -223,8 +223,8 @@ def webhook_body(command: RequestFollowup | RaiseAlert, seq: int | None) -> byte
                                 "open", CausedBy(command.caused_by_source, command.caused_by_id))
         return _encode({"type": "touchline.followup.requested", "workspace": command.workspace, "seq": seq,
                         "followup": followup})
-    caused_by = CausedBy(command.caused_by_source, command.caused_by_id) if command.caused_by_id else None
-    alert = AlertView(command.alert_id, command.rule, command.reason, command.at, caused_by,
+    alert = AlertView(command.alert_id, command.rule, command.reason, command.at,
+                      alert_cause(command.caused_by_source, command.caused_by_id),
                       campaign_id=command.campaign_id, goal_id=command.goal_id)
     return _encode({"type": "touchline.alert.raised", "workspace": command.workspace, "seq": seq, "alert": alert})
 

@@ -80,13 +80,11 @@ def with_credentials(url: str, user: str, password: str) -> str:
 
 
 def without_credentials(url: str) -> str:
-    """Each seed URL of a comma-separated list with any user:password@ removed (safe to print or log)."""
-    seeds = []
-    for seed in url.split(","):
-        parts = urlsplit(seed.strip())
-        host = parts.netloc.rsplit("@", 1)[-1]
-        seeds.append(urlunsplit((parts.scheme, host, parts.path, "", "")))
-    return ",".join(seeds)
+    """The seed URLs of TOUCHLINE_NATS_URL as Touchline connects to them, without any
+    user:password@ (safe to print or log)."""
+    from services.nats_io import nats_connection  # nats-py's import, only for a URL to show
+
+    return ",".join(nats_connection(url)[0])
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,6 @@ def test_a_command_whose_postgresql_stops_answering_still_ends(servers, tmp_path
     """An outside audit stopped the stack under a running `touchline replay`: once in three tries it
     never ended, Ctrl-C included. A pool's close waits for each connection's goodbye; a server that
     does not answer (here its backends are frozen) held the command's end for ever."""
-    import os
     import signal
     import time
 

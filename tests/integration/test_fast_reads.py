@@ -8,7 +8,7 @@ import json
 from typing import Any
 from urllib.parse import unquote
 
-from services.api.auth import KnownWorkspaces, TokenBook
+from services.api.auth import TokenBook
 from services.api.common import Services
 from services.api.fast_reads import FastReads
 from services.runtime import loop

@@ -22,7 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 from events.commands import RULES_SOURCE, COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
-from events.log import LOG_STREAM, log_headers, log_subject
+from events.log import LOG_STREAM, arrival_headers, event_digest, log_headers, log_subject
 from events.validation import parse_event
 from services.dispatcher.app import IN_FLIGHT_PER_WORKSPACE
 from tests.support import event, pipeline_state, settle, wait_for
@@ -140,7 +140,9 @@ async def _log_as_received(stack, ws: str, bodies: list[dict], received_at: dt.d
         js = nc.jetstream()
         for body in bodies:
             raw = json.dumps(body).encode()
-            await js.publish(log_subject(ws), raw, stream=LOG_STREAM, headers=log_headers(ws, parse_event(raw), received_at))
+            parsed = parse_event(raw)
+            headers = log_headers(event_digest(ws, parsed.source, parsed.id), arrival_headers(received_at))
+            await js.publish(log_subject(ws), raw, stream=LOG_STREAM, headers=headers)
     finally:
         await nc.close()
 

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from events.catalog import ALL_TYPES, AnyEvent, type_name
-from events.log import HEADER_CATALOG_VERSION, decode_logged, log_headers
+from events.log import HEADER_CATALOG_VERSION, arrival_headers, decode_logged
 from events.upcasting import CATALOG_VERSION, UPCASTERS, upcast_json
 from events.validation import encode_event, parse_event
 
@@ -54,7 +54,7 @@ def test_current_and_unstamped_events_are_not_touched():
     raw = (GOLDEN / f"v{CATALOG_VERSION}" / "touchline.sales.deal.won.json").read_bytes()
     assert upcast_json(raw, CATALOG_VERSION) is raw
     assert decode_logged(1, "touchline.log.acme", {}, raw).raw == raw
-    assert log_headers("acme", decode(raw), decode_logged(1, "touchline.log.acme", {}, raw).received_at)[
+    assert arrival_headers(decode_logged(1, "touchline.log.acme", {}, raw).received_at)[
         HEADER_CATALOG_VERSION
     ] == str(CATALOG_VERSION)
 
