@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, workspace_of_subject
 from services.first_copies import first_copies
+from services.store.db import RETRYABLE
 
 log = structlog.get_logger()
 
@@ -38,6 +39,25 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
         except Exception as err:  # a shape this code does not know
             poisons.append(Poison(msg.seq, workspace_of_subject(msg.subject), f"cannot decode: {err!r}"))
     return batch, poisons
+
+
+async def apply_one_by_one(conn: asyncpg.Connection, reader: str, projections, events: list[LoggedEvent]) -> list[Poison]:
+    """Each event applied by every projection in a savepoint of its own, after its batch failed:
+    the events that fail again become poison (the traceback to the log, the error kept), the others
+    are applied. The projector parks the poison; a replay leaves it out just the same, so that a
+    rebuild gives what the live read models hold."""
+    poisons: list[Poison] = []
+    for logged in events:
+        try:
+            async with conn.transaction():
+                for projection in projections:
+                    await projection.apply(conn, [logged])
+        except RETRYABLE:  # the database's trouble, not the event's: the caller tries the batch again
+            raise
+        except Exception as err:
+            log.error("events.apply_failed", reader=reader, seq=logged.seq, workspace=logged.workspace, exc_info=err)
+            poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
+    return poisons
 
 
 async def park(conn: asyncpg.Connection, projector: str, poisons: list[Poison]) -> None:

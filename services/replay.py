@@ -51,8 +51,9 @@ from events.log import LOG_STREAM, LoggedEvent, index_key, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
-from services.parking import decode_messages
+from services.parking import apply_one_by_one, decode_messages
 from services.projector.runner import prepare_batch
+from services.store.db import RETRYABLE
 from services.stream_reader import StreamMessage
 
 log = structlog.get_logger()
@@ -78,6 +79,17 @@ class ReplayStats:
     # Log messages this code cannot decode (an event of a newer catalog, a bug), left out as the
     # live projector leaves them out: it parks them, and `touchline parked redrive` applies them later.
     undecodable: list[int] = field(default_factory=list)
+    # Events a read model failed to apply (a projection's bug), left out alike: the live projector
+    # parked them too, so that a rebuild gives the read models the live ones are.
+    failed: list[int] = field(default_factory=list)
+
+    def add(self, other: ReplayStats) -> None:
+        """Another workspace's replay counted in (``seconds`` and ``last_seq`` are the caller's)."""
+        self.read += other.read
+        self.applied += other.applied
+        self.rows_replaced += other.rows_replaced
+        self.undecodable += other.undecodable
+        self.failed += other.failed
 
     @property
     def events_per_second(self) -> float:
@@ -368,8 +380,17 @@ class Build:
         return prepare_batch(self.projections, firsts)
 
     async def _apply(self, firsts: PreparedBatch) -> None:
-        for projection in self.projections:
-            await projection.apply(self.conn, firsts)
+        """The batch in a savepoint; if a read model fails it, event by event as the projector does."""
+        try:
+            async with self.conn.transaction():
+                for projection in self.projections:
+                    await projection.apply(self.conn, firsts)
+        except RETRYABLE:
+            raise
+        except Exception:
+            failed = await apply_one_by_one(self.conn, f"replay of {self.workspace}", self.projections, firsts)
+            self.stats.failed.extend(poison.seq for poison in failed)
+            self.stats.applied -= len(failed)
         self.stats.applied += len(firsts)
 
     def _report(self) -> None:
@@ -505,10 +526,9 @@ def rebuild_many(
                 workspace, read = rest
                 done[workspace] = read
             elif kind == "rebuilt":
-                workspace, read, applied = rest
-                done[workspace] = read
-                total.read += read
-                total.applied += applied
+                workspace, stats = rest
+                done[workspace] = stats.read
+                total.add(stats)
             elif kind == "failed":
                 failure = failure or rest[0]
             else:  # "exit"
@@ -550,7 +570,7 @@ def _rebuild_worker(nats_url: str, database_url: str, todo, out) -> None:
                         out.put(("progress", workspace, read))
 
                 stats = await rebuild(pool, js, workspace, progress=report)
-                out.put(("rebuilt", workspace, stats.read, stats.applied))
+                out.put(("rebuilt", workspace, stats))
         finally:
             await nc.close()
             await pool.close()

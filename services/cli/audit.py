@@ -88,6 +88,20 @@ def _shown_until(moment: dt.datetime) -> str:
     return shown_time(moment).replace(" UTC", _fraction(moment) + " UTC")
 
 
+def replay_summary(stats) -> str:
+    """What a replay read and applied, and what it left out as the live projector leaves it out."""
+    summary = (
+        f"{stats.read:,} events read, {stats.applied:,} applied, up to log seq {stats.last_seq},"
+        f" in {stats.seconds:.2f} s ({stats.events_per_second:,.0f} events/s)"
+    )
+    for seqs, what in ((stats.undecodable, "this version cannot decode"), (stats.failed, "a read model failed to apply")):
+        if seqs:
+            shown = ", ".join(str(seq) for seq in seqs[:10]) + (", ..." if len(seqs) > 10 else "")
+            summary += (f"; {len(seqs):,} event(s) {what} left out, as the live projector leaves them out"
+                        f" (log seq {shown}; `touchline parked list`)")
+    return summary
+
+
 def replay(
     workspace: str = Workspace,
     until: Optional[str] = typer.Option(
@@ -140,14 +154,7 @@ def replay(
 
     outcome = asyncio.run(run())
     stats, differences = outcome if verify else (outcome, None)
-    summary = (
-        f"{stats.read:,} events read, {stats.applied:,} applied, up to log seq {stats.last_seq},"
-        f" in {stats.seconds:.2f} s ({stats.events_per_second:,.0f} events/s)"
-    )
-    if stats.undecodable:
-        shown = ", ".join(str(seq) for seq in stats.undecodable[:10]) + (", ..." if len(stats.undecodable) > 10 else "")
-        summary += (f"; {len(stats.undecodable):,} event(s) this version cannot decode left out, as the live"
-                    f" projector leaves them out (log seq {shown}; `touchline parked list`)")
+    summary = replay_summary(stats)
     if verify:
         for difference in differences:
             console.print(difference.describe(), markup=False, highlight=False, soft_wrap=True)

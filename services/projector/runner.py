@@ -27,7 +27,7 @@ from services import gc_tuning
 from services.first_copies import INDEX_KEYS, first_copies, index_keys
 from services.log_position import Backoff, CommittedPosition, Fenced, lead
 from services.nats_io import read_log
-from services.parking import Poison, decode_messages, park
+from services.parking import Poison, apply_one_by_one, decode_messages, park
 from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE
 
@@ -324,18 +324,7 @@ class Projector:
                         for projection in self.projections:
                             await projection.apply(conn, firsts)
                     else:
-                        for logged in firsts:
-                            try:
-                                async with conn.transaction():
-                                    for projection in self.projections:
-                                        await projection.apply(conn, [logged])
-                            except RETRYABLE:
-                                raise
-                            except Exception as err:
-                                # The traceback goes to the log; the parked row keeps the error.
-                                log.error("projector.event_failed", projector=self.name, seq=logged.seq,
-                                          workspace=logged.workspace, exc_info=err)
-                                poisons.append(Poison(logged.seq, logged.workspace, repr(err)))
+                        poisons += await apply_one_by_one(conn, self.name, self.projections, firsts)
                 await park(conn, self.name, [p for p in poisons if p.seq > committed])
                 await self.committed.advance(conn, last, len(fresh))
         return len(firsts)
