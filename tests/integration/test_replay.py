@@ -26,6 +26,13 @@ def cli(stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return touchline_cli(*args, env=stack.env, timeout=timeout)
 
 
+def cli_ok(stack, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``cli`` that must succeed; what it said is the failure's message."""
+    done = cli(stack, *args, timeout=timeout)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    return done
+
+
 def wait_applied(stack, ws: str, auth: dict, seq: int) -> None:
     answer = stack.get(f"/v1/workspaces/{ws}/rejected", auth, min_seq=seq, wait_ms=60000)
     assert answer.status_code == 200, answer.text
@@ -129,7 +136,7 @@ def test_rebuild_of_a_live_built_workspace_verifies_clean_and_keeps_every_answer
     assert_same(read_everything(stack, ws, auth), before)
     # Rebuilt right, nothing was rewritten: every row is where it was.
     assert row_addresses(stack, ws) == rows_before
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
     # No scratch schema is left behind.
     assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
 
@@ -181,7 +188,7 @@ def test_a_killed_replays_scratch_schema_is_dropped_by_the_next_replay_and_a_run
         for process in (killed, running):
             process.kill()
             process.wait(timeout=30)
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
     assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
 
 
@@ -205,7 +212,7 @@ def test_verify_reports_a_corrupted_row_in_plain_words_and_rebuild_repairs_it(st
     assert repaired.returncode == 0, repaired.stderr
     # dana's row changed, eli's missing: said, as an auditor needs it (an outside audit: not said).
     assert "2 read-model row(s) differed from the log and were set right" in repaired.stdout, repaired.stdout
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
     dana = stack.get(f"/v1/workspaces/{ws}/contacts/dana", auth).json()
     assert dana["stage"] == "lead"
 
@@ -261,7 +268,7 @@ def test_until_seq_and_until_time_match_the_state_at_that_prefix(stack):
     assert stack.get(f"/v1/workspaces/{other}/funnel", other_auth, snapshot="half").status_code == 404
     listed = cli(stack, "snapshot", "list", "--workspace", ws)
     assert "half" in listed.stdout
-    assert cli(stack, "snapshot", "drop", "half", "--workspace", ws).returncode == 0
+    cli_ok(stack, "snapshot", "drop", "half", "--workspace", ws)
     assert stack.get(f"/v1/workspaces/{ws}/funnel", auth, snapshot="half").status_code == 404
 
 
@@ -304,7 +311,7 @@ def test_rebuild_during_live_ingest_loses_and_double_counts_nothing(stack):
     assert len(page) == 500
     assert sum(c["touches"]["total"] for c in page) == 30000
     assert all(c["touches"]["total"] == 60 for c in page)
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
 
 
 def test_replay_emits_no_commands_and_writes_nothing_to_any_stream(stack):
@@ -317,7 +324,7 @@ def test_replay_emits_no_commands_and_writes_nothing_to_any_stream(stack):
     settle(stack, ws, auth)
     before = settled_streams(stack)
     for args in ((), ("--verify",), ("--until-seq", str(last))):
-        assert cli(stack, "replay", "--workspace", ws, *args).returncode == 0
+        cli_ok(stack, "replay", "--workspace", ws, *args)
     assert stream_states(stack) == before
 
 
@@ -415,8 +422,8 @@ def test_a_log_written_by_the_previous_catalog_version_replays_into_todays_read_
     assert olga["stage"] == "customer" and olga["status"] == "won"
     assert olga["touches"]["by_channel"] == {"direct": 1, "email": 1}
     assert olga["revenue"] == {"EUR": "1298.50"}
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
-    assert cli(stack, "replay", "--workspace", ws).returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
+    cli_ok(stack, "replay", "--workspace", ws)
     assert without_followups(stack.get(f"/v1/workspaces/{ws}/contacts/olga", auth).json()) == without_followups(olga)
     trail = stack.get(f"/v1/workspaces/{ws}/contacts/olga/events", auth).json()["events"]
     assert trail[0]["data"]["channel"] == "email" and trail[2]["data"]["amount"] == "1299.00"

@@ -9,7 +9,7 @@ import json
 
 from events.log import HEADER_RECEIVED_AT, LOG_STREAM, log_subject
 from services import replay
-from tests.integration.test_replay import cli, live_history, sql, wait_applied
+from tests.integration.test_replay import cli, cli_ok, live_history, sql, wait_applied
 from tests.support import event, settle
 from services.nats_io import connect_client
 
@@ -47,9 +47,9 @@ def test_rebuild_of_a_correct_workspace_rewrites_no_row_and_removes_what_the_log
     sql(stack, "INSERT INTO touch_channels (workspace, channel, marketing, sales) VALUES ($1, 'stray', 5, 0)", ws)
     sql(stack, "UPDATE contacts SET stage = 'customer' WHERE workspace = $1 AND contact = $2", ws, before[0][0])
     assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 1
-    assert cli(stack, "replay", "--workspace", ws).returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws)
     assert not sql(stack, "SELECT 1 FROM touch_channels WHERE workspace = $1 AND channel = 'stray'", ws)
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
     after = {row["contact"]: row["xmin"] for row in sql(stack, versions, ws)}
     assert after[before[0][0]] != before[0][1]  # the repaired row was rewritten ...
     assert all(after[contact] == xmin for contact, xmin, _ in before[1:])  # ... and only it
@@ -68,8 +68,8 @@ def test_a_second_copy_in_the_log_counts_once_and_stays_out_of_a_snapshot_by_tim
     settle(stack, ws, auth)
     live = stack.get(f"/v1/workspaces/{ws}/contacts/ann", auth).json()
     assert live["touches"]["by_channel"] == {"email": 1, "sms": 1}
-    assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
-    assert cli(stack, "replay", "--workspace", ws).returncode == 0
+    cli_ok(stack, "replay", "--workspace", ws, "--verify")
+    cli_ok(stack, "replay", "--workspace", ws)
     assert stack.get(f"/v1/workspaces/{ws}/contacts/ann", auth).json()["touches"] == live["touches"]
     snap = cli(stack, "replay", "--workspace", ws, "--until", "2026-11-20T09:00:00Z", "--name", "between")
     assert snap.returncode == 0, snap.stdout + snap.stderr
@@ -106,5 +106,5 @@ def test_rebuild_many_rebuilds_each_workspace_in_worker_processes(stack):
     assert stats.read >= stats.applied >= expected > 0
     assert seen and seen[-1] == stats.read
     for ws in (first, second):
-        assert cli(stack, "replay", "--workspace", ws, "--verify").returncode == 0
+        cli_ok(stack, "replay", "--workspace", ws, "--verify")
     assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
