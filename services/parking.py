@@ -72,6 +72,24 @@ async def park(conn: asyncpg.Connection, projector: str, poisons: list[Poison]) 
     )
 
 
+async def parked_seqs(conn: asyncpg.Connection, projector: str, workspace: str, upto: int) -> set[int]:
+    """The workspace's log sequences up to ``upto`` that ``projector`` has parked and not re-driven."""
+    rows = await conn.fetch(
+        "SELECT seq FROM parked_events WHERE projector = $1 AND workspace = $2 AND seq <= $3 AND redriven_at IS NULL",
+        projector, workspace, upto,
+    )
+    return {row["seq"] for row in rows}
+
+
+async def mark_redriven(conn: asyncpg.Connection, projector: str, seqs: list[int]) -> None:
+    """Parked events now applied to ``projector``'s read models: off the waiting list."""
+    await conn.execute(
+        "UPDATE parked_events SET redriven_at = now() WHERE projector = $1 AND seq = ANY($2::bigint[])"
+        " AND redriven_at IS NULL",
+        projector, seqs,
+    )
+
+
 async def waiting(pool: asyncpg.Pool, projector: str | None = None) -> list[asyncpg.Record]:
     return await pool.fetch(
         "SELECT projector, seq, workspace, error, parked_at, attempts FROM parked_events"
@@ -94,9 +112,7 @@ async def redrive(pool: asyncpg.Pool, js: JetStreamContext, projector: str, proj
                     logged = decode_logged(seq, message.subject, message.headers, message.data)
                     for projection in projections:
                         await projection.apply(conn, await first_copies(conn, [logged]))
-                    await conn.execute(
-                        "UPDATE parked_events SET redriven_at = now() WHERE projector = $1 AND seq = $2", projector, seq
-                    )
+                    await mark_redriven(conn, projector, [seq])
                 outcome[seq] = None
             except Exception as err:  # the event is still poison: keep it parked with the new error
                 await park(conn, projector, [Poison(seq, row["workspace"], repr(err))])

@@ -51,7 +51,7 @@ from events.log import LOG_STREAM, LoggedEvent, index_key, log_subject
 from projections.batching import PreparedBatch
 from services import gc_tuning
 from services.nats_io import read_log
-from services.parking import apply_one_by_one, decode_messages
+from services.parking import apply_one_by_one, decode_messages, mark_redriven, parked_seqs
 from services.projector.runner import prepare_batch
 from services.store.db import RETRYABLE
 from services.stream_reader import StreamMessage
@@ -82,6 +82,12 @@ class ReplayStats:
     # Events a read model failed to apply (a projection's bug), left out alike: the live projector
     # parked them too, so that a rebuild gives the read models the live ones are.
     failed: list[int] = field(default_factory=list)
+    # Of those, the ones the live projector applied (``Build.judge_against_live``): this code is not
+    # the live projector's, and a rebuild or a snapshot refuses to stand on it (``UnlikeLive``).
+    not_parked: list[int] = field(default_factory=list)
+    # Events the live projector parked and this replay applied (this code decodes and applies
+    # them): a rebuild takes them off the parked list, its read models holding them now.
+    parked_applied: list[int] = field(default_factory=list)
 
     def add(self, other: ReplayStats) -> None:
         """Another workspace's replay counted in (``seconds`` and ``last_seq`` are the caller's)."""
@@ -90,10 +96,31 @@ class ReplayStats:
         self.rows_replaced += other.rows_replaced
         self.undecodable += other.undecodable
         self.failed += other.failed
+        self.not_parked += other.not_parked
+        self.parked_applied += other.parked_applied
 
     @property
     def events_per_second(self) -> float:
         return self.read / self.seconds if self.seconds > 0 else 0.0
+
+
+class UnlikeLive(RuntimeError):
+    """A replay left out events the live projector applied: it would not give the live read models."""
+
+    def __init__(self, workspace: str, stats: ReplayStats, doing: str) -> None:
+        reasons = [f"log seq {shown_seqs(seqs)}: this code {what}" for seqs, what in (
+            ([seq for seq in stats.undecodable if seq in stats.not_parked], "cannot decode"),
+            ([seq for seq in stats.failed if seq in stats.not_parked], "failed to apply (its log has why)"),
+        ) if seqs]
+        super().__init__(
+            f"{'; '.join(reasons)}; yet the live projector applied them, so {doing} of workspace {workspace}"
+            f" would leave them out: nothing was changed. Replay with the live projector's version of"
+            f" Touchline, or fix the read model and let the projector run it first"
+        )
+
+
+def shown_seqs(seqs: list[int], most: int = 10) -> str:
+    return ", ".join(str(seq) for seq in seqs[:most]) + (", ..." if len(seqs) > most else "")
 
 
 @dataclass
@@ -387,11 +414,27 @@ class Build:
                     await projection.apply(self.conn, firsts)
         except RETRYABLE:
             raise
-        except Exception:
+        except Exception as err:
+            log.warning("replay.batch_failed", workspace=self.workspace, events=len(firsts), error=repr(err))
             failed = await apply_one_by_one(self.conn, f"replay of {self.workspace}", self.projections, firsts)
             self.stats.failed.extend(poison.seq for poison in failed)
             self.stats.applied -= len(failed)
         self.stats.applied += len(firsts)
+
+    async def judge_against_live(self, upto: int) -> None:
+        """Which events up to ``upto`` this replay left out that the live projector applied
+        (``stats.not_parked``), and which it applied that the live projector parked
+        (``stats.parked_applied``). Only as far as the live projector has come: beyond its position
+        nothing is parked yet."""
+        upto = min(upto, await live_position(self.conn))
+        parked = await parked_seqs(self.conn, LIVE_PROJECTOR, self.workspace, upto)
+        left_out = {seq for seq in self.stats.undecodable + self.stats.failed if seq <= upto}
+        self.stats.not_parked = sorted(left_out - parked)
+        self.stats.parked_applied = sorted(parked - left_out)
+
+    def refuse_unlike_live(self, doing: str) -> None:
+        if self.stats.not_parked:
+            raise UnlikeLive(self.workspace, self.stats, doing)
 
     def _report(self) -> None:
         if self.progress is not None:
@@ -484,8 +527,11 @@ async def rebuild(
                 position = await live_position(conn, lock=True)
                 await conn.execute("SET LOCAL work_mem = '256MB'")  # the swap's hash joins stay in memory
                 await build.run_until(position, in_transaction=True)
+                await build.judge_against_live(position)
+                build.refuse_unlike_live("a rebuild")
                 for table in build.tables:
                     build.stats.rows_replaced += await swap_in(conn, table, build.schema, workspace)
+                await mark_redriven(conn, LIVE_PROJECTOR, build.stats.parked_applied)
             build.stats.last_seq = position
             build.finish_progress()
         finally:
@@ -655,6 +701,8 @@ async def build_snapshot(
             build.stats.last_seq = read_to
             if build.first_left_out is not None:
                 build.stats.last_seq = min(build.stats.last_seq, build.first_left_out - 1)
+            await build.judge_against_live(build.stats.last_seq)
+            build.refuse_unlike_live("a snapshot")
             await build.build_indexes()  # readers query it like the live tables
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7215004)")
@@ -724,6 +772,7 @@ async def verify(
                 # The first statement fixes the snapshot: the live tables stand at exactly `position`.
                 position = await live_position(conn)
                 await build.run_until(position, in_transaction=True)
+                await build.judge_against_live(position)
                 differences = []
                 for table in build.tables:
                     differences += await compare_table(conn, table, build.schema, workspace)

@@ -88,17 +88,27 @@ def _shown_until(moment: dt.datetime) -> str:
     return shown_time(moment).replace(" UTC", _fraction(moment) + " UTC")
 
 
-def replay_summary(stats) -> str:
-    """What a replay read and applied, and what it left out as the live projector leaves it out."""
+def replay_summary(stats, *, rebuilt: bool = False) -> str:
+    """What a replay read and applied, what it left out as the live projector leaves it out, and
+    where it and the live projector part (a verify's; a rebuild and a snapshot refuse those)."""
+    from services.replay import shown_seqs
+
     summary = (
         f"{stats.read:,} events read, {stats.applied:,} applied, up to log seq {stats.last_seq},"
         f" in {stats.seconds:.2f} s ({stats.events_per_second:,.0f} events/s)"
     )
     for seqs, what in ((stats.undecodable, "this version cannot decode"), (stats.failed, "a read model failed to apply")):
         if seqs:
-            shown = ", ".join(str(seq) for seq in seqs[:10]) + (", ..." if len(seqs) > 10 else "")
             summary += (f"; {len(seqs):,} event(s) {what} left out, as the live projector leaves them out"
-                        f" (log seq {shown}; `touchline parked list`)")
+                        f" (log seq {shown_seqs(seqs)}; `touchline parked list`)")
+    if stats.not_parked:
+        summary += (f"; yet the live projector applied {len(stats.not_parked):,} of them (log seq"
+                    f" {shown_seqs(stats.not_parked)}): this code's read models are not the live projector's")
+    if stats.parked_applied:
+        done = ("taken off the parked list: the read models hold them now" if rebuilt
+                else "`touchline parked redrive` applies them to the live read models")
+        summary += (f"; {len(stats.parked_applied):,} event(s) the live projector parked applied here (log seq"
+                    f" {shown_seqs(stats.parked_applied)}; {done})")
     return summary
 
 
@@ -152,13 +162,16 @@ def replay(
                     )
                 return await replaying.rebuild(pool, js, workspace, progress=report)
 
-    outcome = asyncio.run(run())
+    try:
+        outcome = asyncio.run(run())
+    except replaying.UnlikeLive as err:
+        refuse(str(err), 1)
     stats, differences = outcome if verify else (outcome, None)
-    summary = replay_summary(stats)
+    summary = replay_summary(stats, rebuilt=not (verify or snapshot))
     if verify:
         for difference in differences:
             console.print(difference.describe(), markup=False, highlight=False, soft_wrap=True)
-        if differences:
+        if differences or stats.not_parked:
             console.print(f"[red]{len(differences)} difference(s)[/red] between the live read models and the log; {summary}")
             raise typer.Exit(1)
         console.print(f"[green]verified[/green]: workspace {workspace}'s read models match its log; {summary}")

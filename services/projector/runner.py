@@ -60,7 +60,7 @@ def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> P
     """``events`` with every projection's pure work done (``prepare``: no I/O, so the projector and
     replay run it in a worker thread while the event loop drives the transaction in flight). A
     ``prepare`` that fails is left out: ``apply`` prepares again inside the transaction, where the
-    failure is handled (parked by the projector, raised by a replay)."""
+    failure is handled (parked by the projector, left out by a replay, event by event)."""
     batch = PreparedBatch(events)
     for projection in projections:
         if hasattr(projection, "prepare"):
