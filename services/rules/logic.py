@@ -658,14 +658,15 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
     before = _count_metric(ws, event)
     if before.count < ANOMALY_MIN_REPORTS:
         return []
-    value = event.data.value
-    exact = _METRICS.multiply(metric_value(value), before.count)  # the value against the mean, times count
-    mean = float(before.total) / before.count  # for the reason's words only
+    value = metric_value(event.data.value)
+    exact = _METRICS.multiply(value, before.count)  # the value against the mean, times count
+    # Exact too: as a float, the mean of reports that sum past the largest float was infinite.
+    mean = _METRICS.divide(before.total, before.count)
     if exact > _METRICS.multiply(ANOMALY_FACTOR, before.total):
-        direction = _times(value / mean) if mean > 0 else "far"
+        direction = _times(float(_METRICS.divide(value, mean))) if mean > 0 else "far"
         words = f"{direction} above"
     elif _METRICS.multiply(exact, ANOMALY_FACTOR) < before.total:
-        words = "far below" if value <= 0 or mean <= 0 else f"{_times(mean / value)} below"
+        words = "far below" if value <= 0 or mean <= 0 else f"{_times(float(_METRICS.divide(mean, value)))} below"
     else:
         return []
     campaign = _campaign_words(ws, event.data.campaign_id)
@@ -677,7 +678,11 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
                    now=now, caused_by=(event.source, event.id), campaign_id=event.data.campaign_id)]
 
 
-def _number(value: float) -> str:
+def _number(value: Decimal) -> str:
+    """A metric's value or mean as a seller reads it: grouped digits and at most two decimals, in
+    powers of ten from a thousand trillion (1.7e+308 was a number of 309 digits)."""
+    if abs(value) >= 10**15:
+        return f"{float(value):.3g}"  # a mean is no larger than the largest report, a float
     if value == int(value):
         return f"{int(value):,}"
     if abs(value) < 0.01:  # two decimals would say 0

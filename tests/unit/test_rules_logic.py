@@ -307,6 +307,12 @@ def test_metric_anomaly(values, alerts):
         ([1.6, 1.6, 1.6, 1e-30], "is 1e-30, over a million times below its mean of 1.6"),
         ([2, 2, 2, 0.005], "is 0.005, 400.0x below its mean of 2"),
         ([1, 1, 1, 25_000], "is 25,000, 25,000x above"),
+        # Reports whose sum passes the largest float: the mean was taken as a float, infinite, and
+        # writing it failed (OverflowError): the event parked, the alert lost (an outside audit).
+        ([1.7e308, 1.7e308, 1.7e308, 1.0], "is 1, over a million times below its mean of 1.7e+308 over 3 reports"),
+        ([1.7e308, 1.7e308, 1.7e308, 1e-300], "is 1e-300, over a million times below its mean of 1.7e+308"),
+        ([1e20, 1e20, 1e20, 5e20], "is 5e+20, 5.0x above its mean of 1e+20"),  # not 21 digits
+        ([123_456_789_012_345, 1, 1, 2], "is 2, over a million times below its mean of 41,152,263,004,115.67"),
     ],
 )
 def test_metric_anomaly_reason_reads_at_a_glance(values, words):
