@@ -71,8 +71,9 @@ _SAID = {
     409: "The workspace exists.",
     413: (
         f"Over the limits: an event is at most {MAX_EVENT_BYTES} bytes, a batch {MAX_BATCH_EVENTS} events, a"
-        f" request {MAX_BATCH_BYTES} bytes (a larger announced Content-Length is refused unread). The start of"
-        " the body is kept in the rejected list."
+        f" request {MAX_BATCH_BYTES} bytes (a larger announced Content-Length is refused having read only the"
+        f" body's first {MAX_EVENT_BYTES} bytes, waiting at most a second for them). The start of the body is"
+        " kept in the rejected list."
     ),
     415: (
         "Another content type: send application/cloudevents+json, application/cloudevents-batch+json, or"

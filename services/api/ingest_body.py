@@ -4,6 +4,8 @@ and binary modes), each judged; or ``Refused`` whole, its start kept for the rej
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import zlib
 from collections import Counter
 
@@ -193,9 +195,26 @@ class Inflater:
         return self.stream.unused_data
 
 
+# How long a request announced too large is waited for, for the start the rejected list keeps: a
+# client may announce a gigabyte and send nothing.
+BODY_START_WAIT = 1.0
+
+
+async def _body_start(request: Request) -> bytes:
+    """The first MAX_EVENT_BYTES of the body as sent, or what came of them within BODY_START_WAIT."""
+    start = b""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(BODY_START_WAIT):
+            async for chunk in request.stream():
+                start += chunk[:MAX_EVENT_BYTES - len(start)]
+                if len(start) >= MAX_EVENT_BYTES:
+                    break
+    return start
+
+
 async def read_body(request: Request) -> bytes:
     """The body, up to MAX_BATCH_BYTES; past that, Refused with its start kept. A body announced
-    larger is refused before any of it is read (a client may announce a gigabyte and send nothing).
+    larger is refused with only its start read (``_body_start``).
     A compressed body (``Content-Encoding: gzip`` or ``deflate``) is decompressed as it arrives and
     held to the same limit once decompressed (a small body may expand a thousandfold); as sent it
     may be up to twice that (stored or fixed-code deflate blocks are a little larger than their
@@ -208,7 +227,8 @@ async def read_body(request: Request) -> bytes:
     announced = request.headers.get("content-length", "")
     if announced.isdigit() and int(announced) > limit:
         raise Refused(413, f"a request is at most {limit} bytes; this one announced {announced}"
-                           " (its body was not read)", b"")
+                           f" (only its first {MAX_EVENT_BYTES} were read, for the rejected list)",
+                      await _body_start(request))
     inflate = Inflater(coding) if compressed else None
     chunks: list[bytes] = []
     size = received = 0
