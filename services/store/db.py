@@ -16,11 +16,14 @@ log = structlog.get_logger()
 T = TypeVar("T")
 
 # Errors after which the whole transaction is worth running again: a dropped or
-# restarting server, a serialization conflict.
+# restarting server, a serialization conflict; the server out of disk, memory or connections, or
+# an operator's cancel (a query cancelled, the server shutting down). None is an event's fault:
+# the projector and the rules worker wait and retry rather than park the events they were applying
+# (a full disk would have parked every event the outage met).
 RETRYABLE = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory, too many connections
+    asyncpg.exceptions.OperatorInterventionError,  # cancelled, shutting down, cannot connect now
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.InterfaceError,

@@ -27,6 +27,29 @@ def test_a_connection_dropped_mid_operation_is_unavailable_and_retried():
     assert isinstance(MID_OPERATION, UNAVAILABLE) and isinstance(MID_OPERATION, RETRYABLE)
 
 
+@pytest.mark.parametrize("error", [
+    asyncpg.exceptions.DiskFullError("could not extend file: No space left on device"),
+    asyncpg.exceptions.OutOfMemoryError("out of memory"),
+    asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already"),
+    asyncpg.exceptions.QueryCanceledError("canceling statement due to user request"),
+    asyncpg.exceptions.AdminShutdownError("terminating connection due to administrator command"),
+    asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
+])
+def test_the_servers_trouble_is_retried_not_blamed_on_the_event(error):
+    """The projector parks an event whose apply fails with anything not retryable: a full disk
+    parked every event it met until space was made (then each to redrive by hand)."""
+    assert isinstance(error, RETRYABLE) and isinstance(error, UNAVAILABLE)
+
+
+@pytest.mark.parametrize("error", [
+    asyncpg.exceptions.DivisionByZeroError("division by zero"),
+    asyncpg.exceptions.DataError("invalid input for query argument $1"),
+    asyncpg.exceptions.UniqueViolationError("duplicate key value violates unique constraint"),
+])
+def test_a_read_models_own_failure_is_not_retried(error):
+    assert not isinstance(error, RETRYABLE)
+
+
 def test_ingest_meets_it_as_the_index_being_unavailable():
     ingestor = Ingestor.__new__(Ingestor)
     ingestor.pool = DroppedPool()
