@@ -25,6 +25,7 @@ from events.validation import type_in_words
 from services.api import auth, contact_paths
 from services.ingest import Ingestor
 from services.store import readiness
+from services.written_times import rfc3339_shaped
 
 encode_json = msgspec.json.Encoder(decimal_format="string").encode
 log = structlog.get_logger()
@@ -236,6 +237,8 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     # A "+" in an unencoded query string arrives as a space; RFC 3339 allows a lower-case t and z.
     text = text.strip().replace(" ", "+")
     try:
+        if not rfc3339_shaped(text):
+            raise ValueError(text)
         moment = dt.datetime.fromisoformat(text.upper())
     except ValueError:
         raise ApiError(400, f"{name}: expected an RFC 3339 time or a date, like 2026-11-15T09:30:00Z or 2026-11-15,"

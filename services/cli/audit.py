@@ -20,6 +20,7 @@ from events.log import MAX_SEQ
 from events.upcasting import decode_exact, encode_exact
 from services.cli.attach import DataDir, Workspace, backends, refuse, with_workspace
 from services.settings import Settings
+from services.written_times import rfc3339_shaped
 from services.cli.output import progress_bar, shown_time, stdout_console
 
 console = stdout_console()
@@ -33,6 +34,8 @@ def shown_data(data: object) -> str:
 def parse_until(text: str) -> dt.datetime:
     """RFC 3339 with an offset; a bare date means the end of that UTC day."""
     try:
+        if not rfc3339_shaped(text):
+            raise ValueError(text)
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
             moment = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc) - dt.timedelta(

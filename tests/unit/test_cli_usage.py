@@ -161,6 +161,24 @@ def test_replay_of_a_moment_still_to_come_is_refused_and_a_lower_case_t_and_z_ar
     assert named.returncode == 2 and "starting with a letter or digit" in named.stderr, named.stderr
 
 
+@pytest.mark.parametrize("until", ["2026-11-24T21Z", "20261124T210315Z", "2026-W47-1", "2026-11-24T21:03Z", "2026328"])
+def test_replay_until_in_iso_8601_that_is_no_rfc_3339_is_refused(until):
+    """Python's fromisoformat read `2026-11-24T21Z` as 21:00 and `2026-W47-1` as a week's Monday:
+    a snapshot of another moment than the one meant, without a word (an outside audit)."""
+    import typer
+
+    from services.cli.audit import parse_until
+
+    with pytest.raises(typer.BadParameter, match="expected RFC 3339 like 2026-11-01T12:00:00Z, or a date"):
+        parse_until(until)
+
+
+def test_replay_until_reads_rfc_3339_with_a_space_for_its_t():
+    from services.cli.audit import parse_until
+
+    assert parse_until("2026-11-23 21:44:44.5+01:00") == parse_until("2026-11-23T20:44:44.5Z")
+
+
 def test_output_that_cannot_be_written_is_said_so_not_taken_for_a_lost_database():
     """`touchline asyncapi > /dev/full` said PostgreSQL had stopped answering."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOUCHLINE_")}
