@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from events.log import MAX_SEQ
 from services.cli.attach import DataDir, backends, refuse
 from services.settings import Settings
 from services.cli.output import shown_time, stdout_console
@@ -60,7 +61,8 @@ def deadletter_list(
 
 @deadletter_app.command("redrive")
 def deadletter_redrive(
-    seq: list[int] = typer.Argument(None, help="Dead-letter sequences to re-drive (default: all, or all of --workspace)"),
+    seq: list[int] = typer.Argument(None, min=1, max=MAX_SEQ,
+                                    help="Dead-letter sequences to re-drive (default: all, or all of --workspace)"),
     workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Only this workspace"),
     data_dir: Optional[Path] = DataDir,
 ) -> None:

@@ -35,6 +35,15 @@ def test_a_flag_takes_no_value():
     assert done.returncode == 2 and "unexpected extra argument" in done.stderr
 
 
+@pytest.mark.parametrize("command", [("deadletter", "redrive", "--", "-1"), ("parked", "redrive", "--seq", "-1"),
+                                     ("deadletter", "redrive", "0"), ("parked", "redrive", "--seq", "0")])
+def test_a_sequence_below_1_is_a_usage_error_in_either_redrive(command):
+    """`deadletter redrive -- -1` went to NATS and said "re-drove 0 command(s)", exit 1; `parked
+    redrive --seq -1` was a usage error, exit 2 (an outside audit)."""
+    done = touchline(*command)
+    assert done.returncode == 2 and "greater than or equal to 1" in " ".join(done.stderr.split()), done.stderr
+
+
 def test_up_help_says_what_it_starts_and_which_variables_it_reads():
     text = " ".join(help_of("up").split())
     for name in ("TOUCHLINE_DATA_DIR", "TOUCHLINE_HTTP", "TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL",
