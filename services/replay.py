@@ -374,12 +374,7 @@ class Build:
                 if isinstance(item, Exception):
                     raise item
                 read, firsts = item
-                if in_transaction:
-                    await self._apply(firsts)
-                else:
-                    async with self.conn.transaction():
-                        await self.conn.execute("SET LOCAL synchronous_commit = off")
-                        await self._apply(firsts)
+                await self._apply(firsts, in_transaction=in_transaction)
                 self.stats.read += read
                 self._report()
         finally:
@@ -406,20 +401,31 @@ class Build:
             firsts = kept
         return prepare_batch(self.projections, firsts)
 
-    async def _apply(self, firsts: PreparedBatch) -> None:
-        """The batch in a savepoint; if a read model fails it, event by event as the projector does."""
+    async def _apply(self, firsts: PreparedBatch, *, in_transaction: bool) -> None:
+        """The batch in a transaction of its own, or in a savepoint of the caller's; if a read model
+        fails it, again event by event as the projector does, each event in a savepoint."""
         try:
-            async with self.conn.transaction():
+            async with self._batch_transaction(in_transaction):
                 for projection in self.projections:
                     await projection.apply(self.conn, firsts)
         except RETRYABLE:
             raise
         except Exception as err:
             log.warning("replay.batch_failed", workspace=self.workspace, events=len(firsts), error=repr(err))
-            failed = await apply_one_by_one(self.conn, f"replay of {self.workspace}", self.projections, firsts)
+            async with self._batch_transaction(in_transaction):
+                failed = await apply_one_by_one(self.conn, f"replay of {self.workspace}", self.projections, firsts)
             self.stats.failed.extend(poison.seq for poison in failed)
             self.stats.applied -= len(failed)
         self.stats.applied += len(firsts)
+
+    @contextlib.asynccontextmanager
+    async def _batch_transaction(self, in_transaction: bool) -> AsyncIterator[None]:
+        # Its own transaction, not a savepoint, unless the caller holds one: a batch is up to
+        # BATCH_MAX events, and a failing one is simply rolled back and applied again.
+        async with self.conn.transaction():
+            if not in_transaction:  # only scratch tables are written: the commit need not wait for the disk
+                await self.conn.execute("SET LOCAL synchronous_commit = off")
+            yield
 
     async def judge_against_live(self, upto: int) -> None:
         """Which events up to ``upto`` this replay left out that the live projector applied
