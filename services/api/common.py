@@ -228,14 +228,18 @@ ContactSegment = Annotated[str, Parameter(
 )]
 
 
+_OFFSET_SPACE = re.compile(r"(?<=\d) (\d{2}:\d{2})$")
+
+
 def parse_time(name: str, text: str | None) -> dt.datetime | None:
     """A query parameter's time: RFC 3339, or a date (its UTC midnight); without an offset, UTC.
     None when absent. The one parser of every read's time parameter (funnel ``from``/``to``,
     goals' and follow-ups' ``as_of``)."""
     if text is None or text == "":
         return None
-    # A "+" in an unencoded query string arrives as a space; RFC 3339 allows a lower-case t and z.
-    text = text.strip().replace(" ", "+")
+    # A "+" in an unencoded query string arrives as a space (before the offset's hours; a space
+    # between date and time is RFC 3339's own); RFC 3339 allows a lower-case t and z.
+    text = _OFFSET_SPACE.sub(r"+\1", text.strip())
     try:
         if not rfc3339_shaped(text):
             raise ValueError(text)
@@ -340,6 +344,9 @@ async def wait_applied(request: Request, min_seq: int | None, wait_ms: int, snap
     check_seq("min_seq", min_seq)
     if not 0 <= wait_ms <= MAX_WAIT_MS:
         raise ApiError(400, f"wait_ms: expected 0 to {MAX_WAIT_MS}, got {wait_ms}")
+    if snapshot == "":  # kept by fast_reads.without_empty_values, which drops every other empty value
+        raise ApiError(400, "snapshot: expected the name of a snapshot, got an empty one"
+                            " (leave snapshot out to read the live read models)")
     if snapshot is not None:
         # A snapshot never moves: checked against what it stands at when the read holds it
         # (``_snapshot_connection``), not here, where a replacement could still come in between.

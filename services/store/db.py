@@ -15,15 +15,19 @@ import structlog
 log = structlog.get_logger()
 T = TypeVar("T")
 
-# Errors after which the whole transaction is worth running again: a dropped or
-# restarting server, a serialization conflict; the server out of disk, memory or connections, or
-# an operator's cancel (a query cancelled, the server shutting down). None is an event's fault:
-# the projector and the rules worker wait and retry rather than park the events they were applying
-# (a full disk would have parked every event the outage met).
+# Errors after which the whole transaction is worth running again: a dropped, restarting or
+# crashed server, a serialization conflict, the server's disk full or its connections taken. None
+# is an event's fault: the projector and the rules worker wait and retry rather than park the
+# events they were applying (a full disk parked every event the outage met). Not the statement's
+# own limits either (a statement_timeout, temp_file_limit, out of memory): those would fail the
+# same batch for ever, where event by event may pass.
 RETRYABLE = (
     asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.InsufficientResourcesError,  # disk full, out of memory, too many connections
-    asyncpg.exceptions.OperatorInterventionError,  # cancelled, shutting down, cannot connect now
+    asyncpg.exceptions.DiskFullError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.InterfaceError,

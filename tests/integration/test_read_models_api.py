@@ -330,6 +330,11 @@ def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(st
                                    " (leave snapshot out to read the live read models)")
           for path in ("funnel", "contacts/c1", "contacts/c1/events", "followups")),
     ))
+    # ... once the token is checked: refused before it, it was a 400 where the contract says 401.
+    assert stack.get(f"/v1/workspaces/{ws}/funnel", {}, snapshot="").status_code == 401
+    ingest = stack.http.post(f"/v1/workspaces/{ws}/events?snapshot=", content=b"[]",
+                             headers={"Content-Type": "application/cloudevents-batch+json"})
+    assert ingest.status_code == 401
     for url in ("http://[::1/", "http://h/\u0000x", "http://h/a\nb"):
         answer = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": url}, headers=stack.admin())
         assert answer.status_code == 400 and answer.json()["error"].startswith("url: expected an http(s) URL"), url
