@@ -404,6 +404,7 @@ class Build:
     async def _apply(self, firsts: PreparedBatch, *, in_transaction: bool) -> None:
         """The batch in a transaction of its own, or in a savepoint of the caller's; if a read model
         fails it, again event by event as the projector does, each event in a savepoint."""
+        failed = []
         try:
             async with self._batch_transaction(in_transaction):
                 for projection in self.projections:
@@ -415,8 +416,7 @@ class Build:
             async with self._batch_transaction(in_transaction):
                 failed = await apply_one_by_one(self.conn, f"replay of {self.workspace}", self.projections, firsts)
             self.stats.failed.extend(poison.seq for poison in failed)
-            self.stats.applied -= len(failed)
-        self.stats.applied += len(firsts)
+        self.stats.applied += len(firsts) - len(failed)
 
     @contextlib.asynccontextmanager
     async def _batch_transaction(self, in_transaction: bool) -> AsyncIterator[None]:
@@ -430,9 +430,8 @@ class Build:
     async def judge_against_live(self, upto: int) -> None:
         """Which events up to ``upto`` this replay left out that the live projector applied
         (``stats.not_parked``), and which it applied that the live projector parked
-        (``stats.parked_applied``). Only as far as the live projector has come: beyond its position
+        (``stats.parked_applied``). ``upto`` is at most the live projector's position: beyond it
         nothing is parked yet."""
-        upto = min(upto, await live_position(self.conn))
         parked = await parked_seqs(self.conn, LIVE_PROJECTOR, self.workspace, upto)
         left_out = {seq for seq in self.stats.undecodable + self.stats.failed if seq <= upto}
         self.stats.not_parked = sorted(left_out - parked)
@@ -707,7 +706,7 @@ async def build_snapshot(
             build.stats.last_seq = read_to
             if build.first_left_out is not None:
                 build.stats.last_seq = min(build.stats.last_seq, build.first_left_out - 1)
-            await build.judge_against_live(build.stats.last_seq)
+            await build.judge_against_live(min(build.stats.last_seq, await live_position(conn)))
             build.refuse_unlike_live("a snapshot")
             await build.build_indexes()  # readers query it like the live tables
             async with conn.transaction():

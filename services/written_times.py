@@ -8,6 +8,7 @@ outside audit of `touchline replay --until`). Each reader checks the shape first
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 # RFC 3339's date-time (section 5.6: its T may be a lower-case t, or a space; its Z a lower-case z),
@@ -15,6 +16,9 @@ import re
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})?)?")
 
 
-def rfc3339_shaped(text: str) -> bool:
-    """Whether ``text`` is written as RFC 3339 (the offset optional) or as a date (``2026-11-15``)."""
-    return _RFC3339.fullmatch(text) is not None
+def read_written_time(text: str) -> dt.datetime:
+    """``text`` as RFC 3339 (the offset optional: naive without one) or a date (its midnight,
+    naive); ValueError for anything else."""
+    if _RFC3339.fullmatch(text) is None:
+        raise ValueError(f"not RFC 3339 nor a date: {text!r}")
+    return dt.datetime.fromisoformat(text.upper())

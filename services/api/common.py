@@ -25,7 +25,7 @@ from events.validation import type_in_words
 from services.api import auth, contact_paths
 from services.ingest import Ingestor
 from services.store import readiness
-from services.written_times import rfc3339_shaped
+from services.written_times import read_written_time
 
 encode_json = msgspec.json.Encoder(decimal_format="string").encode
 log = structlog.get_logger()
@@ -241,9 +241,7 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
     # between date and time is RFC 3339's own); RFC 3339 allows a lower-case t and z.
     text = _OFFSET_SPACE.sub(r"+\1", text.strip())
     try:
-        if not rfc3339_shaped(text):
-            raise ValueError(text)
-        moment = dt.datetime.fromisoformat(text.upper())
+        moment = read_written_time(text)
     except ValueError:
         raise ApiError(400, f"{name}: expected an RFC 3339 time or a date, like 2026-11-15T09:30:00Z or 2026-11-15,"
                             f" got {text!r}") from None

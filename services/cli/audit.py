@@ -20,7 +20,7 @@ from events.log import MAX_SEQ
 from events.upcasting import decode_exact, encode_exact
 from services.cli.attach import DataDir, Workspace, backends, refuse, with_workspace
 from services.settings import Settings
-from services.written_times import rfc3339_shaped
+from services.written_times import read_written_time
 from services.cli.output import progress_bar, shown_time, stdout_console
 
 console = stdout_console()
@@ -34,15 +34,9 @@ def shown_data(data: object) -> str:
 def parse_until(text: str) -> dt.datetime:
     """RFC 3339 with an offset; a bare date means the end of that UTC day."""
     try:
-        if not rfc3339_shaped(text):
-            raise ValueError(text)
-        if len(text) == 10:
-            day = dt.date.fromisoformat(text)
-            moment = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc) - dt.timedelta(
-                microseconds=1
-            )
-        else:
-            moment = dt.datetime.fromisoformat(text.upper())  # RFC 3339 allows a lower-case t and z
+        moment = read_written_time(text)
+        if len(text) == 10:  # a date: the end of that UTC day
+            moment = moment.replace(tzinfo=dt.timezone.utc) + dt.timedelta(days=1) - dt.timedelta(microseconds=1)
     except ValueError:
         raise typer.BadParameter("expected RFC 3339 like 2026-11-01T12:00:00Z, or a date", param_hint="--until")
     except OverflowError:  # 9999-12-31 ends past the year 9999
