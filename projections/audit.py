@@ -49,9 +49,7 @@ async def trail(conn: asyncpg.Connection, workspace: str, contact: str, after: i
 class ContactEventsProjection:
     name = "audit"
     tables = ("contact_events",)
-    # Rows keyed by the event and counters only: the projector may apply it before taking the
-    # position lock, while the batch before is still in its transaction (services/projector/runner.py).
-    before_lock = True
+    before_lock = True  # rows keyed by the event, and counters
 
     def prepare(self, batch: list[LoggedEvent]) -> list[tuple]:
         return [

@@ -10,9 +10,26 @@ computes the rows.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
+
+import asyncpg
 
 from events.log import LoggedEvent
+
+
+class Projection(Protocol):
+    """A read model: folds a batch of first-copy events into its tables, in the caller's transaction."""
+
+    name: str
+    # Every table it writes: what a replay builds in its scratch schema and swaps in.
+    tables: tuple[str, ...]
+    # True if it only adds rows keyed by the event or adds to counters, so that a pipelined batch
+    # may write it before the batch ahead has committed (services/projector/runner.py ``_commit``).
+    before_lock: bool
+
+    def prepare(self, batch: list[LoggedEvent]) -> Any: ...
+
+    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None: ...
 
 
 class PreparedBatch(list):
@@ -23,7 +40,7 @@ class PreparedBatch(list):
         self.prepared: dict[str, Any] = {}
 
 
-def prepared(projection: Any, batch: list[LoggedEvent]) -> Any:
+def prepared(projection: Projection, batch: list[LoggedEvent]) -> Any:
     """``projection.prepare(batch)``, taken from the batch when the runner has already computed it."""
     done = getattr(batch, "prepared", None)
     if done is not None and projection.name in done:

@@ -22,34 +22,16 @@ from events.log import LoggedEvent
 from projections import deals as deal_model
 from projections import followups
 from projections.batching import prepared
-from projections.deals import add_won
-from projections.ladder import STAGE_RANK, STAGES, STATUS_OF, implied_stage, touch_channel, touch_kind, utc
+from projections.ladder import (
+    CONSENT_OF, STAGE_RANK, STAGES, STATUS_OF, Decision, Ordered, decided_by, implied_stage, keep_earliest, pick,
+    touch_channel, touch_kind, utc,
+)
 from projections.numbers import EXACT
 
 
-class Decision(msgspec.Struct, array_like=True):
-    """A value decided by the earliest or latest event, with that event's order key."""
-
-    time: dt.datetime
-    source: str
-    id: str
-    value: str
-
-    @property
-    def key(self) -> tuple[dt.datetime, str, str]:
-        return (self.time, self.source, self.id)
-
-
-class WonDeal(msgspec.Struct, array_like=True):
-    time: dt.datetime
-    source: str
-    id: str
+class WonDeal(Ordered):
     amount: Decimal
     currency: str
-
-    @property
-    def key(self) -> tuple[dt.datetime, str, str]:
-        return (self.time, self.source, self.id)
 
 
 class ContactState(msgspec.Struct, omit_defaults=True):
@@ -81,14 +63,6 @@ class ContactState(msgspec.Struct, omit_defaults=True):
         return sum(1 for moment in self.touch_times if moment <= converted)
 
 
-def _decide(current: Decision | None, event: Envelope, value: str, *, latest: bool) -> Decision:
-    candidate = Decision(utc(event.time), event.source, event.id, value)
-    if current is None:
-        return candidate
-    later = candidate.key > current.key
-    return candidate if later == latest else current
-
-
 def apply(state: ContactState, event: Envelope) -> ContactState:
     """Fold one contact event into the contact's state (in place; returns it)."""
     moment = utc(event.time)
@@ -107,7 +81,7 @@ def apply(state: ContactState, event: Envelope) -> ContactState:
             state.marketing += 1
             campaign = getattr(event.data, "campaign_id", None)
             if campaign is not None:
-                state.first_campaign = _decide(state.first_campaign, event, campaign, latest=False)
+                state.first_campaign = pick(state.first_campaign, decided_by(event, campaign), latest=False)
         else:
             state.sales += 1
         channel = touch_channel(event)
@@ -122,22 +96,17 @@ def apply(state: ContactState, event: Envelope) -> ContactState:
 
     status = STATUS_OF.get(type(event))
     if status is not None:
-        state.status = _decide(state.status, event, status, latest=True)
-    if isinstance(event, (c.OptedOut, c.OptedIn)):
-        state.consent = _decide(state.consent, event, "out" if isinstance(event, c.OptedOut) else "in", latest=True)
+        state.status = pick(state.status, decided_by(event, status), latest=True)
+    consent = CONSENT_OF.get(type(event))
+    if consent is not None:
+        state.consent = pick(state.consent, decided_by(event, consent), latest=True)
     if isinstance(event, c.DealWon):
-        add_won(state.deals, event.data.deal_id, WonDeal(moment, event.source, event.id, event.data.amount,
-                                                         event.data.currency))
+        keep_earliest(state.deals, event.data.deal_id,
+                      WonDeal(moment, event.source, event.id, event.data.amount, event.data.currency))
     if isinstance(event, c.DealRefunded):
         currency = event.data.currency
         state.refunds[currency] = EXACT.add(state.refunds.get(currency, Decimal(0)), event.data.amount)
     return state
-
-
-def _pick(current: Decision | None, other: Decision | None, *, latest: bool) -> Decision | None:
-    if current is None or other is None:
-        return current if other is None else other
-    return other if (other.key > current.key) == latest else current
 
 
 def merge(state: ContactState, other: ContactState) -> ContactState:
@@ -148,9 +117,9 @@ def merge(state: ContactState, other: ContactState) -> ContactState:
         known = state.reached.get(stage)
         if known is None or moment < known:
             state.reached[stage] = moment
-    state.status = _pick(state.status, other.status, latest=True)
-    state.consent = _pick(state.consent, other.consent, latest=True)
-    state.first_campaign = _pick(state.first_campaign, other.first_campaign, latest=False)
+    state.status = pick(state.status, other.status, latest=True)
+    state.consent = pick(state.consent, other.consent, latest=True)
+    state.first_campaign = pick(state.first_campaign, other.first_campaign, latest=False)
     state.marketing += other.marketing
     state.sales += other.sales
     for channel, n in other.by_channel.items():
@@ -163,7 +132,7 @@ def merge(state: ContactState, other: ContactState) -> ContactState:
     times = state.touch_times + other.touch_times
     state.touch_times = times if converted is None else [t for t in times if t <= converted]
     for deal_id, won in other.deals.items():
-        add_won(state.deals, deal_id, won)
+        keep_earliest(state.deals, deal_id, won)
     for currency, refunded in other.refunds.items():
         state.refunds[currency] = EXACT.add(state.refunds.get(currency, Decimal(0)), refunded)
     return state
@@ -292,6 +261,7 @@ class ContactsProjection:
 
     name = "contacts"
     tables = ("contacts", "funnel_gaps")  # funnel_gaps: the funnel's counters (projections/funnel.py)
+    before_lock = False  # merges into the states the batch before wrote
 
     def prepare(self, batch: list[LoggedEvent]) -> dict[tuple[str, str], ContactState]:
         """Each contact's state from this batch's events alone."""

@@ -17,7 +17,7 @@ from events import catalog as c
 from events.catalog import Envelope
 from events.log import LoggedEvent
 from projections.batching import prepared
-from projections.ladder import utc
+from projections.ladder import keep_earliest, utc
 
 
 class Deal(msgspec.Struct, frozen=True):
@@ -54,21 +54,13 @@ def refund(event: Envelope) -> Refund:
                   event.data.currency)
 
 
-def add_won(deals: dict, key, deal) -> None:
-    """Keep the earliest report of each deal: ``deal`` is any report with an order ``key``
-    (a ``Deal`` here, a contact state's ``WonDeal``)."""
-    known = deals.get(key)
-    if known is None or deal.key < known.key:
-        deals[key] = deal
-
-
 def fold(events: list[Envelope]) -> tuple[dict[str, Deal], list[Refund]]:
     """Won deals by deal_id and every refund, from de-duplicated events; the test oracle."""
     deals: dict[str, Deal] = {}
     refunds: list[Refund] = []
     for event in events:
         if isinstance(event, c.DealWon):
-            add_won(deals, event.data.deal_id, won_deal(event))
+            keep_earliest(deals, event.data.deal_id, won_deal(event))
         elif isinstance(event, c.DealRefunded):
             refunds.append(refund(event))
     return deals, refunds
@@ -102,6 +94,7 @@ def columns(rows: list[tuple], width: int) -> list[list]:
 class DealsProjection:
     name = "deals"
     tables = ("deals", "refunds")
+    before_lock = False  # keeps a deal's earliest win against the one the batch before wrote
 
     def prepare(self, batch: list[LoggedEvent]) -> tuple[list[tuple], list[tuple]]:
         """Rows for ``_UPSERT_DEALS`` (the earliest report of each deal in the batch) and ``_INSERT_REFUNDS``."""
@@ -110,7 +103,7 @@ class DealsProjection:
         for logged in batch:
             event = logged.event
             if isinstance(event, c.DealWon):
-                add_won(deals, (logged.workspace, event.data.deal_id), won_deal(event))
+                keep_earliest(deals, (logged.workspace, event.data.deal_id), won_deal(event))
             elif isinstance(event, c.DealRefunded):
                 r = refund(event)
                 refunds.append((logged.workspace, r.source, r.id, r.deal_id, r.contact, r.at, r.amount, r.currency))

@@ -22,7 +22,7 @@ from events.log import LoggedEvent
 from projections.batching import prepared
 from projections.ladder import touch_kind, utc
 
-STATUSES = ("open", "overdue", "done", "dismissed")
+FOLLOWUP_STATUSES = ("open", "overdue", "done", "dismissed")
 
 
 class Followup(msgspec.Struct, omit_defaults=True):
@@ -175,6 +175,7 @@ def _columns(rows: dict[tuple[str, str], msgspec.Struct], fields: tuple[str, ...
 class FollowupsProjection:
     name = "followups"
     tables = ("followups", "followup_sales", "alerts")
+    before_lock = False  # its upserts read what the batch before wrote
 
     def prepare(self, batch: list[LoggedEvent]) -> Summary:
         summary = Summary()

@@ -24,7 +24,7 @@ from projections.batching import prepared
 from projections import contacts as contact_model
 from projections import deals as deal_model
 from projections.deals import columns
-from projections.ladder import STAGE_RANK, utc
+from projections.ladder import STAGE_RANK, keep_latest, utc
 from projections.numbers import EXACT, ceil_div, exact_decimal, exact_sum, micros, ratio, scale_of, utc_midnight
 from projections.contacts import decimal_text
 
@@ -178,9 +178,7 @@ def latest_goals(events: list[Envelope]) -> dict[str, Goal]:
     goals: dict[str, Goal] = {}
     for event in events:
         if isinstance(event, c.GoalSet):
-            g = goal(event)
-            if g.goal_id not in goals or g.key > goals[g.goal_id].key:
-                goals[g.goal_id] = g
+            keep_latest(goals, event.data.goal_id, goal(event))
     return goals
 
 
@@ -303,6 +301,7 @@ ON CONFLICT (workspace, day) DO UPDATE SET conversations = known.conversations +
 class GoalsProjection:
     name = "goals"
     tables = ("goals", "conversation_days")
+    before_lock = False  # keeps a goal's latest setting against the one the batch before wrote
 
     def prepare(self, batch: list[LoggedEvent]) -> tuple[dict[tuple[str, str], Goal], Counter[tuple[str, dt.date]]]:
         """The latest goal.set of each goal in the batch, and conversations per (workspace, UTC day)."""
@@ -311,10 +310,7 @@ class GoalsProjection:
         for logged in batch:
             event = logged.event
             if isinstance(event, c.GoalSet):
-                g = goal(event)
-                known = goals.get((logged.workspace, g.goal_id))
-                if known is None or g.key > known.key:
-                    goals[(logged.workspace, g.goal_id)] = g
+                keep_latest(goals, (logged.workspace, event.data.goal_id), goal(event))
             elif isinstance(event, c.ConversationHeld):
                 days[(logged.workspace, utc(event.time).date())] += 1
         return goals, days

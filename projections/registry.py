@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from projections.batching import Projection
 
-def all_projections() -> list:
+
+def all_projections() -> list[Projection]:
     from projections.audit import ContactEventsProjection
     from projections.contacts import ContactsProjection
     from projections.deals import DealsProjection

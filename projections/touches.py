@@ -120,9 +120,7 @@ ON CONFLICT (workspace, channel) DO UPDATE SET
 class TouchesProjection:
     name = "touches"
     tables = ("touch_events", "touch_channels")
-    # Rows keyed by the event and counters only: the projector may apply it before taking the
-    # position lock, while the batch before is still in its transaction (services/projector/runner.py).
-    before_lock = True
+    before_lock = True  # rows keyed by the event, and counters
 
     def prepare(self, batch: list[LoggedEvent]) -> tuple[list[tuple], list[list]]:
         """The touch rows, and the per-channel counts as ``_COUNT_CHANNELS``' columns."""

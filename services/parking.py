@@ -16,6 +16,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, decode_logged, workspace_of_subject
+from projections.batching import Projection
 from services.first_copies import first_copies
 from services.store.db import RETRYABLE
 
@@ -41,7 +42,8 @@ def decode_messages(messages) -> tuple[list[LoggedEvent], list[Poison]]:
     return batch, poisons
 
 
-async def apply_one_by_one(conn: asyncpg.Connection, reader: str, projections, events: list[LoggedEvent]) -> list[Poison]:
+async def apply_one_by_one(conn: asyncpg.Connection, reader: str, projections: list[Projection],
+                           events: list[LoggedEvent]) -> list[Poison]:
     """Each event applied by every projection in a savepoint of its own, after its batch failed:
     the events that fail again become poison (the traceback to the log, the error kept), the others
     are applied. The projector parks the poison; a replay leaves it out just the same, so that a

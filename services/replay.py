@@ -48,7 +48,7 @@ import structlog
 from nats.js import JetStreamContext
 
 from events.log import LOG_STREAM, LoggedEvent, index_key, log_subject
-from projections.batching import PreparedBatch
+from projections.batching import PreparedBatch, Projection
 from services import gc_tuning
 from services.nats_io import read_log
 from services.parking import apply_one_by_one, decode_messages, mark_redriven, parked_seqs
@@ -153,7 +153,7 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def read_model_tables(projections: list | None = None) -> list[str]:
+def read_model_tables(projections: list[Projection] | None = None) -> list[str]:
     if projections is None:
         from projections.registry import all_projections
 
@@ -288,7 +288,7 @@ class Build:
         workspace: str,
         schema: str,
         *,
-        projections: list | None = None,
+        projections: list[Projection] | None = None,
         received_by: dt.datetime | None = None,
         progress: Progress | None = None,
         batch_max: int = BATCH_MAX,
@@ -518,7 +518,7 @@ async def _columns(conn: asyncpg.Connection, table: str) -> tuple[list[str], lis
 
 async def rebuild(
     pool: asyncpg.Pool, js: JetStreamContext, workspace: str, *, progress: Progress | None = None,
-    projections: list | None = None, batch_max: int = BATCH_MAX,
+    projections: list[Projection] | None = None, batch_max: int = BATCH_MAX,
 ) -> ReplayStats:
     """Rebuild the workspace's live read models from its log and swap them in atomically."""
     async with pool.acquire() as conn:
@@ -681,7 +681,7 @@ async def swap_in(conn: asyncpg.Connection, table: str, schema: str, workspace: 
 async def build_snapshot(
     pool: asyncpg.Pool, js: JetStreamContext, workspace: str, name: str, *,
     until_seq: int | None = None, until_time: dt.datetime | None = None,
-    progress: Progress | None = None, projections: list | None = None,
+    progress: Progress | None = None, projections: list[Projection] | None = None,
 ) -> ReplayStats:
     """The read models as of ``until_seq`` or ``until_time`` (received by then), kept as snapshot ``name``."""
     if not SNAPSHOT_NAME.fullmatch(name):
@@ -763,7 +763,7 @@ async def snapshot_row(conn: asyncpg.Connection, workspace: str, name: str) -> a
 
 async def verify(
     pool: asyncpg.Pool, js: JetStreamContext, workspace: str, *, progress: Progress | None = None,
-    projections: list | None = None,
+    projections: list[Projection] | None = None,
 ) -> tuple[ReplayStats, list[Difference]]:
     """Rebuild into a scratch schema and compare every row with the live read models."""
     async with pool.acquire() as conn:

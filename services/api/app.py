@@ -16,7 +16,7 @@ from litestar.params import Parameter
 from events.validation import MAX_BATCH_BYTES, is_workspace_id
 from projections import contacts as contact_model
 from projections import followups as followup_model
-from projections.ladder import STAGES, STATUSES
+from projections.ladder import CONTACT_STATUSES, STAGES
 from services.api import auth, docs
 from services.api.common import (
     choice,
@@ -245,14 +245,14 @@ async def list_contacts(
     request: Request,
     ws: str,
     stage: choice(STAGES) = None,
-    status: choice(STATUSES) = None,
+    status: choice(CONTACT_STATUSES) = None,
     limit: page_size(1000) = 100,
     after: str | None = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
 ) -> ContactPage:
-    stage, status = one_of("stage", stage, STAGES), one_of("status", status, STATUSES)
+    stage, status = one_of("stage", stage, STAGES), one_of("status", status, CONTACT_STATUSES)
     check_limit(limit, 1000)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:

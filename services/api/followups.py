@@ -42,7 +42,7 @@ from services import webhooks
 async def list_followups(
     request: Request,
     ws: str,
-    status: choice(model.STATUSES) = None,
+    status: choice(model.FOLLOWUP_STATUSES) = None,
     as_of: str | None = None,
     contact: str | None = None,
     limit: page_size(10000) = 1000,
@@ -51,7 +51,7 @@ async def list_followups(
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
 ) -> list[FollowupView]:
-    status = one_of("status", status, model.STATUSES)
+    status = one_of("status", status, model.FOLLOWUP_STATUSES)
     check_limit(limit, 10000)
     moment = parse_time("as_of", as_of) or dt.datetime.now(dt.timezone.utc)
     await wait_applied(request, min_seq, wait_ms, snapshot)

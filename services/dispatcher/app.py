@@ -13,7 +13,7 @@ stream, shared by every dispatcher process, with manual acks (FastStream's defau
 gives the AsyncAPI description of the NATS side: ``touchline asyncapi`` (with the configured NATS
 address) or ``faststream docs gen services.dispatcher.app:app`` (with an example address).
 
-Each command is carried out in a task of its own (``InFlight``), not in the subscriber's handler:
+Each command is carried out in a task of its own (``CommandsInFlight``), not in the subscriber's handler:
 FastStream fetches a pull consumer's next batch only once every handler of the last one has
 returned, so one workspace's webhook that took its whole timeout to answer held up every other
 workspace's follow-ups as long (an outside audit: 19 s for a workspace without a webhook).
@@ -106,7 +106,7 @@ async def update_consumer(js: JetStreamContext) -> None:
 IN_FLIGHT_PER_WORKSPACE = 8
 
 
-class InFlight:
+class CommandsInFlight:
     """Commands being carried out beside the subscriber, each acked or nak'ed by its own task.
 
     From the moment it is taken until it is settled, a command's message is kept from redelivery
@@ -308,7 +308,7 @@ class ProducerCredentials(NatsUserPassword):
 
 
 def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | None = None, *,
-          ack_wait: float = Settings.dispatcher_ack_wait, in_flight: InFlight | None = None,
+          ack_wait: float = Settings.dispatcher_ack_wait, in_flight: CommandsInFlight | None = None,
           server_description: str | None = None, documented_security: NatsUserPassword | None = None) -> FastStream:
     """The FastStream application: the broker, the command subscriber and the dead-letter publisher.
     ``in_flight``: where the commands are carried out (the caller stops it before the broker).
@@ -321,7 +321,7 @@ def build(servers: str | list[str] = EXAMPLE_NATS_URL, dispatcher: Dispatcher | 
     broker = NatsBroker(servers, security=security, max_reconnect_attempts=-1, reconnect_time_wait=0.5, logger=None,
                         description=server_description)
     deadletter.register_publisher(broker, CommandPayload)
-    in_flight = in_flight or InFlight(ack_wait)
+    in_flight = in_flight or CommandsInFlight(ack_wait)
 
     @broker.subscriber(
         COMMANDS_SUBJECTS,

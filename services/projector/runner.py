@@ -15,14 +15,13 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import asyncpg
 import structlog
 from nats.js import JetStreamContext
 
 from events.log import EventKey, LoggedEvent
-from projections.batching import PreparedBatch
+from projections.batching import PreparedBatch, Projection
 from services import gc_tuning
 from services.first_copies import INDEX_KEYS, first_copies, index_keys
 from services.log_position import Backoff, CommittedPosition, Fenced, lead
@@ -32,15 +31,6 @@ from services.runtime.loop import cancel_and_wait
 from services.store.db import RETRYABLE
 
 log = structlog.get_logger()
-
-
-class Projection(Protocol):
-    """A read model: folds a batch of first-copy events into its tables, in the caller's transaction."""
-
-    name: str
-    tables: tuple[str, ...]
-
-    async def apply(self, conn: asyncpg.Connection, batch: list[LoggedEvent]) -> None: ...
 
 
 # Read models that grew by this many events since their statistics were taken are analyzed when
@@ -63,11 +53,10 @@ def prepare_batch(projections: list[Projection], events: list[LoggedEvent]) -> P
     failure is handled (parked by the projector, left out by a replay, event by event)."""
     batch = PreparedBatch(events)
     for projection in projections:
-        if hasattr(projection, "prepare"):
-            try:
-                batch.prepared[projection.name] = projection.prepare(batch)
-            except Exception:
-                pass
+        try:
+            batch.prepared[projection.name] = projection.prepare(batch)
+        except Exception:
+            pass
     return batch
 
 
@@ -82,7 +71,7 @@ class ReadyBatch:
 
 
 @dataclass
-class InFlight:
+class BatchInFlight:
     """A batch in its pipelined transaction."""
 
     ready: ReadyBatch
@@ -150,7 +139,7 @@ class Projector:
         # to do the work that does not need the current batch's writes (see ``_commit``).
         ready: asyncio.Queue[ReadyBatch] = asyncio.Queue(maxsize=1)
         reader = asyncio.create_task(self._read_ahead(sub, ready))
-        in_flight: InFlight | None = None
+        in_flight: BatchInFlight | None = None
         expected = self.position
         try:
             while not self._stopping.is_set():
@@ -168,7 +157,7 @@ class Projector:
                     continue
                 if in_flight is not None:
                     await in_flight.locked.wait()  # the batch before holds the position lock (or failed)
-                current = InFlight(item, expected, behind=in_flight is not None)
+                current = BatchInFlight(item, expected, behind=in_flight is not None)
                 current.task = asyncio.create_task(self._commit_pipelined(current))
                 expected = item.last
                 previous, in_flight = in_flight, current
@@ -236,7 +225,7 @@ class Projector:
         batch.prepared[INDEX_KEYS] = index_keys(batch, previous_keys)
         return ReadyBatch(batch, poisons, messages[-1].seq, len(messages))
 
-    async def _commit_pipelined(self, batch: InFlight) -> int:
+    async def _commit_pipelined(self, batch: BatchInFlight) -> int:
         try:
             # The first batch takes the lock first: a second projector process is fenced before
             # it has written anything. (``locked`` is then set only by the finally below.)
@@ -245,7 +234,7 @@ class Projector:
         finally:
             batch.locked.set()
 
-    async def _finish(self, batch: InFlight) -> bool:
+    async def _finish(self, batch: BatchInFlight) -> bool:
         """Wait for a pipelined batch; False if it failed (then ``_commit_alone`` it)."""
         try:
             applied = await batch.task
@@ -258,7 +247,7 @@ class Projector:
         self._committed(batch.ready, applied, batch.started)
         return True
 
-    async def _commit_alone(self, batch: InFlight) -> None:
+    async def _commit_alone(self, batch: BatchInFlight) -> None:
         """A batch that failed in the pipeline, applied again event by event, each in a savepoint,
         parking the ones that fail (poison); the batch read behind it was abandoned."""
         ready = batch.ready
@@ -308,7 +297,7 @@ class Projector:
                     firsts = await first_copies(conn, batch if len(fresh) == len(batch) else fresh)
                     later = []
                     for projection in self.projections:
-                        if getattr(projection, "before_lock", False):
+                        if projection.before_lock:
                             await projection.apply(conn, firsts)
                         else:
                             later.append(projection)

@@ -36,8 +36,11 @@ from events.commands import (
 )
 from events.log import LoggedEvent
 from projections import goals as goal_model
-from projections.deals import Deal, add_won, won_deal
-from projections.ladder import STAGE_RANK, OrderKey, implied_stage, touch_kind, utc
+from projections.deals import Deal, won_deal
+from projections.ladder import (
+    CONSENT_OF, STAGE_RANK, Decision, Ordered, decided_by, implied_stage, keep_earliest, keep_latest, pick, touch_kind,
+    utc,
+)
 from projections.numbers import EXACT, exact_decimal, scale_of
 
 RECENT_SALES = dt.timedelta(days=7)
@@ -65,32 +68,14 @@ VERBS = {"like": "liked", "comment": "commented on", "share": "shared", "click":
 # --- state -------------------------------------------------------------------------------
 
 
-class Offer(msgspec.Struct, array_like=True):
-    time: dt.datetime
-    source: str
-    id: str
+class Offer(Ordered):
     deal_id: str
     amount: Decimal
     currency: str
 
-    @property
-    def key(self) -> OrderKey:
-        return (self.time, self.source, self.id)
-
-
-class Latest(msgspec.Struct, array_like=True):
-    time: dt.datetime
-    source: str
-    id: str
-    value: str = ""
-
-    @property
-    def key(self) -> OrderKey:
-        return (self.time, self.source, self.id)
-
 
 class ContactRules(msgspec.Struct, omit_defaults=True):
-    consent: Latest | None = None
+    consent: Decision | None = None
     sales_times: list[dt.datetime] = msgspec.field(default_factory=list)
     # Marketing touches applied since the last applied sales touch (log order).
     marketing_since_sales: int = 0
@@ -104,7 +89,7 @@ class ContactRules(msgspec.Struct, omit_defaults=True):
     lead_at: dt.datetime | None = None
     stages: list[str] = msgspec.field(default_factory=list)
     # The latest (by the contract's order) sales touch or deal outcome: what a stalled offer checks.
-    latest_activity: Latest | None = None
+    latest_activity: Decision | None = None
     # Pending stalled-offer timers: timer id -> the offer.
     offers: dict[str, Offer] = msgspec.field(default_factory=dict)
 
@@ -126,19 +111,12 @@ class DayFacts(msgspec.Struct, omit_defaults=True):
     conversations: int = 0
 
 
-class Goal(msgspec.Struct):
-    time: dt.datetime
-    source: str
-    id: str
+class Goal(Ordered, array_like=False):
     metric: str
     target: Decimal
     period_start: dt.date
     period_end: dt.date
     currency: str | None = None
-
-    @property
-    def key(self) -> OrderKey:
-        return (self.time, self.source, self.id)
 
 
 class MetricStats(msgspec.Struct, array_like=True):
@@ -225,8 +203,8 @@ class Effects:
 
 
 @dataclass(frozen=True)
-class Settings:
-    """A workspace's rule settings."""
+class RuleSwitches:
+    """Which rules a workspace turned off (PUT /v1/workspaces/{ws}/rules, kept in rule_settings)."""
 
     disabled: frozenset[str] = frozenset()
 
@@ -234,7 +212,7 @@ class Settings:
         return rule not in self.disabled
 
 
-DEFAULT_SETTINGS = Settings()
+EVERY_RULE_ON = RuleSwitches()
 
 
 # --- guards and commands -----------------------------------------------------------------
@@ -326,7 +304,7 @@ def decide(
     logged: LoggedEvent,
     *,
     now: dt.datetime,
-    settings: Settings = DEFAULT_SETTINGS,
+    settings: RuleSwitches = EVERY_RULE_ON,
 ) -> Effects:
     """Apply one (first-copy) logged event to the decision state; return the commands and timers it causes."""
     return _owned(state, logged.workspace, _decide(state, logged, now=now, settings=settings))
@@ -341,7 +319,7 @@ def _owned(state: RulesState, workspace: str, effects: Effects) -> Effects:
     return effects
 
 
-def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, settings: Settings) -> Effects:
+def _decide(state: RulesState, logged: LoggedEvent, *, now: dt.datetime, settings: RuleSwitches) -> Effects:
     event = logged.event
     ws_id = logged.workspace
     ws = state.workspace(ws_id)
@@ -376,7 +354,7 @@ def _check_goals_if_live(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now:
 
 
 def _workspace_event(ws_id: str, ws: WorkspaceRules, event: c.Envelope, t: dt.datetime, effects: Effects,
-                     now: dt.datetime, settings: Settings, *, live: bool) -> None:
+                     now: dt.datetime, settings: RuleSwitches, *, live: bool) -> None:
     """An event about the workspace, not a contact: campaigns' names, metrics, goals."""
     if isinstance(event, c.CampaignLaunched):
         if event.data.name:
@@ -389,9 +367,7 @@ def _workspace_event(ws_id: str, ws: WorkspaceRules, event: c.Envelope, t: dt.da
     elif isinstance(event, c.GoalSet):
         goal = Goal(t, event.source, event.id, event.data.metric, event.data.target, event.data.period_start,
                     event.data.period_end, event.data.currency)
-        known = ws.goals.get(event.data.goal_id)
-        if known is None or goal.key > known.key:
-            ws.goals[event.data.goal_id] = goal
+        keep_latest(ws.goals, event.data.goal_id, goal)
         if settings.enabled("goal-at-risk"):
             _check_goals_if_live(ws_id, ws, event, now, effects, {event.data.goal_id}, live=live)
 
@@ -420,10 +396,9 @@ def _contact_bookkeeping(state: RulesState, ws_id: str, contact: ContactRules, e
             state.dismissed_unknown = True
         (about or contact).dismiss(fid)
         return True
-    if isinstance(event, (c.OptedOut, c.OptedIn)):
-        latest = Latest(t, event.source, event.id, "out" if isinstance(event, c.OptedOut) else "in")
-        if contact.consent is None or latest.key > contact.consent.key:
-            contact.consent = latest
+    consent = CONSENT_OF.get(type(event))
+    if consent is not None:
+        contact.consent = pick(contact.consent, decided_by(event, consent), latest=True)
         return True
     return False
 
@@ -449,7 +424,7 @@ def _goal_facts(ws: WorkspaceRules, contact: ContactRules, event: c.Envelope, t:
 
 
 def _touch(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope, t: dt.datetime,
-           effects: Effects, now: dt.datetime, settings: Settings) -> set[str]:
+           effects: Effects, now: dt.datetime, settings: RuleSwitches) -> set[str]:
     """A marketing touch's rules; a sales touch's effect on follow-ups, conversations and offers'
     timers. The goal metrics that changed."""
     kind = touch_kind(event)
@@ -466,7 +441,7 @@ def _touch(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, 
     for fid, trigger in list(contact.open.items()):
         if t >= trigger:
             del contact.open[fid]
-    _note_activity(contact, event, t)
+    _note_activity(contact, event)
     if isinstance(event, c.OfferMade) and settings.enabled("stalled-offer"):
         tid = timer_id(ws_id, event.source, event.id)
         contact.offers[tid] = Offer(t, event.source, event.id, event.data.deal_id, event.data.amount,
@@ -479,12 +454,12 @@ def _touch(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, 
 
 
 def _deal(state: RulesState, ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope,
-          t: dt.datetime, effects: Effects, now: dt.datetime, settings: Settings) -> set[str]:
+          t: dt.datetime, effects: Effects, now: dt.datetime, settings: RuleSwitches) -> set[str]:
     """A deal's outcome: post-sale, the won deals and revenue the goals count. The goal metrics that changed."""
     if isinstance(event, c.DealLost):
-        _note_activity(contact, event, t)
+        _note_activity(contact, event)
     elif isinstance(event, c.DealWon):
-        _note_activity(contact, event, t)
+        _note_activity(contact, event)
         # The first deal.won of the deal in log order: deal ids are one namespace per workspace (as
         # in the deals read model), so a second contact's report of a won deal is not a new sale.
         first = (ws_id, event.data.deal_id) not in state.deals and event.data.deal_id not in contact.won_deals
@@ -538,7 +513,7 @@ def _count_won(state: RulesState, ws_id: str, ws: WorkspaceRules, contact: Conta
     known = state.deals.get(key)
     if known is None and event.data.deal_id in contact.won_deals:
         return False
-    add_won(state.deals, key, won_deal(event))
+    keep_earliest(state.deals, key, won_deal(event))
     kept = state.deals[key]
     if kept is known:
         return False
@@ -561,10 +536,8 @@ def _add_won_facts(ws: WorkspaceRules, deal: Deal, sign: int) -> None:
         del ws.won_sum[currency], ws.won_count[currency]
 
 
-def _note_activity(contact: ContactRules, event: c.Envelope, t: dt.datetime) -> None:
-    latest = Latest(t, event.source, event.id)
-    if contact.latest_activity is None or latest.key > contact.latest_activity.key:
-        contact.latest_activity = latest
+def _note_activity(contact: ContactRules, event: c.Envelope) -> None:
+    contact.latest_activity = pick(contact.latest_activity, decided_by(event), latest=True)
 
 
 def _day(ws: WorkspaceRules, moment: dt.datetime) -> DayFacts:
@@ -572,7 +545,7 @@ def _day(ws: WorkspaceRules, moment: dt.datetime) -> DayFacts:
 
 
 def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope,
-                     t: dt.datetime, now: dt.datetime, settings: Settings) -> list[RequestFollowup]:
+                     t: dt.datetime, now: dt.datetime, settings: RuleSwitches) -> list[RequestFollowup]:
     """hot-engagement, new-lead and warm-unworked, in that order; once one fires the others see it open."""
     out: list[RequestFollowup] = []
     data = event.data
@@ -603,7 +576,7 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
 
 
 def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *, now: dt.datetime,
-                 settings: Settings = DEFAULT_SETTINGS) -> Effects:
+                 settings: RuleSwitches = EVERY_RULE_ON) -> Effects:
     """A stalled-offer timer fired: follow up unless a later sales touch or deal outcome came in.
 
     The offer is itself a sales touch at the trigger's time, so the usual "no sales touch in the

@@ -177,9 +177,9 @@ async def _save_keyed(conn: asyncpg.Connection, table: str, column: str, states:
         )
 
 
-async def load_settings(conn: asyncpg.Connection, workspaces: Iterable[str]) -> dict[str, logic.Settings]:
+async def load_settings(conn: asyncpg.Connection, workspaces: Iterable[str]) -> dict[str, logic.RuleSwitches]:
     rows = await conn.fetch("SELECT workspace, disabled FROM rule_settings WHERE workspace = ANY($1)", list(workspaces))
-    return {row["workspace"]: logic.Settings(frozenset(row["disabled"])) for row in rows}
+    return {row["workspace"]: logic.RuleSwitches(frozenset(row["disabled"])) for row in rows}
 
 
 async def first_decision(conn: asyncpg.Connection, fire: TimerFire, position: int) -> bool:
@@ -457,7 +457,7 @@ class RulesWorker:
                         _made_by_timer(state, timed.pop(0))
                     try:
                         decided = logic.decide(
-                            state, logged, now=now, settings=settings.get(logged.workspace, logic.DEFAULT_SETTINGS)
+                            state, logged, now=now, settings=settings.get(logged.workspace, logic.EVERY_RULE_ON)
                         )
                     except Exception as err:  # a rule that cannot judge this event must not stop the others
                         log.error("rules.event_failed", seq=logged.seq, workspace=logged.workspace, exc_info=err)
@@ -523,7 +523,7 @@ class RulesWorker:
             if await first_decision(conn, fire, position):
                 settings = await load_settings(conn, [fire.workspace])
                 effects = logic.decide_timer(state, fire.workspace, fire.contact, fire.timer_id, now=utcnow(),
-                                             settings=settings.get(fire.workspace, logic.DEFAULT_SETTINGS))
+                                             settings=settings.get(fire.workspace, logic.EVERY_RULE_ON))
                 await note_timer_followup(conn, fire, effects)
             else:  # decided before a `rules reset`: as it was decided then (its follow-up, if any, the
                 # rerun opened where the live run made it: ``timer_followups_between``)
@@ -553,7 +553,7 @@ class RulesWorker:
         now = utcnow()
         effects = Effects()
         for ws_id, ws in state.workspaces.items():
-            if settings.get(ws_id, logic.DEFAULT_SETTINGS).enabled("goal-at-risk"):
+            if settings.get(ws_id, logic.EVERY_RULE_ON).enabled("goal-at-risk"):
                 effects.commands.extend(logic.check_goals(ws_id, ws, now, caused_by=None))
         if effects.commands:
             await save_state(conn, state)

@@ -234,14 +234,14 @@ async def serve_dispatcher(settings: Settings) -> None:
     """The dispatcher: a FastStream subscriber on the work queue; log appends and webhooks."""
     import httpx
 
-    from services.dispatcher.app import Dispatcher, InFlight, build, update_consumer
+    from services.dispatcher.app import Dispatcher, CommandsInFlight, build, update_consumer
 
     logs.configure("dispatcher")
     backends = await open_backends(settings, "dispatcher", pool_size=4)
     await prepare(backends, settings)
     async with httpx.AsyncClient(follow_redirects=False) as http:
         dispatcher = Dispatcher(backends.pool, Ingestor(backends.nc, backends.pool), http)
-        in_flight = InFlight(settings.dispatcher_ack_wait)
+        in_flight = CommandsInFlight(settings.dispatcher_ack_wait)
         broker = build(settings.nats_url, dispatcher, ack_wait=settings.dispatcher_ack_wait, in_flight=in_flight).broker
         await update_consumer(backends.js)
         await broker.start()

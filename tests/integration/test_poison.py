@@ -257,6 +257,10 @@ class Unwritten:
 
     name = "unwritten"
     tables = ("contacts",)
+    before_lock = False
+
+    def prepare(self, batch):
+        return None
 
     async def apply(self, conn, batch):
         pass

@@ -81,7 +81,7 @@ def test_the_values_a_parameter_takes_are_documented(openapi):
     gave no enum or bound the handlers check."""
     from projections import attribution
     from projections import followups
-    from projections.ladder import STAGES, STATUSES
+    from projections.ladder import CONTACT_STATUSES, STAGES
     from events.commands import ALERT_RULES
 
     def parameter(path: str, name: str) -> dict:
@@ -94,8 +94,8 @@ def test_the_values_a_parameter_takes_are_documented(openapi):
     assert openapi["components"]["schemas"]["WorkspaceIn"]["properties"]["id"]["pattern"] == "^[a-z0-9-]{1,64}$"
     contacts = "/v1/workspaces/{ws}/contacts"
     assert parameter(contacts, "stage")["enum"] == list(STAGES)
-    assert parameter(contacts, "status")["enum"] == list(STATUSES)
-    assert parameter("/v1/workspaces/{ws}/followups", "status")["enum"] == list(followups.STATUSES)
+    assert parameter(contacts, "status")["enum"] == list(CONTACT_STATUSES)
+    assert parameter("/v1/workspaces/{ws}/followups", "status")["enum"] == list(followups.FOLLOWUP_STATUSES)
     assert parameter("/v1/workspaces/{ws}/alerts", "rule")["enum"] == list(ALERT_RULES)
     assert parameter("/v1/workspaces/{ws}/attribution", "model")["enum"] == list(attribution.MODELS)
     lookback = parameter("/v1/workspaces/{ws}/attribution", "lookback_days")

@@ -17,7 +17,7 @@ from events.validation import parse_event
 from events import catalog as c
 from projections import deals, goals
 from services.rules import logic
-from services.rules.logic import RulesState, Settings, decide, decide_timer
+from services.rules.logic import RuleSwitches, RulesState, decide, decide_timer
 from tests.histories import arrivals, first_copies, histories
 
 WS = "acme"
@@ -43,7 +43,7 @@ def internal(type_: str, subject: str | None, at: dt.datetime, **data) -> Logged
     return LoggedEvent(next(_seq), WS, NOW, msgspec.json.decode(raw, type=c.AnyEvent), raw)
 
 
-def run(events: list[LoggedEvent], *, state: RulesState | None = None, settings: Settings = logic.DEFAULT_SETTINGS,
+def run(events: list[LoggedEvent], *, state: RulesState | None = None, settings: RuleSwitches = logic.EVERY_RULE_ON,
         now: dt.datetime = NOW):
     state = state or RulesState()
     effects = logic.Effects()
@@ -228,7 +228,7 @@ def test_a_dismissal_applied_before_its_followup_is_recorded_stays_a_dismissal()
 
 
 def test_disabled_rule_does_not_fire():
-    _, effects = run([ev("marketing.engaged", channel="x", action="like")], settings=Settings(frozenset({"hot-engagement"})))
+    _, effects = run([ev("marketing.engaged", channel="x", action="like")], settings=RuleSwitches(frozenset({"hot-engagement"})))
     assert effects.commands == []
 
 
@@ -490,7 +490,7 @@ def test_goal_facts_after_any_arrival_order_equal_the_goals_read_model(history, 
     for n, event in enumerate(events):
         raw = msgspec.json.encode(event)
         decide(state, LoggedEvent(n + 1, WS, NOW, event, raw), now=NOW,
-               settings=Settings(frozenset({"goal-at-risk"})))
+               settings=RuleSwitches(frozenset({"goal-at-risk"})))
     ws = state.workspace(WS)
     expected = {view.goal_id: Decimal(view.actual) for view in goals.reference(events, NOW).goals}
     assert {gid: logic.goal_actual(ws, goal) for gid, goal in ws.goals.items()} == expected
