@@ -546,7 +546,10 @@ def _day(ws: WorkspaceRules, moment: dt.datetime) -> DayFacts:
 
 def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: ContactRules, event: c.Envelope,
                      t: dt.datetime, now: dt.datetime, settings: RuleSwitches) -> list[RequestFollowup]:
-    """hot-engagement, new-lead and warm-unworked, in that order; once one fires the others see it open."""
+    """hot-engagement, new-lead and warm-unworked, in that order; the first that fires is the
+    event's follow-up. (The others were kept off by the open follow-up it made, but one made
+    already done, by a later sales touch applied before, is not open: a click then made a
+    hot-engagement and a warm-unworked follow-up; an outside audit.)"""
     out: list[RequestFollowup] = []
     data = event.data
     campaign = _campaign_words(ws, getattr(data, "campaign_id", None))
@@ -559,12 +562,12 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
         if may_follow_up(contact, t):
             what = f"your post {campaign}" if campaign else "your content"
             fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}: reach out within 24 hours")
-    if isinstance(event, c.LeadCaptured) and settings.enabled("new-lead"):
+    if not out and isinstance(event, c.LeadCaptured) and settings.enabled("new-lead"):
         if may_follow_up(contact, t):
             how = f" through {campaign}" if campaign else ""
             method = f" ({data.method})" if data.method else ""
             fire("new-lead", f"{subject} became a lead on {data.channel}{how}{method}: reach out within 24 hours")
-    if contact.marketing_since_sales == WARM_TOUCHES and settings.enabled("warm-unworked"):
+    if not out and contact.marketing_since_sales == WARM_TOUCHES and settings.enabled("warm-unworked"):
         if may_follow_up(contact, t):
             since = "since your last sales contact" if contact.sales_times else "and no one from sales has reached out yet"
             fire(

@@ -98,6 +98,14 @@ D = dt.timedelta(days=1)
         ([ev("marketing.engaged", at=T0 - 20 * D, channel="web", action="view") for _ in range(3)]
          + [ev("sales.outreach.sent", at=T0 - 10 * D, channel="email")]
          + [ev("marketing.engaged", at=T0 + i * H, channel="web", action="view") for i in range(4)], []),
+        # one trigger, one follow-up: the first rule's is done at once (a later sales touch was
+        # applied before), so it is not open, and warm-unworked must not fire on the same click
+        ([ev("sales.outreach.sent", at=T0 + 19 * D, channel="email")]
+         + [ev("marketing.engaged", at=T0 + i * D, channel="web", action="view") for i in range(4)]
+         + [ev("marketing.engaged", at=T0 + 4 * D, channel="web", action="click")], ["hot-engagement"]),
+        ([ev("sales.outreach.sent", at=T0 + 19 * D, channel="email")]
+         + [ev("marketing.engaged", at=T0 + i * D, channel="web", action="view") for i in range(4)]
+         + [ev("marketing.lead.captured", at=T0 + 4 * D, channel="web")], ["new-lead"]),
         # post-sale: first won of a deal, only the do-not-contact guard
         ([ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR")], ["post-sale"]),
         ([ev("sales.deal.won", deal_id="d1", amount="10", currency="EUR"),
@@ -191,13 +199,14 @@ def test_a_followup_dismissed_under_another_contact_before_it_is_emitted_is_neve
     assert [command.followup_id for command in effects.commands] == [fid, followup_id(WS, "hot-engagement", "/ig", "x3")]
     assert state.followup_contacts[(WS, fid)] == "dana" and fid in state.contact(WS, "dana").dismissed
 
-    # In one batch, the event itself knows before its rules run: a click that is also dana's 5th
-    # marketing touch fires warm-unworked too, its hot-engagement being dismissed already.
+    # In one batch, the event itself knows before its rules run; a click that is also dana's 5th
+    # marketing touch still makes only its hot-engagement follow-up, dismissed already: one trigger,
+    # one follow-up (CONTRACT.md section 6).
     views = [ev("marketing.engaged", "dana", T0 + n * H, channel="web", action="view") for n in range(4)]
     fifth = ev("marketing.engaged", "dana", T0 + D, id="x5", source="/ig", channel="ig", action="click")
     early = ev("sales.followup.dismissed", "bob", T0, followup_id=followup_id(WS, "hot-engagement", "/ig", "x5"))
     _, effects = run([early, *views, fifth])
-    assert rules(effects) == ["hot-engagement", "warm-unworked"]
+    assert rules(effects) == ["hot-engagement"]
 
     # Across batches: dana's state knows nothing of it, until the worker tells it before deciding.
     state, _ = run([dismissal])
