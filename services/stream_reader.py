@@ -118,6 +118,22 @@ class TapClient(Client):
         super().__init__()
         self._ps = TapParser(self)
 
+    async def _process_pong(self) -> None:
+        """nats-py's, but a PONG whose ping was given up on is dropped.
+
+        PONGs answer PINGs in order, each setting the result of the oldest waiting future. A flush
+        that times out (health's one-second ping while NATS is frozen) cancels its future and leaves
+        it in line; nats-py then set the late PONG's result on it, the InvalidStateError ended the
+        client's read loop for good, and the connection took nothing more in while it still looked
+        connected: ingest answered 504s for minutes after a five-second freeze, until the ping
+        interval found the connection stale (an outside audit; nats-py issue 624)."""
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
+
 
 class RawHeaders:
     """A message's header block, looked up by name without parsing every line (a logged event

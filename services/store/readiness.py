@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Awaitable, Callable
+from typing import Annotated, Awaitable, Callable, TypeVar
 import os
 import socket
 import time
@@ -16,6 +16,8 @@ from nats.aio.client import Client as NatsClient
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 # The service kinds that must be beating for /v1/health to say ready.
 REQUIRED_SERVICES = ("projector", "rules", "dispatcher")
@@ -49,14 +51,20 @@ async def heartbeat(pool: asyncpg.Pool, service: str, alive: Callable[[], Awaita
         await asyncio.sleep(HEARTBEAT_SECONDS)
 
 
-# How long health waits for NATS to answer a ping.
+# How long health waits for NATS to answer a ping, and for PostgreSQL to answer its query.
 NATS_PING_SECONDS = 1.0
+POSTGRES_ANSWER_SECONDS = 1.0
 
 
 async def nats_answers(nc: NatsClient) -> bool:
     """Connected, and answering: a frozen server (SIGSTOP, a stalled disk) keeps the connection
     open, and health said ready through 15 s of it."""
     if not nc.is_connected:
+        return False
+    reading = nc._reading_task  # nats-py keeps no public sign of it
+    if reading is None or reading.done():
+        # A read loop that ended on an error leaves the connection "connected" and answering
+        # nothing, and flush() then returns at once without a ping.
         return False
     try:
         await nc.flush(timeout=NATS_PING_SECONDS)
@@ -76,17 +84,29 @@ class Readiness(msgspec.Struct):
 async def report(pool: asyncpg.Pool, nc: NatsClient) -> Readiness:
     checks: dict[str, bool] = {"nats": await nats_answers(nc)}
     try:
-        rows = await pool.fetch(
+        rows = await _within(POSTGRES_ANSWER_SECONDS, pool.fetch(
             "SELECT service FROM service_heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
             STALE_AFTER_SECONDS,
-        )
+            timeout=POSTGRES_ANSWER_SECONDS,
+        ))
         alive = {row["service"] for row in rows}
         checks["postgres"] = True
-    except DATABASE_UNAVAILABLE:
+    except (*DATABASE_UNAVAILABLE, asyncio.TimeoutError):
         alive, checks["postgres"] = set(), False
     for service in REQUIRED_SERVICES:
         checks[service] = service in alive
     return Readiness(all(checks.values()), checks)
+
+
+async def _within(seconds: float, work: Awaitable[T]) -> T:
+    """``work``'s result, or TimeoutError after ``seconds``, leaving ``work`` to end on its own.
+
+    A frozen PostgreSQL (SIGSTOP, a stalled disk) kept health from answering at all: asyncpg gives
+    a query that timed out back to the pool only once the server has taken its cancel request, and
+    waiting for that, or for ``work``'s cancellation, lasted as long as the freeze."""
+    task = asyncio.ensure_future(work)
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # its error is ours, or no one's
+    return await asyncio.wait_for(asyncio.shield(task), seconds)
 
 
 async def applied_seq(pool: asyncpg.Pool) -> int:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 
+from nats.errors import TimeoutError as NatsTimeout
 import psutil
 
 from services.runtime.embedded import EmbeddedNats
@@ -35,12 +36,19 @@ def test_health_reports_a_frozen_nats_as_not_ready(servers, tmp_path):
                 os.kill(nats.process.pid, signal.SIGCONT)
             await asyncio.sleep(0.2)
             after = (await report(pool, nc)).checks["nats"]
-            return before, frozen, after
+            # The frozen check's ping was given up on; its PONG, late, ended the client's reading
+            # for good, while health went on saying ready.
+            try:
+                await nc.jetstream(timeout=3).account_info()
+                answering = True
+            except NatsTimeout:
+                answering = False
+            return before, frozen, after, answering
         finally:
             await pool.close()
             await nc.close()
 
     try:
-        assert asyncio.run(check()) == (True, False, True)
+        assert asyncio.run(check()) == (True, False, True, True)
     finally:
         nats.stop()
