@@ -438,6 +438,10 @@ ENGAGED_WITH = ('{"specversion":"1.0","id":"rk","source":"/rk","type":"touchline
                                         ' "visit", got "poke"'),
     ('"action":"view","action":5', 'data.action: given 2 times ("view", 5), and every copy must be valid: expected'
                                    ' a string, got 5'),
+    # past the copies tried, msgspec's own words: the last copy's value would be a good one
+    ('"action":"open",' * 20 + '"action":"poke","action":"view"',
+     'data.action: given 22 times ("open", "open", "open", …), and every copy must be valid: invalid enum value'
+     " 'poke'"),
 ])
 def test_a_key_given_more_than_once_names_the_copy_that_is_wrong(pairs, message):
     """msgspec checks every copy of a repeated key and keeps the last: a bad first copy refused the
@@ -446,3 +450,29 @@ def test_a_key_given_more_than_once_names_the_copy_that_is_wrong(pairs, message)
         parse_event((ENGAGED_WITH % pairs).encode())
     assert str(refused.value) == message
     assert parse_event((ENGAGED_WITH % '"action":"view","action":"like"').encode()).data.action == "like"  # the last
+
+
+@pytest.mark.parametrize("attributes, message", [
+    # a repeated object: the error named a field of it with the good copy's value ("got "web"")
+    ('"data":{"channel":5},"data":{"channel":"web","action":"view"}',
+     "data: given 2 times, and every copy must be valid: data.channel: expected a string, got 5"),
+    # two types of the catalog: the error called one of them unknown
+    ('"type":"touchline.goal.set","data":{"channel":"web","action":"view"}',
+     'type: given 2 times ("touchline.marketing.engaged", "touchline.goal.set"); an event has one'),
+])
+def test_a_repeated_object_or_type_is_named_as_such(attributes, message):
+    raw = ('{"specversion":"1.0","id":"rk","source":"/rk","type":"touchline.marketing.engaged",'
+           f'"time":"2026-11-20T10:00:00Z","subject":"dana",{attributes}}}')
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event(raw.encode())
+    assert str(refused.value) == message
+
+
+def test_explaining_a_bad_copy_among_thousands_is_bounded():
+    """An outside audit: 4,050 copies of a key in a 64 KiB event took a third of a second of a
+    worker's CPU to explain (the event decoded once a copy), and the error listed every copy."""
+    pairs = '"action":"open",' * 4050 + '"action":"poke"'
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event((ENGAGED_WITH % pairs).encode())
+    assert str(refused.value).startswith('data.action: given 4051 times ("open", "open", "open", …), and every copy')
+    assert len(str(refused.value)) < 300
