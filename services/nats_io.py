@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import ssl
 import urllib.parse
 
 import nats
@@ -124,8 +127,52 @@ def nats_connection(url: str | list[str]) -> tuple[list[str], dict[str, str]]:
     return servers, credentials
 
 
+class NatsRefused(Exception):
+    """NATS refused the credentials, or its certificate is not trusted: no attempt will do better."""
+
+    def __init__(self, err: Exception) -> None:
+        super().__init__(str(err))
+        self.err = err
+
+    def advice(self) -> str:
+        hint = ("set SSL_CERT_FILE to the CA that signed its certificate" if isinstance(self.err, ssl.SSLError)
+                else "check the user and password of TOUCHLINE_NATS_URL")
+        return f"NATS refused the connection ({str(self.err).removeprefix('nats: ')}); {hint}"
+
+
+def _is_refusal(err: Exception) -> bool:
+    text = str(err).lower()
+    return isinstance(err, ssl.SSLError) or "authorization" in text or "authentication" in text
+
+
+async def connect_unless_refused(url: str | list[str], **options) -> TapClient:
+    """``connect_client``, which waits out a NATS that is not there yet, but not a refusal: that
+    raises NatsRefused at once. nats-py tries again for each of its attempts and servers (a
+    service's, for ever) and never says why: an outside audit's CLI waited for minutes on a wrong
+    password, and a service logged "Authorization Violation" twice a second for good."""
+    refused: asyncio.Future = asyncio.get_running_loop().create_future()
+    error_cb = options.pop("error_cb", None)
+
+    async def on_error(err: Exception) -> None:
+        if _is_refusal(err) and not refused.done():
+            refused.set_result(err)
+        if error_cb is not None:
+            await error_cb(err)
+
+    connecting = asyncio.ensure_future(connect_client(url, error_cb=on_error, **options))
+    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done():
+        refused.cancel()
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    raise NatsRefused(refused.result())
+
+
 async def connect(url: str, name: str) -> Client:
-    """Connect and keep reconnecting for ever: an outage must not end a service."""
+    """Connect and keep reconnecting for ever: an outage must not end a service (a refusal of its
+    credentials at the start does: NatsRefused)."""
 
     async def on_error(err: Exception) -> None:
         log.warning("nats.error", error=str(err))
@@ -141,7 +188,7 @@ async def connect(url: str, name: str) -> Client:
     async def on_reconnect() -> None:
         log.info("nats.reconnected")
 
-    nc = await connect_client(
+    nc = await connect_unless_refused(
         url,
         name=name,
         max_reconnect_attempts=-1,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ssl
 from pathlib import Path
 from typing import AsyncIterator, NoReturn, Optional
 
@@ -177,38 +176,18 @@ async def backends(settings: Settings, workspace: str | None = None) -> AsyncIte
 
 
 async def connect_for_command(url: str):
-    """A NATS connection that waits out a restart, but not a refusal: a NATS that refuses the
-    credentials, or whose certificate is not trusted, is one line at once. nats-py tries again for
-    each of its attempts and servers, and only then raises "no servers available", the refusal
-    said nowhere (an outside audit on a TLS cluster waited for minutes on a wrong password)."""
-    from services.nats_io import connect_client
+    """A NATS connection that waits out a restart, but not a refusal (one line at once)."""
+    from services.nats_io import NatsRefused, connect_unless_refused
 
-    refused: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    async def on_error(err: Exception) -> None:
-        text = str(err).lower()
-        if (isinstance(err, ssl.SSLError) or "authorization" in text or "authentication" in text) and not refused.done():
-            refused.set_result(err)
-
-    connecting = asyncio.ensure_future(connect_client(
-        url, name="touchline-cli", pending_size=64 * 1024 * 1024, error_cb=on_error,
-        max_reconnect_attempts=10, reconnect_time_wait=1.0))
-    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
-    if connecting.done():
-        refused.cancel()
-        try:
-            return connecting.result()
-        except CONNECTION_LOST as err:  # never answered: not "stopped answering during the command"
-            refuse(f"no NATS answered at {nats_auth.without_credentials(url)}"
-                   f" ({str(err).strip().removeprefix('nats: ') or type(err).__name__}); check that it runs,"
-                   " and TOUCHLINE_NATS_URL", code=1)
-    connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
-    err = refused.result()
-    hint = ("set SSL_CERT_FILE to the CA that signed its certificate" if isinstance(err, ssl.SSLError)
-            else "check the user and password of TOUCHLINE_NATS_URL")
-    refuse(f"NATS refused the connection ({str(err).removeprefix('nats: ')}); {hint}", code=1)
+    try:
+        return await connect_unless_refused(url, name="touchline-cli", pending_size=64 * 1024 * 1024,
+                                            max_reconnect_attempts=10, reconnect_time_wait=1.0)
+    except NatsRefused as refusal:
+        refuse(refusal.advice(), code=1)
+    except CONNECTION_LOST as err:  # never answered: not "stopped answering during the command"
+        refuse(f"no NATS answered at {nats_auth.without_credentials(url)}"
+               f" ({str(err).strip().removeprefix('nats: ') or type(err).__name__}); check that it runs,"
+               " and TOUCHLINE_NATS_URL", code=1)
 
 
 async def require_known(pool: asyncpg.Pool | asyncpg.Connection, workspace: str) -> None:

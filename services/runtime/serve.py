@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import socket
+import sys
 import time
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from nats.js import JetStreamContext
 
 from services import logs
 from services.ingest import Ingestor
-from services.nats_io import connect, ensure_streams
+from services.nats_io import NatsRefused, connect, ensure_streams
 from projections.registry import all_projections
 from services.projector.runner import Projector
 from services.runtime.loop import cancel_and_wait
@@ -46,6 +47,7 @@ class Backends:
             await self.nc.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.pool.close(), 5)
+        log.info("service.stopped")  # its connections closed: every service says so as it goes
 
 
 def require_external(settings: Settings) -> tuple[str, str]:
@@ -59,9 +61,16 @@ def require_external(settings: Settings) -> tuple[str, str]:
 
 async def open_backends(settings: Settings, name: str, pool_size: int = 8, reset: Reset | None = None) -> Backends:
     nats_url, database_url = require_external(settings)
-    nc = await connect(nats_url, name=f"touchline-{name}")
+    try:
+        nc = await connect(nats_url, name=f"touchline-{name}")
+    except NatsRefused as refusal:
+        raise SystemExit(f"touchline: {refusal.advice()}") from None
     js = nc.jetstream(timeout=10)
-    pool = await create_pool(database_url, max_size=pool_size, reset=reset)
+    try:
+        pool = await create_pool(database_url, max_size=pool_size, reset=reset)
+    except asyncpg.InvalidAuthorizationSpecificationError as err:  # as a command says it, not a traceback
+        await nc.close()
+        raise SystemExit(f"touchline: PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL") from None
     return Backends(nc, js, pool)
 
 
@@ -150,11 +159,19 @@ async def serve_api(settings: Settings) -> None:
     logs.configure("api")
     require_external(settings)  # a clean line now, not a traceback out of the app's start-up
     worker = api_worker()
+    if worker is not None:  # every line of `up`'s API workers says which one (they share one stderr)
+        structlog.contextvars.bind_contextvars(worker=worker)
     opened: list[Backends] = []
     readers: list[InboxReader] = []
 
     async def services() -> Services:
-        backends = await open_backends(settings, "api", reset=nothing_to_reset)
+        try:
+            backends = await open_backends(settings, "api", reset=nothing_to_reset)
+        except SystemExit as refused:
+            # Credentials refused: one line, as the other services say it, not uvicorn's traceback
+            # of a failed start-up (nothing is held yet).
+            print(refused, file=sys.stderr, flush=True)
+            os._exit(1)
         opened.append(backends)
         await prepare(backends, settings)
         ingestor = Ingestor(backends.nc, backends.pool)
@@ -234,7 +251,7 @@ async def serve_dispatcher(settings: Settings) -> None:
     """The dispatcher: a FastStream subscriber on the work queue; log appends and webhooks."""
     import httpx
 
-    from services.dispatcher.app import Dispatcher, CommandsInFlight, build, update_consumer
+    from services.dispatcher.app import CommandsInFlight, Dispatcher, build, update_consumer
 
     logs.configure("dispatcher")
     backends = await open_backends(settings, "dispatcher", pool_size=4)
@@ -245,6 +262,7 @@ async def serve_dispatcher(settings: Settings) -> None:
         broker = build(settings.nats_url, dispatcher, ack_wait=settings.dispatcher_ack_wait, in_flight=in_flight).broker
         await update_consumer(backends.js)
         await broker.start()
+        log.info("dispatcher.started")
         # Ready while its broker's own connection answers: FastStream gives up reconnecting for good
         # on some refusals, and the process would otherwise look healthy doing nothing.
         tasks = [asyncio.create_task(readiness.heartbeat(backends.pool, "dispatcher",

@@ -124,7 +124,7 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
                     # Back off if it keeps dying young; a healthy run resets the count.
                     failures[number] = 0 if time.monotonic() - child.started_at > 60 else failures[number] + 1
                     delay = min(0.5 * 2 ** failures[number], 10)
-                    log.warning("service.restarting", service=child.kind, code=child.process.returncode, in_s=delay)
+                    log.warning("service.restarting", restarting=child.kind, code=child.process.returncode, in_s=delay)
                     time.sleep(delay)
                     child.start()
     finally:

@@ -195,6 +195,27 @@ def test_a_nats_or_postgresql_that_refuses_the_credentials_is_one_line_at_once(s
     assert "postgres.unavailable" not in done.stderr  # at once: it was tried again for 10 s first
 
 
+@pytest.mark.parametrize("service", ["api", "projector", "rules", "dispatcher"])
+def test_a_service_whose_credentials_are_refused_says_so_in_one_line_and_stops(stack, tmp_path, service):
+    """`serve` with a wrong NATS password logged "Authorization Violation" twice a second for ever,
+    and with a PostgreSQL role refused it printed a 185-line traceback (the API: uvicorn's failed
+    start-up; an outside audit). A supervisor restarts a service that stops; one that loops hides
+    the mistake."""
+    host = stack.servers.nats_url.rsplit("@", 1)[1]
+    role_refused = stack.servers.database_url.replace("://postgres", "://nobody", 1)
+    for nats_url, database_url, line in (
+        (f"nats://touchline:wrong@{host}", stack.servers.database_url,
+         "touchline: NATS refused the connection ('Authorization Violation'); check the user and password of"
+         " TOUCHLINE_NATS_URL"),
+        (stack.servers.nats_url, role_refused,
+         'touchline: PostgreSQL refused the connection (role "nobody" does not exist); check TOUCHLINE_DATABASE_URL'),
+    ):
+        done = touchline_cli("serve", service, cwd=tmp_path, timeout=60, env={
+            "COLUMNS": "80", "TOUCHLINE_NATS_URL": nats_url, "TOUCHLINE_DATABASE_URL": database_url,
+            "TOUCHLINE_HTTP": f"127.0.0.1:{free_port()}"})
+        assert (done.returncode, refused(done)) == (1, line)
+
+
 def test_a_nats_or_postgresql_that_never_answers_is_named_as_such(stack, tmp_path):
     """Neither ever answered, and the command said it "stopped answering during the command",
     with `touchline status` (the command that had just failed) as the thing to try."""
