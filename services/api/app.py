@@ -152,6 +152,7 @@ async def revoke_token(
     record, _ = await auth.revoke_token(services_of(request).pool, ws, token_id)
     if record is None:
         raise ApiError(404, f"no token {token_id!r} in workspace {ws!r}")
+    services_of(request).tokens.forget(token_id)
     return json_response(record)  # type: ignore[return-value]
 
 

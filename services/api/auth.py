@@ -77,6 +77,11 @@ class TokenBook:
         self._cache[digest] = (now + self.ttl, grant)
         return grant
 
+    def forget(self, token_id: str) -> None:
+        """A token this process revoked is refused by it at once (the others within ``ttl``)."""
+        for digest in [digest for digest in self._cache if digest[:TOKEN_ID_BYTES].hex() == token_id]:
+            del self._cache[digest]
+
 
 async def create_workspace(pool: asyncpg.Pool, workspace: str) -> bool:
     """True if created, False if it already existed."""
