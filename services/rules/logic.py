@@ -638,10 +638,17 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
     exact = _METRICS.multiply(value, before.count)  # the value against the mean, times count
     # Exact too: as a float, the mean of reports that sum past the largest float was infinite.
     mean = _METRICS.divide(before.total, before.count)
-    if exact > _METRICS.multiply(ANOMALY_FACTOR, before.total):
+    spread, shrunk = _METRICS.multiply(ANOMALY_FACTOR, before.total), _METRICS.multiply(exact, ANOMALY_FACTOR)
+    if before.total >= 0:
+        above, below = exact > spread, shrunk < before.total
+    else:
+        # A negative mean: the band runs from 3 times it up to a third of it. Read as written, every
+        # report at the mean itself was "above 3 times" it (-10 > -30: an outside audit).
+        above, below = shrunk > before.total, exact < spread
+    if above:
         direction = _times(float(_METRICS.divide(value, mean))) if mean > 0 else "far"
         words = f"{direction} above"
-    elif _METRICS.multiply(exact, ANOMALY_FACTOR) < before.total:
+    elif below:
         words = "far below" if value <= 0 or mean <= 0 else f"{_times(float(_METRICS.divide(mean, value)))} below"
     else:
         return []

@@ -297,6 +297,14 @@ def _metric(value, id=None):
         ([0.3, 0.3, 0.3, 0.1], 0),  # exactly a third
         ([0.3, 0.3, 0.3, 0.09999999999999999], 1),
         ([1e300, 5e-324, 1e300, 1e300], 0),  # sums far apart in scale stay exact
+        # a negative mean: the band from 3 times it up to a third of it (a report at the mean was
+        # "far above" it, -10 being above 3 x -10: an outside audit)
+        ([-10, -10, -10, -10], 0),
+        ([-10, -10, -10, -30], 0),
+        ([-10, -10, -10, -31], 1),
+        ([-9, -9, -9, -3], 0),
+        ([-9, -9, -9, -2.9], 1),
+        ([0, 0, 0, 1], 1),  # a mean of 0: any other value
     ],
 )
 def test_metric_anomaly(values, alerts):
@@ -322,6 +330,8 @@ def test_metric_anomaly(values, alerts):
         ([1.7e308, 1.7e308, 1.7e308, 1e-300], "is 1e-300, over a million times below its mean of 1.7e+308"),
         ([1e20, 1e20, 1e20, 5e20], "is 5e+20, 5.0x above its mean of 1e+20"),  # not 21 digits
         ([123_456_789_012_345, 1, 1, 2], "is 2, over a million times below its mean of 41,152,263,004,115.67"),
+        ([-10, -10, -10, -40], "is -40, far below its mean of -10 over 3 reports"),
+        ([-9, -9, -9, -1], "is -1, far above its mean of -9 over 3 reports"),
     ],
 )
 def test_metric_anomaly_reason_reads_at_a_glance(values, words):
