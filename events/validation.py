@@ -110,8 +110,14 @@ def _in_words(text: str, value: object, allowed: tuple | None) -> str | None:
     if text == _NO_OFFSET:
         return f"expected {type_in_words('datetime')}{got}"
     if rfc3339 := _RFC3339.fullmatch(text):
+        if rfc3339["what"] == "datetime" and isinstance(value, str) and _LEAP_SECOND.search(value):
+            # RFC 3339 allows it; Python's datetime cannot hold it (it was "expected an RFC 3339 time").
+            return f"a leap second cannot be kept: write :59.999999 for :60{got}"
         return f"expected {type_in_words(rfc3339['what'])}{got}"
     return None
+
+
+_LEAP_SECOND = re.compile(r"[Tt ][0-9]{2}:[0-9]{2}:60(?:\.[0-9]+)?(?:[Zz]|[+-][0-9]{2}:?[0-9]{2})$")
 
 
 def _field_error(err: msgspec.ValidationError | msgspec.DecodeError, probe: dict | None = None) -> str:
@@ -342,6 +348,12 @@ _DECIMAL_FIELDS: dict[type, tuple[str, ...]] = {
 _DECIMAL_TEXT = re.compile(rb'(?P<quote>"?)-?(?:0|[1-9][0-9]*)(?:\.(?P<fraction>[0-9]+))?(?:[eE](?P<exponent>[+-]?[0-9]+))?(?P=quote)')
 
 
+def _decimal_in_words(path: str) -> str:
+    """What a decimal field takes, as its errors say it: a goal's target is more than 0 (it said
+    "non-negative" for a target written wrong, though 0 is refused too: an outside audit)."""
+    return "a decimal greater than 0" if path == "data.target" else "a non-negative decimal"
+
+
 class _RawData(msgspec.Struct):
     data: dict[str, msgspec.Raw]
 
@@ -358,7 +370,7 @@ def _check_decimals(event: Envelope, raw: bytes, fields: tuple[str, ...]) -> Non
         written = _DECIMAL_TEXT.fullmatch(text)
         if written is None:
             # Cut as text, not as bytes: 100 bytes can end inside a character ("١" is two).
-            raise InvalidEvent(f"data.{name}: expected a non-negative decimal, got {text.decode()[:100]}")
+            raise InvalidEvent(f"data.{name}: expected {_decimal_in_words(f'data.{name}')}, got {text.decode()[:100]}")
         places = len(written["fraction"] or b"") - int(written["exponent"] or 0)
         if places > AMOUNT_DECIMAL_PLACES or getattr(event.data, name).adjusted() >= AMOUNT_INTEGER_DIGITS:
             raise InvalidEvent(
@@ -478,7 +490,7 @@ def _explain_fields(raw: bytes, err: msgspec.ValidationError) -> str:
     if message.endswith(": invalid decimal string"):
         path = message.removesuffix(": invalid decimal string")
         value = _lookup(probe, path)
-        return f"{path}: expected a non-negative decimal, got {shown(value)}"
+        return f"{path}: expected {_decimal_in_words(path)}, got {shown(value)}"
     if message.startswith("type:") or "missing required field `type`" in str(err):
         if kind is None:
             return "type: required field missing"
@@ -503,6 +515,7 @@ def _lookup(document: object, path: str, absent: object = None) -> object:
     return document
 
 
+_NO_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 BINARY_HEADERS = ("specversion", "id", "source", "type", "time")
 # Attributes binary mode carries otherwise: datacontenttype is the Content-Type, data the body.
 _NOT_HEADERS = frozenset(("datacontenttype", "data", "data_base64"))
@@ -526,6 +539,9 @@ def binary_to_structured(headers: dict[str, str], body: bytes) -> tuple[bytes, s
             except UnicodeError:
                 document[name[3:]] = value
                 error = error or f"{name}: not UTF-8 (percent-encode other characters, as %C3%BC)"
+            else:
+                if _NO_ESCAPE.search(value):  # unquote keeps "%ZZ" as it is: which text was meant is unknown
+                    error = error or f"{name}: a % that starts no percent-escape (write % itself as %25)"
     error = error or next((f"ce-{name}: required header missing" for name in BINARY_HEADERS if name not in document), None)
     document["datacontenttype"] = "application/json"
     if body.strip():

@@ -207,6 +207,11 @@ def test_binary_mode_headers_are_percent_decoded_and_extensions_kept():
     # Raw UTF-8 in a header reaches the app as Latin-1 characters, one a byte: read as UTF-8.
     raw, error = binary_to_structured({**BINARY, "ce-subject": "Jürgen".encode().decode("latin-1")}, b"{}")
     assert error is None and json.loads(raw)["subject"] == "Jürgen"
+    # A % that starts no escape was kept as it was ("J%ZZ"): whether "%" or something else was
+    # meant cannot be known (an outside audit).
+    for subject in ("J%ZZ", "100%", "%4"):
+        _, error = binary_to_structured({**BINARY, "ce-subject": subject}, b"{}")
+        assert error == "ce-subject: a % that starts no percent-escape (write % itself as %25)", subject
 
 
 def test_binary_mode_without_data_and_with_a_body_that_is_not_json():
@@ -476,3 +481,23 @@ def test_explaining_a_bad_copy_among_thousands_is_bounded():
         parse_event((ENGAGED_WITH % pairs).encode())
     assert str(refused.value).startswith('data.action: given 4051 times ("open", "open", "open", …), and every copy')
     assert len(str(refused.value)) < 300
+
+
+@pytest.mark.parametrize("target", ['"+5"', '"abc"', '"1_000"'])
+def test_a_target_written_wrong_says_what_a_target_takes(target):
+    """It said "expected a non-negative decimal", though a target of 0 is refused too (an outside audit)."""
+    raw = ('{"specversion":"1.0","id":"g","source":"/s","type":"touchline.goal.set","time":"2026-11-20T10:00:00Z",'
+           '"data":{"goal_id":"g1","metric":"leads","target":%s,"period_start":"2026-11-01","period_end":"2026-12-01"}}')
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event((raw % target).encode())
+    assert str(refused.value) == f"data.target: expected a decimal greater than 0, got {target}"
+
+
+def test_a_leap_second_is_refused_as_one():
+    """RFC 3339 allows 23:59:60, which Python's datetime cannot hold: the error called it no RFC
+    3339 time at all (an outside audit)."""
+    raw = ('{"specversion":"1.0","id":"e","source":"/s","type":"touchline.marketing.engaged",'
+           '"time":"2016-12-31T23:59:60Z","subject":"d","data":{"channel":"web","action":"view"}}')
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event(raw.encode())
+    assert str(refused.value) == 'time: a leap second cannot be kept: write :59.999999 for :60, got "2016-12-31T23:59:60Z"'
