@@ -400,22 +400,33 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
     ("data.action: expected one of …, got "view""), or blamed a field of a repeated ``data``."""
     message = _explain_fields(raw, err)
     path = message.split(":", 1)[0]
-    names = path.split(".")
-    if all(raw.count(b'"' + name.encode() + b'"') < 2 for name in names):  # no key of the path repeated
+    if all(raw.count(b'"' + name.encode() + b'"') < 2 for name in path.split(".")):  # no key of the path repeated
         return message
+    try:
+        return _explain_repeated(raw, err, message, path)
+    except RecursionError:  # a copy nested deeper than it can be written again: msgspec's own words
+        return _field_error(err)
+
+
+def _explain_repeated(raw: bytes, err: msgspec.ValidationError, message: str, path: str) -> str:
     try:
         document = json.loads(raw, object_pairs_hook=_KeyCopies, parse_constant=_not_json,
                               parse_int=Decimal, parse_float=Decimal)
-    except (ValueError, RecursionError):
+    except ValueError:
         return message
+    names = path.split(".")
     # The outermost key along the path that is given more than once: the copies differ there.
     repeated = next((".".join(names[:n]) for n in range(1, len(names) + 1)
                      if isinstance(_lookup(document, ".".join(names[:n]), _UNKNOWN), _Copies)), None)
     if repeated is None:
         return message
-    copies = _lookup(document, repeated).values
-    if repeated == "type":  # the type picks the event's fields: two of them cannot both be read
-        return f"type: given {len(copies)} times ({', '.join(shown(v) for v in copies[:COPIES_SHOWN])}); an event has one"
+    copies = [_with_copy(value, None, None) for value in _lookup(document, repeated).values]  # each as read
+    listed = " (" + ", ".join(shown(v) for v in copies[:COPIES_SHOWN]) + (", …" if len(copies) > COPIES_SHOWN else "") + ")"
+    if repeated == "type":
+        if len({encode_exact(v) for v in copies}) == 1:  # alike: the message is about each
+            return message
+        # The type picks the event's fields: two of them cannot both be read.
+        return f"type: given {len(copies)} times{listed}; an event has one"
     for value in copies[:COPIES_TRIED]:
         alone = encode_exact(_with_copy(document, repeated.split("."), value))
         try:
@@ -424,14 +435,13 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
             if (said := _explain_fields(alone, wrong)).split(":", 1)[0] == path:
                 message = said
                 break
-        except (msgspec.DecodeError, RecursionError):
+        except msgspec.DecodeError:
             break
     else:  # the copy at fault is further on: msgspec's own words, not the last copy's value
         message = _field_error(err)
-    listed = "" if repeated != path else " (" + ", ".join(shown(v) for v in copies[:COPIES_SHOWN]) + (
-        ", …" if len(copies) > COPIES_SHOWN else "") + ")"
-    detail = message.split(": ", 1)[1] if repeated == path else message
-    return f"{repeated}: given {len(copies)} times{listed}, and every copy must be valid: {detail}"
+    if repeated != path:  # an object holding the field: its copies are not worth listing
+        return f"{repeated}: given {len(copies)} times, and every copy must be valid: {message}"
+    return f"{path}: given {len(copies)} times{listed}, and every copy must be valid: {message.split(': ', 1)[1]}"
 
 
 class _Copies:
@@ -453,7 +463,7 @@ class _KeyCopies(dict):
 
 def _with_copy(node: object, path: list[str] | None, value: object) -> object:
     """A ``_KeyCopies`` document as msgspec reads it (each repeated key's last copy), but with
-    ``value`` at ``path``."""
+    ``value`` at ``path`` (none: the document as read)."""
     if isinstance(node, _Copies):
         node = node.values[-1]
     if isinstance(node, dict):

@@ -464,6 +464,14 @@ def test_a_key_given_more_than_once_names_the_copy_that_is_wrong(pairs, message)
     # two types of the catalog: the error called one of them unknown
     ('"type":"touchline.goal.set","data":{"channel":"web","action":"view"}',
      'type: given 2 times ("touchline.marketing.engaged", "touchline.goal.set"); an event has one'),
+    # a copy holding a repeated key of its own, or a deep sibling: "could not be checked (TypeError)",
+    # "(RecursionError)" (a review of the change that named repeated objects)
+    ('"data":{"channel":"web","action":"view","x":1,"x":2},"data":{"channel":5,"action":"view"}',
+     "data: given 2 times, and every copy must be valid: data.channel: expected a string, got 5"),
+    ('"data":{"channel":"web","action":"poke","action":"view"},"data":{"channel":"web","action":"view"}',
+     "data: given 2 times, and every copy must be valid: data.action: invalid enum value 'poke'"),
+    ('"ext":' + "[" * 500 + "]" * 500 + ',"data":{"channel":5,"action":"view"},"data":{"channel":"web","action":"view"}',
+     "data.channel: expected `str`, got `int`"),
 ])
 def test_a_repeated_object_or_type_is_named_as_such(attributes, message):
     raw = ('{"specversion":"1.0","id":"rk","source":"/rk","type":"touchline.marketing.engaged",'
@@ -471,6 +479,14 @@ def test_a_repeated_object_or_type_is_named_as_such(attributes, message):
     with pytest.raises(InvalidEvent) as refused:
         parse_event(raw.encode())
     assert str(refused.value) == message
+
+
+def test_two_types_alike_are_refused_for_what_the_type_is():
+    raw = ('{"specversion":"1.0","id":"rk","source":"/rk","type":"touchline.followup.requested",'
+           '"type":"touchline.followup.requested","time":"2026-11-20T10:00:00Z","subject":"dana","data":{}}')
+    with pytest.raises(InvalidEvent) as refused:
+        parse_event(raw.encode())
+    assert str(refused.value) == "type: touchline.followup.requested is written by Touchline, never accepted from outside"
 
 
 def test_explaining_a_bad_copy_among_thousands_is_bounded():
