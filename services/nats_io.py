@@ -135,14 +135,15 @@ class NatsRefused(Exception):
         self.err = err
 
     def advice(self) -> str:
-        hint = ("set SSL_CERT_FILE to the CA that signed its certificate" if isinstance(self.err, ssl.SSLError)
+        hint = ("set SSL_CERT_FILE to the CA that signed its certificate" if isinstance(self.err, ssl.SSLCertVerificationError)
                 else "check the user and password of TOUCHLINE_NATS_URL")
         return f"NATS refused the connection ({str(self.err).removeprefix('nats: ')}); {hint}"
 
 
 def _is_refusal(err: Exception) -> bool:
+    # Not any SSLError: an EOF in the handshake of a server restarting is waited out.
     text = str(err).lower()
-    return isinstance(err, ssl.SSLError) or "authorization" in text or "authentication" in text
+    return isinstance(err, ssl.SSLCertVerificationError) or "authorization" in text or "authentication" in text
 
 
 async def connect_unless_refused(url: str | list[str], **options) -> TapClient:

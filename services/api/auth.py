@@ -59,6 +59,7 @@ class TokenBook:
         self.admin_hash = token_hash(admin_token) if admin_token else None
         self.ttl = ttl
         self._cache: dict[bytes, tuple[float, Grant | None]] = {}
+        self._revoked: dict[str, float] = {}  # token ids this process revoked: until when to distrust a lookup
 
     async def grant_for(self, token: str) -> Grant | None:
         digest = token_hash(token)
@@ -72,13 +73,21 @@ class TokenBook:
         row = await self.pool.fetchrow("SELECT workspace, scopes FROM tokens WHERE hash = $1 AND revoked_at IS NULL",
                                        digest)
         grant = Grant(row["workspace"], frozenset(row["scopes"])) if row else None
+        if self._revoked and self._revoked.get(digest[:TOKEN_ID_BYTES].hex(), 0.0) > now:
+            grant = None
         if len(self._cache) > 10_000:
             self._cache.clear()
         self._cache[digest] = (now + self.ttl, grant)
         return grant
 
     def forget(self, token_id: str) -> None:
-        """A token this process revoked is refused by it at once (the others within ``ttl``)."""
+        """A token this process revoked is refused by it at once (the others within ``ttl``).
+
+        Noted as revoked for ``ttl``, not only dropped from the cache: a lookup that read the
+        token's row before the revocation committed would put its grant back (a review)."""
+        now = time.monotonic()
+        self._revoked = {name: until for name, until in self._revoked.items() if until > now}
+        self._revoked[token_id] = now + self.ttl
         for digest in [digest for digest in self._cache if digest[:TOKEN_ID_BYTES].hex() == token_id]:
             del self._cache[digest]
 

@@ -493,8 +493,10 @@ def made(state: RulesState, workspace: str, subject: str, fid: str, trigger_time
 
 def _claim_dismissals(state: RulesState, ws_id: str, subject: str, event: c.Envelope) -> None:
     """A follow-up this event may emit that a dismissal earlier in the batch already named (under
-    another contact, before it existed): its contact knows before the rules run, so a second rule
-    of the same event does not see it open. (Across batches the worker does this: ``save_state``.)"""
+    another contact, before it existed): its contact knows before the rules run, so the follow-up
+    is never open in this state. (Across batches the worker does this: ``save_state``.) Written
+    when a second rule of the same event could fire; since one event makes one follow-up at most,
+    ``_owned`` dismissing it after the rules would do too (a review; kept, as the tested path)."""
     for rule in FOLLOWUP_RULES:
         fid = followup_id(ws_id, rule, event.source, event.id)
         if state.followup_contacts.get((ws_id, fid)) == "":
@@ -638,13 +640,14 @@ def _metric_anomaly(ws_id: str, ws: WorkspaceRules, event: c.Envelope, now: dt.d
     exact = _METRICS.multiply(value, before.count)  # the value against the mean, times count
     # Exact too: as a float, the mean of reports that sum past the largest float was infinite.
     mean = _METRICS.divide(before.total, before.count)
-    spread, shrunk = _METRICS.multiply(ANOMALY_FACTOR, before.total), _METRICS.multiply(exact, ANOMALY_FACTOR)
+    # All times count: 3 x the mean is three_totals, the value against a third of the mean is three_values.
+    three_totals, three_values = _METRICS.multiply(ANOMALY_FACTOR, before.total), _METRICS.multiply(exact, ANOMALY_FACTOR)
     if before.total >= 0:
-        above, below = exact > spread, shrunk < before.total
+        above, below = exact > three_totals, three_values < before.total
     else:
         # A negative mean: the band runs from 3 times it up to a third of it. Read as written, every
         # report at the mean itself was "above 3 times" it (-10 > -30: an outside audit).
-        above, below = shrunk > before.total, exact < spread
+        above, below = three_values > before.total, exact < three_totals
     if above:
         direction = _times(float(_METRICS.divide(value, mean))) if mean > 0 else "far"
         words = f"{direction} above"

@@ -168,8 +168,8 @@ async def serve_api(settings: Settings) -> None:
         try:
             backends = await open_backends(settings, "api", reset=nothing_to_reset)
         except SystemExit as refused:
-            # Credentials refused: one line, as the other services say it, not uvicorn's traceback
-            # of a failed start-up (nothing is held yet).
+            # Credentials refused: one line, as the other services say it. Raised, uvicorn would log
+            # the traceback of a failed start-up and exit 3; nothing but the listening socket is held.
             print(refused, file=sys.stderr, flush=True)
             os._exit(1)
         opened.append(backends)
@@ -223,7 +223,7 @@ async def serve_api(settings: Settings) -> None:
                 log.warning("api.stopped_while_starting")
                 os._exit(0)
     if server.started:  # connected and set up: from now on requests are served
-        log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs", worker=worker)
+        log.info("api.listening", url=f"http://{settings.http}", docs=f"http://{settings.http}/docs")
     await serving  # started: uvicorn's own graceful stop
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Awaitable, Callable, TypeVar
+from typing import Annotated, Awaitable, Callable
 import os
 import socket
 import time
@@ -16,8 +16,6 @@ from nats.aio.client import Client as NatsClient
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = structlog.get_logger()
-
-T = TypeVar("T")
 
 # The service kinds that must be beating for /v1/health to say ready.
 REQUIRED_SERVICES = ("projector", "rules", "dispatcher")
@@ -61,7 +59,7 @@ async def nats_answers(nc: NatsClient) -> bool:
     open, and health said ready through 15 s of it."""
     if not nc.is_connected:
         return False
-    reading = nc._reading_task  # nats-py keeps no public sign of it
+    reading = nc._reading_task  # nats-py keeps no public sign of it (test_stream_reader checks it is there)
     if reading is None or reading.done():
         # A read loop that ended on an error leaves the connection "connected" and answering
         # nothing, and flush() then returns at once without a ping.
@@ -84,12 +82,7 @@ class Readiness(msgspec.Struct):
 async def report(pool: asyncpg.Pool, nc: NatsClient) -> Readiness:
     checks: dict[str, bool] = {"nats": await nats_answers(nc)}
     try:
-        rows = await _within(POSTGRES_ANSWER_SECONDS, pool.fetch(
-            "SELECT service FROM service_heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
-            STALE_AFTER_SECONDS,
-            timeout=POSTGRES_ANSWER_SECONDS,
-        ))
-        alive = {row["service"] for row in rows}
+        alive = await _beating(pool)
         checks["postgres"] = True
     except (*DATABASE_UNAVAILABLE, asyncio.TimeoutError):
         alive, checks["postgres"] = set(), False
@@ -98,15 +91,31 @@ async def report(pool: asyncpg.Pool, nc: NatsClient) -> Readiness:
     return Readiness(all(checks.values()), checks)
 
 
-async def _within(seconds: float, work: Awaitable[T]) -> T:
-    """``work``'s result, or TimeoutError after ``seconds``, leaving ``work`` to end on its own.
+# Health's query of each pool, while it runs. A frozen PostgreSQL (SIGSTOP, a stalled disk) kept
+# health from answering at all: asyncpg gives a query it cancelled back to the pool only once the
+# server has taken the cancel request, and waiting for that lasted as long as the freeze. So the
+# query is waited for POSTGRES_ANSWER_SECONDS and then left to end on its own, answered after the
+# thaw, and checks meanwhile wait for that one instead of starting another (one a check piled up,
+# each holding or waiting for a connection: a review).
+_HEARTBEAT_QUERIES: dict[int, asyncio.Task] = {}
 
-    A frozen PostgreSQL (SIGSTOP, a stalled disk) kept health from answering at all: asyncpg gives
-    a query that timed out back to the pool only once the server has taken its cancel request, and
-    waiting for that, or for ``work``'s cancellation, lasted as long as the freeze."""
-    task = asyncio.ensure_future(work)
-    task.add_done_callback(lambda done: done.cancelled() or done.exception())  # its error is ours, or no one's
-    return await asyncio.wait_for(asyncio.shield(task), seconds)
+
+async def _beating(pool: asyncpg.Pool) -> set[str]:
+    """The services whose heartbeat is fresh; TimeoutError when PostgreSQL does not say in time."""
+    query = _HEARTBEAT_QUERIES.get(id(pool))
+    if query is None:
+        query = asyncio.ensure_future(pool.fetch(
+            "SELECT service FROM service_heartbeats WHERE seen_at > now() - make_interval(secs => $1)",
+            STALE_AFTER_SECONDS))
+        _HEARTBEAT_QUERIES[id(pool)] = query
+
+        def done(query: asyncio.Task) -> None:
+            _HEARTBEAT_QUERIES.pop(id(pool), None)
+            query.cancelled() or query.exception()  # its error is a waiting check's, or no one's
+
+        query.add_done_callback(done)
+    rows = await asyncio.wait_for(asyncio.shield(query), POSTGRES_ANSWER_SECONDS)
+    return {row["service"] for row in rows}
 
 
 async def applied_seq(pool: asyncpg.Pool) -> int:

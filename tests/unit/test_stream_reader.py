@@ -115,3 +115,13 @@ def test_sequences_from_both_reply_forms() -> None:
                   "$JS.ACK.dom.acchash.TOUCHLINE_LOG.c1.1.4711.12.1700000000000000000.3.token"):
         meta = Msg(None, reply=reply).metadata
         assert _sequences(reply.encode()) == (meta.sequence.stream, meta.sequence.consumer) == (4711, 12)
+
+
+def test_the_private_parts_of_nats_py_touchline_leans_on_are_there() -> None:
+    """Health reads the client's read-loop task, and TapClient replaces its PONG handling (a given-up
+    ping's late PONG ended the read loop): a nats-py that renamed them would fail here, not in a freeze."""
+    from services.stream_reader import TapClient
+
+    client = TapClient()
+    assert hasattr(client, "_reading_task") and hasattr(client, "_pongs")
+    assert hasattr(Client, "_process_pong") and hasattr(client, "_pongs_received") and hasattr(client, "_pings_outstanding")
