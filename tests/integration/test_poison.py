@@ -105,6 +105,13 @@ async def projector_of_our_own(stack, name: str):
         await pool.execute("INSERT INTO projector_positions (name, position) VALUES ($1, $2)", name, start)
         yield js, pool, start
     finally:
+        # The test's events are in the read models already, by its own projector: the live one,
+        # stopped at the log's end before them, moves past them too. Applying them again, it met
+        # their audit rows, parked every one of them, a second or more each, and a later test
+        # that projects from the live position waited for all of that (timed out under load).
+        own = await pool.fetchval("SELECT position FROM projector_positions WHERE name = $1", name)
+        await pool.execute("UPDATE projector_positions SET position = $1 WHERE name = $2 AND position = $3",
+                           own, replay.LIVE_PROJECTOR, start)
         await pool.execute("DELETE FROM projector_positions WHERE name = $1", name)
         await pool.close()
         await nc.close()
