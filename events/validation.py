@@ -199,6 +199,9 @@ def parse_event(raw: bytes) -> Envelope:
         raise InvalidEvent(f"type: {event.__struct_config__.tag} is written by Touchline, never accepted from outside")
     check_subject(event)
     _check_source(event.source)
+    if given := trail_fields_given(raw):
+        raise InvalidEvent(f"{given[0]}: set by Touchline beside an event's attributes in its audit trail,"
+                           " never accepted as one")
     _check_characters(event)
     _check_calendar(event)
     if type(event) in _DECIMAL_FIELDS:
@@ -278,6 +281,25 @@ def is_uri_reference(text: str) -> bool:
         and not any("[" in part or "]" in part for part in (path, query or "", fragment or ""))
         and "#" not in (fragment or "")
     )
+
+
+class _TrailFields(msgspec.Struct):
+    """The fields the audit trail adds beside an event's attributes (CONTRACT.md section 4)."""
+
+    seq: msgspec.Raw = msgspec.Raw(b"")
+    received_at: msgspec.Raw = msgspec.Raw(b"")
+
+
+TRAIL_FIELDS: tuple[str, ...] = _TrailFields.__struct_fields__
+_decode_trail_fields = msgspec.json.Decoder(_TrailFields).decode
+
+
+def trail_fields_given(raw: bytes) -> list[str]:
+    """The trail's own fields an event's JSON gives as attributes (any spelling of the name, any
+    value). An event with one put two of it in its trail entry, and most readers keep the last: the
+    producer's (an outside audit forged an entry's seq as 999999 and its received_at as 1999)."""
+    given = _decode_trail_fields(raw)
+    return [name for name in TRAIL_FIELDS if getattr(given, name)]
 
 
 def _check_source(source: str) -> None:

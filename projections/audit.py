@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from events.log import LoggedEvent
+from events.validation import TRAIL_FIELDS, trail_fields_given
 from projections.batching import prepared
 
 # COPY, not INSERT … ON CONFLICT (about 2.5 times faster here): the projector applies each log
@@ -30,7 +31,13 @@ def entry_raw(seq: int, received_at: dt.datetime, envelope: str) -> msgspec.Raw:
     # Kept as it came (a json column): line breaks can only be whitespace between tokens (JSON
     # strings hold them escaped), and one entry stays one line of a JSON-lines export.
     body = envelope.strip().encode().replace(b"\r", b"").replace(b"\n", b"")
+    if trail_fields_given(body):  # logged before ingest refused them: the entry's own fields win
+        attributes = _decode_attributes(body)
+        body = _encode({name: value for name, value in attributes.items() if name not in TRAIL_FIELDS})
     return msgspec.Raw(head + (b"," + body[1:] if body != b"{}" else b"}"))
+
+
+_decode_attributes = msgspec.json.Decoder(dict[str, msgspec.Raw]).decode
 
 
 async def trail(conn: asyncpg.Connection, workspace: str, contact: str, after: int | None = None,

@@ -366,3 +366,26 @@ def test_an_audit_entry_is_one_line_whatever_the_producer_s_layout() -> None:
     assert b"\n" not in line and b"\r" not in line
     assert json.loads(line) == {"seq": 7, "received_at": "2026-01-02T00:00:00Z", **json.loads(sent)}
     assert b"10.50" in line  # numbers exactly as sent
+
+
+def test_an_audit_entry_carries_its_own_seq_and_received_at_only():
+    """An event with a `seq` or `received_at` attribute put two of each in its entry, and most
+    readers keep the last: the producer's (an outside fuzz forged seq 999999 and a 1999 time).
+    Ingest refuses such an event now; one logged before is shown without them."""
+    import datetime as dt
+    import json
+
+    import pytest
+
+    from events.validation import InvalidEvent, parse_event
+    from projections.audit import entry_raw
+
+    logged = '{"specversion":"1.0","seq":999999,"id":"x","received_at":"1999-01-01T00:00:00Z","data":{"seq":1}}'
+    line = bytes(entry_raw(7, dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc), logged))
+    assert line == b'{"seq":7,"received_at":"2026-01-02T00:00:00Z","specversion":"1.0","id":"x","data":{"seq":1}}'
+    assert json.loads(line)["seq"] == 7
+    for attribute in ('"seq":999999', '"\\u0073eq":1', '"received_at":"1999-01-01T00:00:00Z"'):
+        raw = ('{"specversion":"1.0","id":"c","source":"/p","type":"touchline.marketing.engaged",'
+               f'"time":"2026-11-05T10:00:00Z","subject":"coll",{attribute},"data":{{"channel":"web","action":"view"}}}}')
+        with pytest.raises(InvalidEvent, match=r"^(seq|received_at): set by Touchline beside an event's attributes"):
+            parse_event(raw.encode())
