@@ -201,6 +201,11 @@ def bearer_token(scope: Any) -> str | None:
     return token if kind.lower() == "bearer" and token else None
 
 
+# Where fast_reads found an encoded NUL (a query parameter's name, or "path"): refused by the
+# route's guard once the token is checked.
+NUL_HOLDER = "touchline.nul_holder"
+
+
 async def check_access(services: Services, asgi_scope: Any, workspace: str | None, scope: str) -> None:
     """Raise the ApiError a request deserves unless its token has ``scope`` on ``workspace`` (None:
     the operator's token) and the workspace exists. Litestar's guard and the plain reads' path
@@ -331,6 +336,8 @@ def authorized(scope: str, *, in_workspace: bool = True) -> Callable[[ASGIConnec
     async def guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
         workspace = connection.path_params["ws"] if in_workspace else None
         await check_access(connection.app.state.services, connection.scope, workspace, scope)
+        if (nul := connection.scope.get(NUL_HOLDER)) is not None:
+            raise ApiError(400, f"{nul}: holds the NUL character (%00), which is not allowed")
 
     return guard
 

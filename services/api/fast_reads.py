@@ -29,7 +29,7 @@ from litestar import Litestar
 
 from projections import contacts, funnel, goals, touches
 from services.api import contact_paths
-from services.api.common import ApiError, Services, check_access, encode_json
+from services.api.common import NUL_HOLDER, ApiError, Services, check_access, encode_json
 from services.store.db import UNAVAILABLE as DATABASE_UNAVAILABLE
 
 log = structlog.get_logger()
@@ -166,14 +166,14 @@ class FastReads:
                 scope, send = {**scope, "method": "GET"}, _headers_only(send)
             scope["query_string"] = without_empty_values(scope["query_string"])
             nul = nul_holder(scope)
-            # PostgreSQL's text cannot hold it: refused here, named, for every route; but ingest reads
-            # no query parameter, and refusing one there came before the token's check (a 400 where
-            # the contract says 401 or 403) and kept no body (an outside audit).
+            # PostgreSQL's text cannot hold it: refused, named, for every route (ingest reads no query
+            # parameter, and refusing one there kept no body: an outside audit), by the route's guard,
+            # after the token's check: refused here, it was a 400 where the contract says 401 or 403
+            # (an outside fuzz of the API).
             if nul is not None and not (nul != "path" and _is_ingest(scope)):
-                await _send(send, 400, encode_json({"error": f"{nul}: holds the NUL character (%00), which is not allowed"}))
-                return
+                scope[NUL_HOLDER] = nul
             view = self._route(scope)
-            if view is not None and scope["method"] == "GET" and not scope["query_string"]:
+            if view is not None and nul is None and scope["method"] == "GET" and not scope["query_string"]:
                 body = await self._answer(scope, *view)
                 if body is not None:
                     await _send(send, 200, body)

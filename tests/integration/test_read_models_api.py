@@ -332,6 +332,13 @@ def test_values_postgresql_cannot_take_are_a_400_naming_the_field_never_a_500(st
     ))
     # ... once the token is checked: refused before it, it was a 400 where the contract says 401.
     assert stack.get(f"/v1/workspaces/{ws}/funnel", {}, snapshot="").status_code == 401
+    # A NUL too (an outside fuzz of the API): 401 without a token, 403 with one of another scope.
+    ingest_only = stack.http.post(f"/v1/workspaces/{ws}/tokens", json={"scopes": ["ingest"]},
+                                  headers=stack.admin()).json()["token"]
+    for path, params in (("touches", {"snapshot": "\x00"}), ("funnel", {"x": "\x00"}), ("contacts/a%00b", {})):
+        assert stack.get(f"/v1/workspaces/{ws}/{path}", {}, **params).status_code == 401, path
+        assert stack.get(f"/v1/workspaces/{ws}/{path}", {"Authorization": f"Bearer {ingest_only}"},
+                         **params).status_code == 403, path
     ingest = stack.http.post(f"/v1/workspaces/{ws}/events?snapshot=", content=b"[]",
                              headers={"Content-Type": "application/cloudevents-batch+json"})
     assert ingest.status_code == 401
