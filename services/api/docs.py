@@ -89,7 +89,7 @@ _SAID = {
 }
 
 _EXAMPLE = {
-    400: "limit: expected 1 to 1000",
+    400: "min_seq: expected an integer, got 'soon'",
     401: "missing bearer token",
     403: "this token has no read scope on workspace 'acme'",
     404: "unknown workspace 'acme'",
@@ -235,7 +235,8 @@ _BINARY_MODE_HEADERS = [
         ("ce-type", "A type of the catalog; required in binary mode."),
         ("ce-time", "RFC 3339 with an offset; required in binary mode."),
         ("ce-subject", "The contact id (percent-encoded UTF-8); required for a contact event, refused otherwise."),
-        ("ce-datacontenttype", "Optional; if present, application/json."),
+        ("ce-datacontenttype", "Not an attribute of binary mode, and ignored: the `Content-Type` is the event's"
+                               " datacontenttype (application/json)."),
     )
 ] + [
     Parameter(name="Content-Encoding", param_in=ParamType.HEADER, required=False,
