@@ -74,7 +74,8 @@ class WorkspaceOut(msgspec.Struct):
 
 
 class TokenIn(msgspec.Struct):
-    scopes: list[str]
+    scopes: Annotated[list[str], msgspec.Meta(
+        description=f"At least one of {', '.join(auth.SCOPES)}; `admin` may also ingest and read in its workspace.")]
 
 
 class TokenOut(msgspec.Struct):

@@ -97,10 +97,12 @@ async def list_alerts(
 
 
 class WebhookIn(msgspec.Struct):
-    url: str
-    max_attempts: int = 8
-    backoff_seconds: list[float] = msgspec.field(default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200])
-    timeout_seconds: float = 10.0
+    url: Annotated[str, msgspec.Meta(description="An http or https URL.")]
+    max_attempts: Annotated[int, msgspec.Meta(description="1 to 100.")] = 8
+    backoff_seconds: Annotated[list[float], msgspec.Meta(
+        description="Seconds before each retry, each 0 to 86400; at least one.")] = msgspec.field(
+        default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200])
+    timeout_seconds: Annotated[float, msgspec.Meta(description="0.1 to 20.")] = 10.0
 
 
 class WebhookOut(msgspec.Struct, omit_defaults=True):
@@ -172,7 +174,7 @@ async def delete_webhook(request: Request, ws: str) -> None:
 
 
 class RuleSettings(msgspec.Struct):
-    disabled: list[str]
+    disabled: Annotated[list[str], msgspec.Meta(description=f"Rules to turn off, of: {', '.join(ALL_RULES)}.")]
 
 
 class RuleSettingsView(msgspec.Struct):
