@@ -26,7 +26,7 @@ from rich.console import Console
 
 from services.runtime import nats_auth
 from services.settings import Settings
-from services.store.db import RETRYABLE, without_password
+from services.store.db import RETRYABLE, refusal_advice, without_password
 
 err_console = Console(stderr=True)
 
@@ -142,7 +142,7 @@ async def database(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
         # 10 s, as for NATS below: a command waits out a restart, not an operator's typo.
         pool = await create_pool(url, max_size=2, deadline=10.0, database_may_come=False)
     except (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError) as err:
-        refuse(f"PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL", code=1)
+        refuse(refusal_advice(err), code=1)
     except RETRYABLE as err:  # never answered: not "stopped answering during the command"
         where = (without_password(settings.database_url) if settings.database_url
                  else f"the embedded PostgreSQL of data dir {settings.data_dir.resolve()}")

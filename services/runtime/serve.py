@@ -24,7 +24,7 @@ from services.projector.runner import Projector
 from services.runtime.loop import cancel_and_wait
 from services.settings import Settings
 from services.store import readiness
-from services.store.db import Reset, create_pool, migrate
+from services.store.db import Reset, create_pool, migrate, refusal_advice
 
 log = structlog.get_logger()
 
@@ -70,7 +70,7 @@ async def open_backends(settings: Settings, name: str, pool_size: int = 8, reset
         pool = await create_pool(database_url, max_size=pool_size, reset=reset)
     except asyncpg.InvalidAuthorizationSpecificationError as err:  # as a command says it, not a traceback
         await nc.close()
-        raise SystemExit(f"touchline: PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL") from None
+        raise SystemExit(f"touchline: {refusal_advice(err)}") from None
     return Backends(nc, js, pool)
 
 

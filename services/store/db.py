@@ -87,6 +87,12 @@ async def create_pool(
             await asyncio.sleep(0.5)
 
 
+def refusal_advice(err: Exception) -> str:
+    """The line a command or a service stops with when PostgreSQL refuses its connection for good
+    (a role, a password, a database that is not there), as ``nats_io.NatsRefused.advice`` for NATS."""
+    return f"PostgreSQL refused the connection ({err}); check TOUCHLINE_DATABASE_URL"
+
+
 async def with_retry(pool: asyncpg.Pool, work: Callable[[asyncpg.Connection], Awaitable[T]], *, attempts: int = 30) -> T:
     """Run ``work`` in one transaction; run it again whole if the connection broke."""
     for attempt in range(attempts):
