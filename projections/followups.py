@@ -225,10 +225,15 @@ SELECT f.contact, count(*) AS n {OPEN_OF_CONTACT.format(contact="= ANY($3::text[
 GROUP BY f.contact
 """
 
+ALERT_EXISTS = "SELECT 1 FROM alerts WHERE workspace = $1 AND alert_id = $2"
+
+# Newest first; $4, an alert id, lists those after it in that order (the API's `after`).
 LIST_ALERTS = """
-SELECT alert_id, rule, reason, at, campaign_id, goal_id, caused_by_source, caused_by_id FROM alerts
-WHERE workspace = $1 AND ($2::text IS NULL OR rule = $2)
-ORDER BY at DESC, alert_id LIMIT $3
+SELECT a.alert_id, a.rule, a.reason, a.at, a.campaign_id, a.goal_id, a.caused_by_source, a.caused_by_id
+FROM alerts a LEFT JOIN alerts cursor ON cursor.workspace = $1 AND cursor.alert_id = $4
+WHERE a.workspace = $1 AND ($2::text IS NULL OR a.rule = $2)
+  AND ($4::text IS NULL OR a.at < cursor.at OR (a.at = cursor.at AND a.alert_id > cursor.alert_id))
+ORDER BY a.at DESC, a.alert_id LIMIT $3
 """
 
 

@@ -28,6 +28,11 @@ DELIVERY_HEADER = "Touchline-Delivery"
 TYPE_HEADER = "Touchline-Event-Type"
 DEFAULT_TOLERANCE = 300
 
+# What a workspace may set, each an inclusive (least, most): the API refuses the rest, naming it.
+MAX_ATTEMPTS = (1, 100)
+BACKOFF_SECONDS = (0, 86400)
+TIMEOUT_SECONDS = (0.1, 20)
+
 
 @dataclass(frozen=True)
 class Webhook:

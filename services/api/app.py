@@ -236,6 +236,10 @@ class ContactPage(msgspec.Struct):
     next: str | None
 
 
+StageFilter = choice(STAGES, "Only contacts at this stage")
+StatusFilter = choice(CONTACT_STATUSES, "Only contacts of this status")
+
+
 @get(
     "/v1/workspaces/{ws:str}/contacts",
     summary="A page of contacts, ordered by contact id",
@@ -246,10 +250,10 @@ class ContactPage(msgspec.Struct):
 async def list_contacts(
     request: Request,
     ws: str,
-    stage: choice(STAGES) = None,
-    status: choice(CONTACT_STATUSES) = None,
+    stage: StageFilter = None,
+    status: StatusFilter = None,
     limit: page_size(1000) = 100,
-    after: str | None = None,
+    after: Annotated[str | None, Parameter(description="The page after this contact id: the `next` of the page before")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
@@ -311,7 +315,7 @@ async def list_rejected(
     request: Request,
     ws: str,
     limit: page_size(1000) = 100,
-    before: int | None = None,
+    before: Annotated[int | None, Parameter(description="The page of items older than this `id`: the `next` of the page before")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
 ) -> RejectedPage:
@@ -381,6 +385,8 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
     docs.add_event_schemas(app.openapi_schema)
     docs.add_retry_after(app.openapi_schema)
     docs.add_workspace_pattern(app.openapi_schema)
+    docs.add_query_values_only(app.openapi_schema)
+    docs.add_body_values(app.openapi_schema)
     app.state.allowed_methods = allowed_methods(app.routes)
     app.state.query_names = query_names(app.routes)
     return app

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, get
+from litestar.params import Parameter
 
 from projections.audit import entry_raw, trail
 from services.api import docs
@@ -54,7 +55,7 @@ async def contact_events(
     request: Request,
     ws: str,
     contact: ContactSegment,
-    after: int | None = None,
+    after: Annotated[int | None, Parameter(description="The entries after this `seq`: the `next` of the page before")] = None,
     limit: page_size(10000) = 1000,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,

@@ -258,10 +258,14 @@ def parse_time(name: str, text: str | None) -> dt.datetime | None:
         raise ApiError(400, f"{name}: expected a time in the years 1 to 9999 UTC, got {text!r}") from None
 
 
-def choice(allowed: tuple[str, ...]) -> Any:
+def choice(allowed: tuple[str, ...], description: str) -> Any:
     """The type of a query parameter that ``one_of`` checks, with its values in the OpenAPI document
     (as documentation: ``one_of`` answers a wrong one, naming it)."""
-    return Annotated[str | None, Parameter(schema_extra={"enum": list(allowed)})]
+    return Annotated[str | None, Parameter(description=description, schema_extra={"enum": list(allowed)})]
+
+
+# The moment a read is judged at (goals' expected pace, follow-ups' overdue): ``parse_time`` reads it.
+AsOf = Annotated[str | None, Parameter(description="RFC 3339, or a date (its UTC midnight); default now")]
 
 
 # A read of a snapshot instead of the live read models (CONTRACT.md section 1, `replay --until`).

@@ -31,8 +31,11 @@ from litestar.openapi.spec import (
     SecurityScheme,
 )
 
+from events.commands import ALL_RULES
 from events.schema import event_schema
 from events.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, WORKSPACE_ID
+from services import webhooks
+from services.api.auth import SCOPES
 
 # --- the bearer token -------------------------------------------------------------------
 
@@ -258,15 +261,19 @@ def add_event_schemas(openapi: OpenAPI) -> None:
     openapi.components.schemas = dict(sorted({**schemas, **EVENT_COMPONENTS}.items()))  # type: ignore[dict-item]
 
 
+def _operations(openapi: OpenAPI):
+    for item in (openapi.paths or {}).values():
+        yield from (operation for operation in (item.get, item.put, item.post, item.delete, item.patch) if operation)
+
+
 def add_workspace_pattern(openapi: OpenAPI) -> None:
     """Every workspace id, in a path or in the body that creates one, as ``WORKSPACE_ID`` reads it
     (the handlers check it themselves, and answer a 400 or 404 that names it)."""
     pattern = "^" + WORKSPACE_ID.pattern + "$"
-    for item in (openapi.paths or {}).values():
-        for operation in (item.get, item.put, item.post, item.delete, item.patch):
-            for parameter in ((operation.parameters or []) if operation else ()):
-                if isinstance(parameter, Parameter) and parameter.name == "ws" and parameter.param_in == ParamType.PATH:
-                    parameter.schema = Schema(type=OpenAPIType.STRING, pattern=pattern, description="A workspace id.")
+    for operation in _operations(openapi):
+        for parameter in operation.parameters or []:
+            if isinstance(parameter, Parameter) and parameter.name == "ws" and parameter.param_in == ParamType.PATH:
+                parameter.schema = Schema(type=OpenAPIType.STRING, pattern=pattern, description="A workspace id.")
     workspace = (openapi.components.schemas or {}).get("WorkspaceIn")
     if workspace is not None:
         workspace.properties["id"] = Schema(type=OpenAPIType.STRING, pattern=pattern, description="1-64 of a-z 0-9 -")
@@ -277,8 +284,46 @@ def add_retry_after(openapi: OpenAPI) -> None:
     no headers, so they are added to the built document."""
     header = OpenAPIHeader(description="Seconds to wait before asking again", required=True,
                            schema=Schema(type=OpenAPIType.INTEGER))
-    for item in (openapi.paths or {}).values():
-        for operation in (item.get, item.put, item.post, item.delete, item.patch):
-            for status, response in ((operation.responses or {}).items() if operation else ()):
-                if status in ("503", "504") and not isinstance(response, Reference):
-                    response.headers = {**(response.headers or {}), "Retry-After": header}
+    for operation in _operations(openapi):
+        for status, response in (operation.responses or {}).items():
+            if status in ("503", "504") and not isinstance(response, Reference):
+                response.headers = {**(response.headers or {}), "Retry-After": header}
+
+
+def add_query_values_only(openapi: OpenAPI) -> None:
+    """An optional query parameter is left out or given a value: `?min_seq=null` is refused, not
+    read as no value (``common.query_names``), so no query parameter's schema offers null, as
+    Litestar writes ``int | None``."""
+    for operation in _operations(openapi):
+        for parameter in operation.parameters or []:
+            schema = parameter.schema if isinstance(parameter, Parameter) and parameter.param_in == ParamType.QUERY else None
+            values = [one for one in (getattr(schema, "one_of", None) or []) if getattr(one, "type", None) != OpenAPIType.NULL]
+            if schema is not None and len(values) == 1 and len(schema.one_of) == 2:
+                schema.type, schema.format, schema.one_of = values[0].type, values[0].format, None
+
+
+def _range(least: float, most: float) -> dict[str, float]:
+    return {"minimum": least, "maximum": most}
+
+
+# The values the request bodies take, which their handlers check with their own words (a type of
+# Literals or a msgspec.Meta bound would have Litestar refuse them first, in msgspec's).
+_BODY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "TokenIn": {"scopes": {"min_items": 1, "items": Schema(type=OpenAPIType.STRING, enum=list(SCOPES))}},
+    "RuleSettings": {"disabled": {"items": Schema(type=OpenAPIType.STRING, enum=list(ALL_RULES))}},
+    "WebhookIn": {
+        "url": {"format": "uri", "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://"},
+        "max_attempts": _range(*webhooks.MAX_ATTEMPTS),
+        "backoff_seconds": {"min_items": 1, "items": Schema(type=OpenAPIType.NUMBER, **_range(*webhooks.BACKOFF_SECONDS))},
+        "timeout_seconds": _range(*webhooks.TIMEOUT_SECONDS),
+    },
+}
+
+
+def add_body_values(openapi: OpenAPI) -> None:
+    """The enums and bounds of the request bodies' fields (``_BODY_VALUES``), in the built document."""
+    schemas = openapi.components.schemas or {}
+    for component, fields in _BODY_VALUES.items():
+        for name, values in fields.items():
+            for key, value in values.items():
+                setattr(schemas[component].properties[name], key, value)

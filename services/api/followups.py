@@ -8,12 +8,14 @@ from urllib.parse import urlsplit
 
 import msgspec
 from litestar import Request, delete, get, post, put
+from litestar.params import Parameter
 
 from events.commands import ALERT_RULES, ALL_RULES
 from projections import followups as model
 from projections.followups import AlertView, CausedBy, FollowupView
 from services.api import docs
 from services.api.common import (
+    AsOf,
     choice,
     Snapshot,
     MinSeq,
@@ -32,6 +34,10 @@ from services.api.common import (
 from services import webhooks
 
 
+FollowupStatusFilter = choice(model.FOLLOWUP_STATUSES, "Only follow-ups of this status; `open` lists those not yet overdue")
+AlertRuleFilter = choice(ALERT_RULES, "Only alerts of this rule")
+
+
 @get(
     "/v1/workspaces/{ws:str}/followups",
     summary="Follow-ups: open, overdue (open past due at as_of), done or dismissed",
@@ -42,11 +48,12 @@ from services import webhooks
 async def list_followups(
     request: Request,
     ws: str,
-    status: choice(model.FOLLOWUP_STATUSES) = None,
-    as_of: str | None = None,
-    contact: str | None = None,
+    status: FollowupStatusFilter = None,
+    as_of: AsOf = None,
+    contact: Annotated[str | None, Parameter(description="Only this contact's follow-ups")] = None,
     limit: page_size(10000) = 1000,
-    after: str | None = None,
+    after: Annotated[str | None, Parameter(
+        description="The follow-ups after this `followup_id` (the list is in `followup_id` order): the last of the page before")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
@@ -74,8 +81,10 @@ async def list_followups(
 async def list_alerts(
     request: Request,
     ws: str,
-    rule: choice(ALERT_RULES) = None,
+    rule: AlertRuleFilter = None,
     limit: page_size(10000) = 1000,
+    after: Annotated[str | None, Parameter(
+        description="The alerts listed after this `alert_id` (older, or as old and after it in id order): the last of the page before")] = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
@@ -84,7 +93,11 @@ async def list_alerts(
     check_limit(limit, 10000)
     await wait_applied(request, min_seq, wait_ms, snapshot)
     async with read_connection(request, snapshot) as conn:
-        rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit)
+        # The list's order is by time, which an alert id does not carry: the page continues from where
+        # that alert stands, so an id that is not among the workspace's alerts has no place to go on from.
+        if after and await conn.fetchval(model.ALERT_EXISTS, ws, after) is None:
+            raise ApiError(400, f"after: no alert {after!r} in this workspace")
+        rows = await conn.fetch(model.LIST_ALERTS, ws, rule, limit, after or None)
     return json_response([  # type: ignore[return-value]
         AlertView(r["alert_id"], r["rule"], r["reason"], r["at"],
                   model.alert_cause(r["caused_by_source"], r["caused_by_id"]),
@@ -98,11 +111,11 @@ async def list_alerts(
 
 class WebhookIn(msgspec.Struct):
     url: Annotated[str, msgspec.Meta(description="An http or https URL.")]
-    max_attempts: Annotated[int, msgspec.Meta(description="1 to 100.")] = 8
+    max_attempts: Annotated[int, msgspec.Meta(description="{} to {}.".format(*webhooks.MAX_ATTEMPTS))] = 8
     backoff_seconds: Annotated[list[float], msgspec.Meta(
-        description="Seconds before each retry, each 0 to 86400; at least one.")] = msgspec.field(
+        description="Seconds before each retry, each {} to {}; at least one.".format(*webhooks.BACKOFF_SECONDS))] = msgspec.field(
         default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200])
-    timeout_seconds: Annotated[float, msgspec.Meta(description="0.1 to 20.")] = 10.0
+    timeout_seconds: Annotated[float, msgspec.Meta(description="{} to {}.".format(*webhooks.TIMEOUT_SECONDS))] = 10.0
 
 
 class WebhookOut(msgspec.Struct, omit_defaults=True):
@@ -131,12 +144,15 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> WebhookO
     if (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
             or any(ord(ch) < 0x20 or ch == "\x7f" for ch in data.url)):
         raise ApiError(400, f"url: expected an http(s) URL, got {data.url!r}")
-    if not 1 <= data.max_attempts <= 100:
-        raise ApiError(400, "max_attempts: expected 1 to 100")
-    if not data.backoff_seconds or any(not 0 <= step <= 86400 for step in data.backoff_seconds):
-        raise ApiError(400, "backoff_seconds: expected a non-empty list of 0 to 86400")
-    if not 0.1 <= data.timeout_seconds <= 20:
-        raise ApiError(400, "timeout_seconds: expected 0.1 to 20")
+    least, most = webhooks.MAX_ATTEMPTS
+    if not least <= data.max_attempts <= most:
+        raise ApiError(400, f"max_attempts: expected {least} to {most}")
+    least, most = webhooks.BACKOFF_SECONDS
+    if not data.backoff_seconds or any(not least <= step <= most for step in data.backoff_seconds):
+        raise ApiError(400, f"backoff_seconds: expected a non-empty list of {least} to {most}")
+    least, most = webhooks.TIMEOUT_SECONDS
+    if not least <= data.timeout_seconds <= most:
+        raise ApiError(400, f"timeout_seconds: expected {least} to {most}")
     hook = await webhooks.configure(services_of(request).pool, ws, data.url, max_attempts=data.max_attempts,
                                     backoff_seconds=list(data.backoff_seconds), timeout_seconds=data.timeout_seconds)
     return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,  # type: ignore[return-value]

@@ -9,7 +9,7 @@ from litestar.params import Parameter
 
 from projections import attribution, funnel, goals, touches
 from services.api import docs
-from services.api.common import Snapshot, ApiError, authorized, json_response, one_of, parse_time, read_connection, wait_applied, MinSeq, WaitMs
+from services.api.common import AsOf, Snapshot, ApiError, authorized, json_response, one_of, parse_time, read_connection, wait_applied, MinSeq, WaitMs
 
 
 MAX_LOOKBACK_DAYS = 36_500  # a century
@@ -69,7 +69,7 @@ async def get_touches(
 async def get_goals(
     request: Request,
     ws: str,
-    as_of: Annotated[str | None, Parameter(description="RFC 3339, or a date (its UTC midnight); default now")] = None,
+    as_of: AsOf = None,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,
     snapshot: Snapshot = None,
@@ -91,8 +91,10 @@ async def get_goals(
 async def get_attribution(
     request: Request,
     ws: str,
-    model: Annotated[str, Parameter(schema_extra={"enum": list(attribution.MODELS)})] = attribution.DEFAULT_MODEL,
-    lookback_days: Annotated[int, Parameter(schema_extra={"minimum": 0, "maximum": MAX_LOOKBACK_DAYS})
+    model: Annotated[str, Parameter(description="How a conversion's credit is shared among its credited touches",
+                                    schema_extra={"enum": list(attribution.MODELS)})] = attribution.DEFAULT_MODEL,
+    lookback_days: Annotated[int, Parameter(description="Touches this many days or fewer before a conversion are credited",
+                                            schema_extra={"minimum": 0, "maximum": MAX_LOOKBACK_DAYS})
                              ] = attribution.DEFAULT_LOOKBACK_DAYS,
     min_seq: MinSeq = None,
     wait_ms: WaitMs = 5000,

@@ -132,6 +132,38 @@ def test_each_rule_fires_and_each_guard_holds(stack):
     assert goal["goal_id"] == "q" and "at risk" in goal["reason"] and "more deals" in goal["reason"]
 
 
+def test_alerts_page_by_after_in_their_newest_first_order(stack):
+    ws, auth = stack.new_workspace()
+    t = NOW - dt.timedelta(days=3)
+    # Six anomalies: campaigns a-c reported anomalous at one moment (a tie in `at`), d-f an hour apart.
+    anomalous_at = {"a": t, "b": t, "c": t, "d": t + dt.timedelta(hours=1), "e": t + dt.timedelta(hours=2),
+                    "f": t - dt.timedelta(hours=1)}
+    stack.ingest(ws, auth, [
+        report
+        for campaign, moment in anomalous_at.items()
+        for report in (*[event("marketing.metrics.reported", time=iso(moment - dt.timedelta(days=1)), campaign_id=campaign,
+                               metric="reach", value=100) for _ in range(3)],
+                       event("marketing.metrics.reported", time=iso(moment), campaign_id=campaign, metric="reach", value=900))
+    ])
+    settle(stack, ws, auth)
+    whole = alerts(stack, ws, auth)
+    assert [alert["campaign_id"] for alert in whole][:1] + [alert["campaign_id"] for alert in whole][-1:] == ["e", "f"]
+    assert len(whole) == 6
+
+    paged, after = [], None
+    while True:
+        answer = stack.get(f"/v1/workspaces/{ws}/alerts", auth, limit=2, **({"after": after} if after else {}))
+        assert answer.status_code == 200, answer.text
+        if not answer.json():
+            break
+        paged += answer.json()
+        after = answer.json()[-1]["alert_id"]
+    assert paged == whole
+
+    unknown = stack.get(f"/v1/workspaces/{ws}/alerts", auth, after="no-such-alert")
+    assert unknown.status_code == 400 and unknown.json()["error"] == "after: no alert 'no-such-alert' in this workspace"
+
+
 async def _log_as_received(stack, ws: str, bodies: list[dict], received_at: dt.datetime) -> None:
     """Append events to the log as if received at ``received_at``: the history that `rules reset`,
     or a worker back after a stop, catches up on."""
