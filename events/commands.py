@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from typing import Union
+from typing import Literal, Union, get_args
 
 import msgspec
 
@@ -26,8 +26,10 @@ TIMERS_FIRED = "touchline.timer.fired.>"
 RULES_SOURCE = "/touchline/rules"
 
 # The rules of CONTRACT.md section 6, by the names their commands carry (``rule``).
-FOLLOWUP_RULES = ("hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer")
-ALERT_RULES = ("metric-anomaly", "goal-at-risk")
+FollowupRule = Literal["hot-engagement", "new-lead", "warm-unworked", "post-sale", "stalled-offer"]
+AlertRule = Literal["metric-anomaly", "goal-at-risk"]
+FOLLOWUP_RULES: tuple[str, ...] = get_args(FollowupRule)
+ALERT_RULES: tuple[str, ...] = get_args(AlertRule)
 ALL_RULES = FOLLOWUP_RULES + ALERT_RULES
 
 

@@ -23,7 +23,8 @@ from projections import deals as deal_model
 from projections import followups
 from projections.batching import prepared
 from projections.ladder import (
-    CONSENT_OF, STAGE_RANK, STAGES, STATUS_OF, Decision, Ordered, decided_by, implied_stage, keep_earliest, pick,
+    CONSENT_OF, STAGE_RANK, STAGES, STATUS_OF, ContactStatus, Decision, Ordered, Stage, decided_by, implied_stage,
+    keep_earliest, pick,
     touch_channel, touch_kind, utc,
 )
 from projections.numbers import EXACT
@@ -163,9 +164,9 @@ class Touches(msgspec.Struct):
 
 class ContactView(msgspec.Struct):
     contact: str
-    stage: str | None
-    status: str
-    reached: dict[str, dt.datetime]
+    stage: Stage | None
+    status: ContactStatus
+    reached: dict[Stage, dt.datetime]
     touches: Touches
     touches_before_conversion: int | None
     first_touch_at: dt.datetime | None

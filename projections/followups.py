@@ -13,16 +13,19 @@ time (max); the status is computed when read.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal, get_args
 
 import asyncpg
 import msgspec
 
 from events import catalog as c
+from events.commands import AlertRule, FollowupRule
 from events.log import LoggedEvent
 from projections.batching import prepared
 from projections.ladder import touch_kind, utc
 
-FOLLOWUP_STATUSES = ("open", "overdue", "done", "dismissed")
+FollowupStatus = Literal["open", "overdue", "done", "dismissed"]
+FOLLOWUP_STATUSES: tuple[str, ...] = get_args(FollowupStatus)
 
 
 class Followup(msgspec.Struct, omit_defaults=True):
@@ -58,16 +61,16 @@ class CausedBy(msgspec.Struct):
 class FollowupView(msgspec.Struct):
     followup_id: str
     contact: str
-    rule: str
+    rule: FollowupRule
     reason: str
     due_at: dt.datetime
-    status: str
+    status: FollowupStatus
     caused_by: CausedBy
 
 
 class AlertView(msgspec.Struct, omit_defaults=True):
     alert_id: str
-    rule: str
+    rule: AlertRule
     reason: str
     at: dt.datetime
     caused_by: CausedBy | None

@@ -27,12 +27,12 @@ import msgspec
 
 from events.catalog import Envelope
 from projections import contacts as contact_model
-from projections.ladder import STAGES
+from projections.ladder import STAGES, Stage
 from projections.numbers import hours, median, micros, ratio
 
 
 class FunnelStage(msgspec.Struct):
-    stage: str
+    stage: Stage
     contacts: int
     conversion: float | None
     median_hours_from_previous: float | None

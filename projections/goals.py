@@ -18,7 +18,7 @@ import asyncpg
 import msgspec
 
 from events import catalog as c
-from events.catalog import Envelope
+from events.catalog import Envelope, GoalMetric
 from events.log import LoggedEvent
 from projections.batching import prepared
 from projections import contacts as contact_model
@@ -79,7 +79,7 @@ class Derived(msgspec.Struct):
 
 class GoalView(msgspec.Struct):
     goal_id: str
-    metric: str
+    metric: GoalMetric
     target: str
     currency: str | None
     period_start: dt.date

@@ -6,14 +6,15 @@ Shared by every read model so that "stage", "touch" and "earliest" mean one thin
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, get_args
 
 import msgspec
 
 from events import catalog as c
 from events.catalog import Envelope
 
-STAGES: tuple[str, ...] = ("aware", "interested", "lead", "qualified", "opportunity", "customer")
+Stage = Literal["aware", "interested", "lead", "qualified", "opportunity", "customer"]
+STAGES: tuple[str, ...] = get_args(Stage)
 STAGE_RANK = {stage: rank for rank, stage in enumerate(STAGES)}
 
 # An engagement of any other action (like, comment, share, click, reply) implies "interested".
@@ -126,7 +127,8 @@ STATUS_OF: dict[type, str] = {
 # The events that decide a contact's consent, the latest of them: "out" is do not contact.
 CONSENT_OF: dict[type, str] = {c.OptedOut: "out", c.OptedIn: "in"}
 # Every status a contact can have ("open" also with none of those events).
-CONTACT_STATUSES: tuple[str, ...] = ("open", "won", "lost", "disqualified")
+ContactStatus = Literal["open", "won", "lost", "disqualified"]
+CONTACT_STATUSES: tuple[str, ...] = get_args(ContactStatus)
 
 
 _UTC = dt.timezone.utc

@@ -386,7 +386,7 @@ def create_app(services_factory, on_shutdown=()) -> Litestar:
     docs.add_retry_after(app.openapi_schema)
     docs.add_workspace_pattern(app.openapi_schema)
     docs.add_query_values_only(app.openapi_schema)
-    docs.add_body_values(app.openapi_schema)
+    docs.add_values(app.openapi_schema)
     app.state.allowed_methods = allowed_methods(app.routes)
     app.state.query_names = query_names(app.routes)
     return app

@@ -34,6 +34,7 @@ from litestar.openapi.spec import (
 from events.commands import ALL_RULES
 from events.schema import event_schema
 from events.validation import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EVENT_BYTES, WORKSPACE_ID
+from projections.ladder import STAGES
 from services import webhooks
 from services.api.auth import SCOPES
 
@@ -307,8 +308,10 @@ def _range(least: float, most: float) -> dict[str, float]:
 
 
 # The values the request bodies take, which their handlers check with their own words (a type of
-# Literals or a msgspec.Meta bound would have Litestar refuse them first, in msgspec's).
-_BODY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+# Literals or a msgspec.Meta bound would have Litestar refuse them first, in msgspec's), and the keys
+# of the answers' maps, which Litestar does not write from a dict's key type.
+_VALUES: dict[str, dict[str, dict[str, Any]]] = {
+    "ContactView": {"reached": {"property_names": Schema(type=OpenAPIType.STRING, enum=list(STAGES))}},
     "TokenIn": {"scopes": {"min_items": 1, "items": Schema(type=OpenAPIType.STRING, enum=list(SCOPES))}},
     "RuleSettings": {"disabled": {"items": Schema(type=OpenAPIType.STRING, enum=list(ALL_RULES))}},
     "WebhookIn": {
@@ -320,10 +323,10 @@ _BODY_VALUES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def add_body_values(openapi: OpenAPI) -> None:
-    """The enums and bounds of the request bodies' fields (``_BODY_VALUES``), in the built document."""
+def add_values(openapi: OpenAPI) -> None:
+    """The enums and bounds of ``_VALUES``, in the built document."""
     schemas = openapi.components.schemas or {}
-    for component, fields in _BODY_VALUES.items():
+    for component, fields in _VALUES.items():
         for name, values in fields.items():
             for key, value in values.items():
                 setattr(schemas[component].properties[name], key, value)

@@ -134,6 +134,29 @@ def test_the_values_a_request_body_takes_are_documented(openapi):
                                            ).is_valid({"url": "https://hooks.example/t", "backoff_seconds": [0, 5]})
 
 
+def test_the_values_an_answer_holds_are_documented(openapi):
+    """An outside audit: the answers' stages, statuses, rules and metrics were plain strings."""
+    from events.catalog import GoalMetric
+    from events.commands import ALERT_RULES, FOLLOWUP_RULES
+    from projections.followups import FOLLOWUP_STATUSES
+    from projections.ladder import CONTACT_STATUSES, STAGES
+    from typing import get_args
+
+    schemas = openapi["components"]["schemas"]
+
+    def values(component: str, field: str) -> list:
+        return schemas[component]["properties"][field]["enum"]
+
+    assert values("ContactView", "stage") == [*STAGES, None]
+    assert values("ContactView", "status") == list(CONTACT_STATUSES)
+    assert schemas["ContactView"]["properties"]["reached"]["propertyNames"]["enum"] == list(STAGES)
+    assert values("FunnelStage", "stage") == list(STAGES)
+    assert values("FollowupView", "rule") == list(FOLLOWUP_RULES)
+    assert values("FollowupView", "status") == list(FOLLOWUP_STATUSES)
+    assert values("AlertView", "rule") == list(ALERT_RULES)
+    assert values("GoalView", "metric") == list(get_args(GoalMetric))
+
+
 def test_errors_are_documented_as_the_server_answers_them(openapi):
     error_body = openapi["components"]["schemas"]["ErrorBody"]
     assert error_body["required"] == ["error"] and set(error_body["properties"]) == {"error", "applied_seq"}
