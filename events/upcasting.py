@@ -25,7 +25,7 @@ Version 0 is the pre-release catalog (kept as the worked example and test of the
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable
 
 import msgspec
@@ -37,10 +37,24 @@ UNSTAMPED_VERSION = 1
 Document = dict[str, Any]
 Upcaster = Callable[[Document], Document]
 
+
+
+def exact_number(text: str) -> Decimal | msgspec.Raw:
+    """A JSON number as the Decimal it is; one whose exponent no Decimal holds (past about ±10^18,
+    as ``1e-99999999999999999999``) as the text it is, which ``encode_exact`` writes back unchanged.
+    Decimal refuses such a number with an InvalidOperation that no reader expected: one event
+    holding one stopped the NATS inbox of every workspace for good, and was a 500 over HTTP (an
+    outside audit)."""
+    try:
+        return Decimal(text)
+    except InvalidOperation:
+        return msgspec.Raw(text.encode())
+
+
 # Exact decimals both ways: JSON numbers are read as Decimal and written back unchanged, and a
 # number no double can hold (1e400) is still a number, never an error. Every reader of an event's
 # JSON as plain Python values uses these (an amount may be written as a JSON number).
-decode_exact = msgspec.json.Decoder(float_hook=Decimal).decode
+decode_exact = msgspec.json.Decoder(float_hook=exact_number).decode
 encode_exact = msgspec.json.Encoder(decimal_format="number").encode
 
 UPCASTERS: dict[tuple[str, int], Upcaster] = {}

@@ -14,7 +14,7 @@ import msgspec
 
 from events.catalog import CURRENCY_PATTERN, JSON_CONTENT_TYPE_PATTERN, TYPES_BY_NAME, Envelope, GoalSet, decode_event
 from events.commands import RULES_SOURCE
-from events.upcasting import decode_exact, encode_exact
+from events.upcasting import decode_exact, encode_exact, exact_number
 
 MAX_EVENT_BYTES = 64 * 1024
 MAX_BATCH_EVENTS = 1000
@@ -22,7 +22,7 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024
 
 WORKSPACE_ID = re.compile(r"[a-z0-9-]{1,64}")  # whole: fullmatch ($ would take "acme\n")
 
-_decode_probe = msgspec.json.Decoder(dict, float_hook=Decimal).decode
+_decode_probe = msgspec.json.Decoder(dict, float_hook=exact_number).decode
 _encode = msgspec.json.Encoder(decimal_format="string").encode
 
 # A JSON-escaped NUL (an odd run of backslashes before u0000): PostgreSQL text and jsonb cannot hold it.
@@ -225,7 +225,7 @@ def _not_json(name: str) -> object:
 # Numbers are read as decimals: Python makes no int of over 4,300 digits, which refused a whole
 # batch for one such number beside a lone surrogate, and an error shows a value as the number it
 # is (an id of 5,000 digits was "event: expected a JSON object"; both from the re-check audits).
-LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=Decimal, parse_float=Decimal)
+LENIENT_JSON = json.JSONDecoder(parse_constant=_not_json, parse_int=Decimal, parse_float=exact_number)
 
 
 def read_leniently(text: str) -> object:
@@ -397,10 +397,12 @@ def _check_decimals(event: Envelope, raw: bytes, fields: tuple[str, ...]) -> Non
             raise InvalidEvent(f"data.{name}: expected {_decimal_in_words(f'data.{name}')}, got {text.decode()[:100]}")
         places = len(written["fraction"] or b"") - int(written["exponent"] or 0)
         if places > AMOUNT_DECIMAL_PLACES or getattr(event.data, name).adjusted() >= AMOUNT_INTEGER_DIGITS:
-            raise InvalidEvent(
-                f"data.{name}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
-                f" {AMOUNT_DECIMAL_PLACES} after, got {text.decode()[:60]}"
-            )
+            raise InvalidEvent(_too_many_digits(f"data.{name}", text))
+
+
+def _too_many_digits(path: str, written: bytes) -> str:
+    return (f"{path}: expected at most {AMOUNT_INTEGER_DIGITS} digits before the decimal point and"
+            f" {AMOUNT_DECIMAL_PLACES} after, got {written.decode()[:60]}")
 
 
 def check_subject(event: Envelope) -> None:
@@ -435,7 +437,7 @@ def _explain_envelope(raw: bytes, err: msgspec.ValidationError) -> str:
 def _explain_repeated(raw: bytes, err: msgspec.ValidationError, message: str, path: str) -> str:
     try:
         document = json.loads(raw, object_pairs_hook=_KeyCopies, parse_constant=_not_json,
-                              parse_int=Decimal, parse_float=Decimal)
+                              parse_int=Decimal, parse_float=exact_number)
     except ValueError:
         return message
     names = path.split(".")
@@ -524,6 +526,8 @@ def _explain_fields(raw: bytes, err: msgspec.ValidationError) -> str:
     if message.endswith(": invalid decimal string"):
         path = message.removesuffix(": invalid decimal string")
         value = _lookup(probe, path)
+        if isinstance(value, msgspec.Raw | str) and _DECIMAL_TEXT.fullmatch(written := encode_exact(value)):
+            return _too_many_digits(path, written)  # a decimal, with an exponent no Decimal holds
         return f"{path}: expected {_decimal_in_words(path)}, got {shown(value)}"
     if message.startswith("type:") or "missing required field `type`" in str(err):
         if kind is None:

@@ -103,6 +103,9 @@ def _identity(raw: bytes) -> tuple[str | None, str | None]:
             return None, None
     except (UnicodeDecodeError, RecursionError):
         return None, None
+    except Exception as err:  # only a label of the rejected entry: no fault here may keep the event out of the list
+        log.error("ingest.identity_unread", error=repr(err), exc_info=True)
+        return None, None
     if not isinstance(probe, dict):
         return None, None
     return _text(probe.get("source")), _text(probe.get("id"))

@@ -74,3 +74,25 @@ def test_an_event_the_checks_trip_over_is_rejected_not_stuck_in_the_inbox(stack)
                         and listed, what="both rejections listed")
     assert [r["via"] for r in rejected] == ["nats", "http"]
     assert all(r["reason"].startswith("data.amount: expected a non-negative decimal") for r in rejected)
+
+
+def test_a_number_no_decimal_holds_is_rejected_not_stuck_in_the_inbox(stack):
+    """An amount written 1e-99999999999999999999: reading the rejected event's identity raised
+    Decimal's InvalidOperation, and the inbox read that message again for ever, a restart too, every
+    workspace's events behind it (an outside audit); over HTTP it was a 500, nothing kept."""
+    ws, auth = stack.new_workspace()
+    other, other_auth = stack.new_workspace()
+    body = json.dumps(event("sales.deal.won", "nia", id="huge", deal_id="d", amount="AMOUNT", currency="EUR"))
+    poison = body.replace('"AMOUNT"', "1e-99999999999999999999").encode()
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=poison,
+                             headers={**auth, "Content-Type": "application/cloudevents+json"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["results"][0] == {
+        "source": "/test", "id": "huge", "status": "rejected",
+        "error": "data.amount: expected at most 30 digits before the decimal point and 30 after, got 1e-99999999999999999999"}
+    asyncio.run(publish(stack.servers.nats_url, inbox_subject(ws), [poison]))
+    asyncio.run(publish(stack.servers.nats_url, inbox_subject(other), [event("sales.lead.qualified", "after")]))
+    assert wait_for(lambda: stack.get(f"/v1/workspaces/{other}/contacts/after", other_auth).status_code == 200, 60)
+    rejected = wait_for(lambda: (listed := stack.get(f"/v1/workspaces/{ws}/rejected", auth).json()["rejected"])[1:]
+                        and listed, what="both rejections listed")
+    assert [(r["via"], r["body"]) for r in rejected] == [("nats", poison.decode()), ("http", poison.decode())]

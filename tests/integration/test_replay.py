@@ -141,6 +141,22 @@ def test_rebuild_of_a_live_built_workspace_verifies_clean_and_keeps_every_answer
     assert not sql(stack, "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'touchline\\_%'")
 
 
+def test_verify_compares_an_event_holding_a_number_past_postgresqls_range(stack):
+    """1e-20000 in a field the catalog does not know is kept as written; --verify read the audit
+    trail's envelopes as jsonb, whose numerics end at 16,383 decimal places, and stopped with
+    "value overflows numeric format" (an outside audit)."""
+    ws, auth = stack.new_workspace()
+    body = json.dumps(event("sales.lead.qualified", "quinn", note="NOTE")).replace('"NOTE"', "1e-20000")
+    answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=body,
+                             headers={**auth, "Content-Type": "application/cloudevents+json"})
+    assert answer.json()["results"][0]["status"] == "accepted", answer.text
+    trail = stack.get(f"/v1/workspaces/{ws}/contacts/quinn/events", auth, min_seq=answer.json()["last_seq"])
+    assert b'"note":1e-20000' in trail.content.replace(b" ", b"")
+    verified = cli(stack, "replay", "--workspace", ws, "--verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "verified" in verified.stdout
+
+
 # A replay that builds a scratch schema and is then killed with SIGKILL before it can drop it.
 _BUILD_AND_HANG = """
 import asyncio, sys

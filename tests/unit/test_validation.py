@@ -246,6 +246,24 @@ def test_numbers_no_double_holds_are_judged_like_any_other_value():
     assert error is None and parse_event(structured).data.action == "like"
 
 
+def test_numbers_no_decimal_holds_are_judged_and_kept_as_written():
+    """An exponent past Decimal's (about 10^18) raised InvalidOperation in every reader that takes
+    numbers as Decimals: the NATS inbox read the event again for ever, HTTP answered 500 (an outside
+    audit). In an unknown field such a number is kept as written; in an amount the error names it."""
+    from events.upcasting import decode_exact, encode_exact
+    from events.validation import read_leniently
+    from services.ingest import judge
+
+    huge = "1e-99999999999999999999"
+    raw = json.dumps(VALID[2], separators=(",", ":")).replace('"spring"}', '"spring","extra":%s}' % huge).encode()
+    assert huge.encode() in raw and parse_event(raw).data.channel == "instagram"
+    assert encode_exact(decode_exact(raw)) == raw
+    assert encode_exact(read_leniently(raw.decode())) == raw
+    deal = json.dumps(WON).replace('"99.50"', huge).encode()
+    assert huge.encode() in deal
+    assert judge(deal).error == f"data.amount: expected at most 30 digits before the decimal point and 30 after, got {huge}"
+
+
 def test_binary_mode_errors_name_the_header():
     assert header_error("subject: required for this event type") == "ce-subject: required for this event type"
     assert header_error("time: expected a time in the years 1000 to 8999").startswith("ce-time:")
