@@ -102,8 +102,9 @@ def validation_error(request: Request, exc: ValidationException) -> str:
 
 # Litestar converts a query value laxly (`1e3` and `5.0` to an integer, `null` to no value at all,
 # so `min_seq=null` would skip the wait it asks for) and keeps the last of a repeated parameter.
-# Both are a client's mistake better named than guessed at.
-_INTEGER = re.compile(r"-?[0-9]+")
+# Both are a client's mistake better named than guessed at. Nor does it take a leading zero (`05`),
+# which was refused in the words of any other mistake ("expected an integer, got '05'").
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
 def query_names(routes: list) -> dict[Any, tuple[frozenset[str], frozenset[str]]]:
@@ -158,7 +159,8 @@ async def strict_query(request: Request) -> None:
             raise ApiError(400, f"{name}: given more than once")
         seen.add(name)
         if name in integers and not _INTEGER.fullmatch(value):
-            raise ApiError(400, f"{name}: expected an integer, got {value!r}")
+            leading_zero = _INTEGER.fullmatch(value.lstrip("-").lstrip("0") or "0")
+            raise ApiError(400, f"{name}: expected an integer{' without leading zeros' if leading_zero else ''}, got {value!r}")
 
 
 @dataclass

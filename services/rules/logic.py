@@ -292,8 +292,12 @@ def _campaign_words(ws: WorkspaceRules, campaign_id: str | None) -> str | None:
 
 
 def _amount(value: Decimal) -> str:
-    text = format(value.normalize() if value == value.to_integral() else value, "f")
-    return text
+    """An amount as a sentence says it: every digit, a whole one without its zero places ("5" for
+    5.00). Not ``normalize()``, which rounds to 28 digits (an amount of 30 came out wrong: an
+    outside audit)."""
+    text = format(value, "f")
+    whole, _, places = text.partition(".")
+    return whole if not places.strip("0") else text
 
 
 # --- the rules over logged events --------------------------------------------------------

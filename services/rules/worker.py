@@ -250,9 +250,15 @@ async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
 # --- publishing effects ----------------------------------------------------------------------
 
 
+# nats-server keeps a schedule's time in nanoseconds since 1970, which end in April 2262: a timer
+# due later fired at once (a stalled-offer follow-up for an offer dated 2300, at once: an outside
+# audit). It is scheduled for this moment instead, and when it fires, scheduled again (``_fire``).
+LATEST_SCHEDULE = dt.datetime(2262, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def _at(moment: dt.datetime) -> str:
-    """RFC 3339 UTC, whole seconds, never earlier than asked."""
-    moment = moment.astimezone(dt.timezone.utc)
+    """RFC 3339 UTC, whole seconds, never earlier than asked (but never past ``LATEST_SCHEDULE``)."""
+    moment = min(moment.astimezone(dt.timezone.utc), LATEST_SCHEDULE)
     if moment.microsecond:
         moment = moment.replace(microsecond=0) + dt.timedelta(seconds=1)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -498,6 +504,11 @@ class RulesWorker:
 
     async def _fire(self, msg) -> None:
         fire = decode_timer(msg.data)
+        if fire.fire_at > LATEST_SCHEDULE and fire.fire_at - utcnow() > dt.timedelta(days=1):
+            # Fired at LATEST_SCHEDULE, not yet due: scheduled again, as far as NATS can.
+            await _publish_timer(self.js, Timer(fire.timer_id, fire.workspace, fire.contact, fire.fire_at), 10.0)
+            await msg.ack_sync()
+            return
         # Decide with everything logged up to the moment the timer fired.
         target = await last_log_seq(self.js)
         waited = time.monotonic()

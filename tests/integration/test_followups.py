@@ -21,7 +21,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-from events.commands import RULES_SOURCE, COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id
+from events.commands import RULES_SOURCE, COMMANDS_STREAM, TIMERS_STREAM, TimerFire, encode_timer, followup_id, timer_fired_subject, timer_id, timer_subject
 from events.log import LOG_STREAM, arrival_headers, event_digest, log_headers, log_subject
 from events.validation import parse_event
 from services.dispatcher.app import IN_FLIGHT_PER_WORKSPACE
@@ -460,6 +460,32 @@ def test_stalled_offer_timer_fires_after_a_restart_and_not_after_a_touch(stack):
     assert quiet["due_at"].replace("Z", "+00:00") == soon.isoformat()
     assert quiet["caused_by"] == {"source": "/test", "id": "o-quiet"}
     assert "Your offer to quiet (deal d-quiet, 1200 EUR) has had no answer for 7 days" in quiet["reason"]
+
+
+def test_an_offer_past_2262_is_scheduled_as_far_as_nats_can_and_does_not_fire_now(stack):
+    """nats-server keeps a schedule's time in int64 nanoseconds, which end in April 2262: the timer
+    of an offer dated 2300 fired at once (an outside audit)."""
+    ws, auth = stack.new_workspace()
+    far = dt.datetime(2300, 1, 1, tzinfo=dt.timezone.utc)
+    stack.ingest(ws, auth, [
+        event("sales.offer.made", "future", iso(far), id="o-future", deal_id="d-f", amount="10", currency="EUR"),
+        event("sales.offer.made", "late", iso(NOW - dt.timedelta(days=9)), id="o-late", deal_id="d-l", amount="10",
+              currency="EUR"),
+    ])
+    wait_for(lambda: "late" in {item["contact"] for item in followups(stack, ws, auth)}, what="the late offer's follow-up")
+    wait_for(lambda: asyncio.run(_timer_consumer_idle(stack)), what="every fired timer handled")
+    settle(stack, ws, auth)
+
+    async def schedule() -> str:
+        nc = await connect_client(stack.servers.nats_url)
+        try:
+            pending = await nc.jetstream().get_last_msg(TIMERS_STREAM, timer_subject(ws, timer_id(ws, "/test", "o-future")))
+            return pending.headers["Nats-Schedule"]
+        finally:
+            await nc.close()
+
+    assert asyncio.run(schedule()) == "@at 2262-01-01T00:00:00Z"
+    assert by_contact(followups(stack, ws, auth)) == {"late": ["stalled-offer"]}
 
 
 def test_a_call_after_the_offer_sent_after_its_stalled_offer_fired_makes_that_done(stack):

@@ -234,6 +234,8 @@ def test_bad_query_parameters_and_bodies_are_answered_naming_the_field(stack):
         ("attribution", {"lookback_days": "1.5"}, "lookback_days: expected an integer, got '1.5'"),
         ("contacts", {"limit": "many"}, "limit: expected an integer, got 'many'"),
         ("funnel", {"min_seq": "abc"}, "min_seq: expected an integer, got 'abc'"),
+        ("funnel", {"min_seq": "05"}, "min_seq: expected an integer without leading zeros, got '05'"),
+        ("contacts", {"limit": "-007"}, "limit: expected an integer without leading zeros, got '-007'"),
         ("funnel", {"min_seq": "-1"}, "min_seq: expected a log sequence, 0 to 9223372036854775807, got -1"),
         ("goals", {"min_seq": "1", "wait_ms": "-1"}, "wait_ms: expected 0 to 60000, got -1"),
         ("touches", {"wait_ms": "soon"}, "wait_ms: expected an integer, got 'soon'"),

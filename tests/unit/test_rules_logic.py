@@ -120,6 +120,17 @@ def test_followup_rules_and_guards(history, expected):
     assert rules(effects) == expected
 
 
+@pytest.mark.parametrize("amount, said", [
+    ("123456789012345678901234567890", "123456789012345678901234567890"),
+    ("99999999999999999999999999999", "99999999999999999999999999999"),
+    ("5.00", "5"), ("5.50", "5.50"), ("0.000000000000000000000000000001", "0.000000000000000000000000000001"),
+    ("1E+3", "1000"),
+])
+def test_a_reason_states_the_amount_with_every_digit(amount, said):
+    _, effects = run([ev("sales.deal.won", deal_id="d1", amount=amount, currency="EUR")])
+    assert f"(deal d1, {said} EUR)" in effects.commands[0].reason
+
+
 def test_hot_engagement_reason_due_and_ids():
     state, effects = run([ev("marketing.campaign.launched", None, campaign_id="c1", channel="instagram", name="Spring sale"),
                           ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")])
