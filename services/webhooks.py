@@ -146,8 +146,7 @@ async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: str, 
     )
 
 
-async def delivered(pool: asyncpg.Pool, workspace: str, item_id: str) -> bool:
-    return bool(await pool.fetchval(
-        "SELECT 1 FROM webhook_deliveries WHERE workspace = $1 AND item_id = $2 AND status = 'delivered'",
-        workspace, item_id,
-    ))
+async def delivery_status(pool: asyncpg.Pool, workspace: str, item_id: str) -> str | None:
+    """``delivered``, ``failing`` (a retry is due) or ``parked``; None before the first attempt."""
+    return await pool.fetchval(
+        "SELECT status FROM webhook_deliveries WHERE workspace = $1 AND item_id = $2", workspace, item_id)

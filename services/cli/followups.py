@@ -68,19 +68,28 @@ def deadletter_redrive(
 ) -> None:
     """Put dead-lettered commands back on the work queue (and out of the dead-letter stream)."""
     from services.dispatcher.deadletter import list_parked, redrive
+    from services.webhooks import webhook_of
 
-    async def run() -> tuple[int, list[int]]:
-        async with backends(Settings.from_env(data_dir=data_dir), workspace) as (_, js):
+    async def run() -> tuple[int, list[int], list[str]]:
+        async with backends(Settings.from_env(data_dir=data_dir), workspace) as (pool, js):
             parked = await list_parked(js, workspace)
             if seq:
                 parked = [item for item in parked if item.seq in set(seq)]
-            return await redrive(js, parked), sorted(set(seq or ()) - {item.seq for item in parked})
+            # A delivery re-driven to a workspace without a webhook was taken, and dropped.
+            deliveries = {item.workspace for item in parked if item.stage == "webhook"}
+            unhooked = sorted({ws for ws in deliveries if await webhook_of(pool, ws) is None})
+            redriven = await redrive(js, [item for item in parked
+                                          if item.stage != "webhook" or item.workspace not in unhooked])
+            return redriven, sorted(set(seq or ()) - {item.seq for item in parked}), unhooked
 
-    redriven, unknown = asyncio.run(run())
+    redriven, unknown, unhooked = asyncio.run(run())
     console.print(f"re-drove {redriven} command(s)")
     if unknown:  # a mistyped sequence was quietly "0 re-driven", exit 0
         where = f" of workspace {workspace!r}" if workspace else ""
         refuse(f"no dead letter{where} at sequence {', '.join(map(str, unknown))} (`touchline deadletter list`)", 1)
+    if unhooked:
+        refuse(f"kept the deliveries of {', '.join(map(repr, unhooked))} parked: no webhook is registered there"
+               " (POST /v1/workspaces/WS/webhooks, then re-drive them)", 1)
 
 
 @rules_app.command("reset")

@@ -171,7 +171,12 @@ class Dispatcher:
         event, item_id = logged_event(command)
         result = await self.ingestor.append_internal(command.workspace, event)
         hook = await webhooks.webhook_of(self.pool, command.workspace)
-        if hook is None or await webhooks.delivered(self.pool, command.workspace, item_id):
+        status = await webhooks.delivery_status(self.pool, command.workspace, item_id)
+        if hook is None and status == "failing":
+            # Its webhook was removed between two attempts: parked (``handle_message``), so that it
+            # can be re-driven once one is registered again. It was dropped without a word.
+            raise webhooks.DeliveryFailed("the workspace's webhook was removed before this was delivered")
+        if hook is None or status == "delivered":
             return Outcome(result.seq, False)
         body = webhook_body(command, result.seq)
         status = await webhooks.post(self.http, hook, body, item_id=item_id, event_type=c.type_name(event))

@@ -750,6 +750,40 @@ def test_webhook_that_always_fails_is_parked_then_redriven(stack):
         receiver.close()
 
 
+def test_a_delivery_whose_webhook_is_removed_between_attempts_is_parked_not_dropped(stack):
+    """Removed while a retry waited, the webhook's delivery was marked done without a word, and one
+    re-driven with no webhook registered was taken and dropped (an outside audit)."""
+    ws, auth = stack.new_workspace()
+    receiver = Receiver([500])
+    cli = [sys.executable, "-m", "services.cli.main"]
+
+    def parked():
+        out = subprocess.run(cli + ["deadletter", "list", "--workspace", ws, "--json"], env=stack.env,
+                             capture_output=True, text=True, check=True).stdout
+        return [json.loads(line) for line in out.splitlines()]
+
+    try:
+        register(stack, ws, receiver, backoff_seconds=[2], max_attempts=5)
+        stack.ingest(ws, auth, [event("marketing.lead.captured", "eve", iso(NOW), channel="web")])
+        wait_for(lambda: receiver.requests, what="the first, failed, attempt")
+        assert stack.http.delete(f"/v1/workspaces/{ws}/webhooks", headers=stack.admin()).status_code == 204
+        [item] = wait_for(parked, what="the delivery to be parked")
+        assert item["stage"] == "webhook" and "webhook was removed" in item["error"]
+
+        refused = subprocess.run(cli + ["deadletter", "redrive", "--workspace", ws], env=stack.env,
+                                 capture_output=True, text=True)
+        assert refused.returncode == 1 and "no webhook is registered" in refused.stderr + refused.stdout, refused
+        assert [again["seq"] for again in parked()] == [item["seq"]]
+
+        receiver.plan = [200]
+        register(stack, ws, receiver)
+        subprocess.run(cli + ["deadletter", "redrive", "--workspace", ws], env=stack.env, check=True, capture_output=True)
+        wait_for(lambda: any(r["status"] == 200 for r in receiver.requests), what="the re-driven delivery")
+        assert parked() == [] and len(receiver.requests) == 2
+    finally:
+        receiver.close()
+
+
 def test_asyncapi_description_of_the_nats_side(stack):
     out = subprocess.run([sys.executable, "-m", "services.cli.main", "asyncapi"], env=stack.env, capture_output=True,
                          text=True, check=True).stdout
