@@ -291,6 +291,16 @@ def _campaign_words(ws: WorkspaceRules, campaign_id: str | None) -> str | None:
     return repr(ws.campaign_names.get(campaign_id, campaign_id)).replace('"', "'")
 
 
+def _ago(t: dt.datetime, due: dt.datetime, now: dt.datetime) -> str | None:
+    """How long ago a trigger happened ("30 days ago") when it is judged only after its follow-up was
+    due (a history loaded late), for a reason that says so; None while there is still time. ("reach
+    out within 24 hours" of a click a month old: an outside audit.)"""
+    if now < due:
+        return None
+    span = now - t
+    return f"{span.days} days ago" if span.days >= 2 else f"{int(span.total_seconds() // 3600)} hours ago"
+
+
 def _amount(value: Decimal) -> str:
     """An amount as a sentence says it: every digit, a whole one without its zero places ("5" for
     5.00). Not ``normalize()``, which rounds to 28 digits (an amount of 30 came out wrong: an
@@ -471,9 +481,11 @@ def _deal(state: RulesState, ws_id: str, ws: WorkspaceRules, subject: str, conta
         if event.data.deal_id not in contact.won_deals:
             contact.won_deals.append(event.data.deal_id)
         if first and settings.enabled("post-sale") and may_follow_up(contact, t, recent_sales=False, open_ok=True):
+            ago = _ago(t, t + POST_SALE_DUE, now)
             reason = (
-                f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {event.data.currency}):"
-                " check in within 7 days that all is well, and ask for a review or a referral"
+                f"{subject} bought (deal {event.data.deal_id}, {_amount(event.data.amount)} {event.data.currency})"
+                + (f" {ago}: check in now" if ago else ": check in within 7 days")
+                + " that all is well, and ask for a review or a referral"
             )
             effects.commands.append(_followup(ws_id, subject, contact, "post-sale", reason, trigger_time=t,
                                               due_at=t + POST_SALE_DUE, source=event.source, trigger_id=event.id,
@@ -560,6 +572,9 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
     data = event.data
     campaign = _campaign_words(ws, getattr(data, "campaign_id", None))
 
+    ago = _ago(t, t + RESPOND_WITHIN, now)
+    reach_out = "reach out now" if ago else "reach out within 24 hours"
+
     def fire(rule: str, reason: str) -> None:
         out.append(_followup(ws_id, subject, contact, rule, reason, trigger_time=t, due_at=t + RESPOND_WITHIN,
                              source=event.source, trigger_id=event.id, now=now))
@@ -567,19 +582,22 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
     if isinstance(event, c.Engaged) and implied_stage(event) == "interested" and settings.enabled("hot-engagement"):
         if may_follow_up(contact, t):
             what = f"your post {campaign}" if campaign else "your content"
-            fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}: reach out within 24 hours")
+            when = f" {ago}" if ago else ""
+            fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}{when}: {reach_out}")
     if not out and isinstance(event, c.LeadCaptured) and settings.enabled("new-lead"):
         if may_follow_up(contact, t):
             how = f" through {campaign}" if campaign else ""
             method = f" ({data.method})" if data.method else ""
-            fire("new-lead", f"{subject} became a lead on {data.channel}{how}{method}: reach out within 24 hours")
+            when = f" {ago}" if ago else ""
+            fire("new-lead", f"{subject} became a lead on {data.channel}{how}{method}{when}: {reach_out}")
     if not out and contact.marketing_since_sales == WARM_TOUCHES and settings.enabled("warm-unworked"):
         if may_follow_up(contact, t):
             since = "since your last sales contact" if contact.sales_times else "and no one from sales has reached out yet"
+            when = f", {ago}" if ago else ""
             fire(
                 "warm-unworked",
                 f"{subject} has engaged with your marketing {WARM_TOUCHES} times {since}"
-                f" (latest on {data.channel}): reach out within 24 hours",
+                f" (latest on {data.channel}{when}): {reach_out}",
             )
     return out
 
@@ -606,9 +624,11 @@ def decide_timer(state: RulesState, workspace: str, contact_id: str, tid: str, *
     stale_at = offer.time + STALLED_AFTER
     if not may_follow_up(contact, stale_at, recent_sales=False):
         return effects
+    # Days since the offer: 7 when the timer fires on time, more for an offer loaded late.
+    days = max(STALLED_AFTER.days, (now - offer.time).days)
     reason = (
         f"Your offer to {contact_id} (deal {offer.deal_id}, {_amount(offer.amount)} {offer.currency}) has had no"
-        " answer for 7 days: follow up now"
+        f" answer for {days} days: follow up now"
     )
     effects.commands.append(_followup(workspace, contact_id, contact, "stalled-offer", reason,
                                       trigger_time=offer.time + ONE_MICROSECOND, due_at=stale_at,

@@ -133,7 +133,8 @@ def test_a_reason_states_the_amount_with_every_digit(amount, said):
 
 def test_hot_engagement_reason_due_and_ids():
     state, effects = run([ev("marketing.campaign.launched", None, campaign_id="c1", channel="instagram", name="Spring sale"),
-                          ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")])
+                          ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")],
+                         now=T0 + H)
     [command] = effects.commands
     assert isinstance(command, RequestFollowup)
     assert command.reason == "Dana commented on your post 'Spring sale' on instagram: reach out within 24 hours"
@@ -143,6 +144,37 @@ def test_hot_engagement_reason_due_and_ids():
     _, again = run([ev("marketing.engaged", "Dana", id="x1", channel="instagram", action="comment", campaign_id="c1")])
     assert again.commands[0].followup_id == command.followup_id
     assert again.commands[0].command_id == command.command_id
+
+
+@pytest.mark.parametrize("trigger, fresh, late", [
+    (("marketing.engaged", {"channel": "email", "action": "click"}),
+     "dana clicked your content on email: reach out within 24 hours",
+     "dana clicked your content on email 30 days ago: reach out now"),
+    (("marketing.lead.captured", {"channel": "web", "method": "form"}),
+     "dana became a lead on web (form): reach out within 24 hours",
+     "dana became a lead on web (form) 30 days ago: reach out now"),
+    (("sales.deal.won", {"deal_id": "d1", "amount": "10", "currency": "EUR"}),
+     "dana bought (deal d1, 10 EUR): check in within 7 days that all is well, and ask for a review or a referral",
+     "dana bought (deal d1, 10 EUR) 30 days ago: check in now that all is well, and ask for a review or a referral"),
+])
+def test_a_reason_says_how_long_ago_a_trigger_judged_after_its_due_time_was(trigger, fresh, late):
+    """A history loaded late: "reach out within 24 hours" of a click a month old (an outside audit)."""
+    type_, data = trigger
+    assert run([ev(type_, "dana", **data)], now=T0 + H)[1].commands[0].reason == fresh
+    assert run([ev(type_, "dana", **data)], now=T0 + 30 * D)[1].commands[0].reason == late
+    warm = [ev("marketing.engaged", "dana", T0 + n * H, channel="email", action="open") for n in range(5)]
+    assert run(warm, now=T0 + 30 * D)[1].commands[0].reason == (
+        "dana has engaged with your marketing 5 times and no one from sales has reached out yet"
+        " (latest on email, 29 days ago): reach out now")
+
+
+def test_a_stalled_offer_reason_says_how_long_the_offer_has_waited():
+    offer = ev("sales.offer.made", "dana", deal_id="d1", amount="900", currency="EUR")
+    state, effects = run([offer])
+    [timer] = effects.timers
+    for now, days in ((T0 + 7 * D + H, 7), (T0 + 60 * D, 60)):
+        fired = decide_timer(msgspec.convert(msgspec.to_builtins(state), RulesState), WS, "dana", timer.timer_id, now=now)
+        assert f"(deal d1, 900 EUR) has had no answer for {days} days: follow up now" in fired.commands[0].reason
 
 
 def test_follow_up_closes_on_sales_touch_at_or_after_trigger_and_on_dismissal():
