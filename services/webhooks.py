@@ -76,18 +76,21 @@ def verify(secret: str, header: str, body: bytes, *, tolerance: int = DEFAULT_TO
 
 
 async def configure(pool: asyncpg.Pool, workspace: str, url: str, *, max_attempts: int, backoff_seconds: list[float],
-                    timeout_seconds: float) -> Webhook:
-    """Register (or replace) the workspace's webhook with a fresh secret."""
-    secret = new_secret()
-    await pool.execute(
+                    timeout_seconds: float, keep_secret: bool = False) -> tuple[Webhook, bool]:
+    """Register (or replace) the workspace's webhook, with a fresh secret unless ``keep_secret`` and
+    it has one; and whether the secret is new (a receiver has to be told it)."""
+    fresh = new_secret()
+    secret = await pool.fetchval(
         "INSERT INTO webhooks (workspace, url, secret, max_attempts, backoff_seconds, timeout_seconds)"
         " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace) DO UPDATE SET url = excluded.url,"
-        " secret = excluded.secret, max_attempts = excluded.max_attempts,"
-        " backoff_seconds = excluded.backoff_seconds, timeout_seconds = excluded.timeout_seconds, created_at = now()",
-        workspace, url, secret, max_attempts, backoff_seconds, timeout_seconds,
+        " secret = CASE WHEN $7 THEN webhooks.secret ELSE excluded.secret END, max_attempts = excluded.max_attempts,"
+        " backoff_seconds = excluded.backoff_seconds, timeout_seconds = excluded.timeout_seconds, created_at = now()"
+        " RETURNING secret",
+        workspace, url, fresh, max_attempts, backoff_seconds, timeout_seconds, keep_secret,
     )
     # As stored (float8[]): the answer to a POST shows 5.0 as a GET does, not the 5 it was sent.
-    return Webhook(workspace, url, secret, max_attempts, tuple(map(float, backoff_seconds)), float(timeout_seconds))
+    hook = Webhook(workspace, url, secret, max_attempts, tuple(map(float, backoff_seconds)), float(timeout_seconds))
+    return hook, secret == fresh
 
 
 async def remove(pool: asyncpg.Pool, workspace: str) -> None:

@@ -116,6 +116,9 @@ class WebhookIn(msgspec.Struct):
         description="Seconds before each retry, each {} to {}; at least one.".format(*webhooks.BACKOFF_SECONDS))] = msgspec.field(
         default_factory=lambda: [5, 30, 120, 600, 1800, 3600, 7200])
     timeout_seconds: Annotated[float, msgspec.Meta(description="{} to {}.".format(*webhooks.TIMEOUT_SECONDS))] = 10.0
+    keep_secret: Annotated[bool, msgspec.Meta(
+        description="Keep the signing secret of the webhook this replaces (then the answer has none), so that"
+                    " receivers need no new one; by default every POST makes a new secret.")] = False
 
 
 class WebhookOut(msgspec.Struct, omit_defaults=True):
@@ -125,7 +128,7 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     timeout_seconds: float
     signature_header: str = webhooks.SIGNATURE_HEADER
     secret: Annotated[str | None, msgspec.Meta(
-        description="The signing secret: in the answer of POST only, once.")] = None
+        description="The signing secret: in the answer of the POST that made it only, once.")] = None
 
 
 @post(
@@ -153,10 +156,11 @@ async def create_webhook(request: Request, ws: str, data: WebhookIn) -> WebhookO
     least, most = webhooks.TIMEOUT_SECONDS
     if not least <= data.timeout_seconds <= most:
         raise ApiError(400, f"timeout_seconds: expected {least} to {most}")
-    hook = await webhooks.configure(services_of(request).pool, ws, data.url, max_attempts=data.max_attempts,
-                                    backoff_seconds=list(data.backoff_seconds), timeout_seconds=data.timeout_seconds)
+    hook, new_secret = await webhooks.configure(
+        services_of(request).pool, ws, data.url, max_attempts=data.max_attempts,
+        backoff_seconds=list(data.backoff_seconds), timeout_seconds=data.timeout_seconds, keep_secret=data.keep_secret)
     return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,  # type: ignore[return-value]
-                                    secret=hook.secret), 201)
+                                    secret=hook.secret if new_secret else None), 201)
 
 
 @get(

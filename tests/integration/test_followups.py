@@ -622,6 +622,29 @@ def test_a_webhook_needs_an_http_or_https_url_and_settings_in_range(stack):
     assert read.json()["backoff_seconds"][:2] == [5.0, 30.0] and '"backoff_seconds":[5.0,30.0,' in read.text
 
 
+def test_a_webhooks_settings_change_with_keep_secret_keeps_its_secret(stack):
+    """Every POST made a new secret, so tuning a retry setting broke every receiver's signature check
+    until it was told the new one (an outside audit)."""
+    ws, auth = stack.new_workspace()
+    receiver = Receiver([200])
+    try:
+        first = register(stack, ws, receiver)
+        tuned = stack.http.post(f"/v1/workspaces/{ws}/webhooks", headers=stack.admin(),
+                                json={"url": receiver.url, "timeout_seconds": 5, "keep_secret": True})
+        assert tuned.status_code == 201 and "secret" not in tuned.json() and tuned.json()["timeout_seconds"] == 5.0
+        stack.ingest(ws, auth, [event("marketing.engaged", "kim", iso(NOW), channel="instagram", action="reply")])
+        wait_for(lambda: receiver.requests, what="a delivery")
+        assert receiver.secret == first["secret"] and receiver.requests[0]["signature_ok"]
+        rotated = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": receiver.url}, headers=stack.admin())
+        assert rotated.json()["secret"] not in (None, first["secret"])
+        fresh_ws, _ = stack.new_workspace()  # nothing to keep: a new secret, shown
+        made = stack.http.post(f"/v1/workspaces/{fresh_ws}/webhooks", headers=stack.admin(),
+                               json={"url": receiver.url, "keep_secret": True})
+        assert made.json()["secret"].startswith("whsec_")
+    finally:
+        receiver.close()
+
+
 def test_webhook_fails_twice_then_succeeds_signed(stack):
     ws, auth = stack.new_workspace()
     receiver = Receiver([500, 503, 200])
