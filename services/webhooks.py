@@ -149,6 +149,17 @@ async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: str, 
     )
 
 
+DELIVERY_STATES = ("delivered", "failing", "parked")
+
+
+async def delivery_counts(pool: asyncpg.Pool, workspace: str) -> dict[str, int]:
+    """How many of the workspace's items are in each of ``DELIVERY_STATES``."""
+    rows = await pool.fetch("SELECT status, count(*) AS n FROM webhook_deliveries WHERE workspace = $1 GROUP BY status",
+                            workspace)
+    counted = {row["status"]: row["n"] for row in rows}
+    return {state: counted.get(state, 0) for state in DELIVERY_STATES}
+
+
 async def delivery_status(pool: asyncpg.Pool, workspace: str, item_id: str) -> str | None:
     """``delivered``, ``failing`` (a retry is due) or ``parked``; None before the first attempt."""
     return await pool.fetchval(

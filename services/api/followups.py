@@ -129,6 +129,9 @@ class WebhookOut(msgspec.Struct, omit_defaults=True):
     signature_header: str = webhooks.SIGNATURE_HEADER
     secret: Annotated[str | None, msgspec.Meta(
         description="The signing secret: in the answer of the POST that made it only, once.")] = None
+    deliveries: Annotated[dict[str, int] | None, msgspec.Meta(
+        description="In a GET's answer: the workspace's follow-ups and alerts by the state of their delivery,"
+                    " `delivered`, `failing` (a retry is due) or `parked` (`touchline deadletter list`).")] = None
 
 
 @post(
@@ -175,7 +178,9 @@ async def get_webhook(request: Request, ws: str, min_seq: MinSeq = None, wait_ms
     hook = await webhooks.webhook_of(services_of(request).pool, ws)
     if hook is None:
         raise ApiError(404, "no webhook configured")
-    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds))  # type: ignore[return-value]
+    deliveries = await webhooks.delivery_counts(services_of(request).pool, ws)
+    return json_response(WebhookOut(hook.url, hook.max_attempts, list(hook.backoff_seconds), hook.timeout_seconds,  # type: ignore[return-value]
+                                    deliveries=deliveries))
 
 
 @delete(

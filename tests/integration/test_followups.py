@@ -618,7 +618,8 @@ def test_a_webhook_needs_an_http_or_https_url_and_settings_in_range(stack):
     created = stack.http.post(f"/v1/workspaces/{ws}/webhooks", json={"url": "https://hooks.example/y"},
                               headers=stack.admin())
     read = stack.http.get(f"/v1/workspaces/{ws}/webhooks", headers=stack.admin())
-    assert created.text.replace(f',"secret":"{created.json()["secret"]}"', "") == read.text
+    assert created.text.replace(f',"secret":"{created.json()["secret"]}"', "") == read.text.replace(
+        ',"deliveries":{"delivered":0,"failing":0,"parked":0}', "")
     assert read.json()["backoff_seconds"][:2] == [5.0, 30.0] and '"backoff_seconds":[5.0,30.0,' in read.text
 
 
@@ -755,6 +756,8 @@ def test_webhook_that_always_fails_is_parked_then_redriven(stack):
         [item] = wait_for(parked, what="the command to be parked")
         assert item["stage"] == "webhook" and item["attempts"] == 3 and "answered 500" in item["error"]
         assert len(receiver.requests) == 3
+        hook = f"/v1/workspaces/{ws}/webhooks"
+        assert stack.http.get(hook, headers=stack.admin()).json()["deliveries"] == {"delivered": 0, "failing": 0, "parked": 1}
         # Nothing lost: the follow-up is in the log and the read model.
         settle(stack, ws, auth)
         [listed] = followups(stack, ws, auth)
@@ -766,6 +769,7 @@ def test_webhook_that_always_fails_is_parked_then_redriven(stack):
         wait_for(lambda: any(r["status"] == 200 for r in receiver.requests), what="the re-driven delivery")
         assert parked() == []
         settle(stack, ws, auth)
+        assert stack.http.get(hook, headers=stack.admin()).json()["deliveries"] == {"delivered": 1, "failing": 0, "parked": 0}
         assert len(followups(stack, ws, auth)) == 1
         logged = asyncio.run(_count_logged(stack, ws, "touchline.followup.requested"))
         assert list(logged.values()) == [1]
