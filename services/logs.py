@@ -2,10 +2,40 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+
+
+class DroppingWriter:
+    """Where log lines go: a line that cannot be written (stderr sent to a file on a disk that is
+    full) is dropped and counted, not raised. Raised, it stopped `touchline up` and with it the
+    whole stack, ingest included (an outside audit filled the disk under `up > up.log`). The next
+    line that can be written is preceded by one saying how many were lost."""
+
+    def __init__(self, file: TextIO) -> None:
+        self.file = file
+        self.dropped = 0
+
+    def write(self, text: str) -> None:
+        try:
+            if self.dropped:
+                self.file.write(json.dumps({"event": "logs.dropped", "lines": self.dropped, "level": "warning"}) + "\n")
+                self.dropped = 0
+            self.file.write(text)
+            self.file.flush()
+        except (OSError, ValueError):  # ValueError: the file was closed under it
+            self.dropped += 1
+            try:  # what the failed write left in the buffer would come out with the next line
+                self.file.flush()
+            except (OSError, ValueError):
+                pass
+
+    def flush(self) -> None:
+        pass  # every write flushes its own line
 
 
 def configure(service: str) -> None:
@@ -14,17 +44,18 @@ def configure(service: str) -> None:
         structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
     )
     stamped = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
+    output = DroppingWriter(sys.stderr)
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *stamped, structlog.processors.format_exc_info, renderer],
         # One write a line (print() writes the line and its newline apart): the services of `up`
         # share one stderr, and two lines could run into one (an outside audit found four).
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=output),  # type: ignore[arg-type]
         wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
         cache_logger_on_first_use=True,
     )
     # The libraries' own warnings (asyncpg's pool, asyncio) as the same lines, not bare tracebacks
     # among the JSON: the standard library's records go through the same renderer.
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(output)  # type: ignore[arg-type]
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name, *stamped],
         processors=[

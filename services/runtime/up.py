@@ -107,6 +107,9 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
             ServiceProcess(kind, env) for kind in SERVICE_KINDS if kind != "api"
         ]
         failures = [0] * len(children)
+        # When each exited child is started again. Waited for here, not slept: a sleep held up
+        # everything else, a dead NATS (9.6 s of 503s) and a SIGTERM alike (an outside audit).
+        restart_at: list[float | None] = [None] * len(children)
         for child in children:
             child.start()
         log.info(
@@ -120,13 +123,18 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
             if nats is not None and nats.process.poll() is not None and not stop["now"]:
                 _restart_nats(nats)
             for number, child in enumerate(children):
-                if child.exited() and not stop["now"]:
+                if stop["now"] or not child.exited():
+                    continue
+                if restart_at[number] is None:
                     # Back off if it keeps dying young; a healthy run resets the count.
                     failures[number] = 0 if time.monotonic() - child.started_at > 60 else failures[number] + 1
                     delay = min(0.5 * 2 ** failures[number], 10)
                     log.warning("service.restarting", restarting=child.kind, code=child.process.returncode, in_s=delay)
-                    time.sleep(delay)
+                    restart_at[number] = time.monotonic() + delay
+                elif time.monotonic() >= restart_at[number]:
+                    restart_at[number] = None
                     child.start()
+                    log.info("service.restarted", restarted=child.kind, pid=child.pid)
     finally:
         log.info("touchline.stopping")
         for child in children:

@@ -55,8 +55,10 @@ POSTGRES_ANSWER_SECONDS = 1.0
 
 
 async def nats_answers(nc: NatsClient) -> bool:
-    """Connected, and answering: a frozen server (SIGSTOP, a stalled disk) keeps the connection
-    open, and health said ready through 15 s of it."""
+    """Connected, and its JetStream answering: a frozen server (SIGSTOP, a stalled disk) keeps the
+    connection open, and health said ready through 15 s of it; one that ran out of disk turns its
+    JetStream off and still answers a ping, and health said ready while every publish timed out
+    (an outside audit)."""
     if not nc.is_connected:
         return False
     reading = nc._reading_task  # nats-py keeps no public sign of it (test_stream_reader checks it is there)
@@ -65,10 +67,13 @@ async def nats_answers(nc: NatsClient) -> bool:
         # nothing, and flush() then returns at once without a ping.
         return False
     try:
-        await nc.flush(timeout=NATS_PING_SECONDS)
-    except Exception:  # nats-py's timeout, or the connection closing under the ping
+        answer = await nc.request(JETSTREAM_INFO, b"", timeout=NATS_PING_SECONDS)
+    except Exception:  # nats-py's timeout, no JetStream to answer, or the connection closing under it
         return False
-    return True
+    return b'"error"' not in answer.data  # as an account without JetStream is answered
+
+
+JETSTREAM_INFO = "$JS.API.INFO"
 
 
 class Readiness(msgspec.Struct):

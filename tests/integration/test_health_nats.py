@@ -52,3 +52,35 @@ def test_health_reports_a_frozen_nats_as_not_ready(servers, tmp_path):
         assert asyncio.run(check()) == (True, False, True, True)
     finally:
         nats.stop()
+
+
+def test_health_reports_a_nats_without_jetstream_as_not_ready(servers, tmp_path):
+    """A nats-server out of disk turns its JetStream off ("JetStream out of resources, will be
+    DISABLED") and still answers pings: health said ready while every publish timed out (an
+    outside audit). A server started without JetStream answers the same way."""
+    import subprocess
+
+    from services.runtime.embedded import free_port, nats_server_binary, stop_process
+
+    port = free_port()
+    server = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def check() -> dict[str, bool]:
+        for _ in range(100):  # until it listens
+            try:
+                nc = await connect_client(f"nats://127.0.0.1:{port}")
+                break
+            except Exception:
+                await asyncio.sleep(0.1)
+        pool = await create_pool(servers.database_url, max_size=1)
+        try:
+            return (await report(pool, nc)).checks
+        finally:
+            await pool.close()
+            await nc.close()
+
+    try:
+        assert asyncio.run(check())["nats"] is False
+    finally:
+        stop_process(server)

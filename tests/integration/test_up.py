@@ -211,8 +211,23 @@ def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
         auth = healthy_with_workspace(base, data_dir)
         before = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
                             json=[event("marketing.engaged", "dana", channel="instagram", action="comment")]).json()
+        # A projector that keeps dying waits longer each time before it is started again (1, 2, 4,
+        # 8, then 10 s). That wait held up the whole supervisor: a NATS that died meanwhile was
+        # started again only after it (an outside audit).
+        for _ in range(5):
+            [projector] = wait_for(lambda: projectors_of(up), what="a projector")
+            projector.kill()
+            wait_for(lambda: not _alive(projector), what="the projector to die")
         [server] = [p for p in our_processes(data_dir) if p.name() == "nats-server"]
         server.kill()  # not our child: `up` reaps it
+        wait_for(lambda: (tmp_path / "up.log").read_text().count('"nats.embedded"') == 2, what="NATS started again")
+        wait_for(lambda: projectors_of(up), what="the projector started again")
+        lines = [json.loads(line) for line in (tmp_path / "up.log").read_text().splitlines() if line.startswith("{")]
+        back = next(n for n, line in enumerate(lines) if line["event"] == "nats.restarting")
+        projector_back = [n for n, line in enumerate(lines)
+                          if line["event"] == "service.restarted" and line["restarted"] == "projector"]
+        # NATS came back while the projector still waited its 10 s.
+        assert len(projector_back) == 5 and back < projector_back[-1]
         deadline = time.monotonic() + 90
         while True:  # the log takes events again
             answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
@@ -233,6 +248,33 @@ def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
             up.wait(60)
+
+
+def test_up_whose_output_cannot_be_written_keeps_serving(tmp_path):
+    """`touchline up > up.log` on a disk that filled: the failed write of a log line stopped `up`,
+    and with it every service, ingest included (an outside audit). /dev/full fails every write."""
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("TOUCHLINE_NATS_URL", "TOUCHLINE_DATABASE_URL", "TOUCHLINE_HTTP", "TOUCHLINE_DATA_DIR")}
+    with open("/dev/full", "w") as full:
+        up = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir), "--http",
+                               f"127.0.0.1:{port}"], env={**env, "TOUCHLINE_ADMIN_TOKEN": ADMIN}, stdout=full, stderr=full)
+    try:
+        auth = healthy_with_workspace(base, data_dir)
+        answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                            json=[event("marketing.engaged", "dana", channel="instagram", action="comment")])
+        assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "accepted", answer.text
+        assert up.poll() is None
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
+def projectors_of(up: subprocess.Popen) -> list[psutil.Process]:
+    return [child for child in psutil.Process(up.pid).children() if _alive(child) and "projector" in child.cmdline()]
 
 
 def api_workers_of(up: subprocess.Popen) -> list[psutil.Process]:

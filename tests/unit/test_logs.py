@@ -73,3 +73,42 @@ def test_services_sharing_one_stderr_write_whole_lines(tmp_path):
     lines = shared.read_text().splitlines()
     assert len(lines) == 15000
     assert all(json.loads(line)["event"] == "line" for line in lines)
+
+
+def test_a_line_that_cannot_be_written_is_dropped_and_counted_not_raised():
+    """`touchline up > up.log` on a disk that filled: the failed write of a log line stopped `up`,
+    and with it the whole stack (an outside audit). /dev/full fails every write with ENOSPC."""
+    code = (
+        "import logging, structlog\n"
+        "from services import logs\n"
+        "logs.configure('up')\n"
+        "structlog.get_logger().info('first')\n"
+        "logging.getLogger('asyncpg.pool').warning('second')\n"
+        "print('still here', flush=True)\n"
+    )
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=full, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "still here\n")
+
+    from services.logs import DroppingWriter
+
+    class Filling:
+        def __init__(self) -> None:
+            self.full, self.text = True, ""
+
+        def write(self, text: str) -> None:
+            if self.full:
+                raise OSError(28, "No space left on device")
+            self.text += text
+
+        def flush(self) -> None:
+            pass
+
+    file = Filling()
+    writer = DroppingWriter(file)  # type: ignore[arg-type]
+    writer.write("a\n")
+    writer.write("b\n")
+    file.full = False
+    writer.write("c\n")
+    dropped, line = file.text.splitlines()
+    assert (json.loads(dropped), line) == ({"event": "logs.dropped", "lines": 2, "level": "warning"}, "c")
