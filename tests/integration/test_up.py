@@ -93,6 +93,17 @@ def stop_and_check_nothing_is_left(up: subprocess.Popen, data_dir: Path) -> None
     assert not left, [p.cmdline() for p in left]
 
 
+@contextlib.contextmanager
+def stopped_at_end(up: subprocess.Popen):
+    """However the test ends, its `up` is stopped (SIGINT), not left running into the next test."""
+    try:
+        yield up
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGINT)
+            up.wait(60)
+
+
 def healthy_with_workspace(base: str, data_dir: Path) -> dict[str, str]:
     """Once `up` is healthy: workspace acme, and the headers of an ingest and read token for it."""
     wait_healthy(base)
@@ -141,7 +152,7 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
         wait_healthy(base)
         assert without_followups(httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth).json()) == without_followups(contact)
         stop_and_check_nothing_is_left(up, data_dir)
-    finally:
+    finally:  # the `up` started last (not one a context manager took at the start)
         if up.poll() is None:
             up.send_signal(signal.SIGINT)
             up.wait(60)
@@ -201,16 +212,40 @@ def test_make_run_stops_cleanly_however_make_is_ended(tmp_path):
                 process.send_signal(signal.SIGINT)
 
 
-def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
-    """kill -9 of the embedded nats-server alone: `up` starts it again on its port with its data, the
-    services reconnect, and nothing acknowledged is lost (health stayed 503 until a restart)."""
+def recovers_from(tmp_path, kill, logged: str) -> None:
+    """`up` with workspace acme and one event of dana's; ``kill(up, data_dir)``; then the log takes
+    events again (503 meanwhile), nothing acknowledged is lost, health comes back, `up` logged
+    ``logged``, and it stops leaving nothing behind."""
     data_dir, port = tmp_path / "data", free_port()
     base = f"http://127.0.0.1:{port}"
     up = start_up(data_dir, port, tmp_path / "up.log")
-    try:
+    with stopped_at_end(up):
         auth = healthy_with_workspace(base, data_dir)
-        before = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
-                            json=[event("marketing.engaged", "dana", channel="instagram", action="comment")]).json()
+        first = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                           json=[event("marketing.engaged", "dana", channel="instagram", action="comment")])
+        assert first.status_code == 200, first.text
+        kill(up, data_dir)
+
+        def ingested():
+            answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
+                                json=[event("marketing.engaged", "dana", channel="email", action="click", id="after")])
+            assert answer.status_code in (200, 503), answer.text
+            return answer.status_code == 200 and answer.json()
+
+        after = wait_for(ingested, 120, what="ingest to work again")["last_seq"]
+        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth,
+                            params={"min_seq": after, "wait_ms": 30000}).json()
+        assert contact["touches"]["marketing"] == 2
+        wait_healthy(base)
+        assert logged in (tmp_path / "up.log").read_text()
+        stop_and_check_nothing_is_left(up, data_dir)
+
+
+def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
+    """kill -9 of the embedded nats-server alone: `up` starts it again on its port with its data, the
+    services reconnect, and nothing acknowledged is lost (health stayed 503 until a restart)."""
+
+    def kill(up, data_dir) -> None:
         # A projector that keeps dying waits longer each time before it is started again (1, 2, 4,
         # 8, then 10 s). That wait held up the whole supervisor: a NATS that died meanwhile was
         # started again only after it (an outside audit).
@@ -228,26 +263,8 @@ def test_up_starts_its_embedded_nats_again_when_it_dies(tmp_path):
                           if line["event"] == "service.restarted" and line["restarted"] == "projector"]
         # NATS came back while the projector still waited its 10 s.
         assert len(projector_back) == 5 and back < projector_back[-1]
-        deadline = time.monotonic() + 90
-        while True:  # the log takes events again
-            answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
-                                json=[event("marketing.engaged", "dana", channel="email", action="click", id="after")])
-            if answer.status_code == 200:
-                break
-            assert answer.status_code == 503 and time.monotonic() < deadline, answer.text
-            time.sleep(0.5)
-        wait_healthy(base)
-        after = answer.json()["last_seq"]
-        assert after > before["last_seq"]
-        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth,
-                            params={"min_seq": after, "wait_ms": 30000}).json()
-        assert contact["touches"]["marketing"] == 2
-        assert "nats.restarting" in (tmp_path / "up.log").read_text()
-        stop_and_check_nothing_is_left(up, data_dir)
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
+
+    recovers_from(tmp_path, kill, "nats.restarting")
 
 
 def test_up_whose_output_cannot_be_written_keeps_serving(tmp_path):
@@ -260,50 +277,24 @@ def test_up_whose_output_cannot_be_written_keeps_serving(tmp_path):
     with open("/dev/full", "w") as full:
         up = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--data-dir", str(data_dir), "--http",
                                f"127.0.0.1:{port}"], env={**env, "TOUCHLINE_ADMIN_TOKEN": ADMIN}, stdout=full, stderr=full)
-    try:
+    with stopped_at_end(up):
         auth = healthy_with_workspace(base, data_dir)
         answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
                             json=[event("marketing.engaged", "dana", channel="instagram", action="comment")])
         assert answer.status_code == 200 and answer.json()["results"][0]["status"] == "accepted", answer.text
         assert up.poll() is None
         stop_and_check_nothing_is_left(up, data_dir)
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
 
 
 def test_up_starts_its_embedded_postgresql_again_when_it_dies(tmp_path):
     """kill -9 of the postmaster (or a full disk, on which PostgreSQL shuts itself down): `up` neither
     started it again nor said so, and every ingest answered 503 until `up` was restarted (an
     outside audit)."""
-    data_dir, port = tmp_path / "data", free_port()
-    base = f"http://127.0.0.1:{port}"
-    up = start_up(data_dir, port, tmp_path / "up.log")
-    try:
-        auth = healthy_with_workspace(base, data_dir)
-        first = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
-                           json=[event("marketing.engaged", "dana", channel="instagram", action="comment")])
-        assert first.status_code == 200, first.text
-        postmaster = int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        os.kill(postmaster, signal.SIGKILL)
 
-        def ingested():
-            answer = httpx.post(f"{base}/v1/workspaces/acme/events", headers=auth, timeout=30,
-                                json=[event("marketing.engaged", "dana", channel="email", action="click", id="after")])
-            return answer.status_code == 200 and answer.json()
+    def kill(_up, data_dir) -> None:
+        os.kill(int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
 
-        after = wait_for(ingested, 120, what="ingest to work again")["last_seq"]
-        contact = httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth,
-                            params={"min_seq": after, "wait_ms": 30000}).json()
-        assert contact["touches"]["marketing"] == 2
-        wait_healthy(base)
-        assert "postgres.restarting" in (tmp_path / "up.log").read_text()
-        stop_and_check_nothing_is_left(up, data_dir)
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
+    recovers_from(tmp_path, kill, "postgres.restarting")
 
 
 def projectors_of(up: subprocess.Popen) -> list[psutil.Process]:
@@ -334,7 +325,7 @@ def test_up_serves_one_port_from_several_api_workers_and_replaces_a_dead_one(tmp
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     up = start_up(data_dir, port, tmp_path / "up.log", TOUCHLINE_API_WORKERS="3")
-    try:
+    with stopped_at_end(up):
         wait_healthy(base)
         workers = wait_for_workers(up, 3, port)
         # A burst of keep-alive connections is spread over the workers, not taken by the first awake.
@@ -355,10 +346,6 @@ def test_up_serves_one_port_from_several_api_workers_and_replaces_a_dead_one(tmp
         wait_for_workers(up, 3)
         assert first.pid not in [worker.pid for worker in api_workers_of(up)]
         stop_and_check_nothing_is_left(up, data_dir)
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGINT)
-            up.wait(60)
 
 
 def test_up_names_a_port_that_is_taken(tmp_path):
