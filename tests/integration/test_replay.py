@@ -146,12 +146,16 @@ def test_verify_compares_an_event_holding_a_number_past_postgresqls_range(stack)
     trail's envelopes as jsonb, whose numerics end at 16,383 decimal places, and stopped with
     "value overflows numeric format" (an outside audit)."""
     ws, auth = stack.new_workspace()
+    stack.ingest(ws, auth, [event("marketing.engaged", "rita", channel="web", action="click", amount=12.5)])
     body = json.dumps(event("sales.lead.qualified", "quinn", note="NOTE")).replace('"NOTE"', "1e-20000")
     answer = stack.http.post(f"/v1/workspaces/{ws}/events", content=body,
                              headers={**auth, "Content-Type": "application/cloudevents+json"})
     assert answer.json()["results"][0]["status"] == "accepted", answer.text
     trail = stack.get(f"/v1/workspaces/{ws}/contacts/quinn/events", auth, min_seq=answer.json()["last_seq"])
     assert b'"note":1e-20000' in trail.content.replace(b" ", b"")
+    # Envelopes stored before migration 011 hold jsonb's text of the event (its keys reordered, other
+    # spaces): the same event, another text than a rebuild writes, and no difference.
+    sql(stack, "UPDATE contact_events SET envelope = envelope::jsonb::json WHERE workspace = $1 AND contact = 'rita'", ws)
     verified = cli(stack, "replay", "--workspace", ws, "--verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "verified" in verified.stdout

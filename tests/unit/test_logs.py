@@ -4,6 +4,7 @@ pool printed bare tracebacks among the JSON lines: an outside audit on an extern
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -75,7 +76,7 @@ def test_services_sharing_one_stderr_write_whole_lines(tmp_path):
     assert all(json.loads(line)["event"] == "line" for line in lines)
 
 
-def test_a_line_that_cannot_be_written_is_dropped_and_counted_not_raised():
+def test_a_line_that_cannot_be_written_is_dropped_and_counted_not_raised(monkeypatch):
     """`touchline up > up.log` on a disk that filled: the failed write of a log line stopped `up`,
     and with it the whole stack (an outside audit). /dev/full fails every write with ENOSPC."""
     code = (
@@ -90,25 +91,24 @@ def test_a_line_that_cannot_be_written_is_dropped_and_counted_not_raised():
         done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=full, text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "still here\n")
 
-    from services.logs import DroppingWriter
+    from services import logs
 
-    class Filling:
-        def __init__(self) -> None:
-            self.full, self.text = True, ""
+    read, write = os.pipe()
+    failing = iter([True, True, True])  # the first three writes fail: the disk is full
+    real_write = os.write
 
-        def write(self, text: str) -> None:
-            if self.full:
-                raise OSError(28, "No space left on device")
-            self.text += text
+    def filling(fd: int, data: bytes) -> int:
+        if next(failing, False):
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
 
-        def flush(self) -> None:
-            pass
-
-    file = Filling()
-    writer = DroppingWriter(file)  # type: ignore[arg-type]
-    writer.write("a\n")
-    writer.write("b\n")
-    file.full = False
-    writer.write("c\n")
-    dropped, line = file.text.splitlines()
-    assert (json.loads(dropped), line) == ({"event": "logs.dropped", "lines": 2, "level": "warning"}, "c")
+    monkeypatch.setattr(logs.os, "write", filling)
+    writer = logs.DroppingWriter(write, "up")
+    for line in ("a\n", "b\n", "c\n", "d\n", "e\n"):
+        writer.write(line)
+    os.close(write)
+    with os.fdopen(read) as out:
+        notice, *lines = out.read().splitlines()
+    assert lines == ["d", "e"]  # once each: nothing that failed comes out later
+    assert {key: json.loads(notice)[key] for key in ("event", "lines", "service")} == {
+        "event": "logs.dropped", "lines": 3, "service": "up"}
