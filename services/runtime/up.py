@@ -116,6 +116,7 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
         # everything else, a dead NATS (9.6 s of 503s) and a SIGTERM alike (an outside audit).
         restart_at: list[float | None] = [None] * len(children)
         postgres_check_at, nats_check_at = time.monotonic() + 1, 0.0
+        nats_log = _NatsLog(nats.root / "nats.log") if nats is not None else None
         for child in children:
             child.start()
         log.info(
@@ -129,6 +130,14 @@ def up(settings: Settings, *, exit_with_parent: int | None = None) -> None:
             dead_nats = nats is not None and nats.process.poll() is not None
             if dead_nats and not stop["now"] and time.monotonic() >= nats_check_at:
                 nats_check_at = time.monotonic() + _restart_nats(nats)
+            elif nats_log is not None and not stop["now"] and nats_log.stream_stuck() and _room(nats.root):
+                # A stream that failed to write (a full disk) keeps failing once there is room again,
+                # until nats-server starts anew: NATS producers' publishes timed out for good (an
+                # outside audit). The log says so; there is room now: it is started again.
+                log.warning("nats.restarting_after_write_error", log=str(nats_log.path))
+                nats.stop()
+                nats_check_at = time.monotonic() + _restart_nats(nats)
+                nats_log.forget()
             if postgres is not None and not stop["now"] and time.monotonic() >= postgres_check_at:
                 postgres_check_at = time.monotonic() + 1
                 if not postgres.running():
@@ -172,6 +181,42 @@ def _restart_postgres(postgres: EmbeddedPostgres, url: str) -> float:
         log.error("postgres.moved", url=restarted, was=url)
     log.info("postgres.restarted", url=restarted, data=str(postgres.root))
     return 0.0
+
+
+class _NatsLog:
+    """What the embedded nats-server's log says since `up` last looked: whether a stream of its hit a
+    write error (nats-server's words, "JetStream stream '…' critical write error")."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = path.stat().st_size if path.exists() else 0
+        self.stuck = False
+        self.looked_at = 0.0
+
+    def stream_stuck(self) -> bool:
+        if time.monotonic() - self.looked_at >= 2:
+            self.looked_at = time.monotonic()
+            try:
+                with open(self.path, "rb") as log_file:
+                    log_file.seek(self.offset)
+                    new = log_file.read()
+            except OSError:
+                new = b""
+            self.offset += len(new)
+            self.stuck = self.stuck or b"critical write error" in new and b"JetStream stream" in new
+        return self.stuck
+
+    def forget(self) -> None:
+        self.stuck = False
+        self.offset = self.path.stat().st_size if self.path.exists() else 0
+
+
+def _room(root: Path) -> bool:
+    """Room enough on the disk under ``root`` for a nats-server to write again."""
+    return shutil.disk_usage(root).free >= NATS_ROOM_BYTES
+
+
+NATS_ROOM_BYTES = 16 * 1024 * 1024
 
 
 def _restart_nats(nats: EmbeddedNats) -> float:

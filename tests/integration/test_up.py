@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import shutil
 import os
 import signal
 import socket
@@ -299,6 +301,55 @@ def test_up_starts_its_embedded_postgresql_again_when_it_dies(tmp_path):
         os.kill(int((data_dir / "postgres" / "postmaster.pid").read_text().split()[0]), signal.SIGKILL)
 
     recovers_from(tmp_path, kill, "postgres.restarting")
+
+
+def test_up_starts_nats_again_once_a_full_disk_has_room_for_its_stream(tmp_path):
+    """The disk filled under NATS producers: the inbox stream's write failed ("critical write
+    error"), and it kept failing after the space was freed, every publish timing out, until
+    nats-server was restarted by hand (an outside audit). NATS's data is on a small filesystem."""
+    import nats as nats_client
+
+    small = tmp_path / "small"
+    small.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(small)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small filesystem here")
+    data_dir, port = tmp_path / "data", free_port()
+    base = f"http://127.0.0.1:{port}"
+    (small / "nats").mkdir()
+    data_dir.mkdir()
+    (data_dir / "nats").symlink_to(small / "nats")
+    up = start_up(data_dir, port, tmp_path / "up.log")
+    try:
+        with stopped_at_end(up):
+            auth = healthy_with_workspace(base, data_dir)
+            url = (data_dir / "nats" / "url").read_text().strip()
+            filler = small / "filler"
+            with open(filler, "wb") as fill:  # all but about 1 MiB
+                fill.write(b"\0" * (shutil.disk_usage(small).free - 1024 * 1024))
+
+            async def publish(n: int, pad: str) -> bool:
+                nc = await nats_client.connect(url)
+                try:
+                    body = event("marketing.engaged", f"p{n}", channel="web", action="view", pad=pad, id=f"p{n}")
+                    await nc.jetstream().publish("touchline.in.acme", json.dumps(body).encode(), timeout=3)
+                    return True
+                except Exception:
+                    return False
+                finally:
+                    await nc.close()
+
+            n = 0
+            while asyncio.run(publish(n, "y" * 30_000)):  # until the inbox cannot take one
+                n += 1
+                assert n < 200, "the inbox took every message"
+            filler.unlink()
+            wait_for(lambda: asyncio.run(publish(1000, "")), 90, what="NATS producers to publish again")
+            wait_for(lambda: httpx.get(f"{base}/v1/workspaces/acme/contacts/p1000", headers=auth).status_code == 200,
+                     60, what="the event judged and applied")
+            assert "nats.restarting_after_write_error" in (tmp_path / "up.log").read_text()
+            stop_and_check_nothing_is_left(up, data_dir)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
 
 
 def projectors_of(up: subprocess.Popen) -> list[psutil.Process]:
