@@ -202,8 +202,10 @@ class _NatsLog:
                     new = log_file.read()
             except OSError:
                 new = b""
-            self.offset += len(new)
-            self.stuck = self.stuck or b"critical write error" in new and b"JetStream stream" in new
+            whole = new[:new.rfind(b"\n") + 1]  # a line still being written is read whole next time
+            self.offset += len(whole)
+            self.stuck = self.stuck or any(b"JetStream stream" in line and b"critical write error" in line
+                                           for line in whole.splitlines())
         return self.stuck
 
     def forget(self) -> None:
