@@ -45,7 +45,7 @@ class DroppingWriter:
         self.dropped, self.cut = 0, False
 
     def flush(self) -> None:
-        pass  # nothing is held
+        """Nothing to flush: ``write`` writes each line whole, or drops it."""
 
 
 def configure(service: str) -> None:
