@@ -573,7 +573,7 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
     campaign = _campaign_words(ws, getattr(data, "campaign_id", None))
 
     ago = _ago(t, t + RESPOND_WITHIN, now)
-    reach_out = "reach out now" if ago else "reach out within 24 hours"
+    reach_out, when = ("reach out now", f" {ago}") if ago else ("reach out within 24 hours", "")
 
     def fire(rule: str, reason: str) -> None:
         out.append(_followup(ws_id, subject, contact, rule, reason, trigger_time=t, due_at=t + RESPOND_WITHIN,
@@ -582,22 +582,19 @@ def _marketing_rules(ws_id: str, ws: WorkspaceRules, subject: str, contact: Cont
     if isinstance(event, c.Engaged) and implied_stage(event) == "interested" and settings.enabled("hot-engagement"):
         if may_follow_up(contact, t):
             what = f"your post {campaign}" if campaign else "your content"
-            when = f" {ago}" if ago else ""
             fire("hot-engagement", f"{subject} {VERBS[data.action]} {what} on {data.channel}{when}: {reach_out}")
     if not out and isinstance(event, c.LeadCaptured) and settings.enabled("new-lead"):
         if may_follow_up(contact, t):
             how = f" through {campaign}" if campaign else ""
             method = f" ({data.method})" if data.method else ""
-            when = f" {ago}" if ago else ""
             fire("new-lead", f"{subject} became a lead on {data.channel}{how}{method}{when}: {reach_out}")
     if not out and contact.marketing_since_sales == WARM_TOUCHES and settings.enabled("warm-unworked"):
         if may_follow_up(contact, t):
             since = "since your last sales contact" if contact.sales_times else "and no one from sales has reached out yet"
-            when = f", {ago}" if ago else ""
             fire(
                 "warm-unworked",
                 f"{subject} has engaged with your marketing {WARM_TOUCHES} times {since}"
-                f" (latest on {data.channel}{when}): {reach_out}",
+                f" (latest on {data.channel}{f', {ago}' if ago else ''}): {reach_out}",
             )
     return out
 
